@@ -1,0 +1,136 @@
+//! The acceptor thread: accepts connections and deals them round-robin to workers.
+//!
+//! It owns its own `mio::Poll` with the listener and a waker for shutdown. When the process
+//! runs out of file descriptors, `accept` fails while the connection stays in the backlog; the
+//! listener would stay readable and a naive loop would spin. Instead the acceptor backs off,
+//! retries on a timer, and logs once per interval.
+
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::config::Config;
+use crate::handshake;
+use crate::worker::handle::WorkerHandle;
+
+const LISTENER: Token = Token(0);
+pub const ACCEPTOR_WAKER: Token = Token(1);
+
+/// Pause before retrying `accept` after running out of descriptors or memory.
+const BACKOFF: Duration = Duration::from_millis(100);
+/// At most one log line per this interval about descriptor exhaustion.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+pub struct Acceptor {
+    pub poll: Poll,
+    pub listener: TcpListener,
+    pub workers: Arc<[WorkerHandle]>,
+    pub cfg: Arc<Config>,
+    pub open_total: Arc<AtomicUsize>,
+    pub stop: Arc<AtomicBool>,
+    /// Connections refused because `--max-connections` was reached.
+    pub refused: Arc<AtomicUsize>,
+}
+
+impl Acceptor {
+    pub fn run(mut self) -> io::Result<()> {
+        self.poll
+            .registry()
+            .register(&mut self.listener, LISTENER, Interest::READABLE)?;
+        let mut events = Events::with_capacity(16);
+        let mut next = 0usize;
+        let mut backoff = false;
+        let mut last_log: Option<Instant> = None;
+        let mut suppressed = 0u64;
+        loop {
+            let timeout = backoff.then_some(BACKOFF);
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            backoff = false;
+            loop {
+                match self.listener.accept() {
+                    Ok((sock, _peer)) => {
+                        // Small frames must leave at once, not wait for Nagle's timer.
+                        if let Err(e) = sock.set_nodelay(true) {
+                            log::debug!("set TCP_NODELAY failed: {e}");
+                        }
+                        let open = self.open_total.fetch_add(1, Ordering::Relaxed);
+                        if open >= self.cfg.max_connections {
+                            self.open_total.fetch_sub(1, Ordering::Relaxed);
+                            self.refused.fetch_add(1, Ordering::Relaxed);
+                            refuse_busy(sock);
+                            continue;
+                        }
+                        let n = self.workers.len();
+                        if let Err(_sock) = self.workers[next % n].send_conn(sock) {
+                            self.open_total.fetch_sub(1, Ordering::Relaxed);
+                            log::error!("worker {} is gone; connection dropped", next % n);
+                        }
+                        next = next.wrapping_add(1);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if is_resource_exhaustion(&e) => {
+                        backoff = true;
+                        if last_log.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+                            log::warn!(
+                                "accept failed: {e}; refusing new connections until resources \
+                                 free up ({suppressed} similar errors since the last report)"
+                            );
+                            last_log = Some(Instant::now());
+                            suppressed = 0;
+                        } else {
+                            suppressed += 1;
+                        }
+                        break;
+                    }
+                    // The client gave up between SYN and accept; nothing to do.
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+                    Err(e) => {
+                        log::warn!("accept failed: {e}");
+                        backoff = true;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Over the connection limit: answer 503 without reading the request, and close.
+fn refuse_busy(mut sock: mio::net::TcpStream) {
+    let resp = handshake::http_response(
+        503,
+        "Service Unavailable",
+        "Retry-After: 1\r\n",
+        "connection limit reached",
+    );
+    // A fresh socket's send buffer takes this small response whole, or not at all.
+    let _ = sock.write(&resp);
+    let _ = sock.shutdown(std::net::Shutdown::Write);
+}
+
+/// Wakes the acceptor so it notices `stop`.
+pub fn stop(waker: &Waker, flag: &AtomicBool) {
+    flag.store(true, Ordering::SeqCst);
+    if let Err(e) = waker.wake() {
+        log::error!("waking the acceptor failed: {e}");
+    }
+}

@@ -1,0 +1,146 @@
+//! Encode a published message once and hand the same bytes to every worker.
+//! Runs on the publishing worker (encode) and on every worker (merge before delivery).
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use serde_json::value::RawValue;
+
+use crate::codec::{self, Kind, MAX_SERVER_HEADER};
+use crate::protocol;
+
+/// Who a delivery is for.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// Every open JSON connection.
+    All,
+    /// Subscribers of one topic.
+    Topic(Arc<str>),
+}
+
+impl Target {
+    fn same(&self, other: &Target) -> bool {
+        match (self, other) {
+            (Target::All, Target::All) => true,
+            (Target::Topic(a), Target::Topic(b)) => Arc::ptr_eq(a, b) || a == b,
+            _ => false,
+        }
+    }
+}
+
+/// A ready-to-send server frame and its audience. Cloning it costs two refcount bumps.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub target: Target,
+    /// A complete unmasked WebSocket text frame; identical for every recipient.
+    pub frame: Bytes,
+    /// How many messages `frame` holds (more than one after [`merge_runs`]).
+    pub count: u32,
+}
+
+/// Builds the `message` frame for `data` once: the JSON is written after room left for the
+/// largest header, and the header is then written right before it, so the frame is one
+/// allocation with no copy.
+pub fn encode(target: Target, data: &RawValue) -> Delivery {
+    let topic = match &target {
+        Target::All => None,
+        Target::Topic(t) => Some(&**t),
+    };
+    let mut buf = Vec::with_capacity(MAX_SERVER_HEADER + 48 + data.get().len());
+    buf.resize(MAX_SERVER_HEADER, 0);
+    protocol::message(&mut buf, topic, data);
+    let payload_len = buf.len() - MAX_SERVER_HEADER;
+    let mut header = [0u8; MAX_SERVER_HEADER];
+    let n = codec::write_header(&mut header, Kind::Text, payload_len);
+    let start = MAX_SERVER_HEADER - n;
+    buf[start..MAX_SERVER_HEADER].copy_from_slice(&header[..n]);
+    Delivery {
+        target,
+        frame: Bytes::from(buf).slice(start..),
+        count: 1,
+    }
+}
+
+/// Joins consecutive deliveries for the same audience into one buffer, so that a burst of
+/// messages costs each recipient one queued segment (and its flush one iovec), not one per
+/// message. Order is kept: only neighbours are merged.
+pub fn merge_runs(pending: &mut Vec<Delivery>, out: &mut Vec<Delivery>) {
+    let mut i = 0;
+    while i < pending.len() {
+        let mut j = i + 1;
+        while j < pending.len() && pending[j].target.same(&pending[i].target) {
+            j += 1;
+        }
+        if j - i == 1 {
+            out.push(pending[i].clone());
+        } else {
+            let total: usize = pending[i..j].iter().map(|d| d.frame.len()).sum();
+            let mut buf = BytesMut::with_capacity(total);
+            let mut count = 0;
+            for d in &pending[i..j] {
+                buf.extend_from_slice(&d.frame);
+                count += d.count;
+            }
+            out.push(Delivery {
+                target: pending[i].target.clone(),
+                frame: buf.freeze(),
+                count,
+            });
+        }
+        i = j;
+    }
+    pending.clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_owned()).unwrap()
+    }
+
+    #[test]
+    fn encodes_a_complete_text_frame_for_every_header_size() {
+        for len in [1usize, 100, 200, 70_000] {
+            let data = raw(&format!("\"{}\"", "x".repeat(len)));
+            let d = encode(Target::Topic("news".into()), &data);
+            let f = &d.frame;
+            assert_eq!(f[0], 0x81);
+            let (hlen, plen) = match f[1] {
+                126 => (4, u16::from_be_bytes([f[2], f[3]]) as usize),
+                127 => (
+                    10,
+                    u64::from_be_bytes(f[2..10].try_into().unwrap()) as usize,
+                ),
+                n => (2, n as usize),
+            };
+            assert_eq!(f.len(), hlen + plen);
+            let v: serde_json::Value = serde_json::from_slice(&f[hlen..]).unwrap();
+            assert_eq!(v["topic"], "news");
+            assert_eq!(v["data"].as_str().unwrap().len(), len);
+        }
+        let b = encode(Target::All, &raw("1"));
+        assert_eq!(&b.frame[2..], br#"{"op":"message","data":1}"#);
+    }
+
+    #[test]
+    fn merges_only_neighbours_with_the_same_audience() {
+        let a: Arc<str> = "a".into();
+        let mut pending = vec![
+            encode(Target::Topic(a.clone()), &raw("1")),
+            encode(Target::Topic(a.clone()), &raw("2")),
+            encode(Target::All, &raw("3")),
+            encode(Target::Topic("a".into()), &raw("4")),
+        ];
+        let expect: Vec<u8> = pending[..2].iter().flat_map(|d| d.frame.to_vec()).collect();
+        let mut out = Vec::new();
+        merge_runs(&mut pending, &mut out);
+        assert!(pending.is_empty());
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[0].count, 2);
+        assert_eq!(out[0].frame, expect);
+        assert!(matches!(out[1].target, Target::All));
+        assert_eq!(out[2].count, 1);
+    }
+}

@@ -1,0 +1,362 @@
+//! RFC 6455 frame decoding and encoding over byte slices; no I/O. Runs on worker threads.
+//!
+//! The decoder works in place on the worker's read buffer: it parses one header with
+//! tungstenite's `FrameHeader::parse`, applies the RFC's rules that depend only on that one
+//! frame (masking, reserved bits, control-frame limits, size limits), unmasks the payload where
+//! it lies and hands back its range. Rules that span frames (fragmentation, UTF-8 across
+//! fragments) belong to `message.rs`.
+
+use std::io::Cursor;
+
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tungstenite::protocol::frame::FrameHeader;
+
+/// The longest server frame header: 2 bytes, plus 8 for a 64-bit length; no mask.
+pub const MAX_SERVER_HEADER: usize = 10;
+
+/// Largest payload a control frame may carry (RFC 6455 §5.5).
+pub const MAX_CONTROL_PAYLOAD: usize = 125;
+
+/// WebSocket close codes corecast sends (RFC 6455 §7.4.1).
+pub mod close_code {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const INTERNAL: u16 = 1011;
+}
+
+/// What kind of frame was decoded; reserved opcodes never get this far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Continuation,
+    Text,
+    Binary,
+    Close,
+    Ping,
+    Pong,
+}
+
+impl Kind {
+    pub fn is_control(self) -> bool {
+        matches!(self, Kind::Close | Kind::Ping | Kind::Pong)
+    }
+
+    /// The opcode nibble on the wire.
+    pub fn opcode(self) -> u8 {
+        match self {
+            Kind::Continuation => 0x0,
+            Kind::Text => 0x1,
+            Kind::Binary => 0x2,
+            Kind::Close => 0x8,
+            Kind::Ping => 0x9,
+            Kind::Pong => 0xA,
+        }
+    }
+}
+
+/// One decoded client frame. `payload` indexes the buffer passed to [`decode`]; the bytes
+/// there are already unmasked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub kind: Kind,
+    pub fin: bool,
+    pub payload: std::ops::Range<usize>,
+}
+
+/// Why a frame was refused; each maps to the close code the connection must be failed with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("client frame is not masked")]
+    Unmasked,
+    #[error("reserved bits set without a negotiated extension")]
+    ReservedBits,
+    #[error("reserved opcode")]
+    ReservedOpcode,
+    #[error("control frame is fragmented or longer than 125 bytes")]
+    BadControl,
+    #[error("frame of {0} bytes exceeds the frame size limit")]
+    TooBig(u64),
+}
+
+impl FrameError {
+    pub fn close_code(&self) -> u16 {
+        match self {
+            FrameError::TooBig(_) => close_code::TOO_BIG,
+            _ => close_code::PROTOCOL_ERROR,
+        }
+    }
+}
+
+/// Result of one decode step.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// A whole frame; the caller consumes `used` bytes.
+    Frame { frame: Frame, used: usize },
+    /// Not enough bytes yet. `need` is the total frame length when the header is complete
+    /// (so the caller can reserve exactly that much), otherwise 0.
+    Incomplete { need: usize },
+}
+
+/// Decodes the frame at the start of `buf`, unmasking its payload in place.
+///
+/// `max_frame` bounds the payload of a single frame; the check happens on the header, before
+/// any payload is buffered, so an oversized frame never costs memory.
+pub fn decode(buf: &mut [u8], max_frame: usize) -> Result<Decoded, FrameError> {
+    let mut cursor = Cursor::new(&*buf);
+    let (header, len) = match FrameHeader::parse(&mut cursor) {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => return Ok(Decoded::Incomplete { need: 0 }),
+        // The only error `parse` reports on a slice is a reserved opcode.
+        Err(_) => return Err(FrameError::ReservedOpcode),
+    };
+    let header_len = cursor.position() as usize;
+    let kind = match header.opcode {
+        OpCode::Data(Data::Continue) => Kind::Continuation,
+        OpCode::Data(Data::Text) => Kind::Text,
+        OpCode::Data(Data::Binary) => Kind::Binary,
+        OpCode::Control(Control::Close) => Kind::Close,
+        OpCode::Control(Control::Ping) => Kind::Ping,
+        OpCode::Control(Control::Pong) => Kind::Pong,
+        OpCode::Data(Data::Reserved(_)) | OpCode::Control(Control::Reserved(_)) => {
+            return Err(FrameError::ReservedOpcode)
+        }
+    };
+    if header.rsv1 || header.rsv2 || header.rsv3 {
+        return Err(FrameError::ReservedBits);
+    }
+    let Some(mask) = header.mask else {
+        return Err(FrameError::Unmasked);
+    };
+    if kind.is_control() && (!header.is_final || len > MAX_CONTROL_PAYLOAD as u64) {
+        return Err(FrameError::BadControl);
+    }
+    if len > max_frame as u64 {
+        return Err(FrameError::TooBig(len));
+    }
+    let total = header_len + len as usize;
+    if buf.len() < total {
+        return Ok(Decoded::Incomplete { need: total });
+    }
+    let payload = header_len..total;
+    unmask(&mut buf[payload.clone()], mask);
+    Ok(Decoded::Frame {
+        frame: Frame {
+            kind,
+            fin: header.is_final,
+            payload,
+        },
+        used: total,
+    })
+}
+
+/// XORs `data` with the 4-byte client mask, eight bytes at a time where it can.
+pub fn unmask(data: &mut [u8], mask: [u8; 4]) {
+    let word = u32::from_ne_bytes(mask) as u64;
+    let wide = (word << 32) | word;
+    let mut chunks = data.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let v = u64::from_ne_bytes(chunk.try_into().expect("chunk is 8 bytes")) ^ wide;
+        chunk.copy_from_slice(&v.to_ne_bytes());
+    }
+    // The tail starts at a multiple of 8, hence of 4, so the mask phase is 0 again.
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= mask[i & 3];
+    }
+}
+
+/// Formats a final, unmasked server frame header for `len` payload bytes into `out`,
+/// returning how many bytes it used.
+pub fn write_header(out: &mut [u8; MAX_SERVER_HEADER], kind: Kind, len: usize) -> usize {
+    out[0] = 0x80 | kind.opcode();
+    if len < 126 {
+        out[1] = len as u8;
+        2
+    } else if len <= u16::MAX as usize {
+        out[1] = 126;
+        out[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        4
+    } else {
+        out[1] = 127;
+        out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    }
+}
+
+/// Appends a whole server frame (header then payload) to `out`.
+pub fn encode_into(out: &mut Vec<u8>, kind: Kind, payload: &[u8]) {
+    let mut header = [0u8; MAX_SERVER_HEADER];
+    let n = write_header(&mut header, kind, payload.len());
+    out.reserve(n + payload.len());
+    out.extend_from_slice(&header[..n]);
+    out.extend_from_slice(payload);
+}
+
+/// Builds a close frame payload: the code, then a reason cut to fit a control frame on a
+/// character boundary.
+pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
+    let mut cut = reason.len().min(MAX_CONTROL_PAYLOAD - 2);
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut p = Vec::with_capacity(2 + cut);
+    p.extend_from_slice(&code.to_be_bytes());
+    p.extend_from_slice(&reason.as_bytes()[..cut]);
+    p
+}
+
+/// Checks a received close frame's payload (RFC 6455 §5.5.1, §7.4): empty, or a code that may
+/// appear on the wire followed by UTF-8. Returns the code to echo back, or the code to fail
+/// the connection with.
+pub fn check_close(payload: &[u8]) -> Result<u16, u16> {
+    match payload.len() {
+        0 => Ok(close_code::NORMAL),
+        1 => Err(close_code::PROTOCOL_ERROR),
+        _ => {
+            let code = u16::from_be_bytes([payload[0], payload[1]]);
+            let known = tungstenite::protocol::frame::coding::CloseCode::from(code);
+            if !known.is_allowed() || !(1000..5000).contains(&code) {
+                return Err(close_code::PROTOCOL_ERROR);
+            }
+            if std::str::from_utf8(&payload[2..]).is_err() {
+                return Err(close_code::INVALID_PAYLOAD);
+            }
+            Ok(code)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A masked client frame, as a browser would send it.
+    fn client_frame(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+        let mut v = vec![first];
+        let len = payload.len();
+        if len < 126 {
+            v.push(0x80 | len as u8);
+        } else if len <= 0xFFFF {
+            v.push(0x80 | 126);
+            v.extend_from_slice(&(len as u16).to_be_bytes());
+        } else {
+            v.push(0x80 | 127);
+            v.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+        v.extend_from_slice(&mask);
+        v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+        v
+    }
+
+    #[test]
+    fn decodes_and_unmasks_every_length_format() {
+        for len in [0usize, 1, 7, 8, 125, 126, 127, 65535, 65536, 70000] {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let mut buf = client_frame(0x82, &payload, [1, 2, 3, 4]);
+            let total = buf.len();
+            match decode(&mut buf, 1 << 20).unwrap() {
+                Decoded::Frame { frame, used } => {
+                    assert_eq!(used, total);
+                    assert_eq!(frame.kind, Kind::Binary);
+                    assert!(frame.fin);
+                    assert_eq!(&buf[frame.payload], &payload[..], "len {len}");
+                }
+                other => panic!("len {len}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn reports_incomplete_at_every_split() {
+        let frame = client_frame(0x81, b"hello world, this is a frame", [9, 8, 7, 6]);
+        for cut in 0..frame.len() {
+            let mut part = frame[..cut].to_vec();
+            match decode(&mut part, 1024).unwrap() {
+                Decoded::Incomplete { need } => {
+                    assert!(need == 0 || need == frame.len(), "cut {cut}: need {need}")
+                }
+                other => panic!("cut {cut}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_what_the_rfc_forbids() {
+        let unmasked = &mut [0x81u8, 0x01, b'a'][..];
+        assert_eq!(decode(unmasked, 1024), Err(FrameError::Unmasked));
+        let mut rsv = client_frame(0xC1, b"a", [0; 4]);
+        assert_eq!(decode(&mut rsv, 1024), Err(FrameError::ReservedBits));
+        let mut reserved = client_frame(0x83, b"a", [0; 4]);
+        assert_eq!(decode(&mut reserved, 1024), Err(FrameError::ReservedOpcode));
+        let mut reserved_ctl = client_frame(0x8B, b"", [0; 4]);
+        assert_eq!(
+            decode(&mut reserved_ctl, 1024),
+            Err(FrameError::ReservedOpcode)
+        );
+        let mut long_ping = client_frame(0x89, &[0u8; 126], [0; 4]);
+        assert_eq!(decode(&mut long_ping, 1024), Err(FrameError::BadControl));
+        let mut fragmented_ping = client_frame(0x09, b"x", [0; 4]);
+        assert_eq!(
+            decode(&mut fragmented_ping, 1024),
+            Err(FrameError::BadControl)
+        );
+        // The size check fires on the header alone, before the payload arrives.
+        let big = client_frame(0x82, &[0u8; 2000], [0; 4]);
+        let mut header_only = big[..8].to_vec();
+        assert_eq!(
+            decode(&mut header_only, 1024),
+            Err(FrameError::TooBig(2000))
+        );
+        assert_eq!(FrameError::TooBig(1).close_code(), close_code::TOO_BIG);
+    }
+
+    #[test]
+    fn unmask_matches_bytewise_xor_at_all_lengths() {
+        let mask = [0xA1, 0x02, 0xF3, 0x44];
+        for len in 0..40 {
+            let orig: Vec<u8> = (0..len as u8).collect();
+            let mut fast = orig.clone();
+            unmask(&mut fast, mask);
+            let slow: Vec<u8> = orig
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ mask[i % 4])
+                .collect();
+            assert_eq!(fast, slow, "len {len}");
+        }
+    }
+
+    #[test]
+    fn encodes_server_headers_per_length_format() {
+        let mut out = Vec::new();
+        encode_into(&mut out, Kind::Text, b"hi");
+        assert_eq!(out, [0x81, 2, b'h', b'i']);
+        let mut out = Vec::new();
+        encode_into(&mut out, Kind::Binary, &[0u8; 300]);
+        assert_eq!(&out[..4], &[0x82, 126, 0x01, 0x2C]);
+        assert_eq!(out.len(), 304);
+        let mut out = Vec::new();
+        encode_into(&mut out, Kind::Binary, &vec![0u8; 70000]);
+        assert_eq!(&out[..10], &[0x82, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
+    }
+
+    #[test]
+    fn close_payload_validation() {
+        assert_eq!(check_close(&[]), Ok(1000));
+        assert_eq!(check_close(&[3]), Err(1002));
+        assert_eq!(check_close(&1000u16.to_be_bytes()), Ok(1000));
+        assert_eq!(check_close(&3000u16.to_be_bytes()), Ok(3000));
+        assert_eq!(check_close(&1005u16.to_be_bytes()), Err(1002));
+        assert_eq!(check_close(&999u16.to_be_bytes()), Err(1002));
+        assert_eq!(check_close(&5000u16.to_be_bytes()), Err(1002));
+        let mut bad_reason = 1000u16.to_be_bytes().to_vec();
+        bad_reason.extend_from_slice(&[0xFF, 0xFE]);
+        assert_eq!(check_close(&bad_reason), Err(1007));
+        let long = "é".repeat(100);
+        let p = close_payload(1001, &long);
+        assert!(p.len() <= MAX_CONTROL_PAYLOAD);
+        assert!(std::str::from_utf8(&p[2..]).is_ok());
+    }
+}

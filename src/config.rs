@@ -1,0 +1,237 @@
+//! Command-line flags and `CORECAST_*` environment variables -> a validated [`Config`].
+//! Runs on the main thread before anything starts.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Default listen address: loopback, so a first run exposes nothing.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9000";
+/// Largest message accepted by default: JSON pub/sub payloads are small; 64 KiB leaves room.
+pub const DEFAULT_MAX_MESSAGE: usize = 64 * 1024;
+/// Subscriptions one connection may hold: each costs an index entry on its worker.
+pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 256;
+/// Unsent bytes one connection may hold before the slow-consumer policy applies. 1 MiB is
+/// seconds of backlog for a typical feed, while 10,000 stalled readers still cost at most 10 GiB.
+pub const DEFAULT_MAX_OUTBOUND: usize = 1024 * 1024;
+/// How long a client may take to send a complete upgrade request.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_S: u64 = 10;
+/// How long a connection may stay silent before the server pings it.
+pub const DEFAULT_PING_INTERVAL_S: u64 = 30;
+/// How long a connection may stay silent (even after pings) before it is closed.
+pub const DEFAULT_IDLE_TIMEOUT_S: u64 = 75;
+/// How long shutdown waits for clients to answer the 1001 close.
+pub const DEFAULT_DRAIN_TIMEOUT_S: u64 = 5;
+/// Ceiling on open connections across all workers.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1_000_000;
+
+/// What to do with a connection whose outbound buffer is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SlowConsumer {
+    /// Close it with 1008 (policy violation): the client learns it fell behind.
+    Close,
+    /// Drop the messages that do not fit, and count them.
+    Drop,
+}
+
+/// The validated server configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Number of worker threads; at least 1.
+    pub workers: usize,
+    /// Pin worker `i` to core `i mod cores`.
+    pub pin: bool,
+    pub max_message_size: usize,
+    /// Never above `max_message_size`.
+    pub max_frame_size: usize,
+    pub max_subscriptions: usize,
+    pub max_outbound_bytes: usize,
+    pub slow_consumer: SlowConsumer,
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+    pub drain_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            workers: default_workers(),
+            pin: true,
+            max_message_size: DEFAULT_MAX_MESSAGE,
+            max_frame_size: DEFAULT_MAX_MESSAGE,
+            max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
+            max_outbound_bytes: DEFAULT_MAX_OUTBOUND,
+            slow_consumer: SlowConsumer::Close,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            handshake_timeout: Duration::from_secs(DEFAULT_HANDSHAKE_TIMEOUT_S),
+            ping_interval: Duration::from_secs(DEFAULT_PING_INTERVAL_S),
+            idle_timeout: Duration::from_secs(DEFAULT_IDLE_TIMEOUT_S),
+            drain_timeout: Duration::from_secs(DEFAULT_DRAIN_TIMEOUT_S),
+        }
+    }
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// corecast: a thread-per-core WebSocket pub/sub server.
+///
+/// Clients speak JSON over WebSocket on /ws (subscribe, publish, broadcast, echo); /echo
+/// echoes raw frames for benchmarks and conformance suites. Every flag can also be set with
+/// the environment variable shown next to it.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+pub struct Args {
+    /// Address to accept WebSocket connections on.
+    #[arg(long, env = "CORECAST_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// Worker threads, each with its own event loop and connections. 0 = one per available core.
+    #[arg(long, env = "CORECAST_WORKERS", default_value_t = 0)]
+    pub workers: usize,
+
+    /// Do not pin worker threads to cores (pinning is on by default).
+    #[arg(long, env = "CORECAST_NO_PIN")]
+    pub no_pin: bool,
+
+    /// Largest message accepted, in bytes, after reassembling fragments; larger ones close
+    /// the connection with 1009.
+    #[arg(long, env = "CORECAST_MAX_MESSAGE_SIZE", default_value_t = DEFAULT_MAX_MESSAGE)]
+    pub max_message_size: usize,
+
+    /// Largest single frame accepted, in bytes; capped at --max-message-size. Default: the same
+    /// as --max-message-size.
+    #[arg(long, env = "CORECAST_MAX_FRAME_SIZE")]
+    pub max_frame_size: Option<usize>,
+
+    /// Topics one connection may be subscribed to at once.
+    #[arg(long, env = "CORECAST_MAX_SUBSCRIPTIONS", default_value_t = DEFAULT_MAX_SUBSCRIPTIONS)]
+    pub max_subscriptions: usize,
+
+    /// Unsent bytes one connection may have queued before --slow-consumer applies.
+    #[arg(long, env = "CORECAST_MAX_OUTBOUND_BYTES", default_value_t = DEFAULT_MAX_OUTBOUND)]
+    pub max_outbound_bytes: usize,
+
+    /// What to do when a connection's outbound queue is full: close it with 1008, or drop
+    /// messages for it (and count them).
+    #[arg(long, env = "CORECAST_SLOW_CONSUMER", value_enum, default_value_t = SlowConsumer::Close)]
+    pub slow_consumer: SlowConsumer,
+
+    /// Open connections allowed across all workers; over it, upgrades get HTTP 503.
+    #[arg(long, env = "CORECAST_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+
+    /// Seconds a client has to complete the HTTP upgrade.
+    #[arg(long, env = "CORECAST_HANDSHAKE_TIMEOUT", default_value_t = DEFAULT_HANDSHAKE_TIMEOUT_S)]
+    pub handshake_timeout: u64,
+
+    /// Seconds of silence from a client before the server pings it.
+    #[arg(long, env = "CORECAST_PING_INTERVAL", default_value_t = DEFAULT_PING_INTERVAL_S)]
+    pub ping_interval: u64,
+
+    /// Seconds of silence from a client (any frame counts) before it is closed.
+    #[arg(long, env = "CORECAST_IDLE_TIMEOUT", default_value_t = DEFAULT_IDLE_TIMEOUT_S)]
+    pub idle_timeout: u64,
+
+    /// Seconds shutdown waits for clients to acknowledge the 1001 close before exiting.
+    #[arg(long, env = "CORECAST_DRAIN_TIMEOUT", default_value_t = DEFAULT_DRAIN_TIMEOUT_S)]
+    pub drain_timeout: u64,
+}
+
+/// A flag combination that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--{0} must be greater than 0")]
+    Zero(&'static str),
+    #[error("--idle-timeout ({idle} s) must be longer than --ping-interval ({ping} s)")]
+    IdleBeforePing { idle: u64, ping: u64 },
+}
+
+impl Args {
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        for (name, v) in [
+            ("max-message-size", self.max_message_size as u64),
+            ("max-subscriptions", self.max_subscriptions as u64),
+            ("max-outbound-bytes", self.max_outbound_bytes as u64),
+            ("max-connections", self.max_connections as u64),
+            ("handshake-timeout", self.handshake_timeout),
+            ("ping-interval", self.ping_interval),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        if self.max_frame_size == Some(0) {
+            return Err(ConfigError::Zero("max-frame-size"));
+        }
+        if self.idle_timeout <= self.ping_interval {
+            return Err(ConfigError::IdleBeforePing {
+                idle: self.idle_timeout,
+                ping: self.ping_interval,
+            });
+        }
+        Ok(Config {
+            listen: self.listen,
+            workers: if self.workers == 0 {
+                default_workers()
+            } else {
+                self.workers
+            },
+            pin: !self.no_pin,
+            max_message_size: self.max_message_size,
+            max_frame_size: self
+                .max_frame_size
+                .unwrap_or(self.max_message_size)
+                .min(self.max_message_size),
+            max_subscriptions: self.max_subscriptions,
+            max_outbound_bytes: self.max_outbound_bytes,
+            slow_consumer: self.slow_consumer,
+            max_connections: self.max_connections,
+            handshake_timeout: Duration::from_secs(self.handshake_timeout),
+            ping_interval: Duration::from_secs(self.ping_interval),
+            idle_timeout: Duration::from_secs(self.idle_timeout),
+            drain_timeout: Duration::from_secs(self.drain_timeout),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let mut all = vec!["corecast"];
+        all.extend_from_slice(args);
+        Args::try_parse_from(all)
+            .map_err(|e| e.to_string())?
+            .into_config()
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_and_frame_cap() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert!(c.workers >= 1);
+        assert_eq!(c.max_frame_size, c.max_message_size);
+        let c = parse(&["--max-message-size", "100", "--max-frame-size", "1000"]).unwrap();
+        assert_eq!(c.max_frame_size, 100);
+    }
+
+    #[test]
+    fn refuses_impossible_combinations() {
+        assert!(parse(&["--max-message-size", "0"])
+            .unwrap_err()
+            .contains("max-message-size"));
+        assert!(parse(&["--ping-interval", "10", "--idle-timeout", "5"])
+            .unwrap_err()
+            .contains("idle-timeout"));
+        assert!(parse(&["--slow-consumer", "maybe"]).is_err());
+    }
+}

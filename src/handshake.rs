@@ -1,0 +1,274 @@
+//! The HTTP/1.1 upgrade (RFC 6455 §4.2) on bytes; no I/O. Runs on worker threads.
+//!
+//! httparse reads the request and tungstenite's `create_response` applies the RFC's checks
+//! and derives the accept key. The caller keeps a half-received request between readable
+//! events (the resumable state tungstenite calls `MidHandshake`) and calls [`parse`] again;
+//! an idle connection that has finished its handshake keeps none of this.
+
+use tungstenite::error::{Error as WsError, ProtocolError};
+
+/// Largest request head accepted; browsers send well under 2 KiB.
+pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
+
+/// Most header lines accepted in one request.
+const MAX_HEADERS: usize = 32;
+
+/// What an upgraded connection speaks, chosen by the request path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// The JSON pub/sub protocol (`/ws` and `/`).
+    Json,
+    /// Raw echo of every data frame (`/echo`), for benchmarks and conformance suites.
+    Echo,
+}
+
+/// Result of looking at the bytes received so far.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The request head is not complete yet.
+    Partial,
+    /// Accepted: send `response`, then frames start at byte `consumed`.
+    Upgrade {
+        endpoint: Endpoint,
+        response: Vec<u8>,
+        consumed: usize,
+    },
+    /// Refused: send `response` and close. `reason` is for logs and counters.
+    Reject {
+        response: Vec<u8>,
+        reason: &'static str,
+    },
+}
+
+/// Parses the request head at the start of `buf`.
+pub fn parse(buf: &[u8]) -> Outcome {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let consumed = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_REQUEST_HEAD => {
+            return reject(
+                431,
+                "Request Header Fields Too Large",
+                "request head too large",
+                "",
+            )
+        }
+        Ok(httparse::Status::Partial) => return Outcome::Partial,
+        Err(httparse::Error::TooManyHeaders) => {
+            return reject(
+                431,
+                "Request Header Fields Too Large",
+                "too many headers",
+                "",
+            )
+        }
+        Err(_) => return reject(400, "Bad Request", "malformed HTTP request", ""),
+    };
+    if consumed > MAX_REQUEST_HEAD {
+        return reject(
+            431,
+            "Request Header Fields Too Large",
+            "request head too large",
+            "",
+        );
+    }
+    let path = req.path.unwrap_or("/");
+    let endpoint = match path.split('?').next().unwrap_or("") {
+        "/ws" | "/" => Endpoint::Json,
+        "/echo" => Endpoint::Echo,
+        _ => return reject(404, "Not Found", "unknown path", ""),
+    };
+    let request = match to_http(&req) {
+        Some(r) => r,
+        None => return reject(400, "Bad Request", "malformed HTTP request", ""),
+    };
+    match tungstenite::handshake::server::create_response(&request) {
+        Ok(resp) => {
+            let mut response = Vec::with_capacity(160);
+            if tungstenite::handshake::server::write_response(&mut response, &resp).is_err() {
+                return reject(500, "Internal Server Error", "response encoding failed", "");
+            }
+            Outcome::Upgrade {
+                endpoint,
+                response,
+                consumed,
+            }
+        }
+        Err(WsError::Protocol(p)) => match p {
+            ProtocolError::WrongHttpMethod => reject(
+                405,
+                "Method Not Allowed",
+                "method is not GET",
+                "Allow: GET\r\n",
+            ),
+            ProtocolError::WrongHttpVersion => reject(
+                505,
+                "HTTP Version Not Supported",
+                "HTTP version below 1.1",
+                "",
+            ),
+            ProtocolError::MissingConnectionUpgradeHeader
+            | ProtocolError::MissingUpgradeWebSocketHeader => reject(
+                426,
+                "Upgrade Required",
+                "not a WebSocket upgrade",
+                "Upgrade: websocket\r\n",
+            ),
+            ProtocolError::MissingSecWebSocketVersionHeader => reject(
+                426,
+                "Upgrade Required",
+                "unsupported Sec-WebSocket-Version",
+                "Sec-WebSocket-Version: 13\r\n",
+            ),
+            _ => reject(
+                400,
+                "Bad Request",
+                "missing or invalid Sec-WebSocket-Key",
+                "",
+            ),
+        },
+        Err(_) => reject(400, "Bad Request", "malformed HTTP request", ""),
+    }
+}
+
+fn to_http(req: &httparse::Request<'_, '_>) -> Option<tungstenite::handshake::server::Request> {
+    let mut b = http::Request::builder()
+        .method(req.method?)
+        .uri(req.path?)
+        .version(if req.version? == 1 {
+            http::Version::HTTP_11
+        } else {
+            http::Version::HTTP_10
+        });
+    for h in req.headers.iter() {
+        b = b.header(h.name, h.value);
+    }
+    b.body(()).ok()
+}
+
+/// Builds a plain-text HTTP error response that closes the connection.
+pub fn reject(status: u16, phrase: &str, reason: &'static str, extra: &str) -> Outcome {
+    Outcome::Reject {
+        response: http_response(status, phrase, extra, reason),
+        reason,
+    }
+}
+
+/// A complete HTTP/1.1 response with a text body and `Connection: close`.
+pub fn http_response(status: u16, phrase: &str, extra_headers: &str, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n{extra_headers}\r\n{body}\n",
+        body.len() + 1
+    )
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+    fn upgrade(path: &str, version: &str) -> String {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
+             Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: {version}\r\n\r\n"
+        )
+    }
+
+    fn status(o: &Outcome) -> String {
+        let bytes = match o {
+            Outcome::Upgrade { response, .. } | Outcome::Reject { response, .. } => response,
+            Outcome::Partial => return "partial".into(),
+        };
+        String::from_utf8_lossy(&bytes[..12]).into_owned()
+    }
+
+    #[test]
+    fn accepts_the_rfc_example_and_keeps_trailing_frames() {
+        let mut req = upgrade("/ws", "13").into_bytes();
+        let head = req.len();
+        req.extend_from_slice(&[0x81, 0x80, 0, 0, 0, 0]);
+        match parse(&req) {
+            Outcome::Upgrade {
+                endpoint,
+                response,
+                consumed,
+            } => {
+                assert_eq!(endpoint, Endpoint::Json);
+                assert_eq!(consumed, head);
+                let text = String::from_utf8(response).unwrap();
+                assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+                // The accept value from RFC 6455 §1.3.
+                assert!(text.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{text}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn routes_paths() {
+        assert!(matches!(
+            parse(upgrade("/", "13").as_bytes()),
+            Outcome::Upgrade {
+                endpoint: Endpoint::Json,
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse(upgrade("/echo", "13").as_bytes()),
+            Outcome::Upgrade {
+                endpoint: Endpoint::Echo,
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse(upgrade("/ws?x=1", "13").as_bytes()),
+            Outcome::Upgrade {
+                endpoint: Endpoint::Json,
+                ..
+            }
+        ));
+        assert_eq!(
+            status(&parse(upgrade("/nope", "13").as_bytes())),
+            "HTTP/1.1 404"
+        );
+    }
+
+    #[test]
+    fn partial_until_the_blank_line_then_bounded() {
+        let req = upgrade("/ws", "13");
+        for cut in 0..req.len() - 1 {
+            let o = parse(&req.as_bytes()[..cut]);
+            assert!(
+                o == Outcome::Partial || status(&o) == "HTTP/1.1 400",
+                "cut {cut}: {o:?}"
+            );
+        }
+        let mut endless = b"GET /ws HTTP/1.1\r\n".to_vec();
+        while endless.len() < MAX_REQUEST_HEAD {
+            endless.extend_from_slice(b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+        }
+        assert_eq!(status(&parse(&endless)), "HTTP/1.1 431");
+    }
+
+    #[test]
+    fn refusals_carry_the_right_status() {
+        assert_eq!(
+            status(&parse(upgrade("/ws", "8").as_bytes())),
+            "HTTP/1.1 426"
+        );
+        let plain = b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(status(&parse(plain)), "HTTP/1.1 426");
+        let post = upgrade("/ws", "13").replacen("GET", "POST", 1);
+        assert_eq!(status(&parse(post.as_bytes())), "HTTP/1.1 405");
+        let badkey = upgrade("/ws", "13").replace(KEY, "short");
+        assert_eq!(status(&parse(badkey.as_bytes())), "HTTP/1.1 400");
+        assert_eq!(
+            status(&parse(b"\x16\x03\x01garbage\r\n\r\n")),
+            "HTTP/1.1 400"
+        );
+    }
+}

@@ -1,0 +1,22 @@
+//! corecast: a thread-per-core, epoll-driven WebSocket pub/sub server.
+//!
+//! See README.md for the architecture; `server::Server` is the entry point.
+
+pub mod acceptor;
+pub mod affinity;
+pub mod broadcast;
+pub mod codec;
+pub mod config;
+pub mod conn;
+pub mod handshake;
+pub mod message;
+pub mod outbound;
+pub mod protocol;
+pub mod server;
+pub mod stats;
+pub mod timer;
+pub mod topics;
+pub mod worker;
+
+pub use config::Config;
+pub use server::Server;

@@ -1,0 +1,59 @@
+//! The `corecast` binary: parse flags, start the server, wait for a signal or a failure.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use corecast::config::Args;
+use corecast::server::Exit;
+use corecast::Server;
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+/// Exit code when a server thread dies (EX_SOFTWARE).
+const EXIT_THREAD_FAILED: u8 = 70;
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<ExitCode, String> {
+    let cfg = Args::parse().into_config().map_err(|e| e.to_string())?;
+    let listen = cfg.listen;
+    let server = Server::start(cfg).map_err(|e| format!("cannot start on {listen}: {e}"))?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let signal_handle = signals.handle();
+    let (sig_tx, sig_rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            let _ = sig_tx.send(sig);
+        }
+    });
+    loop {
+        if let Ok(sig) = sig_rx.try_recv() {
+            log::info!("signal {sig}: draining connections");
+            signal_handle.close();
+            return match server.shutdown() {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) => Err(format!("a server thread failed during shutdown: {e}")),
+            };
+        }
+        // Nothing ends on its own in a healthy server: any exit here is a failure, and the
+        // process goes down loudly rather than running half-dead.
+        if let Some(exit) = server.wait_exit(Duration::from_millis(100)) {
+            let what = match exit {
+                Exit::Worker { index, result } => format!("worker {index}: {result:?}"),
+                Exit::Acceptor { result } => format!("acceptor: {result:?}"),
+            };
+            log::error!("server thread ended unexpectedly ({what}); exiting");
+            return Ok(ExitCode::from(EXIT_THREAD_FAILED));
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! The JSON wire protocol: request decoding and reply encoding; no I/O. Runs on worker threads.
+//!
+//! Every field is first taken as a `RawValue` borrowed from the frame, so a request with a
+//! wrong-typed field still yields its `id` for the error reply, and `data` is forwarded byte
+//! for byte without being parsed into a tree and printed again.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Longest topic name accepted, in bytes.
+pub const MAX_TOPIC_LEN: usize = 256;
+
+/// A decoded client request. `id` is echoed verbatim in the reply.
+#[derive(Debug)]
+pub enum Request<'a> {
+    Echo {
+        id: Option<&'a RawValue>,
+        data: &'a RawValue,
+    },
+    Subscribe {
+        id: Option<&'a RawValue>,
+        topic: Cow<'a, str>,
+    },
+    Unsubscribe {
+        id: Option<&'a RawValue>,
+        topic: Cow<'a, str>,
+    },
+    Publish {
+        id: Option<&'a RawValue>,
+        topic: Cow<'a, str>,
+        data: &'a RawValue,
+    },
+    Broadcast {
+        id: Option<&'a RawValue>,
+        data: &'a RawValue,
+    },
+}
+
+/// A request that cannot be served; the connection stays open.
+#[derive(Debug)]
+pub struct BadRequest<'a> {
+    pub id: Option<&'a RawValue>,
+    pub message: Cow<'static, str>,
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    op: Option<&'a RawValue>,
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    topic: Option<&'a RawValue>,
+    /// `null` is a value here, not an absence, hence the custom path.
+    #[serde(borrow, default, deserialize_with = "present")]
+    data: Option<&'a RawValue>,
+}
+
+/// Deserializes a field that is present (called only then), keeping a JSON `null` as `Some`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// Decodes one text message.
+pub fn decode(text: &str) -> Result<Request<'_>, BadRequest<'_>> {
+    // serde would also read a struct from an array (`[op, id, ...]`); only objects are requests.
+    match text.trim_start().as_bytes().first() {
+        Some(b'{') => {}
+        None => return Err(bad(None, "malformed JSON: empty message")),
+        Some(b'[' | b'"' | b'0'..=b'9' | b'-' | b't' | b'f' | b'n') => {
+            return Err(bad(None, "expected a JSON object"))
+        }
+        Some(_) => return Err(bad(None, "malformed JSON: expected a value")),
+    }
+    let env: Envelope<'_> = serde_json::from_str(text).map_err(|e| BadRequest {
+        id: None,
+        message: if e.is_data() {
+            "expected a JSON object".into()
+        } else {
+            format!("malformed JSON: {e}").into()
+        },
+    })?;
+    // `"id": null` deserializes as absent; an id that is an object or array is refused so that
+    // replies stay cheap to match on the client side.
+    let id = env.id;
+    if let Some(raw) = id {
+        if matches!(raw.get().as_bytes().first(), Some(b'{' | b'[')) {
+            return Err(bad(None, "\"id\" must be a string or a number"));
+        }
+    }
+    let op: Cow<'_, str> = match env.op {
+        None => return Err(bad(id, "missing field \"op\"")),
+        Some(raw) => {
+            serde_json::from_str(raw.get()).map_err(|_| bad(id, "\"op\" must be a string"))?
+        }
+    };
+    let data = || env.data.ok_or_else(|| bad(id, "missing field \"data\""));
+    let topic = || -> Result<Cow<'_, str>, BadRequest<'_>> {
+        let raw = env
+            .topic
+            .ok_or_else(|| bad(id, "missing field \"topic\""))?;
+        let t: Cow<'_, str> =
+            serde_json::from_str(raw.get()).map_err(|_| bad(id, "\"topic\" must be a string"))?;
+        if t.is_empty() || t.len() > MAX_TOPIC_LEN {
+            return Err(bad(id, "\"topic\" must be 1 to 256 bytes"));
+        }
+        if t.chars().any(char::is_control) {
+            return Err(bad(id, "\"topic\" must not contain control characters"));
+        }
+        Ok(t)
+    };
+    Ok(match &*op {
+        "echo" => Request::Echo { id, data: data()? },
+        "subscribe" => Request::Subscribe {
+            id,
+            topic: topic()?,
+        },
+        "unsubscribe" => Request::Unsubscribe {
+            id,
+            topic: topic()?,
+        },
+        "publish" => Request::Publish {
+            id,
+            topic: topic()?,
+            data: data()?,
+        },
+        "broadcast" => Request::Broadcast { id, data: data()? },
+        _ => return Err(bad(id, "unknown \"op\"")),
+    })
+}
+
+fn bad<'a>(id: Option<&'a RawValue>, message: &'static str) -> BadRequest<'a> {
+    BadRequest {
+        id,
+        message: message.into(),
+    }
+}
+
+/// Writes a JSON string literal with the escaping JSON requires.
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
+}
+
+fn write_id(out: &mut Vec<u8>, id: Option<&RawValue>) {
+    if let Some(id) = id {
+        out.extend_from_slice(b",\"id\":");
+        out.extend_from_slice(id.get().as_bytes());
+    }
+}
+
+/// `{"op":"ok","id":..}`
+pub fn ok(out: &mut Vec<u8>, id: Option<&RawValue>) {
+    out.extend_from_slice(b"{\"op\":\"ok\"");
+    write_id(out, id);
+    out.push(b'}');
+}
+
+/// `{"op":"echo","id":..,"data":..}`
+pub fn echo(out: &mut Vec<u8>, id: Option<&RawValue>, data: &RawValue) {
+    out.extend_from_slice(b"{\"op\":\"echo\"");
+    write_id(out, id);
+    out.extend_from_slice(b",\"data\":");
+    out.extend_from_slice(data.get().as_bytes());
+    out.push(b'}');
+}
+
+/// `{"op":"error","id":..,"code":..,"message":..}`; `id` is `null` when the request had none
+/// or could not be read.
+pub fn error(out: &mut Vec<u8>, id: Option<&RawValue>, code: &str, message: &str) {
+    out.extend_from_slice(b"{\"op\":\"error\",\"id\":");
+    match id {
+        Some(id) => out.extend_from_slice(id.get().as_bytes()),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"code\":");
+    write_str(out, code);
+    out.extend_from_slice(b",\"message\":");
+    write_str(out, message);
+    out.push(b'}');
+}
+
+/// `{"op":"message","topic":..,"data":..}`, or without `topic` for a broadcast.
+pub fn message(out: &mut Vec<u8>, topic: Option<&str>, data: &RawValue) {
+    out.extend_from_slice(b"{\"op\":\"message\"");
+    if let Some(t) = topic {
+        out.extend_from_slice(b",\"topic\":");
+        write_str(out, t);
+    }
+    out.extend_from_slice(b",\"data\":");
+    out.extend_from_slice(data.get().as_bytes());
+    out.push(b'}');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err_of(text: &str) -> (Option<String>, String) {
+        match decode(text) {
+            Err(e) => (e.id.map(|i| i.get().to_owned()), e.message.into_owned()),
+            Ok(r) => panic!("{text} decoded to {r:?}"),
+        }
+    }
+
+    #[test]
+    fn decodes_each_op_and_keeps_data_verbatim() {
+        match decode(r#"{"op":"echo","id":7,"data":{"a": [1, 2]}}"#).unwrap() {
+            Request::Echo { id, data } => {
+                assert_eq!(id.unwrap().get(), "7");
+                assert_eq!(data.get(), r#"{"a": [1, 2]}"#);
+            }
+            r => panic!("{r:?}"),
+        }
+        assert!(
+            matches!(decode(r#"{"op":"subscribe","topic":"n\u00e9ws"}"#).unwrap(),
+            Request::Subscribe { topic, id: None } if topic == "néws")
+        );
+        assert!(
+            matches!(decode(r#"{"op":"unsubscribe","topic":"a","id":"x"}"#).unwrap(),
+            Request::Unsubscribe { topic, .. } if topic == "a")
+        );
+        assert!(
+            matches!(decode(r#"{"data":1,"topic":"t","op":"publish"}"#).unwrap(),
+            Request::Publish { topic, data, .. } if topic == "t" && data.get() == "1")
+        );
+        assert!(
+            matches!(decode(r#"{"op":"broadcast","data":null}"#).unwrap(),
+            Request::Broadcast { data, .. } if data.get() == "null")
+        );
+    }
+
+    #[test]
+    fn errors_keep_the_id_when_it_can_be_read() {
+        assert_eq!(err_of("{nope").0, None);
+        assert!(err_of("{nope").1.starts_with("malformed JSON"));
+        assert_eq!(err_of("[1,2]").1, "expected a JSON object");
+        assert_eq!(
+            err_of(r#"{"op":"fly","id":3}"#),
+            (Some("3".into()), "unknown \"op\"".into())
+        );
+        assert_eq!(
+            err_of(r#"{"op":"publish","id":"q","data":1}"#).1,
+            "missing field \"topic\""
+        );
+        assert_eq!(
+            err_of(r#"{"op":"publish","id":"q","data":1}"#).0.as_deref(),
+            Some("\"q\"")
+        );
+        assert_eq!(err_of(r#"{"op":"echo"}"#).1, "missing field \"data\"");
+        assert_eq!(err_of(r#"{"op":5}"#).1, "\"op\" must be a string");
+        assert_eq!(
+            err_of(r#"{"op":"subscribe","topic":7,"id":1}"#).1,
+            "\"topic\" must be a string"
+        );
+        assert_eq!(
+            err_of(r#"{"op":"subscribe","topic":""}"#).1,
+            "\"topic\" must be 1 to 256 bytes"
+        );
+        let long = format!(r#"{{"op":"subscribe","topic":"{}"}}"#, "a".repeat(257));
+        assert_eq!(err_of(&long).1, "\"topic\" must be 1 to 256 bytes");
+        assert_eq!(
+            err_of(r#"{"op":"subscribe","topic":"a\nb"}"#).1,
+            "\"topic\" must not contain control characters"
+        );
+        assert_eq!(
+            err_of(r#"{"op":"echo","data":1,"id":{"x":1}}"#).1,
+            "\"id\" must be a string or a number"
+        );
+    }
+
+    #[test]
+    fn replies_are_valid_json() {
+        let raw = |s: &str| RawValue::from_string(s.to_owned()).unwrap();
+        let id = raw("\"r1\"");
+        let mut out = Vec::new();
+        error(
+            &mut out,
+            Some(&id),
+            "bad_request",
+            "quote \" and \n newline",
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["id"], "r1");
+        assert_eq!(v["message"], "quote \" and \n newline");
+        out.clear();
+        message(&mut out, Some("t\"x"), &raw("[1,{\"a\":2}]"));
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"op":"message","topic":"t\"x","data":[1,{"a":2}]})
+        );
+        out.clear();
+        ok(&mut out, None);
+        assert_eq!(out, br#"{"op":"ok"}"#);
+        out.clear();
+        echo(&mut out, Some(&raw("5")), &raw("\"hi\""));
+        assert_eq!(out, br#"{"op":"echo","id":5,"data":"hi"}"#);
+    }
+}

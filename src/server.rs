@@ -1,0 +1,224 @@
+//! Starting and stopping the whole server: listener, workers, acceptor. Runs on the caller's
+//! thread; used by `main` and by the integration tests.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use mio::net::TcpListener;
+use mio::{Poll, Waker};
+
+use crate::acceptor::{self, Acceptor, ACCEPTOR_WAKER};
+use crate::affinity;
+use crate::config::Config;
+use crate::stats::{Snapshot, Stats};
+use crate::worker::handle::{self, Msg, WorkerHandle};
+use crate::worker::{Worker, WAKER};
+
+/// Kernel accept queue length: large enough for a C10K connect burst (the kernel caps it at
+/// net.core.somaxconn).
+const BACKLOG: i32 = 4096;
+
+/// A thread of the server that ended.
+#[derive(Debug)]
+pub enum Exit {
+    /// Worker `index` returned; `Err` carries a panic message or an I/O error.
+    Worker {
+        index: usize,
+        result: Result<(), String>,
+    },
+    Acceptor {
+        result: Result<(), String>,
+    },
+}
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    workers: Arc<[WorkerHandle]>,
+    stats: Vec<Arc<Stats>>,
+    threads: Vec<JoinHandle<()>>,
+    acceptor: Option<JoinHandle<()>>,
+    acceptor_waker: Arc<Waker>,
+    stop: Arc<AtomicBool>,
+    refused: Arc<AtomicUsize>,
+    exits: Receiver<Exit>,
+}
+
+impl Server {
+    /// Binds the listener and starts every thread.
+    pub fn start(cfg: Config) -> io::Result<Server> {
+        let listener = TcpListener::bind(cfg.listen)?;
+        // SAFETY: `listen` on a socket we own and that stays open; raising the backlog of an
+        // already listening socket is allowed on Linux.
+        if unsafe { libc::listen(listener.as_raw_fd(), BACKLOG) } != 0 {
+            log::warn!(
+                "raising the listen backlog failed: {}",
+                io::Error::last_os_error()
+            );
+        }
+        let addr = listener.local_addr()?;
+        let cfg = Arc::new(cfg);
+        let open_total = Arc::new(AtomicUsize::new(0));
+        let (exit_tx, exits) = crossbeam_channel::unbounded();
+
+        let mut polls = Vec::new();
+        let mut handles = Vec::new();
+        let mut inboxes = Vec::new();
+        for _ in 0..cfg.workers {
+            let poll = Poll::new()?;
+            let waker = Waker::new(poll.registry(), WAKER)?;
+            let (h, inbox) = handle::channel(waker);
+            polls.push(poll);
+            handles.push(h);
+            inboxes.push(inbox);
+        }
+        let workers: Arc<[WorkerHandle]> = handles.into();
+        let mut stats = Vec::new();
+        let mut threads = Vec::new();
+        for (index, (poll, inbox)) in polls.into_iter().zip(inboxes).enumerate() {
+            let st = Arc::new(Stats::default());
+            stats.push(st.clone());
+            let (peers, cfg, open_total, exit_tx) = (
+                workers.clone(),
+                cfg.clone(),
+                open_total.clone(),
+                exit_tx.clone(),
+            );
+            let t = std::thread::Builder::new()
+                .name(format!("corecast-w{index}"))
+                .spawn(move || {
+                    if cfg.pin {
+                        if let Some(core) = affinity::pin_current(index) {
+                            log::debug!("worker {index} pinned to core {core}");
+                        }
+                    }
+                    let worker = Worker::new(index, poll, inbox, peers, cfg, st, open_total);
+                    let result = run_guarded(|| worker.run());
+                    if let Err(e) = &result {
+                        log::error!("worker {index} stopped: {e}");
+                    }
+                    let _ = exit_tx.send(Exit::Worker { index, result });
+                })?;
+            threads.push(t);
+        }
+
+        let poll = Poll::new()?;
+        let acceptor_waker = Arc::new(Waker::new(poll.registry(), ACCEPTOR_WAKER)?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let refused = Arc::new(AtomicUsize::new(0));
+        let acc = Acceptor {
+            poll,
+            listener,
+            workers: workers.clone(),
+            cfg: cfg.clone(),
+            open_total,
+            stop: stop.clone(),
+            refused: refused.clone(),
+        };
+        let acceptor = std::thread::Builder::new()
+            .name("corecast-accept".into())
+            .spawn(move || {
+                let result = run_guarded(|| acc.run());
+                if let Err(e) = &result {
+                    log::error!("acceptor stopped: {e}");
+                }
+                let _ = exit_tx.send(Exit::Acceptor { result });
+            })?;
+        log::info!("listening on {addr} with {} workers", cfg.workers);
+        Ok(Server {
+            addr,
+            workers,
+            stats,
+            threads,
+            acceptor: Some(acceptor),
+            acceptor_waker,
+            stop,
+            refused,
+            exits,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Counters summed over workers.
+    pub fn stats(&self) -> Snapshot {
+        let mut total = Snapshot::default();
+        for s in &self.stats {
+            total.add(&s.snapshot());
+        }
+        total
+    }
+
+    /// Connections refused at accept for the connection limit.
+    pub fn refused(&self) -> usize {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Waits up to `timeout` for a server thread to end on its own, which only happens when
+    /// something went wrong (a panic or a polling error).
+    pub fn wait_exit(&self, timeout: Duration) -> Option<Exit> {
+        match self.exits.recv_timeout(timeout) {
+            Ok(e) => Some(e),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => None,
+        }
+    }
+
+    /// Graceful shutdown: stop accepting, close every connection with 1001, wait for the
+    /// clients to answer (up to the drain timeout), and join every thread. Returns the first
+    /// thread failure, if any.
+    pub fn shutdown(mut self) -> Result<(), String> {
+        acceptor::stop(&self.acceptor_waker, &self.stop);
+        if let Some(a) = self.acceptor.take() {
+            let _ = a.join();
+        }
+        for w in self.workers.iter() {
+            w.send(Msg::Shutdown);
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let mut first_err = Ok(());
+        while let Ok(exit) = self.exits.try_recv() {
+            let result = match exit {
+                Exit::Worker { result, .. } | Exit::Acceptor { result } => result,
+            };
+            if first_err.is_ok() {
+                first_err = result;
+            }
+        }
+        let s = self.stats();
+        log::info!(
+            "shut down: {} connections accepted, {} messages in, {} deliveries, {} dropped",
+            s.accepted,
+            s.messages_in,
+            s.deliveries,
+            s.dropped
+        );
+        first_err
+    }
+}
+
+/// Runs a thread body, turning a panic into an error message so that it is reported.
+fn run_guarded(f: impl FnOnce() -> io::Result<()>) -> Result<(), String> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("I/O error: {e}")),
+        Err(panic) => Err(match panic.downcast_ref::<&str>() {
+            Some(s) => format!("panicked: {s}"),
+            None => match panic.downcast_ref::<String>() {
+                Some(s) => format!("panicked: {s}"),
+                None => "panicked".into(),
+            },
+        }),
+    }
+}

@@ -1,0 +1,81 @@
+//! Per-worker counters: written by their worker alone, read by anyone for summaries.
+//!
+//! Each counter has one writer, so an increment is a relaxed load and store (no locked
+//! read-modify-write instruction); readers sum the workers' values.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// One worker's counters.
+        #[derive(Debug, Default)]
+        pub struct Stats {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+            /// Connections currently open on this worker (handshaking ones included).
+            pub open: AtomicI64,
+        }
+
+        /// A plain copy of counters, summed over workers.
+        #[derive(Debug, Default, Clone, PartialEq, Eq)]
+        pub struct Snapshot {
+            $(pub $name: u64,)*
+            pub open: i64,
+        }
+
+        impl Stats {
+            pub fn snapshot(&self) -> Snapshot {
+                Snapshot { $($name: self.$name.load(Relaxed),)* open: self.open.load(Relaxed) }
+            }
+        }
+
+        impl Snapshot {
+            pub fn add(&mut self, o: &Snapshot) {
+                $(self.$name += o.$name;)*
+                self.open += o.open;
+            }
+        }
+    };
+}
+
+counters! {
+    /// Sockets handed to this worker.
+    accepted,
+    /// Upgrades completed.
+    handshakes,
+    /// Upgrades refused (bad request, unknown path, limits) or timed out.
+    handshake_failures,
+    /// Data messages received (after reassembly).
+    messages_in,
+    /// Bytes read from sockets.
+    bytes_in,
+    /// Bytes written to sockets.
+    bytes_out,
+    /// Publish and broadcast requests accepted from this worker's clients.
+    publishes,
+    /// Messages queued to subscribers on this worker.
+    deliveries,
+    /// Messages dropped for slow consumers (`--slow-consumer drop`).
+    dropped,
+    /// Connections closed for being slow consumers (`--slow-consumer close`).
+    slow_closes,
+    /// Error replies sent for bad requests.
+    bad_requests,
+    /// Connections failed for protocol violations or size limits.
+    protocol_errors,
+    /// Connections closed for idleness or handshake timeout.
+    timeouts,
+    /// Connections fully closed and removed.
+    closed,
+}
+
+/// Adds `n` to a counter that only the calling thread writes.
+#[inline]
+pub fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+/// Changes the open-connection gauge of the calling worker.
+#[inline]
+pub fn gauge(c: &AtomicI64, delta: i64) {
+    c.store(c.load(Relaxed) + delta, Relaxed);
+}

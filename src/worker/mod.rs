@@ -1,0 +1,337 @@
+//! The per-core event loop: one thread, one `mio::Poll`, one slab of connections it owns.
+//!
+//! A loop turn: wait for readiness -> read and handle every ready connection (replies and
+//! local publishes are only queued) -> take new sockets and other workers' deliveries ->
+//! deliver all queued messages (merged per audience) -> flush each connection that has
+//! output, once -> run due timers. So however many messages a turn produces, each
+//! connection costs one `writev`.
+
+mod dispatch;
+pub mod handle;
+mod io;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use crate::broadcast::Delivery;
+use crate::codec::close_code;
+use crate::config::Config;
+use crate::conn::{Conn, Phase};
+use crate::stats::{bump, gauge, Stats};
+use crate::timer::{Entry, Wheel};
+use crate::topics::Topics;
+use handle::{Inbox, Msg, WorkerHandle};
+
+/// Token of the worker's waker; slab keys never reach it.
+pub const WAKER: Token = Token(usize::MAX);
+
+/// Per-worker read buffer. Every connection reads through it, so its size costs nothing per
+/// connection; 64 KiB takes a full loopback burst in one `read`.
+const READ_BUF: usize = 64 * 1024;
+
+/// Reads one connection may do in one loop turn before others get their turn.
+const MAX_READS_PER_TURN: usize = 16;
+
+/// Readiness events taken per `epoll_wait`.
+const EVENTS: usize = 1024;
+
+/// Seconds a closing connection waits for the peer's close or EOF before it is dropped.
+const CLOSE_TIMEOUT: u32 = 2;
+
+/// Everything a worker owns. Nothing here is touched by another thread except through
+/// `inbox` (channels) and `stats` (single-writer counters).
+pub struct Worker {
+    index: usize,
+    poll: Poll,
+    conns: Slab<Conn>,
+    inbox: Inbox,
+    /// Every worker's handle, this one's included, for fan-out.
+    peers: Arc<[WorkerHandle]>,
+    cfg: Arc<Config>,
+    stats: Arc<Stats>,
+    /// Open connections across all workers; the acceptor enforces the limit with it.
+    open_total: Arc<AtomicUsize>,
+    topics: Topics,
+    /// Shared by all connections for reading; see `READ_BUF`.
+    rbuf: Vec<u8>,
+    /// Where JSON replies are built before being framed.
+    scratch: Vec<u8>,
+    /// Deliveries for this worker's connections, queued during the turn.
+    pending: Vec<Delivery>,
+    merged: Vec<Delivery>,
+    /// Connections with output to flush at the end of the turn.
+    dirty: Vec<usize>,
+    /// Connections that hit `MAX_READS_PER_TURN` and must be read again without an event.
+    retry: Vec<usize>,
+    wheel: Wheel,
+    due: Vec<Entry>,
+    started: Instant,
+    next_generation: u32,
+    /// Whole seconds since `started`, read once per loop turn.
+    tick: u32,
+    /// Set once shutdown began: the instant by which the worker exits regardless.
+    drain_deadline: Option<Instant>,
+}
+
+impl Worker {
+    pub fn new(
+        index: usize,
+        poll: Poll,
+        inbox: Inbox,
+        peers: Arc<[WorkerHandle]>,
+        cfg: Arc<Config>,
+        stats: Arc<Stats>,
+        open_total: Arc<AtomicUsize>,
+    ) -> Self {
+        Worker {
+            index,
+            poll,
+            conns: Slab::new(),
+            inbox,
+            peers,
+            cfg,
+            stats,
+            open_total,
+            topics: Topics::default(),
+            rbuf: vec![0; READ_BUF],
+            scratch: Vec::with_capacity(1024),
+            pending: Vec::new(),
+            merged: Vec::new(),
+            dirty: Vec::new(),
+            retry: Vec::new(),
+            wheel: Wheel::new(0),
+            due: Vec::new(),
+            started: Instant::now(),
+            next_generation: 0,
+            tick: 0,
+            drain_deadline: None,
+        }
+    }
+
+    /// Runs the loop until shutdown completes. Returns an error only if polling itself fails.
+    pub fn run(mut self) -> std::io::Result<()> {
+        let mut events = Events::with_capacity(EVENTS);
+        let mut ready: Vec<(usize, bool, bool)> = Vec::with_capacity(EVENTS);
+        loop {
+            let busy = !self.retry.is_empty() || !self.pending.is_empty();
+            // Wake at least once a second for timers.
+            let timeout = if busy || !self.inbox.may_sleep() {
+                Some(Duration::ZERO)
+            } else {
+                Some(Duration::from_millis(
+                    1000 - self.started.elapsed().subsec_millis() as u64,
+                ))
+            };
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            self.inbox.awake();
+            self.tick = self.started.elapsed().as_secs() as u32;
+
+            ready.clear();
+            for ev in events.iter() {
+                if ev.token() == WAKER {
+                    continue;
+                }
+                // Errors and hang-ups surface as read results, so they go down the read path.
+                let read = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                ready.push((ev.token().0, read, ev.is_writable()));
+            }
+            for &(key, read, write) in &ready {
+                if write {
+                    self.mark_dirty(key);
+                }
+                if read {
+                    self.on_readable(key);
+                }
+            }
+            for key in std::mem::take(&mut self.retry) {
+                self.on_readable(key);
+            }
+            self.take_inbox();
+            self.deliver();
+            self.flush_dirty();
+            self.run_timers();
+            if let Some(deadline) = self.drain_deadline {
+                if self.conns.is_empty() || Instant::now() >= deadline {
+                    break;
+                }
+            }
+        }
+        let left = self.conns.len();
+        if left > 0 {
+            log::info!(
+                "worker {}: drain timeout, dropping {left} connections",
+                self.index
+            );
+        }
+        for key in self.conns.iter().map(|(k, _)| k).collect::<Vec<_>>() {
+            self.drop_conn(key, "shutdown");
+        }
+        Ok(())
+    }
+
+    /// The current tick: whole seconds since the worker started, as of this loop turn.
+    fn now(&self) -> u32 {
+        self.tick
+    }
+
+    fn take_inbox(&mut self) {
+        while let Ok(sock) = self.inbox.conns.try_recv() {
+            self.add_conn(sock);
+        }
+        while let Ok(msg) = self.inbox.msgs.try_recv() {
+            match msg {
+                Msg::Deliver(d) => self.pending.push(d),
+                Msg::Shutdown => self.begin_shutdown(),
+            }
+        }
+    }
+
+    fn add_conn(&mut self, mut sock: TcpStream) {
+        bump(&self.stats.accepted, 1);
+        if self.drain_deadline.is_some() {
+            self.open_total.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        let now = self.now();
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut sock, Token(key), Interest::READABLE)
+        {
+            log::warn!("worker {}: registering a socket failed: {e}", self.index);
+            self.open_total.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        self.next_generation = self.next_generation.wrapping_add(1);
+        entry.insert(Conn::new(sock, self.next_generation, now));
+        gauge(&self.stats.open, 1);
+        let deadline = now + self.cfg.handshake_timeout.as_secs() as u32;
+        self.set_deadline(key, deadline);
+        // Readiness for data that arrived before registration is reported by epoll itself.
+    }
+
+    /// Removes a connection at once: its subscriptions, its slab entry, its socket.
+    fn drop_conn(&mut self, key: usize, why: &str) {
+        let Some(conn) = self.conns.try_remove(key) else {
+            return;
+        };
+        for t in &conn.subs {
+            self.topics.unsubscribe(t, key);
+        }
+        log::trace!("worker {}: conn {key} dropped: {why}", self.index);
+        gauge(&self.stats.open, -1);
+        bump(&self.stats.closed, 1);
+        self.open_total.fetch_sub(1, Ordering::Relaxed);
+        // Dropping the socket closes it, which also takes it out of the epoll set.
+    }
+
+    fn begin_shutdown(&mut self) {
+        if self.drain_deadline.is_some() {
+            return;
+        }
+        self.drain_deadline = Some(Instant::now() + self.cfg.drain_timeout);
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            match self.conns[key].phase {
+                Phase::Open(_) => {
+                    self.begin_close(key, close_code::GOING_AWAY, "server shutting down")
+                }
+                Phase::Handshake => self.drop_conn(key, "shutdown during handshake"),
+                Phase::Closing { .. } => {}
+            }
+        }
+    }
+
+    /// Moves a connection's timer earlier if needed; later deadlines are picked up lazily
+    /// when the current entry fires.
+    fn set_deadline(&mut self, key: usize, at: u32) {
+        let conn = &mut self.conns[key];
+        conn.deadline = at;
+        if at < conn.timer_at {
+            conn.timer_at = at;
+            let entry = Entry {
+                key,
+                generation: conn.generation,
+                at,
+            };
+            self.wheel.schedule(entry);
+        }
+    }
+
+    fn run_timers(&mut self) {
+        let now = self.now();
+        if (now as u64) <= self.wheel.now() {
+            return;
+        }
+        let mut due = std::mem::take(&mut self.due);
+        self.wheel.advance(now as u64, &mut due);
+        for entry in due.drain(..) {
+            self.on_timer(entry, now);
+        }
+        self.due = due;
+    }
+
+    fn on_timer(&mut self, entry: Entry, now: u32) {
+        let Some(conn) = self.conns.get_mut(entry.key) else {
+            return;
+        };
+        if conn.generation != entry.generation || conn.timer_at != entry.at {
+            return; // stale: the key was reused, or an earlier entry replaced this one
+        }
+        if entry.at > now {
+            self.wheel.schedule(entry); // a deadline more than a lap out came round early
+            return;
+        }
+        conn.timer_at = u32::MAX;
+        if conn.deadline > now {
+            let at = conn.deadline;
+            self.set_deadline(entry.key, at);
+            return;
+        }
+        let ping = self.cfg.ping_interval.as_secs() as u32;
+        let idle = self.cfg.idle_timeout.as_secs() as u32;
+        match conn.phase {
+            Phase::Handshake => {
+                bump(&self.stats.timeouts, 1);
+                bump(&self.stats.handshake_failures, 1);
+                log::debug!(
+                    "worker {}: conn {} handshake timeout",
+                    self.index,
+                    entry.key
+                );
+                self.drop_conn(entry.key, "handshake timeout");
+            }
+            Phase::Open(_) => {
+                let silent = now.saturating_sub(conn.last_rx);
+                if silent >= idle {
+                    bump(&self.stats.timeouts, 1);
+                    log::debug!(
+                        "worker {}: conn {} idle for {silent} s",
+                        self.index,
+                        entry.key
+                    );
+                    self.begin_close(entry.key, close_code::GOING_AWAY, "idle timeout");
+                } else if silent >= ping {
+                    let last_rx = conn.last_rx;
+                    self.queue_frame(entry.key, crate::codec::Kind::Ping, b"");
+                    self.set_deadline(entry.key, (last_rx + idle).min(now + ping));
+                } else {
+                    let at = conn.last_rx + ping;
+                    self.set_deadline(entry.key, at);
+                }
+            }
+            Phase::Closing { .. } => self.drop_conn(entry.key, "close timeout"),
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! Helpers shared by the integration tests: an in-process server on an ephemeral port and
+//! real WebSocket clients (tungstenite, blocking, on the test's own thread).
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use corecast::{Config, Server};
+use serde_json::Value;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Message, WebSocket};
+
+/// Every blocking read in a test gives up after this long, so a bug fails a test instead of
+/// hanging it.
+pub const WATCHDOG: Duration = Duration::from_secs(10);
+
+pub type Client = WebSocket<TcpStream>;
+
+pub fn config(workers: usize) -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        workers,
+        pin: false,
+        ..Config::default()
+    }
+}
+
+pub fn start(cfg: Config) -> Server {
+    let _ = env_logger::builder().is_test(true).try_init();
+    Server::start(cfg).expect("server starts")
+}
+
+pub fn connect(addr: SocketAddr, path: &str) -> Client {
+    let stream = TcpStream::connect(addr).expect("tcp connect");
+    stream.set_read_timeout(Some(WATCHDOG)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    let url = format!("ws://{addr}{path}");
+    let (ws, resp) = tungstenite::client(url.as_str(), stream).expect("websocket handshake");
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+pub fn send(ws: &mut Client, v: Value) {
+    ws.send(Message::text(v.to_string())).expect("send");
+}
+
+/// Next data message as JSON; pings are answered by tungstenite itself.
+pub fn recv(ws: &mut Client) -> Value {
+    loop {
+        match ws.read().expect("read a message") {
+            Message::Text(t) => return serde_json::from_str(&t).expect("server sent JSON"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+/// Reads until the server's close frame arrives and returns its code.
+pub fn expect_close(ws: &mut Client) -> u16 {
+    loop {
+        match ws.read() {
+            Ok(Message::Close(Some(f))) => return u16::from(f.code),
+            Ok(Message::Close(None)) => return u16::from(CloseCode::Status),
+            Ok(_) => continue,
+            Err(e) => panic!("connection ended without a close frame: {e}"),
+        }
+    }
+}
+
+/// A raw TCP client that has done the upgrade by hand, for sending what a library client
+/// never would.
+pub fn raw_upgraded(addr: SocketAddr, path: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WATCHDOG)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).expect("response head");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s
+}
+
+/// Reads one unmasked server frame: (opcode, payload).
+pub fn raw_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h).expect("frame header");
+    let len = match h[1] & 0x7F {
+        126 => {
+            let mut b = [0u8; 2];
+            s.read_exact(&mut b).unwrap();
+            u16::from_be_bytes(b) as usize
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            s.read_exact(&mut b).unwrap();
+            u64::from_be_bytes(b) as usize
+        }
+        n => n as usize,
+    };
+    let mut p = vec![0u8; len];
+    s.read_exact(&mut p).unwrap();
+    (h[0] & 0x0F, p)
+}
+
+/// A masked client frame with an arbitrary first byte (FIN, RSV, opcode).
+pub fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x11, 0x22, 0x33, 0x44];
+    let mut v = vec![first];
+    assert!(payload.len() < 126);
+    v.push(0x80 | payload.len() as u8);
+    v.extend_from_slice(&mask);
+    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    v
+}

@@ -1,0 +1,2 @@
+//! corecast-load: placeholder until the load generator lands.
+fn main() {}
