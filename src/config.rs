@@ -54,6 +54,8 @@ pub struct Config {
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
     pub drain_timeout: Duration,
+    /// Accepted `Origin` values; empty accepts any (and none).
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for Config {
@@ -72,6 +74,7 @@ impl Default for Config {
             ping_interval: Duration::from_secs(DEFAULT_PING_INTERVAL_S),
             idle_timeout: Duration::from_secs(DEFAULT_IDLE_TIMEOUT_S),
             drain_timeout: Duration::from_secs(DEFAULT_DRAIN_TIMEOUT_S),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -142,6 +145,15 @@ pub struct Args {
     /// Seconds shutdown waits for clients to acknowledge the 1001 close before exiting.
     #[arg(long, env = "CORECAST_DRAIN_TIMEOUT", default_value_t = DEFAULT_DRAIN_TIMEOUT_S)]
     pub drain_timeout: u64,
+
+    /// Accept upgrades only from these Origin values (repeat the flag or separate with
+    /// commas); others get HTTP 403. Default: any origin.
+    #[arg(
+        long = "allowed-origin",
+        env = "CORECAST_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
 }
 
 /// A flag combination that cannot work.
@@ -197,6 +209,7 @@ impl Args {
             ping_interval: Duration::from_secs(self.ping_interval),
             idle_timeout: Duration::from_secs(self.idle_timeout),
             drain_timeout: Duration::from_secs(self.drain_timeout),
+            allowed_origins: self.allowed_origins,
         })
     }
 }

@@ -40,8 +40,10 @@ pub enum Outcome {
     },
 }
 
-/// Parses the request head at the start of `buf`.
-pub fn parse(buf: &[u8]) -> Outcome {
+/// Parses the request head at the start of `buf`. If `allowed_origins` is non-empty, the
+/// request's `Origin` must be one of them (browsers always send it; other clients may not,
+/// and are refused too when the list is set).
+pub fn parse(buf: &[u8], allowed_origins: &[String]) -> Outcome {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let consumed = match req.parse(buf) {
@@ -79,6 +81,16 @@ pub fn parse(buf: &[u8]) -> Outcome {
         "/echo" => Endpoint::Echo,
         _ => return reject(404, "Not Found", "unknown path", ""),
     };
+    if !allowed_origins.is_empty() {
+        let origin = req
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("origin"));
+        let ok = origin.is_some_and(|h| allowed_origins.iter().any(|o| o.as_bytes() == h.value));
+        if !ok {
+            return reject(403, "Forbidden", "origin not allowed", "");
+        }
+    }
     let request = match to_http(&req) {
         Some(r) => r,
         None => return reject(400, "Bad Request", "malformed HTTP request", ""),
@@ -169,6 +181,10 @@ pub fn http_response(status: u16, phrase: &str, extra_headers: &str, body: &str)
 mod tests {
     use super::*;
 
+    fn p(buf: &[u8]) -> Outcome {
+        parse(buf, &[])
+    }
+
     const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
     fn upgrade(path: &str, version: &str) -> String {
@@ -191,7 +207,7 @@ mod tests {
         let mut req = upgrade("/ws", "13").into_bytes();
         let head = req.len();
         req.extend_from_slice(&[0x81, 0x80, 0, 0, 0, 0]);
-        match parse(&req) {
+        match p(&req) {
             Outcome::Upgrade {
                 endpoint,
                 response,
@@ -211,28 +227,28 @@ mod tests {
     #[test]
     fn routes_paths() {
         assert!(matches!(
-            parse(upgrade("/", "13").as_bytes()),
+            p(upgrade("/", "13").as_bytes()),
             Outcome::Upgrade {
                 endpoint: Endpoint::Json,
                 ..
             }
         ));
         assert!(matches!(
-            parse(upgrade("/echo", "13").as_bytes()),
+            p(upgrade("/echo", "13").as_bytes()),
             Outcome::Upgrade {
                 endpoint: Endpoint::Echo,
                 ..
             }
         ));
         assert!(matches!(
-            parse(upgrade("/ws?x=1", "13").as_bytes()),
+            p(upgrade("/ws?x=1", "13").as_bytes()),
             Outcome::Upgrade {
                 endpoint: Endpoint::Json,
                 ..
             }
         ));
         assert_eq!(
-            status(&parse(upgrade("/nope", "13").as_bytes())),
+            status(&p(upgrade("/nope", "13").as_bytes())),
             "HTTP/1.1 404"
         );
     }
@@ -241,7 +257,7 @@ mod tests {
     fn partial_until_the_blank_line_then_bounded() {
         let req = upgrade("/ws", "13");
         for cut in 0..req.len() - 1 {
-            let o = parse(&req.as_bytes()[..cut]);
+            let o = p(&req.as_bytes()[..cut]);
             assert!(
                 o == Outcome::Partial || status(&o) == "HTTP/1.1 400",
                 "cut {cut}: {o:?}"
@@ -251,24 +267,38 @@ mod tests {
         while endless.len() < MAX_REQUEST_HEAD {
             endless.extend_from_slice(b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaa\r\n");
         }
-        assert_eq!(status(&parse(&endless)), "HTTP/1.1 431");
+        assert_eq!(status(&p(&endless)), "HTTP/1.1 431");
     }
 
     #[test]
     fn refusals_carry_the_right_status() {
-        assert_eq!(
-            status(&parse(upgrade("/ws", "8").as_bytes())),
-            "HTTP/1.1 426"
-        );
+        assert_eq!(status(&p(upgrade("/ws", "8").as_bytes())), "HTTP/1.1 426");
         let plain = b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n";
-        assert_eq!(status(&parse(plain)), "HTTP/1.1 426");
+        assert_eq!(status(&p(plain)), "HTTP/1.1 426");
         let post = upgrade("/ws", "13").replacen("GET", "POST", 1);
-        assert_eq!(status(&parse(post.as_bytes())), "HTTP/1.1 405");
+        assert_eq!(status(&p(post.as_bytes())), "HTTP/1.1 405");
         let badkey = upgrade("/ws", "13").replace(KEY, "short");
-        assert_eq!(status(&parse(badkey.as_bytes())), "HTTP/1.1 400");
+        assert_eq!(status(&p(badkey.as_bytes())), "HTTP/1.1 400");
+        assert_eq!(status(&p(b"\x16\x03\x01garbage\r\n\r\n")), "HTTP/1.1 400");
+    }
+
+    #[test]
+    fn origin_allow_list() {
+        let allowed = vec!["https://app.example".to_string()];
+        let with = |o: &str| {
+            upgrade("/ws", "13").replacen("Host: x\r\n", &format!("Host: x\r\nOrigin: {o}\r\n"), 1)
+        };
+        assert!(matches!(
+            parse(with("https://app.example").as_bytes(), &allowed),
+            Outcome::Upgrade { .. }
+        ));
         assert_eq!(
-            status(&parse(b"\x16\x03\x01garbage\r\n\r\n")),
-            "HTTP/1.1 400"
+            status(&parse(with("https://evil.example").as_bytes(), &allowed)),
+            "HTTP/1.1 403"
+        );
+        assert_eq!(
+            status(&parse(upgrade("/ws", "13").as_bytes(), &allowed)),
+            "HTTP/1.1 403"
         );
     }
 }

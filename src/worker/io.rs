@@ -104,30 +104,32 @@ impl Worker {
                 return (buf.len(), 0);
             };
             match conn.phase {
-                Phase::Handshake => match handshake::parse(&buf[pos..]) {
-                    Outcome::Partial => return (pos, 0),
-                    Outcome::Upgrade {
-                        endpoint,
-                        response,
-                        consumed,
-                    } => {
-                        conn.phase = Phase::Open(endpoint);
-                        conn.last_rx = now;
-                        self.queue_raw(key, &response);
-                        bump(&self.stats.handshakes, 1);
-                        pos += consumed;
+                Phase::Handshake => {
+                    match handshake::parse(&buf[pos..], &self.cfg.allowed_origins) {
+                        Outcome::Partial => return (pos, 0),
+                        Outcome::Upgrade {
+                            endpoint,
+                            response,
+                            consumed,
+                        } => {
+                            conn.phase = Phase::Open(endpoint);
+                            conn.last_rx = now;
+                            self.queue_raw(key, &response);
+                            bump(&self.stats.handshakes, 1);
+                            pos += consumed;
+                        }
+                        Outcome::Reject { response, reason } => {
+                            log::debug!(
+                                "worker {}: conn {key} handshake refused: {reason}",
+                                self.index
+                            );
+                            bump(&self.stats.handshake_failures, 1);
+                            self.queue_raw(key, &response);
+                            self.enter_closing(key);
+                            return (buf.len(), 0);
+                        }
                     }
-                    Outcome::Reject { response, reason } => {
-                        log::debug!(
-                            "worker {}: conn {key} handshake refused: {reason}",
-                            self.index
-                        );
-                        bump(&self.stats.handshake_failures, 1);
-                        self.queue_raw(key, &response);
-                        self.enter_closing(key);
-                        return (buf.len(), 0);
-                    }
-                },
+                }
                 Phase::Open(endpoint) => {
                     if pos == buf.len() {
                         return (pos, 0);
