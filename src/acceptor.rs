@@ -6,14 +6,14 @@
 //! retries on a timer, and logs once per interval.
 
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::config::Config;
+use crate::admission::{self, Refusal};
 use crate::handshake;
 use crate::worker::handle::WorkerHandle;
 
@@ -29,11 +29,9 @@ pub struct Acceptor {
     pub poll: Poll,
     pub listener: TcpListener,
     pub workers: Arc<[WorkerHandle]>,
-    pub cfg: Arc<Config>,
-    pub open_total: Arc<AtomicUsize>,
+    pub admission: Arc<admission::Shared>,
+    pub gate: admission::Gate,
     pub stop: Arc<AtomicBool>,
-    /// Connections refused because `--max-connections` was reached.
-    pub refused: Arc<AtomicUsize>,
 }
 
 impl Acceptor {
@@ -59,21 +57,19 @@ impl Acceptor {
             backoff = false;
             loop {
                 match self.listener.accept() {
-                    Ok((sock, _peer)) => {
+                    Ok((sock, peer)) => {
+                        if let Err(why) = self.gate.admit(&self.admission, peer.ip()) {
+                            log::debug!("refused {peer}: {why:?}");
+                            refuse(sock, why);
+                            continue;
+                        }
                         // Small frames must leave at once, not wait for Nagle's timer.
                         if let Err(e) = sock.set_nodelay(true) {
                             log::debug!("set TCP_NODELAY failed: {e}");
                         }
-                        let open = self.open_total.fetch_add(1, Ordering::Relaxed);
-                        if open >= self.cfg.max_connections {
-                            self.open_total.fetch_sub(1, Ordering::Relaxed);
-                            self.refused.fetch_add(1, Ordering::Relaxed);
-                            refuse_busy(sock);
-                            continue;
-                        }
                         let n = self.workers.len();
-                        if let Err(_sock) = self.workers[next % n].send_conn(sock) {
-                            self.open_total.fetch_sub(1, Ordering::Relaxed);
+                        if let Err(_sock) = self.workers[next % n].send_conn(sock, peer.ip()) {
+                            self.admission.release(peer.ip());
                             log::error!("worker {} is gone; connection dropped", next % n);
                         }
                         next = next.wrapping_add(1);
@@ -114,14 +110,22 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
     )
 }
 
-/// Over the connection limit: answer 503 without reading the request, and close.
-fn refuse_busy(mut sock: mio::net::TcpStream) {
-    let resp = handshake::http_response(
-        503,
-        "Service Unavailable",
-        "Retry-After: 1\r\n",
-        "connection limit reached",
-    );
+/// Over a connection limit: answer without reading the request, and close.
+fn refuse(mut sock: mio::net::TcpStream, why: Refusal) {
+    let resp = match why {
+        Refusal::Full => handshake::http_response(
+            503,
+            "Service Unavailable",
+            "Retry-After: 1\r\n",
+            "connection limit reached",
+        ),
+        Refusal::PerIp => handshake::http_response(
+            429,
+            "Too Many Requests",
+            "Retry-After: 1\r\n",
+            "too many connections from this address",
+        ),
+    };
     // A fresh socket's send buffer takes this small response whole, or not at all.
     let _ = sock.write(&resp);
     let _ = sock.shutdown(std::net::Shutdown::Write);

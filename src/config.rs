@@ -50,6 +50,8 @@ pub struct Config {
     pub max_outbound_bytes: usize,
     pub slow_consumer: SlowConsumer,
     pub max_connections: usize,
+    /// 0 = unlimited.
+    pub max_connections_per_ip: usize,
     pub handshake_timeout: Duration,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
@@ -70,6 +72,7 @@ impl Default for Config {
             max_outbound_bytes: DEFAULT_MAX_OUTBOUND,
             slow_consumer: SlowConsumer::Close,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: 0,
             handshake_timeout: Duration::from_secs(DEFAULT_HANDSHAKE_TIMEOUT_S),
             ping_interval: Duration::from_secs(DEFAULT_PING_INTERVAL_S),
             idle_timeout: Duration::from_secs(DEFAULT_IDLE_TIMEOUT_S),
@@ -129,6 +132,11 @@ pub struct Args {
     /// Open connections allowed across all workers; over it, upgrades get HTTP 503.
     #[arg(long, env = "CORECAST_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+
+    /// Open connections allowed from one IP address; over it, HTTP 429. 0 = no limit (the
+    /// default: load generators and proxies legitimately open thousands from one address).
+    #[arg(long, env = "CORECAST_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
 
     /// Seconds a client has to complete the HTTP upgrade.
     #[arg(long, env = "CORECAST_HANDSHAKE_TIMEOUT", default_value_t = DEFAULT_HANDSHAKE_TIMEOUT_S)]
@@ -205,6 +213,7 @@ impl Args {
             max_outbound_bytes: self.max_outbound_bytes,
             slow_consumer: self.slow_consumer,
             max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
             handshake_timeout: Duration::from_secs(self.handshake_timeout),
             ping_interval: Duration::from_secs(self.ping_interval),
             idle_timeout: Duration::from_secs(self.idle_timeout),

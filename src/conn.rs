@@ -5,6 +5,7 @@
 //! is a partial frame to finish (`inbuf`), a fragmented message to reassemble (`partial`),
 //! output the kernel has not taken yet (`out`), or subscriptions (`subs`).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use mio::net::TcpStream;
@@ -28,6 +29,8 @@ pub enum Phase {
 #[derive(Debug)]
 pub struct Conn {
     pub sock: TcpStream,
+    /// The peer's address, for the per-IP limit and for logs.
+    pub ip: IpAddr,
     pub phase: Phase,
     /// Unconsumed input: a partial request head or a partial frame. Empty (no allocation)
     /// whenever input ended on a frame boundary, which is the normal case.
@@ -52,9 +55,10 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(sock: TcpStream, generation: u32, now: u32) -> Self {
+    pub fn new(sock: TcpStream, ip: IpAddr, generation: u32, now: u32) -> Self {
         Conn {
             sock,
+            ip,
             phase: Phase::Handshake,
             inbuf: Vec::new(),
             partial: None,

@@ -3,6 +3,7 @@
 //! See README.md for the architecture; `server::Server` is the entry point.
 
 pub mod acceptor;
+pub mod admission;
 pub mod affinity;
 pub mod broadcast;
 pub mod codec;

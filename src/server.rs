@@ -5,7 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -15,6 +15,7 @@ use mio::net::TcpListener;
 use mio::{Poll, Waker};
 
 use crate::acceptor::{self, Acceptor, ACCEPTOR_WAKER};
+use crate::admission;
 use crate::affinity;
 use crate::config::Config;
 use crate::stats::{Snapshot, Stats};
@@ -47,7 +48,7 @@ pub struct Server {
     acceptor: Option<JoinHandle<()>>,
     acceptor_waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
-    refused: Arc<AtomicUsize>,
+    admission: Arc<admission::Shared>,
     exits: Receiver<Exit>,
 }
 
@@ -65,7 +66,8 @@ impl Server {
         }
         let addr = listener.local_addr()?;
         let cfg = Arc::new(cfg);
-        let open_total = Arc::new(AtomicUsize::new(0));
+        let (admission, gate) = admission::new(cfg.max_connections, cfg.max_connections_per_ip);
+        let admission = Arc::new(admission);
         let (exit_tx, exits) = crossbeam_channel::unbounded();
 
         let mut polls = Vec::new();
@@ -85,10 +87,10 @@ impl Server {
         for (index, (poll, inbox)) in polls.into_iter().zip(inboxes).enumerate() {
             let st = Arc::new(Stats::default());
             stats.push(st.clone());
-            let (peers, cfg, open_total, exit_tx) = (
+            let (peers, cfg, admission, exit_tx) = (
                 workers.clone(),
                 cfg.clone(),
-                open_total.clone(),
+                admission.clone(),
                 exit_tx.clone(),
             );
             let t = std::thread::Builder::new()
@@ -99,7 +101,7 @@ impl Server {
                             log::debug!("worker {index} pinned to core {core}");
                         }
                     }
-                    let worker = Worker::new(index, poll, inbox, peers, cfg, st, open_total);
+                    let worker = Worker::new(index, poll, inbox, peers, cfg, st, admission);
                     let result = run_guarded(|| worker.run());
                     if let Err(e) = &result {
                         log::error!("worker {index} stopped: {e}");
@@ -112,15 +114,13 @@ impl Server {
         let poll = Poll::new()?;
         let acceptor_waker = Arc::new(Waker::new(poll.registry(), ACCEPTOR_WAKER)?);
         let stop = Arc::new(AtomicBool::new(false));
-        let refused = Arc::new(AtomicUsize::new(0));
         let acc = Acceptor {
             poll,
             listener,
             workers: workers.clone(),
-            cfg: cfg.clone(),
-            open_total,
+            admission: admission.clone(),
+            gate,
             stop: stop.clone(),
-            refused: refused.clone(),
         };
         let acceptor = std::thread::Builder::new()
             .name("corecast-accept".into())
@@ -140,7 +140,7 @@ impl Server {
             acceptor: Some(acceptor),
             acceptor_waker,
             stop,
-            refused,
+            admission,
             exits,
         })
     }
@@ -158,9 +158,12 @@ impl Server {
         total
     }
 
-    /// Connections refused at accept for the connection limit.
-    pub fn refused(&self) -> usize {
-        self.refused.load(Ordering::Relaxed)
+    /// Connections refused at accept: (global limit, per-IP limit).
+    pub fn refused(&self) -> (u64, u64) {
+        (
+            self.admission.refused_full.load(Ordering::Relaxed),
+            self.admission.refused_per_ip.load(Ordering::Relaxed),
+        )
     }
 
     /// Waits up to `timeout` for a server thread to end on its own, which only happens when

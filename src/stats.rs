@@ -13,6 +13,8 @@ macro_rules! counters {
             $($(#[$doc])* pub $name: AtomicU64,)*
             /// Connections currently open on this worker (handshaking ones included).
             pub open: AtomicI64,
+            /// Bytes queued for sending and not yet taken by the kernel.
+            pub queued_bytes: AtomicI64,
         }
 
         /// A plain copy of counters, summed over workers.
@@ -20,11 +22,16 @@ macro_rules! counters {
         pub struct Snapshot {
             $(pub $name: u64,)*
             pub open: i64,
+            pub queued_bytes: i64,
         }
 
         impl Stats {
             pub fn snapshot(&self) -> Snapshot {
-                Snapshot { $($name: self.$name.load(Relaxed),)* open: self.open.load(Relaxed) }
+                Snapshot {
+                    $($name: self.$name.load(Relaxed),)*
+                    open: self.open.load(Relaxed),
+                    queued_bytes: self.queued_bytes.load(Relaxed),
+                }
             }
         }
 
@@ -32,6 +39,7 @@ macro_rules! counters {
             pub fn add(&mut self, o: &Snapshot) {
                 $(self.$name += o.$name;)*
                 self.open += o.open;
+                self.queued_bytes += o.queued_bytes;
             }
         }
     };
@@ -74,7 +82,7 @@ pub fn bump(c: &AtomicU64, n: u64) {
     c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
 }
 
-/// Changes the open-connection gauge of the calling worker.
+/// Changes a gauge of the calling worker.
 #[inline]
 pub fn gauge(c: &AtomicI64, delta: i64) {
     c.store(c.load(Relaxed) + delta, Relaxed);

@@ -13,7 +13,7 @@ use crate::config::SlowConsumer;
 use crate::conn::Conn;
 use crate::outbound::Queued;
 use crate::protocol::{self, Request};
-use crate::stats::bump;
+use crate::stats::{bump, gauge};
 
 impl Worker {
     pub(super) fn dispatch(&mut self, key: usize, text: &str) {
@@ -105,6 +105,7 @@ impl Worker {
         let limit = self.cfg.max_outbound_bytes;
         let mut over: Vec<usize> = Vec::new();
         let mut delivered = 0u64;
+        let mut queued = 0i64;
         for d in merged.drain(..) {
             let mut offer = |key: usize, conn: &mut Conn, dirty: &mut Vec<usize>| match conn
                 .out
@@ -112,6 +113,7 @@ impl Worker {
             {
                 Queued::Ok => {
                     delivered += d.count as u64;
+                    queued += d.frame.len() as i64;
                     if !conn.dirty {
                         conn.dirty = true;
                         dirty.push(key);
@@ -139,6 +141,7 @@ impl Worker {
         }
         self.merged = merged;
         bump(&self.stats.deliveries, delivered);
+        gauge(&self.stats.queued_bytes, queued);
     }
 
     fn handle_slow(&mut self, over: &mut Vec<usize>, count: u64) {

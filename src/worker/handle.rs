@@ -7,6 +7,7 @@
 //! and wakes only if it was true. The SeqCst fences order each side's store before its load,
 //! so at least one of them sees the other's write.
 
+use std::net::IpAddr;
 use std::sync::atomic::{fence, AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
 
@@ -32,7 +33,7 @@ pub enum Msg {
 /// How to reach one worker. Cheap to share; the sending side of everything.
 #[derive(Debug)]
 pub struct WorkerHandle {
-    conns: Sender<TcpStream>,
+    conns: Sender<(TcpStream, IpAddr)>,
     msgs: Sender<Msg>,
     waker: Waker,
     asleep: Arc<AtomicBool>,
@@ -41,7 +42,7 @@ pub struct WorkerHandle {
 /// The worker's own ends of its channels.
 #[derive(Debug)]
 pub struct Inbox {
-    pub conns: Receiver<TcpStream>,
+    pub conns: Receiver<(TcpStream, IpAddr)>,
     pub msgs: Receiver<Msg>,
     asleep: Arc<AtomicBool>,
 }
@@ -71,15 +72,15 @@ pub fn channel(waker: Waker) -> (WorkerHandle, Inbox) {
 impl WorkerHandle {
     /// Hands a new socket over, waiting while the worker's queue is full. Gives the socket
     /// back if the worker has exited.
-    pub fn send_conn(&self, sock: TcpStream) -> Result<(), TcpStream> {
-        let r = match self.conns.try_send(sock) {
+    pub fn send_conn(&self, sock: TcpStream, ip: IpAddr) -> Result<(), TcpStream> {
+        let r = match self.conns.try_send((sock, ip)) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(sock)) => {
+            Err(TrySendError::Full(conn)) => {
                 // The worker is busy (it has a wake pending); make sure, then wait for room.
                 self.wake();
-                self.conns.send(sock).map_err(|e| e.into_inner())
+                self.conns.send(conn).map_err(|e| e.into_inner().0)
             }
-            Err(TrySendError::Disconnected(sock)) => Err(sock),
+            Err(TrySendError::Disconnected((sock, _))) => Err(sock),
         };
         self.wake_if_asleep();
         r

@@ -12,7 +12,7 @@ use crate::conn::Phase;
 use crate::handshake::{self, Endpoint, Outcome};
 use crate::message::{self, MessageKind, Step};
 use crate::outbound::Flushed;
-use crate::stats::bump;
+use crate::stats::{bump, gauge};
 
 /// Smallest read into a connection's own buffer when the frame length is not known yet.
 const OWN_READ_CHUNK: usize = 4096;
@@ -115,6 +115,8 @@ impl Worker {
                             conn.phase = Phase::Open(endpoint);
                             conn.last_rx = now;
                             self.queue_raw(key, &response);
+                            let ping_at = now + self.cfg.ping_interval.as_secs() as u32;
+                            self.set_deadline(key, ping_at);
                             bump(&self.stats.handshakes, 1);
                             pos += consumed;
                         }
@@ -246,6 +248,7 @@ impl Worker {
         let out = &mut self.conns[key].out;
         let before = out.tail().len();
         codec::encode_into(out.tail(), kind, payload);
+        gauge(&self.stats.queued_bytes, (out.tail().len() - before) as i64);
         out.commit(before);
         self.mark_dirty(key);
     }
@@ -254,6 +257,7 @@ impl Worker {
         let out = &mut self.conns[key].out;
         let before = out.tail().len();
         out.tail().extend_from_slice(bytes);
+        gauge(&self.stats.queued_bytes, bytes.len() as i64);
         out.commit(before);
         self.mark_dirty(key);
     }
@@ -283,7 +287,9 @@ impl Worker {
         let conn = &mut self.conns[key];
         let before = conn.out.len();
         let res = conn.out.flush(&mut conn.sock);
-        bump(&self.stats.bytes_out, (before - conn.out.len()) as u64);
+        let written = before - conn.out.len();
+        bump(&self.stats.bytes_out, written as u64);
+        gauge(&self.stats.queued_bytes, -(written as i64));
         let want_write = match res {
             Ok(Flushed::Empty) => false,
             Ok(Flushed::Blocked) => true,

@@ -10,14 +10,16 @@ mod dispatch;
 pub mod handle;
 mod io;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use std::net::IpAddr;
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use crate::admission;
 use crate::broadcast::Delivery;
 use crate::codec::close_code;
 use crate::config::Config;
@@ -54,8 +56,8 @@ pub struct Worker {
     peers: Arc<[WorkerHandle]>,
     cfg: Arc<Config>,
     stats: Arc<Stats>,
-    /// Open connections across all workers; the acceptor enforces the limit with it.
-    open_total: Arc<AtomicUsize>,
+    /// Connection limits; every connection handed over is released here exactly once.
+    admission: Arc<admission::Shared>,
     topics: Topics,
     /// Shared by all connections for reading; see `READ_BUF`.
     rbuf: Vec<u8>,
@@ -86,7 +88,7 @@ impl Worker {
         peers: Arc<[WorkerHandle]>,
         cfg: Arc<Config>,
         stats: Arc<Stats>,
-        open_total: Arc<AtomicUsize>,
+        admission: Arc<admission::Shared>,
     ) -> Self {
         Worker {
             index,
@@ -96,7 +98,7 @@ impl Worker {
             peers,
             cfg,
             stats,
-            open_total,
+            admission,
             topics: Topics::default(),
             rbuf: vec![0; READ_BUF],
             scratch: Vec::with_capacity(1024),
@@ -184,8 +186,8 @@ impl Worker {
     }
 
     fn take_inbox(&mut self) {
-        while let Ok(sock) = self.inbox.conns.try_recv() {
-            self.add_conn(sock);
+        while let Ok((sock, ip)) = self.inbox.conns.try_recv() {
+            self.add_conn(sock, ip);
         }
         while let Ok(msg) = self.inbox.msgs.try_recv() {
             match msg {
@@ -195,10 +197,10 @@ impl Worker {
         }
     }
 
-    fn add_conn(&mut self, mut sock: TcpStream) {
+    fn add_conn(&mut self, mut sock: TcpStream, ip: IpAddr) {
         bump(&self.stats.accepted, 1);
         if self.drain_deadline.is_some() {
-            self.open_total.fetch_sub(1, Ordering::Relaxed);
+            self.admission.release(ip);
             return;
         }
         let now = self.now();
@@ -210,11 +212,11 @@ impl Worker {
             .register(&mut sock, Token(key), Interest::READABLE)
         {
             log::warn!("worker {}: registering a socket failed: {e}", self.index);
-            self.open_total.fetch_sub(1, Ordering::Relaxed);
+            self.admission.release(ip);
             return;
         }
         self.next_generation = self.next_generation.wrapping_add(1);
-        entry.insert(Conn::new(sock, self.next_generation, now));
+        entry.insert(Conn::new(sock, ip, self.next_generation, now));
         gauge(&self.stats.open, 1);
         let deadline = now + self.cfg.handshake_timeout.as_secs() as u32;
         self.set_deadline(key, deadline);
@@ -231,8 +233,9 @@ impl Worker {
         }
         log::trace!("worker {}: conn {key} dropped: {why}", self.index);
         gauge(&self.stats.open, -1);
+        gauge(&self.stats.queued_bytes, -(conn.out.len() as i64));
         bump(&self.stats.closed, 1);
-        self.open_total.fetch_sub(1, Ordering::Relaxed);
+        self.admission.release(conn.ip);
         // Dropping the socket closes it, which also takes it out of the epoll set.
     }
 
@@ -255,7 +258,7 @@ impl Worker {
 
     /// Moves a connection's timer earlier if needed; later deadlines are picked up lazily
     /// when the current entry fires.
-    fn set_deadline(&mut self, key: usize, at: u32) {
+    pub(super) fn set_deadline(&mut self, key: usize, at: u32) {
         let conn = &mut self.conns[key];
         conn.deadline = at;
         if at < conn.timer_at {

@@ -1,0 +1,481 @@
+//! Misbehaving clients over real sockets: timeouts, keepalive, slow consumers, limits, and
+//! descriptor exhaustion. Every wait is bounded.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use corecast::config::SlowConsumer;
+use serde_json::json;
+use tungstenite::Message;
+
+/// Reads until EOF or error; returns how long that took. Panics if it takes over `limit`.
+fn wait_closed(s: &mut TcpStream, limit: Duration) -> Duration {
+    let start = Instant::now();
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return start.elapsed(),
+            Ok(_) => continue,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return start.elapsed(),
+            Err(e) => panic!("not closed after {:?}: {e}", start.elapsed()),
+        }
+    }
+}
+
+#[test]
+fn silent_and_slowloris_handshakes_are_cut_off() {
+    let mut cfg = config(1);
+    cfg.handshake_timeout = Duration::from_secs(1);
+    let server = start(cfg);
+    let addr = server.local_addr();
+    let mut silent = TcpStream::connect(addr).unwrap();
+    let mut slow = TcpStream::connect(addr).unwrap();
+    let dripper = std::thread::spawn(move || {
+        // One byte every 200 ms: never completes a request within the timeout.
+        for b in b"GET /ws HTTP/1.1\r\nHost: slow\r\n".iter() {
+            if slow.write_all(&[*b]).is_err() {
+                return slow;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        slow
+    });
+    assert!(wait_closed(&mut silent, Duration::from_secs(5)) < Duration::from_secs(3));
+    let mut slow = dripper.join().unwrap();
+    wait_closed(&mut slow, Duration::from_secs(5));
+    assert_eq!(server.stats().timeouts, 2);
+    // The worker was never held up: a normal client is served at once.
+    let mut c = connect(addr, "/ws");
+    send(&mut c, json!({"op":"echo","data":0}));
+    assert_eq!(recv(&mut c), json!({"op":"echo","data":0}));
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn silent_peers_are_pinged_then_reaped_and_answering_peers_stay() {
+    let mut cfg = config(1);
+    cfg.ping_interval = Duration::from_secs(1);
+    cfg.idle_timeout = Duration::from_secs(3);
+    let server = start(cfg);
+    let addr = server.local_addr();
+
+    let mut mute = raw_upgraded(addr, "/ws");
+    let started = Instant::now();
+    let (op, _) = raw_frame(&mut mute);
+    assert_eq!(op, 0x9, "first thing a silent peer gets is a ping");
+    let close = loop {
+        let (op, p) = raw_frame(&mut mute);
+        if op == 0x8 {
+            break u16::from_be_bytes([p[0], p[1]]);
+        }
+        assert_eq!(op, 0x9);
+    };
+    assert_eq!(close, 1001);
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    wait_closed(&mut mute, Duration::from_secs(5));
+
+    // tungstenite answers pings while reading, so this client outlives the idle timeout.
+    let mut alive = connect(addr, "/ws");
+    let until = Instant::now() + Duration::from_secs(4);
+    let mut pings = 0;
+    while Instant::now() < until {
+        match alive.read().unwrap() {
+            Message::Ping(_) => pings += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(pings >= 2, "{pings} pings");
+    send(&mut alive, json!({"op":"echo","data":"alive"}));
+    assert_eq!(recv(&mut alive), json!({"op":"echo","data":"alive"}));
+    assert_eq!(server.stats().timeouts, 1);
+    server.shutdown().unwrap();
+}
+
+/// A subscriber that never reads and a fast one, while `total` messages are published in
+/// paced batches. Returns (server, fast subscriber's count, largest queued-bytes sample).
+fn slow_consumer_run(policy: SlowConsumer, total: usize) -> (corecast::Server, usize, i64) {
+    const LIMIT: usize = 256 * 1024;
+    let mut cfg = config(1);
+    cfg.max_outbound_bytes = LIMIT;
+    cfg.slow_consumer = policy;
+    let server = start(cfg);
+    let addr = server.local_addr();
+
+    let mut stalled = raw_upgraded(addr, "/ws");
+    let sub = masked(0x81, br#"{"op":"subscribe","topic":"feed"}"#);
+    stalled.write_all(&sub).unwrap();
+    let (_, ok) = raw_frame(&mut stalled);
+    assert_eq!(ok, br#"{"op":"ok"}"#);
+    // From here on `stalled` never reads again.
+
+    let mut fast = connect(addr, "/ws");
+    send(&mut fast, json!({"op":"subscribe","topic":"feed"}));
+    assert_eq!(recv(&mut fast), json!({"op":"ok"}));
+    let got = Arc::new(AtomicUsize::new(0));
+    let got2 = got.clone();
+    let reader = std::thread::spawn(move || {
+        while got2.load(Ordering::SeqCst) < total {
+            match fast.read().unwrap() {
+                Message::Text(_) => {
+                    got2.fetch_add(1, Ordering::SeqCst);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    });
+
+    let mut publisher = raw_upgraded(addr, "/ws");
+    let payload = "p".repeat(180);
+    let frame = masked_long(&format!(
+        r#"{{"op":"publish","topic":"feed","data":"{payload}"}}"#
+    ));
+    let mut max_queued = 0;
+    let batch = 1000;
+    for sent in (batch..=total).step_by(batch) {
+        let mut buf = Vec::with_capacity(frame.len() * batch);
+        for _ in 0..batch {
+            buf.extend_from_slice(&frame);
+        }
+        publisher.write_all(&buf).unwrap();
+        let deadline = Instant::now() + WATCHDOG;
+        while got.load(Ordering::SeqCst) < sent {
+            assert!(
+                Instant::now() < deadline,
+                "fast subscriber stuck at {got:?} of {sent}"
+            );
+            max_queued = max_queued.max(server.stats().queued_bytes);
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        max_queued = max_queued.max(server.stats().queued_bytes);
+    }
+    reader.join().unwrap();
+    drop(stalled);
+    (server, got.load(Ordering::SeqCst), max_queued)
+}
+
+/// A masked text frame of any length.
+fn masked_long(text: &str) -> Vec<u8> {
+    let p = text.as_bytes();
+    assert!(p.len() < 65536);
+    let mask = [1, 2, 3, 4];
+    let mut v = vec![0x81];
+    if p.len() < 126 {
+        v.push(0x80 | p.len() as u8);
+    } else {
+        v.push(0x80 | 126);
+        v.extend_from_slice(&(p.len() as u16).to_be_bytes());
+    }
+    v.extend_from_slice(&mask);
+    v.extend(p.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    v
+}
+
+#[test]
+fn a_stalled_reader_is_closed_with_1008_and_never_delays_the_others() {
+    let total = 100_000;
+    let (server, got, max_queued) = slow_consumer_run(SlowConsumer::Close, total);
+    assert_eq!(got, total, "the fast subscriber got every message");
+    let s = server.stats();
+    assert_eq!(s.slow_closes, 1);
+    assert!(s.dropped > 0, "{s:?}");
+    // Memory stayed bounded: both subscribers' queues stay under the 256 KiB limit.
+    assert!(
+        max_queued <= 2 * 256 * 1024 + 4096,
+        "queued peaked at {max_queued} bytes"
+    );
+    // The fast subscriber got everything; the stalled one got some before it was cut off.
+    assert!(
+        s.deliveries > total as u64 && s.deliveries < 2 * total as u64,
+        "{s:?}"
+    );
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn drop_policy_counts_every_message_it_drops() {
+    let total = 100_000;
+    let (server, got, max_queued) = slow_consumer_run(SlowConsumer::Drop, total);
+    assert_eq!(got, total);
+    let s = server.stats();
+    assert_eq!(s.slow_closes, 0);
+    assert!(
+        s.dropped > 0,
+        "the stalled reader must have overflowed: {s:?}"
+    );
+    assert_eq!(s.deliveries + s.dropped, 2 * total as u64, "{s:?}");
+    assert!(
+        max_queued <= 2 * 256 * 1024 + 4096,
+        "queued peaked at {max_queued} bytes"
+    );
+    assert_eq!(
+        s.protocol_errors + s.timeouts,
+        0,
+        "nobody was closed: {s:?}"
+    );
+    server.shutdown().unwrap();
+}
+
+fn http_status(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WATCHDOG)).unwrap();
+    let _ = s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    );
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    resp
+}
+
+#[test]
+fn connection_limits_refuse_with_a_reason_and_free_up_again() {
+    let mut cfg = config(2);
+    cfg.max_connections_per_ip = 2;
+    let server = start(cfg);
+    let addr = server.local_addr();
+    let a = connect(addr, "/ws");
+    let _b = connect(addr, "/ws");
+    let resp = http_status(addr);
+    assert!(resp.starts_with("HTTP/1.1 429"), "{resp}");
+    assert_eq!(server.refused(), (0, 1));
+    drop(a);
+    let deadline = Instant::now() + WATCHDOG;
+    while server.stats().open > 1 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut again = connect(addr, "/ws");
+    send(&mut again, json!({"op":"echo","data":1}));
+    assert_eq!(recv(&mut again), json!({"op":"echo","data":1}));
+    server.shutdown().unwrap();
+
+    let mut cfg = config(2);
+    cfg.max_connections = 1;
+    let server = start(cfg);
+    let addr = server.local_addr();
+    let only = connect(addr, "/ws");
+    let resp = http_status(addr);
+    assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
+    assert!(resp.contains("connection limit reached"), "{resp}");
+    assert_eq!(server.refused(), (1, 0));
+    drop(only);
+    let deadline = Instant::now() + WATCHDOG;
+    while server.stats().open > 0 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _next = connect(addr, "/ws");
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn malformed_frames_get_rfc_close_codes() {
+    let server = start(config(1));
+    let addr = server.local_addr();
+    let close_after = |bytes: &[u8]| {
+        let mut s = raw_upgraded(addr, "/echo");
+        s.write_all(bytes).unwrap();
+        let (op, p) = raw_frame(&mut s);
+        assert_eq!(op, 0x8);
+        let code = u16::from_be_bytes([p[0], p[1]]);
+        wait_closed(&mut s, Duration::from_secs(5));
+        code
+    };
+    // A ping with a 126-byte payload (16-bit length form), masked.
+    let mut long_ping = vec![0x89, 0x80 | 126, 0, 126, 0, 0, 0, 0];
+    long_ping.extend_from_slice(&[0u8; 126]);
+    assert_eq!(close_after(&long_ping), 1002);
+    assert_eq!(
+        close_after(&masked(0x88, &[0x03, 0xE8, 0xFF])),
+        1007,
+        "close reason not UTF-8"
+    );
+    assert_eq!(
+        close_after(&masked(0x88, &[0x03])),
+        1002,
+        "one-byte close payload"
+    );
+    assert_eq!(
+        close_after(&masked(0x88, &[0x0B, 0xB7])),
+        1002,
+        "close code 2999"
+    );
+    // Pseudo-random garbage after the upgrade still gets a close frame, never a hang.
+    let mut x = 0x2545F4914F6CDD1Du64;
+    let garbage: Vec<u8> = (0..4096)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    let mut s = raw_upgraded(addr, "/echo");
+    let _ = s.write_all(&garbage);
+    s.set_read_timeout(Some(WATCHDOG)).unwrap();
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    assert!(
+        !all.is_empty() && all.windows(1).any(|w| w[0] & 0x0F == 0x8),
+        "no close frame"
+    );
+
+    let resp = {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+            Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n",
+        )
+        .unwrap();
+        let mut r = String::new();
+        s.read_to_string(&mut r).unwrap();
+        r
+    };
+    assert!(
+        resp.starts_with("HTTP/1.1 426") && resp.contains("Sec-WebSocket-Version: 13"),
+        "{resp}"
+    );
+    let mut c = connect(addr, "/echo");
+    c.send(Message::text("ok")).unwrap();
+    assert_eq!(c.read().unwrap(), Message::text("ok"));
+    server.shutdown().unwrap();
+}
+
+/// CPU time (user + system, in clock ticks) the process has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn descriptor_exhaustion_refuses_cleanly_without_spinning_and_recovers() {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_corecast"));
+    cmd.args([
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--workers",
+        "1",
+        "--no-pin",
+    ])
+    .env("RUST_LOG", "warn")
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 48,
+                rlim_max: 48,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("start corecast");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + WATCHDOG;
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let guard = scopeguard(child.id());
+
+    // Open connections until one is left waiting in the accept backlog.
+    let mut open = Vec::new();
+    let stuck = loop {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+            Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut head = [0u8; 12];
+        match s.read_exact(&mut head) {
+            Ok(()) => {
+                assert_eq!(&head, b"HTTP/1.1 101");
+                let mut rest = [0u8; 512];
+                let _ = s.read(&mut rest); // the remaining response headers
+                open.push(s);
+            }
+            Err(_) => break s,
+        }
+        assert!(open.len() < 48, "the descriptor limit never bit");
+    };
+    assert!(open.len() > 10, "only {} connections fit", open.len());
+
+    // Existing connections keep working.
+    let ping = masked(0x89, b"still");
+    open[0].set_read_timeout(Some(WATCHDOG)).unwrap();
+    open[0].write_all(&ping).unwrap();
+    let (op, p) = raw_frame(&mut open[0]);
+    assert_eq!((op, &p[..]), (0xA, &b"still"[..]));
+
+    // No spinning while the backlog holds a connection it cannot accept.
+    let before = cpu_ticks(child.id());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(child.id()) - before;
+    assert!(
+        used < 40,
+        "server used {used} ticks of CPU in 2 s while out of descriptors"
+    );
+
+    // Free some descriptors: the waiting client is served.
+    open.truncate(open.len() - 5);
+    let mut stuck = stuck;
+    stuck.set_read_timeout(Some(WATCHDOG)).unwrap();
+    let mut head = [0u8; 12];
+    stuck
+        .read_exact(&mut head)
+        .expect("served after descriptors freed up");
+    assert_eq!(&head, b"HTTP/1.1 101");
+
+    drop(guard);
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "SIGTERM should give a clean exit: {status:?}"
+    );
+}
+
+/// Sends SIGTERM to the server process when dropped, so a failing assertion cannot leave it
+/// running.
+struct Term(u32, Arc<AtomicBool>);
+
+fn scopeguard(pid: u32) -> Term {
+    Term(pid, Arc::new(AtomicBool::new(false)))
+}
+
+impl Drop for Term {
+    fn drop(&mut self) {
+        if !self.1.swap(true, Ordering::SeqCst) {
+            // SAFETY: kill(2) on a child pid we spawned and have not reaped yet.
+            unsafe {
+                libc::kill(self.0 as i32, libc::SIGTERM);
+            }
+        }
+    }
+}
