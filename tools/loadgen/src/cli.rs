@@ -1,0 +1,119 @@
+//! Command-line interface: common flags and one subcommand per scenario.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "corecast-load",
+    version,
+    about = "Loopback load generator for the corecast WebSocket server"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// Server address as ws://HOST:PORT (loopback only; the path is chosen by the scenario).
+    #[arg(long, global = true, default_value = "ws://127.0.0.1:9000")]
+    pub url: String,
+    /// Client threads; each owns a share of the connections and its own mio Poll.
+    #[arg(long, global = true, default_value_t = 1)]
+    pub threads: usize,
+    /// Measurement window in seconds (echo, broadcast).
+    #[arg(long, global = true, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Load is applied but not measured for this many seconds first (echo, broadcast).
+    #[arg(long, global = true, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// Bind client sockets to 127.0.0.1..127.0.0.K round-robin (0 = let the kernel choose).
+    #[arg(long, global = true, default_value_t = 0)]
+    pub src_ips: usize,
+    /// Server PID: report its RSS (VmRSS) and CPU% over the window.
+    #[arg(long, global = true)]
+    pub server_pid: Option<u32>,
+    /// CPU core the server runs on: report that core's busy% (includes softirq work).
+    #[arg(long, global = true)]
+    pub server_core: Option<usize>,
+    /// Print exactly one JSON object on stdout instead of the human summary.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Write an SVG with the latency distribution and per-second throughput.
+    #[arg(long, global = true)]
+    pub plot: Option<PathBuf>,
+    /// Give up on a connection that has not completed its handshake after this many seconds.
+    #[arg(long, global = true, default_value_t = 10.0)]
+    pub connect_timeout: f64,
+    /// Connection open rate per second for echo and broadcast set-up.
+    #[arg(long, global = true, default_value_t = 5000.0)]
+    pub connect_rate: f64,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Scenario {
+    /// Open many idle connections at a fixed rate, hold them, then close.
+    Connect(ConnectArgs),
+    /// Closed-loop echo: keep `depth` messages in flight per connection.
+    Echo(EchoArgs),
+    /// Subscribers on one topic, publishers at a fixed total rate; measure fan-out latency.
+    Broadcast(BroadcastArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ConnectArgs {
+    /// Connections to open.
+    #[arg(long, default_value_t = 1000)]
+    pub conns: usize,
+    /// Connection attempts per second (total across threads).
+    #[arg(long, default_value_t = 2000.0)]
+    pub rate: f64,
+    /// Seconds to keep the connections open once all attempts finished.
+    #[arg(long, default_value_t = 5.0)]
+    pub hold: f64,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EchoMode {
+    /// `/echo`: data frames echoed verbatim.
+    Raw,
+    /// `/ws`: `{"op":"echo","data":"..."}` requests.
+    Json,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EchoArgs {
+    #[arg(long, default_value_t = 100)]
+    pub conns: usize,
+    /// Messages in flight per connection.
+    #[arg(long, default_value_t = 16)]
+    pub depth: usize,
+    /// Payload bytes (raw) or length of the data string (json).
+    #[arg(long, default_value_t = 32)]
+    pub size: usize,
+    #[arg(long, value_enum, default_value_t = EchoMode::Raw)]
+    pub mode: EchoMode,
+    /// In raw mode send text frames (payload is ASCII) instead of binary.
+    #[arg(long)]
+    pub text: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BroadcastArgs {
+    #[arg(long, default_value_t = 100)]
+    pub subscribers: usize,
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+    /// Total publishes per second across all publishers.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    #[arg(long, default_value = "bench")]
+    pub topic: String,
+    /// Seconds to wait after the window for in-flight deliveries.
+    #[arg(long, default_value_t = 2.0)]
+    pub grace: f64,
+}

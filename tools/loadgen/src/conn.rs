@@ -1,0 +1,732 @@
+//! One client WebSocket connection (buffers, handshake, frame I/O) and the per-thread mio
+//! worker that drives many of them edge-triggered.
+
+use std::io::{self, Read as _, Write as _};
+use std::net::SocketAddrV4;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use mio::{Events, Interest, Poll, Token};
+
+use crate::clock::{self, Rng};
+use crate::frame::{self, FrameError};
+use crate::handshake::{self, Response};
+use crate::net::{self, Failure};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Connecting,
+    Handshaking,
+    Open,
+    Closed,
+}
+
+/// Why a connection stopped.
+#[derive(Debug)]
+pub enum End {
+    Io(io::Error),
+    Eof,
+    BadHandshake(String),
+    Protocol(FrameError),
+    /// The server sent a close frame (we already queued our reply).
+    CloseFrame,
+}
+
+impl End {
+    /// Failure category when this ends a connection that never reached Open.
+    fn failure(&self) -> Failure {
+        match self {
+            End::Io(e) => net::classify(e),
+            End::Eof | End::CloseFrame => Failure::Reset,
+            End::BadHandshake(_) => Failure::BadHandshake,
+            End::Protocol(_) => Failure::Other,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            End::Io(e) => format!("io: {e}"),
+            End::Eof => "eof".into(),
+            End::BadHandshake(s) => format!("bad handshake: {s}"),
+            End::Protocol(e) => format!("protocol: {e}"),
+            End::CloseFrame => "close frame".into(),
+        }
+    }
+}
+
+pub struct Conn<S> {
+    stream: Option<mio::net::TcpStream>,
+    pub state: State,
+    /// When connect() was started, for connect latency and timeouts.
+    pub started_ns: u64,
+    /// Fixed per connection: RFC 6455 only requires masking, and a fixed key lets us pre-build.
+    pub mask: [u8; 4],
+    rbuf: Vec<u8>,
+    rstart: usize,
+    rend: usize,
+    /// Ad-hoc outgoing bytes (handshake, pong, close, publishes); written at frame boundaries.
+    out: Vec<u8>,
+    out_pos: usize,
+    /// Pre-built masked frame repeated several times, so `n` queued sends are one write of a
+    /// prefix of this buffer with no copying or masking on the hot path.
+    rep: Vec<u8>,
+    frame_len: usize,
+    rep_phase: usize,
+    rep_pending: usize,
+    pub ext: S,
+}
+
+impl<S> Conn<S> {
+    /// Appends a masked frame to the ad-hoc output queue (call [`Worker::flush`] after).
+    pub fn queue_frame(&mut self, opcode: u8, payload: &[u8]) {
+        frame::encode_masked(&mut self.out, true, opcode, payload, self.mask);
+    }
+
+    /// Installs the frame that [`Conn::queue_repeated`] sends; `copies` bounds one write.
+    pub fn set_repeated(&mut self, opcode: u8, payload: &[u8], copies: usize) {
+        self.rep.clear();
+        frame::encode_masked(&mut self.rep, true, opcode, payload, self.mask);
+        self.frame_len = self.rep.len();
+        for _ in 1..copies.max(1) {
+            self.rep.extend_from_within(..self.frame_len);
+        }
+        self.rep_phase = 0;
+        self.rep_pending = 0;
+    }
+
+    /// Queues `n` more copies of the pre-built frame.
+    #[inline]
+    pub fn queue_repeated(&mut self, n: usize) {
+        self.rep_pending += n * self.frame_len;
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.state == State::Open
+    }
+
+    /// Writes queued bytes until done or WouldBlock; the next WRITABLE edge resumes.
+    fn flush(&mut self) -> io::Result<()> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(());
+        };
+        loop {
+            let out_left = self.out.len() - self.out_pos;
+            let (buf, from_rep) = if self.rep_phase != 0 {
+                // Mid-frame in the repeated stream: ad-hoc bytes must wait for a frame
+                // boundary, otherwise we may run ahead through several frames in one write.
+                let mut n = self.rep_pending.min(self.rep.len() - self.rep_phase);
+                if out_left > 0 {
+                    n = n.min(self.frame_len - self.rep_phase);
+                }
+                (&self.rep[self.rep_phase..self.rep_phase + n], true)
+            } else if out_left > 0 {
+                (&self.out[self.out_pos..], false)
+            } else if self.rep_pending > 0 {
+                (&self.rep[..self.rep_pending.min(self.rep.len())], true)
+            } else {
+                self.out.clear();
+                self.out_pos = 0;
+                return Ok(());
+            };
+            match stream.write(buf) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) if from_rep => {
+                    self.rep_phase = (self.rep_phase + n) % self.frame_len;
+                    self.rep_pending -= n;
+                }
+                Ok(n) => self.out_pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Makes room at the end of the read buffer: compact first, grow only for big frames.
+    fn make_room(&mut self) -> Result<(), End> {
+        if self.rend < self.rbuf.len() {
+            return Ok(());
+        }
+        if self.rstart > 0 {
+            self.rbuf.copy_within(self.rstart..self.rend, 0);
+            self.rend -= self.rstart;
+            self.rstart = 0;
+            if self.rend < self.rbuf.len() {
+                return Ok(());
+            }
+        }
+        let need = match self.state {
+            State::Open => frame::frame_size(&self.rbuf[..self.rend])
+                .map_err(End::Protocol)?
+                .unwrap_or(0),
+            _ => 0,
+        };
+        let new_len = (self.rbuf.len() * 2).max(need);
+        self.rbuf.resize(new_len, 0);
+        Ok(())
+    }
+
+    /// Reads until WouldBlock or a short read, handling the handshake reply and every complete
+    /// frame. Returns whether the connection became Open during this call.
+    fn read(&mut self, mut on_data: impl FnMut(&mut S, u8, &[u8])) -> Result<bool, End> {
+        let mut upgraded = false;
+        loop {
+            self.make_room()?;
+            let space = self.rbuf.len() - self.rend;
+            let Some(stream) = self.stream.as_mut() else {
+                return Ok(upgraded);
+            };
+            match stream.read(&mut self.rbuf[self.rend..]) {
+                Ok(0) => return Err(End::Eof),
+                Ok(n) => {
+                    self.rend += n;
+                    upgraded |= self.process(&mut on_data)?;
+                    // A short read means the socket queue was drained; new data will raise a
+                    // fresh edge, so skip the extra read that would only return WouldBlock.
+                    if n < space {
+                        return Ok(upgraded);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(upgraded),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(End::Io(e)),
+            }
+        }
+    }
+
+    fn process(&mut self, on_data: &mut impl FnMut(&mut S, u8, &[u8])) -> Result<bool, End> {
+        let mut upgraded = false;
+        if self.state == State::Handshaking {
+            match handshake::parse_response(&self.rbuf[self.rstart..self.rend]) {
+                Response::Partial => return Ok(false),
+                Response::Rejected(s) => return Err(End::BadHandshake(s)),
+                Response::Upgraded(n) => {
+                    self.rstart += n;
+                    self.state = State::Open;
+                    upgraded = true;
+                }
+            }
+        }
+        loop {
+            let parsed = frame::parse_server(&self.rbuf[self.rstart..self.rend]);
+            let (f, used) = match parsed {
+                Ok(Some(x)) => x,
+                Ok(None) => break,
+                Err(e) => return Err(End::Protocol(e)),
+            };
+            match f.opcode {
+                frame::OP_PING => {
+                    frame::encode_masked(&mut self.out, true, frame::OP_PONG, f.payload, self.mask)
+                }
+                frame::OP_PONG => {}
+                frame::OP_CLOSE => {
+                    // Echo the status code back, as RFC 6455 5.5.1 suggests.
+                    let code = &f.payload[..f.payload.len().min(2)];
+                    frame::encode_masked(&mut self.out, true, frame::OP_CLOSE, code, self.mask);
+                    self.rstart += used;
+                    return Err(End::CloseFrame);
+                }
+                op => on_data(&mut self.ext, op, f.payload),
+            }
+            self.rstart += used;
+        }
+        if self.rstart == self.rend {
+            self.rstart = 0;
+            self.rend = 0;
+        }
+        Ok(upgraded)
+    }
+}
+
+/// Scenario callbacks invoked by [`Worker::poll`].
+pub trait Handler<S> {
+    /// The 101 arrived; the connection can send.
+    fn on_open(&mut self, _conn: &mut Conn<S>, _now: u64) {}
+    /// One data frame (text, binary or continuation).
+    fn on_data(&mut self, ext: &mut S, opcode: u8, payload: &[u8], now: u64);
+    /// After a read turn on an open connection: queue follow-up sends here (one write).
+    fn after_read(&mut self, _conn: &mut Conn<S>, _now: u64) {}
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Failures {
+    pub refused: u64,
+    pub reset: u64,
+    pub timeout: u64,
+    pub bad_handshake: u64,
+    pub other: u64,
+}
+
+impl Failures {
+    pub fn add(&mut self, f: Failure) {
+        match f {
+            Failure::Refused => self.refused += 1,
+            Failure::Reset => self.reset += 1,
+            Failure::Timeout => self.timeout += 1,
+            Failure::BadHandshake => self.bad_handshake += 1,
+            Failure::Other => self.other += 1,
+        }
+    }
+
+    pub fn merge(&mut self, o: &Failures) {
+        self.refused += o.refused;
+        self.reset += o.reset;
+        self.timeout += o.timeout;
+        self.bad_handshake += o.bad_handshake;
+        self.other += o.other;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.refused + self.reset + self.timeout + self.bad_handshake + self.other
+    }
+}
+
+/// Per-thread connection accounting, merged by the main thread at the end.
+pub struct ConnStats {
+    pub ok: u64,
+    pub failed: Failures,
+    /// TCP connect start -> 101 received, microseconds.
+    pub connect_us: Histogram<u64>,
+    /// Open connections that later ended (server close, reset, protocol error).
+    pub dropped: u64,
+    /// First few distinct problems, for the human summary.
+    pub samples: Vec<String>,
+}
+
+impl ConnStats {
+    pub fn new() -> Self {
+        ConnStats {
+            ok: 0,
+            failed: Failures::default(),
+            connect_us: crate::report::new_hist(),
+            dropped: 0,
+            samples: Vec::new(),
+        }
+    }
+
+    pub fn note(&mut self, s: String) {
+        if self.samples.len() < 8 && !self.samples.contains(&s) {
+            self.samples.push(s);
+        }
+    }
+
+    pub fn merge(&mut self, o: &ConnStats) {
+        self.ok += o.ok;
+        self.failed.merge(&o.failed);
+        let _ = self.connect_us.add(&o.connect_us);
+        self.dropped += o.dropped;
+        for s in &o.samples {
+            self.note(s.clone());
+        }
+    }
+}
+
+/// Owns a mio Poll and a share of the connections; everything runs on one thread.
+pub struct Worker<S> {
+    poll: Poll,
+    events: Events,
+    pub conns: Vec<Conn<S>>,
+    pub stats: ConnStats,
+    /// Connections still connecting or handshaking.
+    pub pending: usize,
+    /// Connections currently open.
+    pub open: usize,
+    dst: SocketAddrV4,
+    host: String,
+    src_ips: usize,
+    rbuf_cap: usize,
+    rng: Rng,
+    ready: Vec<(usize, bool)>,
+}
+
+impl<S> Worker<S> {
+    pub fn new(
+        dst: SocketAddrV4,
+        host: &str,
+        src_ips: usize,
+        rbuf_cap: usize,
+        seed: u64,
+    ) -> io::Result<Self> {
+        Ok(Worker {
+            poll: Poll::new()?,
+            events: Events::with_capacity(1024),
+            conns: Vec::new(),
+            stats: ConnStats::new(),
+            pending: 0,
+            open: 0,
+            dst,
+            host: host.to_string(),
+            src_ips,
+            rbuf_cap: rbuf_cap.max(256),
+            rng: Rng::new(seed),
+            ready: Vec::with_capacity(1024),
+        })
+    }
+
+    /// Starts connecting; `global_idx` picks the source IP. Immediate failures are counted.
+    pub fn connect(&mut self, path: &str, global_idx: usize, ext: S) -> Option<usize> {
+        let now = clock::now_ns();
+        let stream = match net::connect(self.dst, net::src_ip(global_idx, self.src_ips)) {
+            Ok(s) => s,
+            Err(e) => {
+                self.stats.failed.add(net::classify(&e));
+                self.stats.note(format!("connect: {e}"));
+                return None;
+            }
+        };
+        let idx = self.conns.len();
+        let mut stream = stream;
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            Token(idx),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            self.stats.failed.add(Failure::Other);
+            self.stats.note(format!("register: {e}"));
+            return None;
+        }
+        let mut out = Vec::with_capacity(256);
+        let key = ((self.rng.next_u64() as u128) << 64) | self.rng.next_u64() as u128;
+        handshake::write_request(&mut out, &self.host, path, key);
+        let mask = (self.rng.next_u64() as u32).to_ne_bytes();
+        self.conns.push(Conn {
+            stream: Some(stream),
+            state: State::Connecting,
+            started_ns: now,
+            mask,
+            rbuf: vec![0; self.rbuf_cap],
+            rstart: 0,
+            rend: 0,
+            out,
+            out_pos: 0,
+            rep: Vec::new(),
+            frame_len: 1,
+            rep_phase: 0,
+            rep_pending: 0,
+            ext,
+        });
+        self.pending += 1;
+        Some(idx)
+    }
+
+    /// Waits up to `timeout` for events and drives the ready connections.
+    pub fn poll<H: Handler<S>>(&mut self, timeout: Duration, h: &mut H) -> io::Result<()> {
+        match self.poll.poll(&mut self.events, Some(timeout)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let now = clock::now_ns();
+        // Copy the ready list out so `drive` can borrow `self` mutably; the scratch vector is
+        // reused, so this does not allocate after warm-up.
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.clear();
+        ready.extend(self.events.iter().map(|ev| {
+            let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+            (ev.token().0, readable)
+        }));
+        for &(idx, readable) in &ready {
+            self.drive(idx, readable, h, now);
+        }
+        self.ready = ready;
+        Ok(())
+    }
+
+    fn drive<H: Handler<S>>(&mut self, idx: usize, readable: bool, h: &mut H, now: u64) {
+        if let Err(end) = self.try_drive(idx, readable, h, now) {
+            self.end(idx, end);
+        }
+    }
+
+    fn try_drive<H: Handler<S>>(
+        &mut self,
+        idx: usize,
+        readable: bool,
+        h: &mut H,
+        now: u64,
+    ) -> Result<(), End> {
+        let Some(conn) = self.conns.get_mut(idx) else {
+            return Ok(());
+        };
+        if conn.state == State::Closed {
+            return Ok(());
+        }
+        if conn.state == State::Connecting {
+            let stream = conn.stream.as_ref().expect("connecting conn has a stream");
+            match stream.take_error() {
+                Ok(Some(e)) | Err(e) => return Err(End::Io(e)),
+                Ok(None) => {}
+            }
+            match stream.peer_addr() {
+                Ok(_) => conn.state = State::Handshaking,
+                // Spurious wake-up: still connecting.
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(()),
+                Err(e) => return Err(End::Io(e)),
+            }
+        }
+        if readable {
+            let upgraded = conn.read(|ext, op, payload| h.on_data(ext, op, payload, now))?;
+            if upgraded {
+                self.pending -= 1;
+                self.open += 1;
+                self.stats.ok += 1;
+                let _ = self
+                    .stats
+                    .connect_us
+                    .record(now.saturating_sub(conn.started_ns) / 1000);
+                h.on_open(conn, now);
+            }
+            if conn.state == State::Open {
+                h.after_read(conn, now);
+            }
+        }
+        conn.flush().map_err(End::Io)
+    }
+
+    /// Runs `f` on an open connection and flushes what it queued.
+    pub fn send(&mut self, idx: usize, f: impl FnOnce(&mut Conn<S>)) {
+        let conn = &mut self.conns[idx];
+        if conn.state != State::Open {
+            return;
+        }
+        f(conn);
+        if let Err(e) = conn.flush() {
+            self.end(idx, End::Io(e));
+        }
+    }
+
+    /// Fails connections that have not completed the handshake within `timeout_ns`.
+    pub fn expire(&mut self, now: u64, timeout_ns: u64) {
+        if self.pending == 0 {
+            return;
+        }
+        for idx in 0..self.conns.len() {
+            let c = &self.conns[idx];
+            if matches!(c.state, State::Connecting | State::Handshaking)
+                && now.saturating_sub(c.started_ns) > timeout_ns
+            {
+                self.end(idx, End::Io(io::ErrorKind::TimedOut.into()));
+            }
+        }
+    }
+
+    fn end(&mut self, idx: usize, end: End) {
+        let conn = &mut self.conns[idx];
+        match conn.state {
+            State::Closed => return,
+            State::Connecting | State::Handshaking => {
+                self.pending -= 1;
+                self.stats.failed.add(end.failure());
+                self.stats.note(end.describe());
+            }
+            State::Open => {
+                self.open -= 1;
+                self.stats.dropped += 1;
+                self.stats.note(format!("dropped: {}", end.describe()));
+                if matches!(end, End::CloseFrame) {
+                    // Best effort: deliver our close reply before the socket goes away.
+                    let _ = conn.flush();
+                }
+            }
+        }
+        conn.state = State::Closed;
+        if let Some(mut s) = conn.stream.take() {
+            let _ = self.poll.registry().deregister(&mut s);
+        }
+        // Release buffers: a dead connection should not pin memory during long holds.
+        conn.rbuf = Vec::new();
+        conn.rep = Vec::new();
+        conn.out = Vec::new();
+    }
+
+    /// Sends a close frame on every open connection (best effort) and drops all sockets.
+    pub fn close_all(&mut self) {
+        for conn in &mut self.conns {
+            if conn.state == State::Open {
+                // Drop anything queued so the close frame is not stuck behind data.
+                conn.rep_pending = 0;
+                if conn.rep_phase != 0 {
+                    // A partially written frame cannot be abandoned cleanly; just drop the socket.
+                    conn.stream = None;
+                } else {
+                    conn.out.clear();
+                    conn.out_pos = 0;
+                    conn.queue_frame(frame::OP_CLOSE, &1000u16.to_be_bytes());
+                    let _ = conn.flush();
+                }
+            }
+            conn.state = State::Closed;
+            conn.stream = None;
+        }
+        self.open = 0;
+        self.pending = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{Ipv4Addr, TcpListener};
+
+    #[derive(Default)]
+    struct Collect {
+        got: Vec<(u8, Vec<u8>)>,
+        opened: usize,
+    }
+
+    impl Handler<()> for Collect {
+        fn on_open(&mut self, _c: &mut Conn<()>, _now: u64) {
+            self.opened += 1;
+        }
+        fn on_data(&mut self, _e: &mut (), op: u8, p: &[u8], _now: u64) {
+            self.got.push((op, p.to_vec()));
+        }
+    }
+
+    /// Reads one masked client frame from a blocking socket and unmasks it.
+    fn read_client_frame(s: &mut std::net::TcpStream) -> (u8, Vec<u8>) {
+        let mut h = [0u8; 2];
+        s.read_exact(&mut h).unwrap();
+        assert!(h[1] & 0x80 != 0, "client frames must be masked");
+        let len = match h[1] & 0x7F {
+            126 => {
+                let mut b = [0u8; 2];
+                s.read_exact(&mut b).unwrap();
+                u16::from_be_bytes(b) as usize
+            }
+            127 => {
+                let mut b = [0u8; 8];
+                s.read_exact(&mut b).unwrap();
+                u64::from_be_bytes(b) as usize
+            }
+            l => l as usize,
+        };
+        let mut mask = [0u8; 4];
+        s.read_exact(&mut mask).unwrap();
+        let mut p = vec![0u8; len];
+        s.read_exact(&mut p).unwrap();
+        frame::apply_mask(&mut p, mask, 0);
+        (h[0] & 0x0F, p)
+    }
+
+    fn pump<H: Handler<()>>(
+        w: &mut Worker<()>,
+        h: &mut H,
+        until: impl Fn(&Worker<()>, &H) -> bool,
+    ) {
+        for _ in 0..500 {
+            if until(w, h) {
+                return;
+            }
+            w.poll(Duration::from_millis(10), h).unwrap();
+        }
+        panic!("condition not reached");
+    }
+
+    #[test]
+    fn handshake_ping_pong_data_and_close() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                s.read_exact(&mut b).unwrap();
+                head.push(b[0]);
+            }
+            assert!(head.starts_with(b"GET /ws HTTP/1.1\r\n"));
+            // 101 plus a ping and a text frame in the same segment: leftover bytes are frames.
+            let mut resp =
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n".to_vec();
+            resp.extend_from_slice(&[0x89, 2, b'h', b'i', 0x81, 3, b'a', b'b', b'c']);
+            s.write_all(&resp).unwrap();
+            assert_eq!(read_client_frame(&mut s), (frame::OP_PONG, b"hi".to_vec()));
+            s.write_all(&[0x88, 2, 0x03, 0xE8]).unwrap();
+            assert_eq!(
+                read_client_frame(&mut s),
+                (frame::OP_CLOSE, vec![0x03, 0xE8])
+            );
+        });
+        let dst = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+        let mut w: Worker<()> = Worker::new(dst, "127.0.0.1", 0, 300, 1).unwrap();
+        let mut h = Collect::default();
+        w.connect("/ws", 0, ()).unwrap();
+        pump(&mut w, &mut h, |w, _| w.stats.dropped == 1);
+        server.join().unwrap();
+        assert_eq!(h.opened, 1);
+        assert_eq!(w.stats.ok, 1);
+        assert_eq!(h.got, vec![(frame::OP_TEXT, b"abc".to_vec())]);
+        assert_eq!(w.open, 0);
+    }
+
+    #[test]
+    fn bad_status_is_bad_handshake() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).unwrap();
+            s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        });
+        let dst = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+        let mut w: Worker<()> = Worker::new(dst, "127.0.0.1", 0, 300, 1).unwrap();
+        let mut h = Collect::default();
+        w.connect("/ws", 0, ()).unwrap();
+        pump(&mut w, &mut h, |w, _| w.pending == 0);
+        assert_eq!(w.stats.failed.bad_handshake, 1);
+        server.join().unwrap();
+    }
+
+    /// Echo server over a real socket: exercises batched repeated frames, large frames that
+    /// need the read buffer to grow, and partial writes under back-pressure.
+    #[test]
+    fn repeated_frames_roundtrip_through_echo() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                s.read_exact(&mut b).unwrap();
+                head.push(b[0]);
+            }
+            s.write_all(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+                .unwrap();
+            for _ in 0..40 {
+                let (op, p) = read_client_frame(&mut s);
+                let mut f = vec![0x80 | op, 127];
+                f.extend_from_slice(&(p.len() as u64).to_be_bytes());
+                f.extend_from_slice(&p);
+                s.write_all(&f).unwrap();
+            }
+        });
+        struct Count(usize, usize);
+        impl Handler<()> for Count {
+            fn on_data(&mut self, _e: &mut (), op: u8, p: &[u8], _now: u64) {
+                assert_eq!(op, frame::OP_BINARY);
+                assert!(p.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+                self.0 += 1;
+                self.1 = p.len();
+            }
+        }
+        let dst = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+        let mut w: Worker<()> = Worker::new(dst, "127.0.0.1", 0, 300, 1).unwrap();
+        let mut h = Count(0, 0);
+        let idx = w.connect("/echo", 0, ()).unwrap();
+        pump(&mut w, &mut h, |w, _| w.open == 1);
+        let payload: Vec<u8> = (0..100_000).map(|i| (i % 251) as u8).collect();
+        w.send(idx, |c| {
+            c.set_repeated(frame::OP_BINARY, &payload, 3);
+            c.queue_repeated(40);
+        });
+        pump(&mut w, &mut h, |_, h| h.0 == 40);
+        assert_eq!(h.1, 100_000);
+        server.join().unwrap();
+    }
+}

@@ -1,0 +1,200 @@
+//! Raw socket set-up: non-blocking connect with optional source-IP bind, and fd-limit raising.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::FromRawFd as _;
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit; returns the new soft limit.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit struct for the duration of the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` is a valid rlimit struct; raising soft up to hard needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every target
+    Ok(lim.rlim_cur as u64)
+}
+
+fn sockaddr(addr: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(addr.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+fn check(ret: libc::c_int) -> io::Result<()> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn set_int_opt(
+    fd: libc::c_int,
+    level: libc::c_int,
+    opt: libc::c_int,
+    val: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `fd` is an open socket owned by the caller; we pass a pointer to a live c_int and
+    // its exact size, as setsockopt requires.
+    check(unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (&val as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+}
+
+/// Starts a non-blocking TCP connect to `dst`, optionally binding the source address first.
+///
+/// mio 1 has no `TcpSocket`, and binding a source IP needs to happen between `socket()` and
+/// `connect()`, so this goes through libc directly. The returned stream may still be
+/// connecting; completion is signalled by a WRITABLE event.
+pub fn connect(dst: SocketAddrV4, src: Option<Ipv4Addr>) -> io::Result<mio::net::TcpStream> {
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    check(fd)?;
+    // SAFETY: `fd` was just returned by socket(2) and nothing else owns it, so the TcpStream
+    // takes sole ownership and closes it on drop, including on the error paths below.
+    let std_stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
+    if let Some(ip) = src {
+        // Defer ephemeral port choice to connect() so ports are shared per 4-tuple rather than
+        // reserved per source IP; best effort (older kernels lack the option).
+        let _ = set_int_opt(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1);
+        let sa = sockaddr(SocketAddrV4::new(ip, 0));
+        // SAFETY: `sa` is a valid sockaddr_in and the length passed matches its size.
+        check(unsafe {
+            libc::bind(
+                fd,
+                (&sa as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        })?;
+    }
+    let sa = sockaddr(dst);
+    // SAFETY: `sa` is a valid sockaddr_in and the length passed matches its size.
+    let ret = unsafe {
+        libc::connect(
+            fd,
+            (&sa as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if ret < 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(err);
+        }
+    }
+    Ok(mio::net::TcpStream::from_std(std_stream))
+}
+
+/// Why a connection attempt failed, as reported in `connect.failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    Refused,
+    Reset,
+    Timeout,
+    BadHandshake,
+    Other,
+}
+
+pub fn classify(err: &io::Error) -> Failure {
+    use io::ErrorKind::*;
+    match err.kind() {
+        ConnectionRefused => Failure::Refused,
+        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => Failure::Reset,
+        TimedOut => Failure::Timeout,
+        _ => Failure::Other,
+    }
+}
+
+/// Parses `ws://host:port[/...]` into an IPv4 socket address; only loopback is allowed.
+pub fn parse_url(url: &str) -> Result<(SocketAddrV4, String), String> {
+    let rest = url
+        .strip_prefix("ws://")
+        .ok_or_else(|| format!("url must start with ws://: {url}"))?;
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    let hostport = if hostport.starts_with("localhost:") {
+        hostport.replacen("localhost", "127.0.0.1", 1)
+    } else {
+        hostport.to_string()
+    };
+    let addr: SocketAddrV4 = hostport
+        .parse()
+        .map_err(|e| format!("bad host:port {hostport:?}: {e}"))?;
+    if !addr.ip().is_loopback() {
+        return Err(format!("refusing non-loopback target {addr}"));
+    }
+    Ok((addr, hostport))
+}
+
+/// Source IP for connection number `i` when spreading over 127.0.0.1..127.0.0.K.
+pub fn src_ip(i: usize, k: usize) -> Option<Ipv4Addr> {
+    if k == 0 {
+        return None;
+    }
+    let n = (i % k) as u32 + 1;
+    Some(Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 0, 0)) + n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_and_src_ips() {
+        let (a, h) = parse_url("ws://127.0.0.1:9000").unwrap();
+        assert_eq!(a.port(), 9000);
+        assert_eq!(h, "127.0.0.1:9000");
+        assert!(parse_url("ws://10.0.0.1:9000").is_err());
+        assert!(parse_url("http://127.0.0.1:9000").is_err());
+        assert_eq!(parse_url("ws://localhost:80/x").unwrap().0.port(), 80);
+        assert_eq!(src_ip(0, 3), Some(Ipv4Addr::new(127, 0, 0, 1)));
+        assert_eq!(src_ip(5, 3), Some(Ipv4Addr::new(127, 0, 0, 3)));
+        assert_eq!(src_ip(5, 0), None);
+    }
+
+    #[test]
+    fn refused_is_classified() {
+        // Grab a free port, close it, then connect: loopback reports refusal.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        let dst = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+        match connect(dst, src_ip(1, 2)) {
+            Err(e) => assert_eq!(classify(&e), Failure::Refused),
+            Ok(s) => {
+                // Non-blocking: the refusal shows up on the socket once the RST is processed.
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                let e = s.take_error().unwrap().expect("error pending");
+                assert_eq!(classify(&e), Failure::Refused);
+            }
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! Run results: the JSON schema printed with `--json` and the human summary on stderr.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::conn::{ConnStats, Failures};
+use crate::sysstat::Usage;
+
+/// Microsecond histogram covering 1 µs .. 100 s at 3 significant digits.
+pub fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 100_000_000, 3).expect("static histogram bounds are valid")
+}
+
+/// Records a latency in microseconds, clamping into the histogram range instead of dropping.
+#[inline]
+pub fn record_us(h: &mut Histogram<u64>, us: u64) {
+    let _ = h.record(us.clamp(1, 100_000_000));
+}
+
+#[derive(Debug, Serialize, Clone, Copy, Default)]
+pub struct Latency {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+    pub mean: f64,
+    pub samples: u64,
+}
+
+impl Latency {
+    pub fn from_hist(h: &Histogram<u64>) -> Option<Latency> {
+        if h.is_empty() {
+            return None;
+        }
+        Some(Latency {
+            p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+            mean: (h.mean() * 10.0).round() / 10.0,
+            samples: h.len(),
+        })
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConnectSummary {
+    pub ok: u64,
+    pub failed: Failures,
+    /// TCP connect start -> 101 received.
+    pub latency_us: Option<Latency>,
+    /// Connections that were open and then closed or reset by the server.
+    pub dropped: u64,
+}
+
+impl ConnectSummary {
+    pub fn from_stats(s: &ConnStats) -> Self {
+        ConnectSummary {
+            ok: s.ok,
+            failed: s.failed.clone(),
+            latency_us: Latency::from_hist(&s.connect_us),
+            dropped: s.dropped,
+        }
+    }
+}
+
+/// One object on stdout with `--json`. Keys not applicable to a scenario are `null`.
+#[derive(Debug, Serialize, Default)]
+pub struct Report {
+    pub scenario: &'static str,
+    pub conns: u64,
+    pub threads: usize,
+    pub duration_s: f64,
+    pub messages_per_sec: Option<f64>,
+    pub bytes_per_sec: Option<f64>,
+    pub deliveries_per_sec: Option<f64>,
+    pub expected: Option<u64>,
+    pub received: Option<u64>,
+    pub lost: Option<u64>,
+    pub latency_us: Option<Latency>,
+    pub connect: Option<ConnectSummary>,
+    pub server_rss_bytes: Option<u64>,
+    pub server_rss_baseline_bytes: Option<u64>,
+    pub rss_per_conn_bytes: Option<f64>,
+    pub server_cpu_pct: Option<f64>,
+    pub server_core_busy_pct: Option<f64>,
+    pub loadgen_cpu_pct: Option<f64>,
+    /// Server `{"op":"error"}` replies (and unexpected replies) seen during the run.
+    pub server_errors: u64,
+    pub error_samples: Vec<String>,
+    /// Per-second throughput of the scenario's main counter over the measurement window.
+    pub timeline_per_sec: Vec<f64>,
+    /// Scenario parameters, echoed back so result files are self-describing.
+    pub params: serde_json::Value,
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+impl Report {
+    pub fn set_usage(&mut self, u: Usage) {
+        self.server_cpu_pct = u.server_cpu_pct.map(round1);
+        self.server_core_busy_pct = u.server_core_busy_pct.map(round1);
+        self.loadgen_cpu_pct = u.loadgen_cpu_pct.map(round1);
+    }
+
+    pub fn print_json(&self) {
+        match serde_json::to_string(self) {
+            Ok(s) => println!("{s}"),
+            Err(e) => eprintln!("cannot serialise report: {e}"),
+        }
+    }
+
+    pub fn print_human(&self) {
+        let mut o = String::new();
+        use std::fmt::Write as _;
+        let _ = writeln!(
+            o,
+            "== {} == conns={} threads={} window={:.2}s",
+            self.scenario, self.conns, self.threads, self.duration_s
+        );
+        if let Some(c) = &self.connect {
+            let f = &c.failed;
+            let _ = writeln!(
+                o,
+                "connect: ok={} failed={} (refused={} reset={} timeout={} bad_handshake={} other={}) dropped_later={}",
+                c.ok, f.total(), f.refused, f.reset, f.timeout, f.bad_handshake, f.other, c.dropped
+            );
+            if let Some(l) = &c.latency_us {
+                let _ = writeln!(o, "connect latency us: {}", fmt_lat(l));
+            }
+        }
+        if let Some(m) = self.messages_per_sec {
+            let _ = writeln!(
+                o,
+                "throughput: {:.0} msgs/s, {:.2} MB/s",
+                m,
+                self.bytes_per_sec.unwrap_or(0.0) / 1e6
+            );
+        }
+        if let Some(d) = self.deliveries_per_sec {
+            let _ = writeln!(
+                o,
+                "deliveries: {:.0}/s  expected={} received={} lost={}",
+                d,
+                self.expected.unwrap_or(0),
+                self.received.unwrap_or(0),
+                self.lost.unwrap_or(0)
+            );
+        }
+        if let Some(l) = &self.latency_us {
+            let _ = writeln!(o, "latency us: {}", fmt_lat(l));
+        }
+        if let Some(r) = self.server_rss_bytes {
+            let _ = write!(o, "server rss: {:.1} MiB", r as f64 / 1048576.0);
+            if let Some(b) = self.server_rss_baseline_bytes {
+                let _ = write!(o, " (baseline {:.1} MiB)", b as f64 / 1048576.0);
+            }
+            if let Some(p) = self.rss_per_conn_bytes {
+                let _ = write!(o, ", {p:.0} bytes/conn");
+            }
+            o.push('\n');
+        }
+        let pct = |x: Option<f64>| x.map_or("n/a".to_string(), |v| format!("{v:.1}%"));
+        let _ = writeln!(
+            o,
+            "cpu: server process {}  server core busy {}  loadgen {}",
+            pct(self.server_cpu_pct),
+            pct(self.server_core_busy_pct),
+            pct(self.loadgen_cpu_pct)
+        );
+        if self.server_errors > 0 {
+            let _ = writeln!(
+                o,
+                "server errors / unexpected replies: {}",
+                self.server_errors
+            );
+        }
+        if !self.error_samples.is_empty() {
+            let _ = writeln!(o, "problem samples:");
+        }
+        for s in &self.error_samples {
+            let _ = writeln!(o, "  {s}");
+        }
+        eprint!("{o}");
+    }
+}
+
+fn fmt_lat(l: &Latency) -> String {
+    format!(
+        "p50={} p90={} p99={} p99.9={} max={} mean={:.1} (n={})",
+        l.p50, l.p90, l.p99, l.p999, l.max, l.mean, l.samples
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_has_required_keys() {
+        let mut h = new_hist();
+        for v in 1..=1000 {
+            record_us(&mut h, v);
+        }
+        let r = Report {
+            scenario: "echo",
+            latency_us: Latency::from_hist(&h),
+            ..Default::default()
+        };
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        for k in [
+            "scenario",
+            "conns",
+            "duration_s",
+            "messages_per_sec",
+            "bytes_per_sec",
+            "deliveries_per_sec",
+            "expected",
+            "received",
+            "lost",
+            "latency_us",
+            "connect",
+            "server_rss_bytes",
+            "rss_per_conn_bytes",
+            "server_cpu_pct",
+            "server_core_busy_pct",
+            "loadgen_cpu_pct",
+        ] {
+            assert!(v.get(k).is_some(), "missing {k}");
+        }
+        let l = &v["latency_us"];
+        assert_eq!(l["p50"], 500);
+        assert_eq!(l["max"], 1000);
+        assert!(l.get("p999").is_some());
+    }
+}

@@ -1,0 +1,154 @@
+//! `connect` scenario: open N idle connections at a fixed rate, hold them, close; measures
+//! handshake latency, failures by cause and the server's memory per connection.
+
+use std::sync::atomic::Ordering::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{paced_open, sleep_until, spinner, sync_counts, Env, Outcome, Shared};
+use crate::cli::ConnectArgs;
+use crate::clock;
+use crate::conn::{Conn, ConnStats, Handler, Worker};
+use crate::report::{ConnectSummary, Latency, Report};
+use crate::sysstat::{self, Sample};
+
+/// Idle connections ignore data; pings are answered by the connection itself.
+struct Idle;
+
+impl Handler<()> for Idle {
+    fn on_data(&mut self, _: &mut (), _: u8, _: &[u8], _: u64) {}
+    fn on_open(&mut self, _: &mut Conn<()>, _: u64) {}
+}
+
+/// Small read buffer: idle connections only ever see the 101 and the odd ping; the buffer
+/// grows on demand, so this keeps 19k connections cheap without limiting anything.
+const RBUF: usize = 512;
+
+pub fn run(env: &Env, a: &ConnectArgs) -> Result<Outcome, String> {
+    let threads = env.common.threads.min(a.conns.max(1));
+    let shared = Arc::new(Shared::default());
+    let pid = env.targets.server_pid;
+    let baseline = pid.and_then(sysstat::rss_bytes);
+    let s0 = Sample::take(env.targets);
+    let t0 = clock::now_ns();
+    let timeout = env.connect_timeout_ns();
+
+    let mut handles = Vec::new();
+    for t in 0..threads {
+        let shared = shared.clone();
+        let (dst, host, src_ips) = (env.dst, env.host.clone(), env.common.src_ips);
+        let (conns, rate) = (a.conns, a.rate / threads as f64);
+        let h = std::thread::Builder::new()
+            .name(format!("load-{t}"))
+            .spawn(move || -> Result<ConnStats, String> {
+                let mut w: Worker<()> =
+                    Worker::new(dst, &host, src_ips, RBUF, t as u64).map_err(|e| e.to_string())?;
+                let share: Vec<usize> = (t..conns).step_by(threads).collect();
+                let mut last = (0, 0);
+                let poll = |w: &mut Worker<()>, d: Duration| {
+                    let _ = w.poll(d, &mut Idle);
+                    w.expire(clock::now_ns(), timeout);
+                };
+                paced_open(
+                    &mut w,
+                    share.len(),
+                    rate,
+                    |w, i| {
+                        w.connect("/ws", share[i], ());
+                    },
+                    |w, d| {
+                        poll(w, d);
+                        sync_counts(w, &shared, &mut last);
+                    },
+                );
+                while w.pending > 0 {
+                    poll(&mut w, Duration::from_millis(20));
+                    sync_counts(&w, &shared, &mut last);
+                }
+                shared.ready.fetch_add(1, Release);
+                // Hold: keep servicing pings/closes until the main thread says stop.
+                while !shared.go.load(Acquire) {
+                    poll(&mut w, Duration::from_millis(50));
+                }
+                w.close_all();
+                Ok(w.stats)
+            })
+            .map_err(|e| e.to_string())?;
+        handles.push(h);
+    }
+
+    // Main thread: progress and per-second open rate until every thread is done connecting.
+    let pb = spinner();
+    let mut timeline = Vec::new();
+    let mut last_ok = 0;
+    let mut tick = t0;
+    while shared.ready.load(Acquire) < threads {
+        std::thread::sleep(Duration::from_millis(50));
+        let ok = shared.opened.load(Relaxed);
+        pb.set_message(format!(
+            "connecting: {ok}/{} ok, {} failed",
+            a.conns,
+            shared.failed.load(Relaxed)
+        ));
+        if clock::now_ns() >= tick + 1_000_000_000 {
+            tick += 1_000_000_000;
+            timeline.push((ok - last_ok) as f64);
+            last_ok = ok;
+        }
+    }
+    let connected_at = clock::now_ns();
+    let rss_connected = pid.and_then(sysstat::rss_bytes);
+    pb.set_message(format!(
+        "holding {} connections",
+        shared.opened.load(Relaxed)
+    ));
+    sleep_until(connected_at + (a.hold * 1e9) as u64);
+    let rss_held = pid.and_then(sysstat::rss_bytes);
+    let s1 = Sample::take(env.targets);
+    let end = clock::now_ns();
+    shared.go.store(true, Release);
+    pb.finish_and_clear();
+
+    let mut stats = ConnStats::new();
+    for h in handles {
+        let s = h
+            .join()
+            .map_err(|_| "client thread panicked".to_string())??;
+        stats.merge(&s);
+    }
+    // RSS at the end of the hold (all connections still open) is the settled figure; lazily
+    // allocated per-connection state may not exist yet right after the last handshake.
+    let rss = rss_held.or(rss_connected);
+    let mut report = Report {
+        scenario: "connect",
+        conns: a.conns as u64,
+        threads,
+        duration_s: (end - t0) as f64 / 1e9,
+        latency_us: Latency::from_hist(&stats.connect_us),
+        connect: Some(ConnectSummary::from_stats(&stats)),
+        server_rss_bytes: rss,
+        server_rss_baseline_bytes: baseline,
+        rss_per_conn_bytes: match (rss, baseline) {
+            (Some(r), Some(b)) if stats.ok > 0 => {
+                Some(((r as f64 - b as f64) / stats.ok as f64).round())
+            }
+            _ => None,
+        },
+        error_samples: stats.samples.clone(),
+        timeline_per_sec: timeline,
+        params: serde_json::json!({
+            "rate": a.rate,
+            "hold_s": a.hold,
+            "src_ips": env.common.src_ips,
+            "connect_phase_s": (connected_at - t0) as f64 / 1e9,
+            "server_rss_after_connect_bytes": rss_connected,
+        }),
+        ..Default::default()
+    };
+    report.set_usage(sysstat::usage(&s0, &s1));
+    Ok(Outcome {
+        report,
+        latency: stats.connect_us,
+        rate_label: "connections opened/s",
+    })
+}

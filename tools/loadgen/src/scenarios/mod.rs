@@ -1,0 +1,272 @@
+//! Scenario dispatch plus the machinery they share: cross-thread flags and counters, the
+//! warm-up/measurement window, per-second sampling and the progress line.
+
+pub mod broadcast;
+pub mod connect;
+pub mod echo;
+
+use std::net::SocketAddrV4;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use indicatif::ProgressBar;
+
+use crate::cli::{Cli, Common, Scenario};
+use crate::clock;
+use crate::conn::Worker;
+use crate::report::Report;
+use crate::sysstat::{self, Sample, Targets};
+
+/// A finished run: the report plus what the plot needs.
+pub struct Outcome {
+    pub report: Report,
+    pub latency: Histogram<u64>,
+    /// Axis label for `report.timeline_per_sec`.
+    pub rate_label: &'static str,
+}
+
+pub fn run(cli: &Cli) -> Result<Outcome, String> {
+    let c = &cli.common;
+    if c.threads == 0 {
+        return Err("--threads must be at least 1".into());
+    }
+    if !(c.duration > 0.0 && c.warmup >= 0.0 && c.connect_timeout > 0.0) {
+        return Err("--duration and --connect-timeout must be > 0, --warmup >= 0".into());
+    }
+    // Needed for ~19k sockets per process; failure only matters for big runs.
+    if let Err(e) = crate::net::raise_fd_limit() {
+        eprintln!("warning: cannot raise RLIMIT_NOFILE: {e}");
+    }
+    let (dst, host) = crate::net::parse_url(&c.url)?;
+    let env = Env {
+        common: c.clone(),
+        dst,
+        host,
+        targets: Targets {
+            server_pid: c.server_pid,
+            server_core: c.server_core,
+        },
+    };
+    match &cli.scenario {
+        Scenario::Connect(a) => connect::run(&env, a),
+        Scenario::Echo(a) => echo::run(&env, a),
+        Scenario::Broadcast(a) => broadcast::run(&env, a),
+    }
+}
+
+/// Resolved common settings handed to every scenario.
+pub struct Env {
+    pub common: Common,
+    pub dst: SocketAddrV4,
+    pub host: String,
+    pub targets: Targets,
+}
+
+impl Env {
+    pub fn connect_timeout_ns(&self) -> u64 {
+        (self.common.connect_timeout * 1e9) as u64
+    }
+}
+
+/// State shared between the main thread and the client threads.
+#[derive(Default)]
+pub struct Shared {
+    /// Threads that finished set-up (connected, subscribed).
+    pub ready: AtomicUsize,
+    /// Main thread's go signal; start/end are valid once this is set.
+    pub go: AtomicBool,
+    /// Measurement window in [`clock::now_ns`] units.
+    pub start_ns: AtomicU64,
+    pub end_ns: AtomicU64,
+    /// The scenario's main counter (replies, deliveries, opens), all-time, for progress.
+    pub progress: AtomicU64,
+    pub opened: AtomicU64,
+    pub failed: AtomicU64,
+    /// Broadcast: publishes sent inside the window, deliveries of those received, subscribers.
+    pub win_sent: AtomicU64,
+    pub win_recv: AtomicU64,
+    pub subscribed: AtomicU64,
+}
+
+impl Shared {
+    pub fn window(&self) -> (u64, u64) {
+        (self.start_ns.load(Acquire), self.end_ns.load(Acquire))
+    }
+}
+
+/// Opens `count` connections at `rate`/s from one thread; `open(ctx, i)` starts connection i
+/// of this thread's share. Between opens it polls so handshakes progress concurrently.
+pub fn paced_open<T>(
+    ctx: &mut T,
+    count: usize,
+    rate: f64,
+    mut open: impl FnMut(&mut T, usize),
+    mut poll: impl FnMut(&mut T, Duration),
+) {
+    let t0 = clock::now_ns();
+    let interval = if rate > 0.0 { 1e9 / rate } else { 0.0 };
+    let mut i = 0;
+    while i < count {
+        let now = clock::now_ns();
+        // Open every connection that is due, so a slow poll turn does not lower the rate.
+        while i < count && (t0 + (i as f64 * interval) as u64) <= now {
+            open(ctx, i);
+            i += 1;
+        }
+        let next = t0 + (i as f64 * interval) as u64;
+        let wait = next.saturating_sub(clock::now_ns()).min(5_000_000);
+        poll(ctx, Duration::from_nanos(wait));
+    }
+}
+
+/// Publishes a worker's connect successes/failures to the shared counters (deltas only).
+pub fn sync_counts<S>(w: &Worker<S>, shared: &Shared, last: &mut (u64, u64)) {
+    let (ok, failed) = (w.stats.ok, w.stats.failed.total());
+    shared.opened.fetch_add(ok - last.0, Relaxed);
+    shared.failed.fetch_add(failed - last.1, Relaxed);
+    *last = (ok, failed);
+}
+
+/// Progress spinner on stderr; indicatif hides it when stderr is not a terminal.
+pub fn spinner() -> ProgressBar {
+    let pb = ProgressBar::new_spinner();
+    pb.enable_steady_tick(Duration::from_millis(200));
+    pb
+}
+
+/// Main-thread side of echo/broadcast: wait for set-up, fix the window, sample counters every
+/// second. Returns the samples at window start and end and the per-second series.
+pub struct Window {
+    pub a: Sample,
+    pub b: Sample,
+    pub timeline: Vec<f64>,
+    pub duration_s: f64,
+}
+
+pub fn drive_window(
+    env: &Env,
+    shared: &Shared,
+    threads: usize,
+    total_conns: usize,
+    what: &str,
+) -> Window {
+    let c = &env.common;
+    let pb = spinner();
+    // Set-up bound: pacing time plus the handshake timeout plus slack.
+    let setup_ns =
+        ((total_conns as f64 / c.connect_rate.max(1.0) + c.connect_timeout + 5.0) * 1e9) as u64;
+    let deadline = clock::now_ns() + setup_ns;
+    while shared.ready.load(Acquire) < threads && clock::now_ns() < deadline {
+        pb.set_message(format!(
+            "setting up: {}/{} connected, {} failed",
+            shared.opened.load(Relaxed),
+            total_conns,
+            shared.failed.load(Relaxed)
+        ));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if shared.ready.load(Acquire) < threads {
+        eprintln!("warning: set-up did not finish in time; starting anyway");
+    }
+    let now = clock::now_ns();
+    let start = now + (c.warmup * 1e9) as u64;
+    let end = start + (c.duration * 1e9) as u64;
+    shared.start_ns.store(start, Release);
+    shared.end_ns.store(end, Release);
+    shared.go.store(true, Release);
+
+    pb.set_message("warming up");
+    sleep_until(start);
+    let a = Sample::take(env.targets);
+    let mut timeline = Vec::new();
+    let mut last = shared.progress.load(Relaxed);
+    let mut tick = start;
+    while tick < end {
+        let next = (tick + 1_000_000_000).min(end);
+        sleep_until(next);
+        let cur = shared.progress.load(Relaxed);
+        let secs = (next - tick) as f64 / 1e9;
+        let rate = (cur - last) as f64 / secs;
+        timeline.push(rate);
+        pb.set_message(format!("{rate:.0} {what}/s"));
+        last = cur;
+        tick = next;
+    }
+    let b = Sample::take(env.targets);
+    pb.finish_and_clear();
+    let duration_s = (end - start) as f64 / 1e9;
+    Window {
+        a,
+        b,
+        timeline,
+        duration_s,
+    }
+}
+
+pub fn sleep_until(t_ns: u64) {
+    let now = clock::now_ns();
+    if t_ns > now {
+        std::thread::sleep(Duration::from_nanos(t_ns - now));
+    }
+}
+
+/// Fills the resource fields of a report from the window samples.
+pub fn apply_usage(report: &mut Report, env: &Env, w: &Window) {
+    report.set_usage(sysstat::usage(&w.a, &w.b));
+    report.server_rss_bytes = env.targets.server_pid.and_then(sysstat::rss_bytes);
+}
+
+/// Finds `needle` in `hay` (short inputs; a plain scan beats building a searcher).
+#[inline]
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Classifies a JSON reply by its "op" without parsing: looks in the first bytes only, since
+/// corecast writes "op" first and payload data could contain the same text further on.
+pub fn reply_op(payload: &[u8]) -> &'static str {
+    const OPS: [(&[u8], &str); 4] = [
+        (br#""op":"message""#, "message"),
+        (br#""op":"echo""#, "echo"),
+        (br#""op":"ok""#, "ok"),
+        (br#""op":"error""#, "error"),
+    ];
+    let head = &payload[..payload.len().min(24)];
+    OPS.iter()
+        .find(|(pat, _)| find(head, pat).is_some())
+        .map_or("other", |&(_, op)| op)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_op_classifies() {
+        assert_eq!(
+            reply_op(br#"{"op":"message","topic":"t","data":{}}"#),
+            "message"
+        );
+        assert_eq!(reply_op(br#"{"op":"ok","id":1}"#), "ok");
+        assert_eq!(reply_op(br#"{"op":"error","code":"bad_request"}"#), "error");
+        assert_eq!(reply_op(br#"{"op":"echo","data":"x"}"#), "echo");
+        assert_eq!(reply_op(br#"{"x":1}"#), "other");
+    }
+
+    #[test]
+    fn paced_open_respects_rate() {
+        let t0 = std::time::Instant::now();
+        let mut n = 0;
+        paced_open(
+            &mut n,
+            50,
+            1000.0,
+            |n, _| *n += 1,
+            |_, d| std::thread::sleep(d),
+        );
+        let el = t0.elapsed().as_secs_f64();
+        assert_eq!(n, 50);
+        assert!(el > 0.04 && el < 0.5, "{el}");
+    }
+}
