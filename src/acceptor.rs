@@ -15,7 +15,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::admission::{self, Refusal};
 use crate::handshake;
-use crate::worker::handle::WorkerHandle;
+use crate::server::Shared;
 
 const LISTENER: Token = Token(0);
 pub const ACCEPTOR_WAKER: Token = Token(1);
@@ -28,8 +28,7 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 pub struct Acceptor {
     pub poll: Poll,
     pub listener: TcpListener,
-    pub workers: Arc<[WorkerHandle]>,
-    pub admission: Arc<admission::Shared>,
+    pub shared: Arc<Shared>,
     pub gate: admission::Gate,
     pub stop: Arc<AtomicBool>,
 }
@@ -58,7 +57,11 @@ impl Acceptor {
             loop {
                 match self.listener.accept() {
                     Ok((sock, peer)) => {
-                        if let Err(why) = self.gate.admit(&self.admission, peer.ip()) {
+                        if self.shared.draining.load(Ordering::Relaxed) {
+                            refuse(sock, Refusal::Draining);
+                            continue;
+                        }
+                        if let Err(why) = self.gate.admit(&self.shared.admission, peer.ip()) {
                             log::debug!("refused {peer}: {why:?}");
                             refuse(sock, why);
                             continue;
@@ -67,9 +70,10 @@ impl Acceptor {
                         if let Err(e) = sock.set_nodelay(true) {
                             log::debug!("set TCP_NODELAY failed: {e}");
                         }
-                        let n = self.workers.len();
-                        if let Err(_sock) = self.workers[next % n].send_conn(sock, peer.ip()) {
-                            self.admission.release(peer.ip());
+                        let workers = &self.shared.workers;
+                        let n = workers.len();
+                        if let Err(_sock) = workers[next % n].send_conn(sock, peer.ip()) {
+                            self.shared.admission.release(peer.ip());
                             log::error!("worker {} is gone; connection dropped", next % n);
                         }
                         next = next.wrapping_add(1);
@@ -118,6 +122,12 @@ fn refuse(mut sock: mio::net::TcpStream, why: Refusal) {
             "Service Unavailable",
             "Retry-After: 1\r\n",
             "connection limit reached",
+        ),
+        Refusal::Draining => handshake::http_response(
+            503,
+            "Service Unavailable",
+            "Retry-After: 1\r\n",
+            "server is shutting down",
         ),
         Refusal::PerIp => handshake::http_response(
             429,

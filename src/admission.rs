@@ -18,6 +18,8 @@ pub enum Refusal {
     Full,
     /// `--max-connections-per-ip` reached for this address: HTTP 429.
     PerIp,
+    /// The server is shutting down: HTTP 503.
+    Draining,
 }
 
 /// The part every thread shares.

@@ -23,6 +23,8 @@ pub const DEFAULT_PING_INTERVAL_S: u64 = 30;
 pub const DEFAULT_IDLE_TIMEOUT_S: u64 = 75;
 /// How long shutdown waits for clients to answer the 1001 close.
 pub const DEFAULT_DRAIN_TIMEOUT_S: u64 = 5;
+/// The admin endpoint (metrics, health, publish API): loopback only by default.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9001";
 /// Ceiling on open connections across all workers.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1_000_000;
 
@@ -58,6 +60,12 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Accepted `Origin` values; empty accepts any (and none).
     pub allowed_origins: Vec<String>,
+    /// Admin HTTP endpoint; `None` disables it.
+    pub admin_listen: Option<SocketAddr>,
+    /// Bearer token the admin publish API requires; never `Some("")`.
+    pub api_token: Option<String>,
+    /// Period of the info-level stats line; `None` disables it.
+    pub stats_interval: Option<Duration>,
 }
 
 impl Default for Config {
@@ -78,6 +86,9 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(DEFAULT_IDLE_TIMEOUT_S),
             drain_timeout: Duration::from_secs(DEFAULT_DRAIN_TIMEOUT_S),
             allowed_origins: Vec::new(),
+            admin_listen: None,
+            api_token: None,
+            stats_interval: None,
         }
     }
 }
@@ -162,6 +173,20 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub allowed_origins: Vec<String>,
+
+    /// Admin HTTP endpoint serving GET /metrics (Prometheus), GET /healthz and POST /publish;
+    /// `off` disables it. A non-loopback address requires --api-token.
+    #[arg(long, env = "CORECAST_ADMIN_LISTEN", default_value = DEFAULT_ADMIN_LISTEN)]
+    pub admin_listen: String,
+
+    /// Token required by the admin publish API as `Authorization: Bearer TOKEN`.
+    #[arg(long, env = "CORECAST_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+
+    /// Seconds between info-level stats lines (connections, message rates, drops, RSS);
+    /// 0 disables them.
+    #[arg(long, env = "CORECAST_STATS_INTERVAL", default_value_t = 0)]
+    pub stats_interval: u64,
 }
 
 /// A flag combination that cannot work.
@@ -171,6 +196,15 @@ pub enum ConfigError {
     Zero(&'static str),
     #[error("--idle-timeout ({idle} s) must be longer than --ping-interval ({ping} s)")]
     IdleBeforePing { idle: u64, ping: u64 },
+    #[error("--admin-listen must be an address like 127.0.0.1:9001 or `off`, not {0:?}")]
+    AdminAddress(String),
+    #[error(
+        "--admin-listen {0} is not a loopback address: set --api-token so that the publish \
+         API is not open to the network"
+    )]
+    AdminWithoutToken(SocketAddr),
+    #[error("--api-token must not be empty")]
+    EmptyToken,
 }
 
 impl Args {
@@ -196,6 +230,21 @@ impl Args {
                 ping: self.ping_interval,
             });
         }
+        let admin_listen = match self.admin_listen.as_str() {
+            "off" | "none" | "" => None,
+            a => Some(
+                a.parse::<SocketAddr>()
+                    .map_err(|_| ConfigError::AdminAddress(a.to_owned()))?,
+            ),
+        };
+        if self.api_token.as_deref() == Some("") {
+            return Err(ConfigError::EmptyToken);
+        }
+        if let Some(a) = admin_listen {
+            if !a.ip().is_loopback() && self.api_token.is_none() {
+                return Err(ConfigError::AdminWithoutToken(a));
+            }
+        }
         Ok(Config {
             listen: self.listen,
             workers: if self.workers == 0 {
@@ -219,6 +268,10 @@ impl Args {
             idle_timeout: Duration::from_secs(self.idle_timeout),
             drain_timeout: Duration::from_secs(self.drain_timeout),
             allowed_origins: self.allowed_origins,
+            admin_listen,
+            api_token: self.api_token,
+            stats_interval: (self.stats_interval > 0)
+                .then(|| Duration::from_secs(self.stats_interval)),
         })
     }
 }
@@ -255,5 +308,14 @@ mod tests {
             .unwrap_err()
             .contains("idle-timeout"));
         assert!(parse(&["--slow-consumer", "maybe"]).is_err());
+        assert!(parse(&["--admin-listen", "0.0.0.0:9001"])
+            .unwrap_err()
+            .contains("--api-token"));
+        assert!(parse(&["--admin-listen", "0.0.0.0:9001", "--api-token", "s3cret"]).is_ok());
+        assert!(parse(&["--admin-listen", "nowhere"]).is_err());
+        assert_eq!(
+            parse(&["--admin-listen", "off"]).unwrap().admin_listen,
+            None
+        );
     }
 }

@@ -33,11 +33,14 @@ pub enum Outcome {
         response: Vec<u8>,
         consumed: usize,
     },
-    /// Refused: send `response` and close. `reason` is for logs and counters.
+    /// Refused: send `response` and close. `status` and `reason` are for counters and logs.
     Reject {
         response: Vec<u8>,
+        status: u16,
         reason: &'static str,
     },
+    /// A plain HTTP health check (`/healthz`); the worker answers it and closes.
+    Health,
 }
 
 /// Parses the request head at the start of `buf`. If `allowed_origins` is non-empty, the
@@ -79,6 +82,7 @@ pub fn parse(buf: &[u8], allowed_origins: &[String]) -> Outcome {
     let endpoint = match path.split('?').next().unwrap_or("") {
         "/ws" | "/" => Endpoint::Json,
         "/echo" => Endpoint::Echo,
+        "/healthz" => return Outcome::Health,
         _ => return reject(404, "Not Found", "unknown path", ""),
     };
     if !allowed_origins.is_empty() {
@@ -163,6 +167,7 @@ fn to_http(req: &httparse::Request<'_, '_>) -> Option<tungstenite::handshake::se
 pub fn reject(status: u16, phrase: &str, reason: &'static str, extra: &str) -> Outcome {
     Outcome::Reject {
         response: http_response(status, phrase, extra, reason),
+        status,
         reason,
     }
 }
@@ -198,6 +203,7 @@ mod tests {
         let bytes = match o {
             Outcome::Upgrade { response, .. } | Outcome::Reject { response, .. } => response,
             Outcome::Partial => return "partial".into(),
+            Outcome::Health => return "health".into(),
         };
         String::from_utf8_lossy(&bytes[..12]).into_owned()
     }

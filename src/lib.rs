@@ -3,6 +3,7 @@
 //! See README.md for the architecture; `server::Server` is the entry point.
 
 pub mod acceptor;
+pub mod admin;
 pub mod admission;
 pub mod affinity;
 pub mod broadcast;
@@ -11,6 +12,7 @@ pub mod config;
 pub mod conn;
 pub mod handshake;
 pub mod message;
+pub mod metrics;
 pub mod outbound;
 pub mod protocol;
 pub mod server;

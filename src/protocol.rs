@@ -103,12 +103,7 @@ pub fn decode(text: &str) -> Result<Request<'_>, BadRequest<'_>> {
             .ok_or_else(|| bad(id, "missing field \"topic\""))?;
         let t: Cow<'_, str> =
             serde_json::from_str(raw.get()).map_err(|_| bad(id, "\"topic\" must be a string"))?;
-        if t.is_empty() || t.len() > MAX_TOPIC_LEN {
-            return Err(bad(id, "\"topic\" must be 1 to 256 bytes"));
-        }
-        if t.chars().any(char::is_control) {
-            return Err(bad(id, "\"topic\" must not contain control characters"));
-        }
+        check_topic(&t).map_err(|m| bad(id, m))?;
         Ok(t)
     };
     Ok(match &*op {
@@ -129,6 +124,17 @@ pub fn decode(text: &str) -> Result<Request<'_>, BadRequest<'_>> {
         "broadcast" => Request::Broadcast { id, data: data()? },
         _ => return Err(bad(id, "unknown \"op\"")),
     })
+}
+
+/// The rules for a topic name, shared by the WebSocket and HTTP publish paths.
+pub fn check_topic(t: &str) -> Result<(), &'static str> {
+    if t.is_empty() || t.len() > MAX_TOPIC_LEN {
+        return Err("\"topic\" must be 1 to 256 bytes");
+    }
+    if t.chars().any(char::is_control) {
+        return Err("\"topic\" must not contain control characters");
+    }
+    Ok(())
 }
 
 fn bad<'a>(id: Option<&'a RawValue>, message: &'static str) -> BadRequest<'a> {

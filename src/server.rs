@@ -1,20 +1,21 @@
-//! Starting and stopping the whole server: listener, workers, acceptor. Runs on the caller's
-//! thread; used by `main` and by the integration tests.
+//! Starting and stopping the whole server: listener, workers, acceptor, admin endpoint and
+//! stats logger. Runs on the caller's thread; used by `main` and by the integration tests.
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use mio::net::TcpListener;
 use mio::{Poll, Waker};
 
 use crate::acceptor::{self, Acceptor, ACCEPTOR_WAKER};
+use crate::admin;
 use crate::admission;
 use crate::affinity;
 use crate::config::Config;
@@ -39,21 +40,47 @@ pub enum Exit {
     },
 }
 
+/// What the non-worker threads (acceptor, admin, stats logger) see of the server.
+pub struct Shared {
+    pub cfg: Arc<Config>,
+    pub workers: Arc<[WorkerHandle]>,
+    /// One per worker, written only by that worker.
+    pub stats: Vec<Arc<Stats>>,
+    pub admission: Arc<admission::Shared>,
+    /// Set when shutdown begins: health checks answer 503 and new connections are refused.
+    pub draining: AtomicBool,
+    /// Messages accepted through the admin publish API.
+    pub api_publishes: AtomicU64,
+    pub started: Instant,
+}
+
+impl Shared {
+    /// Counters summed over workers.
+    pub fn totals(&self) -> Snapshot {
+        let mut total = Snapshot::default();
+        for s in &self.stats {
+            total.add(&s.snapshot());
+        }
+        total
+    }
+}
+
 /// A running server.
 pub struct Server {
     addr: SocketAddr,
-    workers: Arc<[WorkerHandle]>,
-    stats: Vec<Arc<Stats>>,
+    admin_addr: Option<SocketAddr>,
+    shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
     acceptor: Option<JoinHandle<()>>,
     acceptor_waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
-    admission: Arc<admission::Shared>,
+    admin: Option<admin::Admin>,
+    logger: Option<(Sender<()>, JoinHandle<()>)>,
     exits: Receiver<Exit>,
 }
 
 impl Server {
-    /// Binds the listener and starts every thread.
+    /// Binds the listeners and starts every thread.
     pub fn start(cfg: Config) -> io::Result<Server> {
         let listener = TcpListener::bind(cfg.listen)?;
         // SAFETY: `listen` on a socket we own and that stays open; raising the backlog of an
@@ -65,6 +92,13 @@ impl Server {
             );
         }
         let addr = listener.local_addr()?;
+        let admin_listener = match cfg.admin_listen {
+            Some(a) => Some(
+                std::net::TcpListener::bind(a)
+                    .map_err(|e| io::Error::new(e.kind(), format!("admin endpoint {a}: {e}")))?,
+            ),
+            None => None,
+        };
         let cfg = Arc::new(cfg);
         let (admission, gate) = admission::new(cfg.max_connections, cfg.max_connections_per_ip);
         let admission = Arc::new(admission);
@@ -82,11 +116,20 @@ impl Server {
             inboxes.push(inbox);
         }
         let workers: Arc<[WorkerHandle]> = handles.into();
-        let mut stats = Vec::new();
+        let stats: Vec<Arc<Stats>> = (0..cfg.workers).map(|_| Arc::default()).collect();
+        let shared = Arc::new(Shared {
+            cfg: cfg.clone(),
+            workers: workers.clone(),
+            stats: stats.clone(),
+            admission: admission.clone(),
+            draining: AtomicBool::new(false),
+            api_publishes: AtomicU64::new(0),
+            started: Instant::now(),
+        });
+
         let mut threads = Vec::new();
         for (index, (poll, inbox)) in polls.into_iter().zip(inboxes).enumerate() {
-            let st = Arc::new(Stats::default());
-            stats.push(st.clone());
+            let st = stats[index].clone();
             let (peers, cfg, admission, exit_tx) = (
                 workers.clone(),
                 cfg.clone(),
@@ -117,8 +160,7 @@ impl Server {
         let acc = Acceptor {
             poll,
             listener,
-            workers: workers.clone(),
-            admission: admission.clone(),
+            shared: shared.clone(),
             gate,
             stop: stop.clone(),
         };
@@ -131,16 +173,30 @@ impl Server {
                 }
                 let _ = exit_tx.send(Exit::Acceptor { result });
             })?;
+
+        let admin = match admin_listener {
+            Some(l) => Some(admin::Admin::spawn(l, shared.clone())?),
+            None => None,
+        };
+        let admin_addr = admin.as_ref().map(|a| a.addr);
+        let logger = match cfg.stats_interval {
+            Some(every) => Some(spawn_logger(shared.clone(), every)?),
+            None => None,
+        };
         log::info!("listening on {addr} with {} workers", cfg.workers);
+        if let Some(a) = admin_addr {
+            log::info!("admin endpoint (metrics, healthz, publish) on http://{a}");
+        }
         Ok(Server {
             addr,
-            workers,
-            stats,
+            admin_addr,
+            shared,
             threads,
             acceptor: Some(acceptor),
             acceptor_waker,
             stop,
-            admission,
+            admin,
+            logger,
             exits,
         })
     }
@@ -149,20 +205,22 @@ impl Server {
         self.addr
     }
 
+    /// Where the admin endpoint listens, if enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
     /// Counters summed over workers.
     pub fn stats(&self) -> Snapshot {
-        let mut total = Snapshot::default();
-        for s in &self.stats {
-            total.add(&s.snapshot());
-        }
-        total
+        self.shared.totals()
     }
 
     /// Connections refused at accept: (global limit, per-IP limit).
     pub fn refused(&self) -> (u64, u64) {
+        let a = &self.shared.admission;
         (
-            self.admission.refused_full.load(Ordering::Relaxed),
-            self.admission.refused_per_ip.load(Ordering::Relaxed),
+            a.refused_full.load(Ordering::Relaxed),
+            a.refused_per_ip.load(Ordering::Relaxed),
         )
     }
 
@@ -176,18 +234,26 @@ impl Server {
         }
     }
 
-    /// Graceful shutdown: stop accepting, close every connection with 1001, wait for the
-    /// clients to answer (up to the drain timeout), and join every thread. Returns the first
-    /// thread failure, if any.
+    /// Graceful shutdown: refuse new connections (503) and fail health checks, close every
+    /// connection with 1001, wait for the clients to answer (up to the drain timeout), and
+    /// join every thread. Returns the first thread failure, if any.
     pub fn shutdown(mut self) -> Result<(), String> {
+        self.shared.draining.store(true, Ordering::SeqCst);
+        for w in self.shared.workers.iter() {
+            w.send(Msg::Shutdown);
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
         acceptor::stop(&self.acceptor_waker, &self.stop);
         if let Some(a) = self.acceptor.take() {
             let _ = a.join();
         }
-        for w in self.workers.iter() {
-            w.send(Msg::Shutdown);
+        if let Some(admin) = self.admin.take() {
+            admin.stop();
         }
-        for t in self.threads.drain(..) {
+        if let Some((tx, t)) = self.logger.take() {
+            drop(tx);
             let _ = t.join();
         }
         let mut first_err = Ok(());
@@ -209,6 +275,37 @@ impl Server {
         );
         first_err
     }
+}
+
+/// Logs one line of rates every `every` until the sender is dropped.
+fn spawn_logger(shared: Arc<Shared>, every: Duration) -> io::Result<(Sender<()>, JoinHandle<()>)> {
+    let (tx, rx) = crossbeam_channel::bounded::<()>(0);
+    let t = std::thread::Builder::new()
+        .name("corecast-stats".into())
+        .spawn(move || {
+            let mut last = shared.totals();
+            let mut at = Instant::now();
+            while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(every) {
+                let now = shared.totals();
+                let secs = at.elapsed().as_secs_f64().max(1e-3);
+                let rate = |a: u64, b: u64| (a - b) as f64 / secs;
+                log::info!(
+                    "conns {} | in {:.0}/s out {:.0}/s | deliveries {:.0}/s | dropped {} (+{}) | \
+                     queued {} B | rss {} KiB",
+                    now.open,
+                    rate(now.messages_in, last.messages_in),
+                    rate(now.messages_out, last.messages_out),
+                    rate(now.deliveries, last.deliveries),
+                    now.dropped,
+                    now.dropped - last.dropped,
+                    now.queued_bytes,
+                    crate::metrics::process_rss().unwrap_or(0) / 1024,
+                );
+                last = now;
+                at = Instant::now();
+            }
+        })?;
+    Ok((tx, t))
 }
 
 /// Runs a thread body, turning a panic into an error message so that it is reported.

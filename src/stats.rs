@@ -15,6 +15,8 @@ macro_rules! counters {
             pub open: AtomicI64,
             /// Bytes queued for sending and not yet taken by the kernel.
             pub queued_bytes: AtomicI64,
+            /// Failed handshakes by HTTP status answered (see [`HANDSHAKE_STATUSES`]).
+            pub handshake_failures_by: [AtomicU64; HANDSHAKE_STATUSES.len()],
         }
 
         /// A plain copy of counters, summed over workers.
@@ -23,6 +25,7 @@ macro_rules! counters {
             $(pub $name: u64,)*
             pub open: i64,
             pub queued_bytes: i64,
+            pub handshake_failures_by: [u64; HANDSHAKE_STATUSES.len()],
         }
 
         impl Stats {
@@ -31,6 +34,9 @@ macro_rules! counters {
                     $($name: self.$name.load(Relaxed),)*
                     open: self.open.load(Relaxed),
                     queued_bytes: self.queued_bytes.load(Relaxed),
+                    handshake_failures_by: std::array::from_fn(|i| {
+                        self.handshake_failures_by[i].load(Relaxed)
+                    }),
                 }
             }
         }
@@ -40,9 +46,35 @@ macro_rules! counters {
                 $(self.$name += o.$name;)*
                 self.open += o.open;
                 self.queued_bytes += o.queued_bytes;
+                for (a, b) in self.handshake_failures_by.iter_mut().zip(o.handshake_failures_by) {
+                    *a += b;
+                }
             }
         }
     };
+}
+
+/// Why handshakes fail, as the label of the HTTP status sent (0 = timed out, nothing sent).
+pub const HANDSHAKE_STATUSES: [(u16, &str); 9] = [
+    (0, "timeout"),
+    (400, "bad_request"),
+    (403, "forbidden"),
+    (404, "not_found"),
+    (405, "method_not_allowed"),
+    (426, "upgrade_required"),
+    (431, "header_too_large"),
+    (505, "http_version"),
+    (500, "internal"),
+];
+
+/// Counts one failed handshake under its status.
+pub fn handshake_failed(stats: &Stats, status: u16) {
+    bump(&stats.handshake_failures, 1);
+    let i = HANDSHAKE_STATUSES
+        .iter()
+        .position(|(s, _)| *s == status)
+        .unwrap_or(8);
+    bump(&stats.handshake_failures_by[i], 1);
 }
 
 counters! {
@@ -50,10 +82,14 @@ counters! {
     accepted,
     /// Upgrades completed.
     handshakes,
-    /// Upgrades refused (bad request, unknown path, limits) or timed out.
+    /// Upgrades refused (bad request, unknown path, origin) or timed out.
     handshake_failures,
+    /// Plain HTTP health checks answered on the WebSocket listener.
+    health_checks,
     /// Data messages received (after reassembly).
     messages_in,
+    /// Data messages queued for sending: replies and deliveries.
+    messages_out,
     /// Bytes read from sockets.
     bytes_in,
     /// Bytes written to sockets.

@@ -80,6 +80,7 @@ impl Worker {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
         build(&mut scratch);
+        bump(&self.stats.messages_out, 1);
         self.queue_frame(key, Kind::Text, &scratch);
         self.scratch = scratch;
     }
@@ -141,6 +142,7 @@ impl Worker {
         }
         self.merged = merged;
         bump(&self.stats.deliveries, delivered);
+        bump(&self.stats.messages_out, delivered);
         gauge(&self.stats.queued_bytes, queued);
     }
 

@@ -12,7 +12,7 @@ use crate::conn::Phase;
 use crate::handshake::{self, Endpoint, Outcome};
 use crate::message::{self, MessageKind, Step};
 use crate::outbound::Flushed;
-use crate::stats::{bump, gauge};
+use crate::stats::{self, bump, gauge};
 
 /// Smallest read into a connection's own buffer when the frame length is not known yet.
 const OWN_READ_CHUNK: usize = 4096;
@@ -120,12 +120,23 @@ impl Worker {
                             bump(&self.stats.handshakes, 1);
                             pos += consumed;
                         }
-                        Outcome::Reject { response, reason } => {
+                        Outcome::Health => {
+                            bump(&self.stats.health_checks, 1);
+                            let r = handshake::http_response(200, "OK", "", "ok");
+                            self.queue_raw(key, &r);
+                            self.enter_closing(key);
+                            return (buf.len(), 0);
+                        }
+                        Outcome::Reject {
+                            response,
+                            status,
+                            reason,
+                        } => {
                             log::debug!(
                                 "worker {}: conn {key} handshake refused: {reason}",
                                 self.index
                             );
-                            bump(&self.stats.handshake_failures, 1);
+                            stats::handshake_failed(&self.stats, status);
                             self.queue_raw(key, &response);
                             self.enter_closing(key);
                             return (buf.len(), 0);
@@ -197,6 +208,7 @@ impl Worker {
                 } else {
                     Kind::Binary
                 };
+                bump(&self.stats.messages_out, 1);
                 self.queue_frame(key, k, data);
             }
             Endpoint::Json => match kind {

@@ -307,7 +307,7 @@ impl Worker {
         match conn.phase {
             Phase::Handshake => {
                 bump(&self.stats.timeouts, 1);
-                bump(&self.stats.handshake_failures, 1);
+                crate::stats::handshake_failed(&self.stats, 0);
                 log::debug!(
                     "worker {}: conn {} handshake timeout",
                     self.index,
