@@ -322,3 +322,24 @@ fn run_guarded(f: impl FnOnce() -> io::Result<()>) -> Result<(), String> {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_thread_body_is_reported_not_lost() {
+        let quiet = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let r = run_guarded(|| panic!("worker blew up"));
+        let r2 = run_guarded(|| panic!("{} formatted", 42));
+        std::panic::set_hook(quiet);
+        assert_eq!(r, Err("panicked: worker blew up".into()));
+        assert_eq!(r2, Err("panicked: 42 formatted".into()));
+        assert_eq!(
+            run_guarded(|| Err(io::Error::other("poll failed"))),
+            Err("I/O error: poll failed".into())
+        );
+        assert_eq!(run_guarded(|| Ok(())), Ok(()));
+    }
+}
