@@ -9,6 +9,9 @@
 /// Slots in the wheel; deadlines further out than this just take several laps.
 const SLOTS: usize = 64;
 
+/// A slot (or the caller's due list) that grew past this many entries is freed once empty.
+pub const SHRINK_ABOVE: usize = 256;
+
 /// A scheduled check: which connection, and which incarnation of that slab key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
@@ -46,7 +49,12 @@ impl Wheel {
         // After a long stall every slot is due once; no need to walk more than one lap.
         let from = self.now.max(to.saturating_sub(SLOTS as u64));
         for t in from + 1..=to {
-            due.append(&mut self.slots[(t % SLOTS as u64) as usize]);
+            let slot = &mut self.slots[(t % SLOTS as u64) as usize];
+            due.append(slot);
+            // A burst of connections leaves a large slot behind; give that memory back.
+            if slot.capacity() > SHRINK_ABOVE {
+                *slot = Vec::new();
+            }
         }
         self.now = self.now.max(to);
     }

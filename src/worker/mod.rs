@@ -282,6 +282,9 @@ impl Worker {
         for entry in due.drain(..) {
             self.on_timer(entry, now);
         }
+        if due.capacity() > crate::timer::SHRINK_ABOVE {
+            due = Vec::new();
+        }
         self.due = due;
     }
 
