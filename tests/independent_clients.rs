@@ -1,0 +1,132 @@
+//! The server against clients written by others: the Python `websockets` package and the Node
+//! `ws` package, each driven by a script in tests/clients/ that checks subscribe, publish,
+//! broadcast, echo, error replies, unsubscribe and the raw /echo endpoint field by field.
+//!
+//! Their packages come from tools/install-test-deps.sh. Without them these tests fail and say
+//! how to install them, unless CORECAST_SKIP_EXTERNAL_CLIENTS=1 is set.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A client script that has not finished after this long is killed and the test fails.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+const INSTALL_HINT: &str =
+    "install the independent clients' packages with `bash tools/install-test-deps.sh` \
+     (pip install --user -r tests/clients/requirements.txt; npm ci --prefix tests/clients), \
+     or set CORECAST_SKIP_EXTERNAL_CLIENTS=1 to skip these tests";
+
+fn clients_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
+}
+
+fn skip_requested(what: &str) -> bool {
+    if std::env::var("CORECAST_SKIP_EXTERNAL_CLIENTS").as_deref() == Ok("1") {
+        // Straight to the process's stderr: the test harness captures eprintln! of passing
+        // tests, and a skip must be seen.
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n!!!!!!!! SKIPPED: {what} independent client test \
+             (CORECAST_SKIP_EXTERNAL_CLIENTS=1) !!!!!!!!\n"
+        );
+        return true;
+    }
+    false
+}
+
+/// Runs `program args...` with a deadline; returns (exit success, combined report).
+fn run_with_timeout(program: &str, args: &[&str]) -> (bool, String) {
+    let mut child = Command::new(program)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}; {INSTALL_HINT}"));
+    // Drain both pipes on threads so that a chatty child cannot block on a full pipe.
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the client") {
+            break Some(status);
+        }
+        if started.elapsed() > CLIENT_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = out_reader.join().unwrap();
+    let stderr = err_reader.join().unwrap();
+    let verdict = match status {
+        Some(s) => format!("exit status: {s}"),
+        None => format!("killed after {CLIENT_TIMEOUT:?} without finishing"),
+    };
+    let report = format!(
+        "$ {program} {}\n{verdict}\n--- stdout ---\n{stdout}--- stderr ---\n{stderr}",
+        args.join(" ")
+    );
+    (status.is_some_and(|s| s.success()), report)
+}
+
+fn run_client(program: &str, script: &str) {
+    let server = common::start(common::config(2));
+    let base = format!("ws://{}", server.local_addr());
+    let (ok, report) = run_with_timeout(program, &[script, &base]);
+    server.shutdown().expect("server shuts down cleanly");
+    assert!(ok, "independent client failed:\n{report}");
+    print!("{report}");
+}
+
+#[test]
+fn python_websockets_client() {
+    if skip_requested("Python websockets") {
+        return;
+    }
+    let probe = Command::new("python3")
+        .args(["-c", "import websockets.sync.client"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    match probe {
+        Ok(s) if s.success() => {}
+        Ok(_) => panic!("python3 cannot import `websockets.sync.client`: {INSTALL_HINT}"),
+        Err(e) => panic!("cannot run python3 ({e}): {INSTALL_HINT}"),
+    }
+    run_client("python3", "tests/clients/py_client.py");
+}
+
+#[test]
+fn node_ws_client() {
+    if skip_requested("Node ws") {
+        return;
+    }
+    let ws = clients_dir().join("node_modules/ws/package.json");
+    assert!(ws.exists(), "{} is missing: {INSTALL_HINT}", ws.display());
+    match Command::new("node")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+    {
+        Ok(s) if s.success() => {}
+        other => panic!("cannot run node ({other:?}): {INSTALL_HINT}"),
+    }
+    run_client("node", "tests/clients/node_client.mjs");
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what tests/independent_clients.rs needs: the Python `websockets` package
+# (tests/clients/requirements.txt) for the `python3` on PATH, and the Node `ws` package
+# (tests/clients/package-lock.json) into tests/clients/node_modules. Idempotent and quiet:
+# does nothing when both are already there at the pinned versions.
+#
+# Python: `pip install --user` into the user site (~/.local), which the `python3` the test
+# runs sees without a virtualenv. On an interpreter marked externally managed (PEP 668,
+# Debian's own /usr/bin/python3) --break-system-packages is added: it still only writes to
+# ~/.local, never to the system site-packages.
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+clients="$repo/tests/clients"
+
+want_py=$(sed -n 's/^websockets==//p' "$clients/requirements.txt")
+have_py=$(python3 -c 'import websockets; print(websockets.__version__)' 2>/dev/null || true)
+if [ "$have_py" != "$want_py" ]; then
+    extra=()
+    if python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))'; then
+        extra+=(--break-system-packages)
+    fi
+    python3 -m pip install --user -q --disable-pip-version-check --no-warn-script-location \
+        "${extra[@]}" -r "$clients/requirements.txt" 2>&1 | { grep -v "Running pip as the 'root' user" || true; } >&2
+    python3 -c 'import websockets' || { echo "websockets still not importable by python3" >&2; exit 1; }
+fi
+
+want_ws=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["packages"]["node_modules/ws"]["version"])' "$clients/package-lock.json")
+have_ws=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["version"])' "$clients/node_modules/ws/package.json" 2>/dev/null || true)
+if [ "$have_ws" != "$want_ws" ]; then
+    npm ci --prefix "$clients" --no-audit --no-fund --loglevel=error >/dev/null
+fi
