@@ -11,7 +11,7 @@ ADMIN=${ADMIN:-9501}
 cargo build --release --workspace --quiet
 LOAD=target/release/corecast-load
 
-target/release/corecast --listen 127.0.0.1:$PORT --admin-listen 127.0.0.1:$ADMIN --workers 2 \
+target/release/corecast --listen 127.0.0.1:"$PORT" --admin-listen 127.0.0.1:"$ADMIN" --workers 2 \
     --max-outbound-bytes 65536 --slow-consumer drop 2>/tmp/corecast-soak.log &
 SERVER=$!
 trap 'kill -TERM $SERVER 2>/dev/null || true' EXIT
@@ -48,10 +48,10 @@ round=0
 lost_total=0
 while [ "$(date +%s)" -lt "$end" ]; do
     round=$((round + 1))
-    $LOAD --url ws://127.0.0.1:$PORT --src-ips 4 connect --conns 3000 --rate 3000 --hold 1 \
+    $LOAD --url ws://127.0.0.1:"$PORT" --src-ips 4 connect --conns 3000 --rate 3000 --hold 1 \
         --json >/tmp/soak-connect.json 2>/dev/null &
     C=$!
-    $LOAD --url ws://127.0.0.1:$PORT --json --duration 8 --warmup 1 broadcast \
+    $LOAD --url ws://127.0.0.1:"$PORT" --json --duration 8 --warmup 1 broadcast \
         --subscribers 500 --rate 2000 >/tmp/soak-bcast.json 2>/dev/null
     wait $C
     lost=$(python3 -c 'import json; print(json.load(open("/tmp/soak-bcast.json"))["lost"])')

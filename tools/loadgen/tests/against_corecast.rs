@@ -1,0 +1,188 @@
+//! Runs the `corecast-load` binary against a real corecast server started in this process and
+//! checks that what the load generator reports agrees with what the server counted.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use corecast::{Config, Server};
+use serde_json::Value;
+
+fn start(workers: usize) -> Server {
+    Server::start(Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        workers,
+        pin: false,
+        ..Config::default()
+    })
+    .expect("server starts")
+}
+
+/// Runs the load generator with `--json` and returns its one result object.
+fn load(server: &Server, args: &[&str]) -> Value {
+    let url = format!("ws://{}", server.local_addr());
+    let out = Command::new(env!("CARGO_BIN_EXE_corecast-load"))
+        .args(["--url", &url, "--json", "--threads", "2"])
+        .args(["--server-pid", &std::process::id().to_string()])
+        .args(args)
+        .output()
+        .expect("corecast-load runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "corecast-load {args:?} failed: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "--json prints exactly one line: {stdout}");
+    serde_json::from_str(lines[0]).expect("result is JSON")
+}
+
+fn u(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} missing in {v}"))
+}
+
+/// The server's open-connection gauge reaches `n` within a few seconds.
+fn wait_open(server: &Server, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.stats().open != n {
+        assert!(
+            Instant::now() < deadline,
+            "open = {}, want {n}",
+            server.stats().open
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn connect_counts_match_the_server() {
+    let server = start(2);
+    let r = load(
+        &server,
+        &[
+            "connect", "--conns", "300", "--rate", "3000", "--hold", "0.5",
+        ],
+    );
+    let c = &r["connect"];
+    assert_eq!(u(c, "ok"), 300, "{r}");
+    assert_eq!(
+        u(&c["failed"], "refused") + u(&c["failed"], "timeout"),
+        0,
+        "{r}"
+    );
+    let s = server.stats();
+    assert_eq!(s.handshakes, 300);
+    assert_eq!(s.handshake_failures, 0);
+    // The load generator read this process's RSS, so a per-connection figure came back.
+    assert!(u(&r, "server_rss_bytes") > 0, "{r}");
+    assert!(r["rss_per_conn_bytes"].is_number(), "{r}");
+    wait_open(&server, 0);
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn echo_replies_are_all_counted_by_the_server() {
+    let server = start(2);
+    let r = load(
+        &server,
+        &[
+            "--duration",
+            "1",
+            "--warmup",
+            "0.3",
+            "echo",
+            "--conns",
+            "20",
+            "--depth",
+            "4",
+            "--size",
+            "32",
+        ],
+    );
+    let received = u(&r, "received");
+    assert!(received > 1000, "echo barely ran: {r}");
+    assert_eq!(u(&r, "server_errors"), 0, "{r}");
+    assert_eq!(u(&r["connect"], "ok"), 20, "{r}");
+    wait_open(&server, 0);
+    let s = server.stats();
+    // Raw echo: every message in went out again, and the measured window is a part of it.
+    assert_eq!(s.messages_in, s.messages_out);
+    assert!(
+        s.messages_out >= received,
+        "server {} < client {received}",
+        s.messages_out
+    );
+    assert_eq!(s.protocol_errors, 0);
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn json_echo_mode_gets_no_error_replies() {
+    let server = start(1);
+    let r = load(
+        &server,
+        &[
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0.2",
+            "echo",
+            "--mode",
+            "json",
+            "--conns",
+            "5",
+            "--depth",
+            "2",
+            "--size",
+            "16",
+        ],
+    );
+    assert!(u(&r, "received") > 100, "{r}");
+    assert_eq!(u(&r, "server_errors"), 0, "{r}");
+    wait_open(&server, 0);
+    let s = server.stats();
+    assert_eq!(s.bad_requests, 0);
+    assert_eq!(s.messages_in, s.messages_out);
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn broadcast_delivers_every_message_to_subscribers_on_all_workers() {
+    let server = start(2);
+    let r = load(
+        &server,
+        &[
+            "--duration",
+            "1",
+            "--warmup",
+            "0.3",
+            "broadcast",
+            "--subscribers",
+            "200",
+            "--publishers",
+            "2",
+            "--rate",
+            "200",
+            "--grace",
+            "3",
+        ],
+    );
+    let expected = u(&r, "expected");
+    let received = u(&r, "received");
+    assert!(expected >= 200 * 100, "too few publishes to check: {r}");
+    assert_eq!(u(&r, "lost"), 0, "{r}");
+    assert_eq!(received, expected, "{r}");
+    assert_eq!(u(&r, "server_errors"), 0, "{r}");
+    wait_open(&server, 0);
+    let s = server.stats();
+    assert_eq!(s.dropped, 0);
+    assert_eq!(s.slow_closes, 0);
+    // Every publish the server accepted reached all 200 subscribers; the client's window is a
+    // subset of the run, so its count is at most the server's.
+    assert_eq!(s.deliveries, s.publishes * 200, "{s:?}");
+    assert!(s.deliveries >= received);
+    server.shutdown().unwrap();
+}
