@@ -342,4 +342,40 @@ mod tests {
         );
         assert_eq!(run_guarded(|| Ok(())), Ok(()));
     }
+
+    #[test]
+    fn a_worker_that_panics_is_reported_while_the_others_keep_serving() {
+        use std::io::{Read, Write};
+        let server = Server::start(Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            workers: 2,
+            pin: false,
+            ..Config::default()
+        })
+        .unwrap();
+        assert!(server.wait_exit(Duration::from_millis(50)).is_none());
+
+        server.shared.workers[1].send(Msg::Panic("injected fault"));
+        match server.wait_exit(Duration::from_secs(10)) {
+            Some(Exit::Worker { index, result }) => {
+                assert_eq!(index, 1);
+                assert_eq!(result, Err("panicked: injected fault".to_string()));
+            }
+            other => panic!("expected worker 1 to report its panic, got {other:?}"),
+        }
+
+        // The surviving worker still serves health checks; shutdown still completes, so the
+        // binary can log the failure and exit non-zero instead of hanging.
+        // Round robin may hand a socket to the dead worker (it is then closed), so ask twice.
+        let healthy = (0..2).any(|_| {
+            let mut s = std::net::TcpStream::connect(server.local_addr()).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            let mut buf = [0u8; 12];
+            s.read_exact(&mut buf).is_ok() && &buf == b"HTTP/1.1 200"
+        });
+        assert!(healthy, "the surviving worker stopped serving");
+        assert_eq!(server.shutdown(), Ok(()));
+    }
 }

@@ -28,6 +28,9 @@ pub enum Msg {
     Deliver(Delivery),
     /// Close every connection with 1001 and exit once they are gone or the deadline passes.
     Shutdown,
+    /// Tests only: panic inside the worker's loop, to prove a dead worker is reported.
+    #[cfg(test)]
+    Panic(&'static str),
 }
 
 /// How to reach one worker. Cheap to share; the sending side of everything.

@@ -193,6 +193,8 @@ impl Worker {
             match msg {
                 Msg::Deliver(d) => self.pending.push(d),
                 Msg::Shutdown => self.begin_shutdown(),
+                #[cfg(test)]
+                Msg::Panic(why) => panic!("{why}"),
             }
         }
     }
