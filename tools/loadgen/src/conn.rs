@@ -61,6 +61,8 @@ pub struct Conn<S> {
     pub started_ns: u64,
     /// Fixed per connection: RFC 6455 only requires masking, and a fixed key lets us pre-build.
     pub mask: [u8; 4],
+    /// Seed of this connection's Sec-WebSocket-Key, to check the server's accept value.
+    key: u128,
     rbuf: Vec<u8>,
     rstart: usize,
     rend: usize,
@@ -197,7 +199,7 @@ impl<S> Conn<S> {
     fn process(&mut self, on_data: &mut impl FnMut(&mut S, u8, &[u8])) -> Result<bool, End> {
         let mut upgraded = false;
         if self.state == State::Handshaking {
-            match handshake::parse_response(&self.rbuf[self.rstart..self.rend]) {
+            match handshake::parse_response(&self.rbuf[self.rstart..self.rend], self.key) {
                 Response::Partial => return Ok(false),
                 Response::Rejected(s) => return Err(End::BadHandshake(s)),
                 Response::Upgraded(n) => {
@@ -394,6 +396,7 @@ impl<S> Worker<S> {
             state: State::Connecting,
             started_ns: now,
             mask,
+            key,
             rbuf: vec![0; self.rbuf_cap],
             rstart: 0,
             rend: 0,
@@ -610,6 +613,26 @@ mod tests {
         (h[0] & 0x0F, p)
     }
 
+    /// A well-formed 101 for the request head `head`, computing the accept value the way a
+    /// server does (independently of `handshake::expected_accept`).
+    fn upgrade_reply(head: &[u8]) -> Vec<u8> {
+        use base64::Engine as _;
+        let text = std::str::from_utf8(head).unwrap();
+        let key = text
+            .split("\r\n")
+            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+            .expect("request carries a key");
+        let mut h = sha1_smol::Sha1::new();
+        h.update(key.as_bytes());
+        h.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+        let accept = base64::engine::general_purpose::STANDARD.encode(h.digest().bytes());
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {accept}\r\n\r\n"
+        )
+        .into_bytes()
+    }
+
     fn pump<H: Handler<()>>(
         w: &mut Worker<()>,
         h: &mut H,
@@ -638,8 +661,7 @@ mod tests {
             }
             assert!(head.starts_with(b"GET /ws HTTP/1.1\r\n"));
             // 101 plus a ping and a text frame in the same segment: leftover bytes are frames.
-            let mut resp =
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n".to_vec();
+            let mut resp = upgrade_reply(&head);
             resp.extend_from_slice(&[0x89, 2, b'h', b'i', 0x81, 3, b'a', b'b', b'c']);
             s.write_all(&resp).unwrap();
             assert_eq!(read_client_frame(&mut s), (frame::OP_PONG, b"hi".to_vec()));
@@ -696,8 +718,7 @@ mod tests {
                 s.read_exact(&mut b).unwrap();
                 head.push(b[0]);
             }
-            s.write_all(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
-                .unwrap();
+            s.write_all(&upgrade_reply(&head)).unwrap();
             for _ in 0..40 {
                 let (op, p) = read_client_frame(&mut s);
                 let mut f = vec![0x80 | op, 127];

@@ -5,9 +5,24 @@ use base64::Engine as _;
 /// Response headers larger than this are treated as a bad handshake instead of buffering forever.
 pub const MAX_RESPONSE_HEAD: usize = 8192;
 
+/// RFC 6455 4.2.2: the server proves it read the key by hashing it with this GUID.
+const ACCEPT_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+fn key_for(seed: u128) -> String {
+    base64::engine::general_purpose::STANDARD.encode(seed.to_le_bytes())
+}
+
+/// The `Sec-WebSocket-Accept` value a server must answer the key derived from `seed` with.
+pub fn expected_accept(seed: u128) -> String {
+    let mut h = sha1_smol::Sha1::new();
+    h.update(key_for(seed).as_bytes());
+    h.update(ACCEPT_GUID.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(h.digest().bytes())
+}
+
 /// Appends the upgrade request for `path` on `host` (host:port) with a key derived from `seed`.
 pub fn write_request(out: &mut Vec<u8>, host: &str, path: &str, seed: u128) {
-    let key = base64::engine::general_purpose::STANDARD.encode(seed.to_le_bytes());
+    let key = key_for(seed);
     // Vec<u8> as io::Write cannot fail.
     use std::io::Write as _;
     let _ = write!(
@@ -27,8 +42,10 @@ pub enum Response {
     Rejected(String),
 }
 
-/// Inspects the bytes received so far on a handshaking connection.
-pub fn parse_response(buf: &[u8]) -> Response {
+/// Inspects the bytes received so far on a handshaking connection whose key came from `seed`.
+/// A 101 counts only with `Upgrade: websocket`, `Connection: upgrade` and the right
+/// `Sec-WebSocket-Accept` (RFC 6455 4.1: the client must fail the connection otherwise).
+pub fn parse_response(buf: &[u8], seed: u128) -> Response {
     let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
         if buf.len() > MAX_RESPONSE_HEAD {
             return Response::Rejected("response head too large".into());
@@ -43,11 +60,31 @@ pub fn parse_response(buf: &[u8]) -> Response {
     let head = &buf[..end];
     let ok = head.starts_with(b"HTTP/1.1 101")
         && matches!(head.get(12), Some(b' ') | Some(b'\r') | None);
-    if ok {
-        Response::Upgraded(end + 4)
-    } else {
-        Response::Rejected(status_line(head))
+    if !ok {
+        return Response::Rejected(status_line(head));
     }
+    let Ok(text) = std::str::from_utf8(head) else {
+        return Response::Rejected("response head is not UTF-8".into());
+    };
+    let header = |name: &str| {
+        text.split("\r\n").skip(1).find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    };
+    let has_token = |name: &str, token: &str| {
+        header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    if !has_token("upgrade", "websocket") {
+        return Response::Rejected("101 without Upgrade: websocket".into());
+    }
+    if !has_token("connection", "upgrade") {
+        return Response::Rejected("101 without Connection: upgrade".into());
+    }
+    if header("sec-websocket-accept") != Some(expected_accept(seed).as_str()) {
+        return Response::Rejected("101 with a wrong or missing Sec-WebSocket-Accept".into());
+    }
+    Response::Upgraded(end + 4)
 }
 
 fn status_line(buf: &[u8]) -> String {
@@ -88,23 +125,61 @@ mod tests {
     }
 
     #[test]
+    fn accept_matches_the_rfc_example() {
+        // RFC 6455 1.3: key "dGhlIHNhbXBsZSBub25jZQ==" -> "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".
+        let seed = u128::from_le_bytes(*b"the sample nonce");
+        assert_eq!(key_for(seed), "dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(expected_accept(seed), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    /// A 101 with mixed-case header names and values and two frame bytes after the head.
+    fn upgrade(accept: &str) -> Vec<u8> {
+        let mut v = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nupgrade: WebSocket\r\n\
+             Connection: keep-alive, Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        )
+        .into_bytes();
+        v.extend_from_slice(&[0x81, 0x00]);
+        v
+    }
+
+    #[test]
     fn response_parsing() {
-        let resp = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x00";
+        let seed = 7u128;
+        let resp = upgrade(&expected_accept(seed));
         for cut in 0..resp.len() - 2 {
-            assert_eq!(parse_response(&resp[..cut]), Response::Partial, "cut {cut}");
+            assert_eq!(
+                parse_response(&resp[..cut], seed),
+                Response::Partial,
+                "cut {cut}"
+            );
         }
-        assert_eq!(parse_response(resp), Response::Upgraded(resp.len() - 2));
+        assert_eq!(
+            parse_response(&resp, seed),
+            Response::Upgraded(resp.len() - 2)
+        );
+        let wrong = upgrade(&expected_accept(seed + 1));
+        assert!(
+            matches!(parse_response(&wrong, seed), Response::Rejected(s) if s.contains("Accept"))
+        );
+        let bare = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n";
+        assert!(
+            matches!(parse_response(bare, seed), Response::Rejected(s) if s.contains("Connection"))
+        );
         assert!(matches!(
-            parse_response(b"HTTP/1.1 404 Not Found\r\n\r\n"),
+            parse_response(b"HTTP/1.1 404 Not Found\r\n\r\n", seed),
             Response::Rejected(s) if s == "HTTP/1.1 404 Not Found"
         ));
         assert!(matches!(
-            parse_response(b"HTTP/1.1 1010\r\n\r\n"),
+            parse_response(b"HTTP/1.1 1010\r\n\r\n", seed),
             Response::Rejected(_)
         ));
-        assert!(matches!(parse_response(b"garbage"), Response::Rejected(_)));
         assert!(matches!(
-            parse_response(&[b'H'; 9000]),
+            parse_response(b"garbage", seed),
+            Response::Rejected(_)
+        ));
+        assert!(matches!(
+            parse_response(&[b'H'; 9000], seed),
             Response::Rejected(_)
         ));
     }
