@@ -613,6 +613,17 @@ mod tests {
         (h[0] & 0x0F, p)
     }
 
+    /// Reads an HTTP request head byte by byte, so nothing after it is consumed.
+    fn read_head(s: &mut std::net::TcpStream) -> Vec<u8> {
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut b).unwrap();
+            head.push(b[0]);
+        }
+        head
+    }
+
     /// A well-formed 101 for the request head `head`, computing the accept value the way a
     /// server does (independently of `handshake::expected_accept`).
     fn upgrade_reply(head: &[u8]) -> Vec<u8> {
@@ -653,12 +664,7 @@ mod tests {
         let port = l.local_addr().unwrap().port();
         let server = std::thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
-            let mut head = Vec::new();
-            let mut b = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                s.read_exact(&mut b).unwrap();
-                head.push(b[0]);
-            }
+            let head = read_head(&mut s);
             assert!(head.starts_with(b"GET /ws HTTP/1.1\r\n"));
             // 101 plus a ping and a text frame in the same segment: leftover bytes are frames.
             let mut resp = upgrade_reply(&head);
@@ -712,12 +718,7 @@ mod tests {
         let port = l.local_addr().unwrap().port();
         let server = std::thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
-            let mut head = Vec::new();
-            let mut b = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                s.read_exact(&mut b).unwrap();
-                head.push(b[0]);
-            }
+            let head = read_head(&mut s);
             s.write_all(&upgrade_reply(&head)).unwrap();
             for _ in 0..40 {
                 let (op, p) = read_client_frame(&mut s);

@@ -9,11 +9,12 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 
 use super::{
-    apply_usage, drive_window, find, paced_open, reply_op, sync_counts, Env, Outcome, Shared,
+    apply_usage, drive_window, find, join_all, paced_open, reply_op, sync_counts, Env, Outcome,
+    Shared, ThreadResult,
 };
 use crate::cli::BroadcastArgs;
 use crate::clock;
-use crate::conn::{Conn, ConnStats, Handler, Worker};
+use crate::conn::{Conn, Handler, Worker};
 use crate::frame;
 use crate::report::{self, ConnectSummary, Latency, Report};
 
@@ -119,15 +120,6 @@ impl Handler<Role> for BcastHandler {
     }
 }
 
-struct ThreadResult {
-    stats: ConnStats,
-    hist: Histogram<u64>,
-    received: u64,
-    published: u64,
-    errors: u64,
-    samples: Vec<String>,
-}
-
 pub fn run(env: &Env, a: &BroadcastArgs) -> Result<Outcome, String> {
     if a.subscribers == 0 || a.publishers == 0 || a.rate <= 0.0 {
         return Err("--subscribers, --publishers and --rate must be positive".into());
@@ -153,7 +145,7 @@ pub fn run(env: &Env, a: &BroadcastArgs) -> Result<Outcome, String> {
         let (subs, pubs) = (a.subscribers, a.publishers);
         let h = std::thread::Builder::new()
             .name(format!("load-{t}"))
-            .spawn(move || -> Result<ThreadResult, String> {
+            .spawn(move || -> Result<ThreadResult<(u64, u64)>, String> {
                 let mut w: Worker<Role> =
                     Worker::new(dst, &host, src_ips, 4096, t as u64).map_err(|e| e.to_string())?;
                 let mut h = BcastHandler {
@@ -279,10 +271,9 @@ pub fn run(env: &Env, a: &BroadcastArgs) -> Result<Outcome, String> {
                 Ok(ThreadResult {
                     stats: w.stats,
                     hist: h.hist,
-                    received: h.received,
-                    published,
                     errors: h.errors,
                     samples: h.samples,
+                    counts: (h.received, published),
                 })
             })
             .map_err(|e| e.to_string())?;
@@ -290,22 +281,9 @@ pub fn run(env: &Env, a: &BroadcastArgs) -> Result<Outcome, String> {
     }
 
     let win = drive_window(env, &shared, threads, total, "deliveries");
-    let mut stats = ConnStats::new();
-    let mut hist = report::new_hist();
-    let (mut received, mut published, mut errors, mut samples) = (0, 0, 0, Vec::new());
-    for h in handles {
-        let r = h
-            .join()
-            .map_err(|_| "client thread panicked".to_string())??;
-        stats.merge(&r.stats);
-        let _ = hist.add(&r.hist);
-        received += r.received;
-        published += r.published;
-        errors += r.errors;
-        samples.extend(r.samples);
-    }
-    samples.truncate(5);
-    samples.extend(stats.samples.iter().cloned());
+    let m = join_all(handles)?;
+    let received: u64 = m.counts.iter().map(|c| c.0).sum();
+    let published: u64 = m.counts.iter().map(|c| c.1).sum();
     let subscribed = shared.subscribed.load(Relaxed);
     let expected = published * subscribed;
     let mut report = Report {
@@ -317,10 +295,10 @@ pub fn run(env: &Env, a: &BroadcastArgs) -> Result<Outcome, String> {
         expected: Some(expected),
         received: Some(received),
         lost: Some(expected.saturating_sub(received)),
-        latency_us: Latency::from_hist(&hist),
-        connect: Some(ConnectSummary::from_stats(&stats)),
-        server_errors: errors,
-        error_samples: samples,
+        latency_us: Latency::from_hist(&m.hist),
+        connect: Some(ConnectSummary::from_stats(&m.stats)),
+        server_errors: m.errors,
+        error_samples: m.samples,
         timeline_per_sec: win.timeline.clone(),
         params: serde_json::json!({
             "subscribers": a.subscribers,
@@ -337,7 +315,7 @@ pub fn run(env: &Env, a: &BroadcastArgs) -> Result<Outcome, String> {
     apply_usage(&mut report, env, &win);
     Ok(Outcome {
         report,
-        latency: hist,
+        latency: m.hist,
         rate_label: "deliveries/s",
     })
 }

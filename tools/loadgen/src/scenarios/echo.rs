@@ -8,10 +8,13 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-use super::{apply_usage, drive_window, paced_open, reply_op, sync_counts, Env, Outcome, Shared};
+use super::{
+    apply_usage, drive_window, join_all, paced_open, reply_op, sync_counts, Env, Outcome, Shared,
+    ThreadResult,
+};
 use crate::cli::{EchoArgs, EchoMode};
 use crate::clock;
-use crate::conn::{Conn, ConnStats, Handler, Worker};
+use crate::conn::{Conn, Handler, Worker};
 use crate::frame;
 use crate::report::{self, ConnectSummary, Latency, Report};
 
@@ -91,15 +94,6 @@ impl Handler<EchoConn> for EchoHandler {
     }
 }
 
-struct ThreadResult {
-    stats: ConnStats,
-    hist: Histogram<u64>,
-    replies: u64,
-    bytes: u64,
-    errors: u64,
-    samples: Vec<String>,
-}
-
 /// The request payload: raw bytes, or the JSON echo request with a padded string.
 fn request(a: &EchoArgs) -> (u8, Vec<u8>, Option<Vec<u8>>) {
     match a.mode {
@@ -147,7 +141,7 @@ pub fn run(env: &Env, a: &EchoArgs) -> Result<Outcome, String> {
         let (payload, expect, depth, conns) = (payload.clone(), expect.clone(), a.depth, a.conns);
         let h = std::thread::Builder::new()
             .name(format!("load-{t}"))
-            .spawn(move || -> Result<ThreadResult, String> {
+            .spawn(move || -> Result<ThreadResult<(u64, u64)>, String> {
                 let mut w: Worker<EchoConn> =
                     Worker::new(dst, &host, src_ips, rbuf, t as u64).map_err(|e| e.to_string())?;
                 let mut h = EchoHandler {
@@ -215,10 +209,9 @@ pub fn run(env: &Env, a: &EchoArgs) -> Result<Outcome, String> {
                 Ok(ThreadResult {
                     stats: w.stats,
                     hist: h.hist,
-                    replies: h.replies,
-                    bytes: h.bytes,
                     errors: h.errors,
                     samples: h.samples,
+                    counts: (h.replies, h.bytes),
                 })
             })
             .map_err(|e| e.to_string())?;
@@ -226,22 +219,9 @@ pub fn run(env: &Env, a: &EchoArgs) -> Result<Outcome, String> {
     }
 
     let win = drive_window(env, &shared, threads, a.conns, "msgs");
-    let mut stats = ConnStats::new();
-    let mut hist = report::new_hist();
-    let (mut replies, mut bytes, mut errors, mut samples) = (0, 0, 0, Vec::new());
-    for h in handles {
-        let r = h
-            .join()
-            .map_err(|_| "client thread panicked".to_string())??;
-        stats.merge(&r.stats);
-        let _ = hist.add(&r.hist);
-        replies += r.replies;
-        bytes += r.bytes;
-        errors += r.errors;
-        samples.extend(r.samples);
-    }
-    samples.truncate(5);
-    samples.extend(stats.samples.iter().cloned());
+    let m = join_all(handles)?;
+    let replies: u64 = m.counts.iter().map(|c| c.0).sum();
+    let bytes: u64 = m.counts.iter().map(|c| c.1).sum();
     let mut report = Report {
         scenario: "echo",
         conns: a.conns as u64,
@@ -250,10 +230,10 @@ pub fn run(env: &Env, a: &EchoArgs) -> Result<Outcome, String> {
         messages_per_sec: Some((replies as f64 / win.duration_s).round()),
         bytes_per_sec: Some((bytes as f64 / win.duration_s).round()),
         received: Some(replies),
-        latency_us: Latency::from_hist(&hist),
-        connect: Some(ConnectSummary::from_stats(&stats)),
-        server_errors: errors,
-        error_samples: samples,
+        latency_us: Latency::from_hist(&m.hist),
+        connect: Some(ConnectSummary::from_stats(&m.stats)),
+        server_errors: m.errors,
+        error_samples: m.samples,
         timeline_per_sec: win.timeline.clone(),
         params: serde_json::json!({
             "mode": format!("{:?}", a.mode).to_lowercase(),
@@ -267,7 +247,7 @@ pub fn run(env: &Env, a: &EchoArgs) -> Result<Outcome, String> {
     apply_usage(&mut report, env, &win);
     Ok(Outcome {
         report,
-        latency: hist,
+        latency: m.hist,
         rate_label: "replies/s",
     })
 }

@@ -14,8 +14,8 @@ use indicatif::ProgressBar;
 
 use crate::cli::{Cli, Common, Scenario};
 use crate::clock;
-use crate::conn::Worker;
-use crate::report::Report;
+use crate::conn::{ConnStats, Worker};
+use crate::report::{self, Report};
 use crate::sysstat::{self, Sample, Targets};
 
 /// A finished run: the report plus what the plot needs.
@@ -93,6 +93,52 @@ impl Shared {
     pub fn window(&self) -> (u64, u64) {
         (self.start_ns.load(Acquire), self.end_ns.load(Acquire))
     }
+}
+
+/// What a client thread of a measuring scenario hands back: connection statistics, its latency
+/// histogram, unexpected replies, and the scenario's own counters `T`.
+pub struct ThreadResult<T> {
+    pub stats: ConnStats,
+    pub hist: Histogram<u64>,
+    pub errors: u64,
+    pub samples: Vec<String>,
+    pub counts: T,
+}
+
+/// All client threads' results merged; `counts` keeps one entry per thread.
+pub struct Merged<T> {
+    pub stats: ConnStats,
+    pub hist: Histogram<u64>,
+    pub errors: u64,
+    /// The first few unexpected replies, then the connection problems.
+    pub samples: Vec<String>,
+    pub counts: Vec<T>,
+}
+
+/// Joins every client thread; a thread that panicked or failed fails the run.
+pub fn join_all<T>(
+    handles: Vec<std::thread::JoinHandle<Result<ThreadResult<T>, String>>>,
+) -> Result<Merged<T>, String> {
+    let mut m = Merged {
+        stats: ConnStats::new(),
+        hist: report::new_hist(),
+        errors: 0,
+        samples: Vec::new(),
+        counts: Vec::new(),
+    };
+    for h in handles {
+        let r = h
+            .join()
+            .map_err(|_| "client thread panicked".to_string())??;
+        m.stats.merge(&r.stats);
+        let _ = m.hist.add(&r.hist);
+        m.errors += r.errors;
+        m.samples.extend(r.samples);
+        m.counts.push(r.counts);
+    }
+    m.samples.truncate(5);
+    m.samples.extend(m.stats.samples.iter().cloned());
+    Ok(m)
 }
 
 /// Opens `count` connections at `rate`/s from one thread; `open(ctx, i)` starts connection i
