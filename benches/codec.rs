@@ -27,25 +27,6 @@ fn payload(len: usize) -> Vec<u8> {
     (0..len).map(|i| b'a' + (i % 26) as u8).collect()
 }
 
-/// A final binary frame as a client must send it: masked, with the shortest length form.
-fn masked_client_frame(payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let len = payload.len();
-    let mut v = Vec::with_capacity(14 + len);
-    v.push(0x82);
-    if len < 126 {
-        v.push(0x80 | len as u8);
-    } else if len <= u16::MAX as usize {
-        v.push(0x80 | 126);
-        v.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        v.push(0x80 | 127);
-        v.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-    v.extend_from_slice(&mask);
-    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
-    v
-}
-
 fn batch_for(len: usize) -> BatchSize {
     if len >= 64 * 1024 {
         BatchSize::LargeInput
@@ -74,7 +55,7 @@ fn bench_encode(c: &mut Criterion) {
 fn bench_decode(c: &mut Criterion) {
     let mut g = c.benchmark_group("decode");
     for (len, name) in SIZES {
-        let frame = masked_client_frame(&payload(len), MASK);
+        let frame = codec::client_frame(0x82, &payload(len), MASK);
         // Check once, outside the measurement, that the frame decodes to what was encoded.
         {
             let mut check = frame.clone();

@@ -228,27 +228,30 @@ pub fn check_close(payload: &[u8]) -> Result<u16, u16> {
     }
 }
 
+/// A masked frame as a client sends it: `first` is the whole first byte (FIN, RSV bits,
+/// opcode), the length takes its shortest form. The server never sends one; the unit and
+/// integration tests and the benches use it to speak as a client, including badly.
+#[doc(hidden)]
+pub fn client_frame(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut v = vec![first];
+    let len = payload.len();
+    if len < 126 {
+        v.push(0x80 | len as u8);
+    } else if len <= 0xFFFF {
+        v.push(0x80 | 126);
+        v.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        v.push(0x80 | 127);
+        v.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    v.extend_from_slice(&mask);
+    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A masked client frame, as a browser would send it.
-    fn client_frame(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-        let mut v = vec![first];
-        let len = payload.len();
-        if len < 126 {
-            v.push(0x80 | len as u8);
-        } else if len <= 0xFFFF {
-            v.push(0x80 | 126);
-            v.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            v.push(0x80 | 127);
-            v.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-        v.extend_from_slice(&mask);
-        v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
-        v
-    }
 
     #[test]
     fn decodes_and_unmasks_every_length_format() {

@@ -137,9 +137,8 @@ fn slow_consumer_run(policy: SlowConsumer, total: usize) -> (corecast::Server, u
 
     let mut publisher = raw_upgraded(addr, "/ws");
     let payload = "p".repeat(180);
-    let frame = masked_long(&format!(
-        r#"{{"op":"publish","topic":"feed","data":"{payload}"}}"#
-    ));
+    let request = format!(r#"{{"op":"publish","topic":"feed","data":"{payload}"}}"#);
+    let frame = masked(0x81, request.as_bytes());
     let mut max_queued = 0;
     let batch = 1000;
     for sent in (batch..=total).step_by(batch) {
@@ -162,23 +161,6 @@ fn slow_consumer_run(policy: SlowConsumer, total: usize) -> (corecast::Server, u
     reader.join().unwrap();
     drop(stalled);
     (server, got.load(Ordering::SeqCst), max_queued)
-}
-
-/// A masked text frame of any length.
-fn masked_long(text: &str) -> Vec<u8> {
-    let p = text.as_bytes();
-    assert!(p.len() < 65536);
-    let mask = [1, 2, 3, 4];
-    let mut v = vec![0x81];
-    if p.len() < 126 {
-        v.push(0x80 | p.len() as u8);
-    } else {
-        v.push(0x80 | 126);
-        v.extend_from_slice(&(p.len() as u16).to_be_bytes());
-    }
-    v.extend_from_slice(&mask);
-    v.extend(p.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    v
 }
 
 #[test]

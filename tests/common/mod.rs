@@ -116,13 +116,7 @@ pub fn raw_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
     (h[0] & 0x0F, p)
 }
 
-/// A masked client frame with an arbitrary first byte (FIN, RSV, opcode).
+/// A masked client frame of any length with an arbitrary first byte (FIN, RSV, opcode).
 pub fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x11, 0x22, 0x33, 0x44];
-    let mut v = vec![first];
-    assert!(payload.len() < 126);
-    v.push(0x80 | payload.len() as u8);
-    v.extend_from_slice(&mask);
-    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    v
+    corecast::codec::client_frame(first, payload, [0x11, 0x22, 0x33, 0x44])
 }
