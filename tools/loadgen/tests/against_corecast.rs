@@ -17,13 +17,15 @@ fn start(workers: usize) -> Server {
     .expect("server starts")
 }
 
-/// Runs the load generator with `--json` and returns its one result object.
-fn load(server: &Server, args: &[&str]) -> Value {
+/// Runs the load generator with `--json` plus `args` (split on whitespace) and returns its
+/// one result object.
+fn load(server: &Server, args: &str) -> Value {
+    let args: Vec<&str> = args.split_whitespace().collect();
     let url = format!("ws://{}", server.local_addr());
     let out = Command::new(env!("CARGO_BIN_EXE_corecast-load"))
         .args(["--url", &url, "--json", "--threads", "2"])
         .args(["--server-pid", &std::process::id().to_string()])
-        .args(args)
+        .args(&args)
         .output()
         .expect("corecast-load runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -60,12 +62,7 @@ fn wait_open(server: &Server, n: i64) {
 #[test]
 fn connect_counts_match_the_server() {
     let server = start(2);
-    let r = load(
-        &server,
-        &[
-            "connect", "--conns", "300", "--rate", "3000", "--hold", "0.5",
-        ],
-    );
+    let r = load(&server, "connect --conns 300 --rate 3000 --hold 0.5");
     let c = &r["connect"];
     assert_eq!(u(c, "ok"), 300, "{r}");
     assert_eq!(
@@ -88,19 +85,7 @@ fn echo_replies_are_all_counted_by_the_server() {
     let server = start(2);
     let r = load(
         &server,
-        &[
-            "--duration",
-            "1",
-            "--warmup",
-            "0.3",
-            "echo",
-            "--conns",
-            "20",
-            "--depth",
-            "4",
-            "--size",
-            "32",
-        ],
+        "--duration 1 --warmup 0.3 echo --conns 20 --depth 4 --size 32",
     );
     let received = u(&r, "received");
     assert!(received > 1000, "echo barely ran: {r}");
@@ -124,21 +109,7 @@ fn json_echo_mode_gets_no_error_replies() {
     let server = start(1);
     let r = load(
         &server,
-        &[
-            "--duration",
-            "0.5",
-            "--warmup",
-            "0.2",
-            "echo",
-            "--mode",
-            "json",
-            "--conns",
-            "5",
-            "--depth",
-            "2",
-            "--size",
-            "16",
-        ],
+        "--duration 0.5 --warmup 0.2 echo --mode json --conns 5 --depth 2 --size 16",
     );
     assert!(u(&r, "received") > 100, "{r}");
     assert_eq!(u(&r, "server_errors"), 0, "{r}");
@@ -154,21 +125,7 @@ fn broadcast_delivers_every_message_to_subscribers_on_all_workers() {
     let server = start(2);
     let r = load(
         &server,
-        &[
-            "--duration",
-            "1",
-            "--warmup",
-            "0.3",
-            "broadcast",
-            "--subscribers",
-            "200",
-            "--publishers",
-            "2",
-            "--rate",
-            "200",
-            "--grace",
-            "3",
-        ],
+        "--duration 1 --warmup 0.3 broadcast --subscribers 200 --publishers 2 --rate 200 --grace 3",
     );
     let expected = u(&r, "expected");
     let received = u(&r, "received");
