@@ -75,6 +75,15 @@ start_server() {
     return 1
 }
 
+# stop_child PID SIGNAL: signals a child of this script if it still runs, and reaps it.
+stop_child() {
+    local pid=$1 sig=$2
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+        kill "-$sig" "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    fi
+}
+
 # Sends SIGTERM and waits up to STOP_TIMEOUT s (the server drains connections first), then
 # SIGKILL. Only ever signals the PID this script started.
 stop_server() {

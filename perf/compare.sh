@@ -65,10 +65,7 @@ LOAD_PID=
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
-    if [ -n "$LOAD_PID" ] && kill -0 "$LOAD_PID" 2>/dev/null; then
-        kill -TERM "$LOAD_PID" 2>/dev/null || true
-        wait "$LOAD_PID" 2>/dev/null || true
-    fi
+    stop_child "$LOAD_PID" TERM
     stop_server
     exit "$rc"
 }

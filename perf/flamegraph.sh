@@ -63,14 +63,8 @@ PERF_PID=
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
-    if [ -n "$PERF_PID" ] && kill -0 "$PERF_PID" 2>/dev/null; then
-        kill -INT "$PERF_PID" 2>/dev/null || true
-        wait "$PERF_PID" 2>/dev/null || true
-    fi
-    if [ -n "$LOAD_PID" ] && kill -0 "$LOAD_PID" 2>/dev/null; then
-        kill -TERM "$LOAD_PID" 2>/dev/null || true
-        wait "$LOAD_PID" 2>/dev/null || true
-    fi
+    stop_child "$PERF_PID" INT
+    stop_child "$LOAD_PID" TERM
     stop_server
     rm -rf "$PROBE_DIR"
     exit "$rc"
@@ -194,11 +188,9 @@ PERF_PID=$!
 load_rc=0
 wait "$LOAD_PID" || load_rc=$?
 LOAD_PID=
-if kill -0 "$PERF_PID" 2>/dev/null; then
-    kill -INT "$PERF_PID" 2>/dev/null || true
-fi
 # perf exits 124 via `timeout`, or non-zero on SIGINT in some versions; the data file decides.
-wait "$PERF_PID" || true
+stop_child "$PERF_PID" INT
+wait "$PERF_PID" 2>/dev/null || true
 PERF_PID=
 if [ "$load_rc" -ne 0 ]; then
     log "warning: corecast-load exited with status $load_rc; output:"
