@@ -70,10 +70,11 @@ pub const HANDSHAKE_STATUSES: [(u16, &str); 9] = [
 /// Counts one failed handshake under its status.
 pub fn handshake_failed(stats: &Stats, status: u16) {
     bump(&stats.handshake_failures, 1);
+    // A status not in the table is counted under the last entry, "internal".
     let i = HANDSHAKE_STATUSES
         .iter()
         .position(|(s, _)| *s == status)
-        .unwrap_or(8);
+        .unwrap_or(HANDSHAKE_STATUSES.len() - 1);
     bump(&stats.handshake_failures_by[i], 1);
 }
 
