@@ -234,3 +234,63 @@ fn healthz_flips_to_503_while_draining() {
     assert!(body.contains("shutting down"), "{body}");
     stopper.join().unwrap().unwrap();
 }
+
+/// The released binary, not the library: `--stats-interval` writes its info line, and SIGTERM
+/// drains and exits 0.
+#[test]
+fn binary_logs_a_stats_line_and_exits_cleanly_on_sigterm() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_corecast"))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "off"])
+        .args(["--workers", "1", "--no-pin", "--stats-interval", "1"])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("corecast binary starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + WATCHDOG;
+    let stats_line = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("conns ") && line.contains("deliveries") => break line,
+            Ok(_) => continue,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("no stats line within {WATCHDOG:?}");
+            }
+        }
+    };
+    for field in ["conns 0", "in 0/s", "out 0/s", "dropped 0", "rss "] {
+        assert!(
+            stats_line.contains(field),
+            "{field:?} missing: {stats_line}"
+        );
+    }
+
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + WATCHDOG;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("corecast did not exit within {WATCHDOG:?} of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "{status}");
+}
