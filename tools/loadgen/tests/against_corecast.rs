@@ -143,3 +143,29 @@ fn broadcast_delivers_every_message_to_subscribers_on_all_workers() {
     assert!(s.deliveries >= received);
     server.shutdown().unwrap();
 }
+
+#[test]
+fn plot_writes_an_svg_with_both_charts() {
+    let server = start(1);
+    let path = std::env::temp_dir().join(format!("corecast-load-{}.svg", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let args = format!(
+        "--duration 1 --warmup 0.2 --plot {} echo --conns 4 --depth 2",
+        path.display()
+    );
+    let r = load(&server, &args);
+    assert!(u(&r, "received") > 100, "{r}");
+    let svg = std::fs::read_to_string(&path).expect("--plot wrote the file");
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        svg.starts_with("<svg"),
+        "not an SVG: {}",
+        &svg[..svg.len().min(80)]
+    );
+    assert!(
+        svg.contains("latency distribution"),
+        "latency chart missing"
+    );
+    assert!(svg.contains("<polyline"), "no data series drawn");
+    server.shutdown().unwrap();
+}
