@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The project's test command, as the README gives it: installs what the tests need, then runs
+# every test of the workspace in release mode. Works on a fresh clone with only Rust, python3,
+# node and npm present; `.ci/run` calls exactly this.
+#
+#   tools/test.sh [extra cargo test arguments...]
+#
+# Every apt, pip and npm package a test needs is installed by tools/install-test-deps.sh,
+# which does nothing when they are already there.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash tools/install-test-deps.sh
+exec cargo test --workspace --release "$@"
