@@ -16,7 +16,7 @@ fn admin_config(workers: usize) -> corecast::Config {
     cfg
 }
 
-/// One HTTP/1.1 request; returns (status, body).
+/// One HTTP/1.1 request on a new connection; returns (status, body).
 fn http(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &[u8]) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(WATCHDOG)).unwrap();
@@ -26,14 +26,9 @@ fn http(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &[u8]) 
     );
     s.write_all(head.as_bytes()).unwrap();
     let _ = s.write_all(body);
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status = resp[9..12].parse().unwrap();
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    // By Content-Length, not to EOF: the admin endpoint keeps connections alive.
+    let resp = read_response(&mut s).unwrap();
+    (resp.status, resp.body)
 }
 
 /// Scrapes /metrics and returns a lookup: metric name (+ optional label) -> value.

@@ -120,3 +120,53 @@ pub fn raw_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
 pub fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
     corecast::codec::client_frame(first, payload, [0x11, 0x22, 0x33, 0x44])
 }
+
+/// One HTTP/1.1 response read off a socket: status, head (status line and headers), body.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The value of header `name` (case-insensitive), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// Reads exactly one response (head, then `Content-Length` bytes of body), leaving the
+/// connection usable for the next request on it. `Err` if the server closed or reset it
+/// before a whole response arrived.
+pub fn read_response(s: &mut TcpStream) -> std::io::Result<HttpResponse> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let status = head
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status line in {head:?}")))?;
+    let mut resp = HttpResponse {
+        status,
+        head,
+        body: String::new(),
+    };
+    let len: usize = resp
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body)?;
+    resp.body = String::from_utf8_lossy(&body).into_owned();
+    Ok(resp)
+}
