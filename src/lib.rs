@@ -3,16 +3,15 @@
 //! See README.md for the architecture; `server::Server` is the entry point.
 
 pub mod acceptor;
-pub mod admin;
 pub mod admission;
 pub mod affinity;
 pub mod broadcast;
 pub mod codec;
 pub mod config;
 pub mod conn;
+pub mod control;
 pub mod handshake;
 pub mod message;
-pub mod metrics;
 pub mod outbound;
 pub mod protocol;
 pub mod server;

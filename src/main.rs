@@ -51,6 +51,7 @@ fn run() -> Result<ExitCode, String> {
             let what = match exit {
                 Exit::Worker { index, result } => format!("worker {index}: {result:?}"),
                 Exit::Acceptor { result } => format!("acceptor: {result:?}"),
+                Exit::Control { result } => format!("control thread: {result:?}"),
             };
             log::error!("server thread ended unexpectedly ({what}); exiting");
             return Ok(ExitCode::from(EXIT_THREAD_FAILED));

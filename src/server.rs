@@ -1,5 +1,6 @@
-//! Starting and stopping the whole server: listener, workers, acceptor, admin endpoint and
-//! stats logger. Runs on the caller's thread; used by `main` and by the integration tests.
+//! Starting and stopping the whole server: listener, workers, acceptor and the control
+//! thread (admin endpoint, stats line). Runs on the caller's thread; used by `main` and by the
+//! integration tests.
 
 use std::io;
 use std::net::SocketAddr;
@@ -10,15 +11,15 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use mio::net::TcpListener;
 use mio::{Poll, Waker};
 
 use crate::acceptor::{self, Acceptor, ACCEPTOR_WAKER};
-use crate::admin;
 use crate::admission;
 use crate::affinity;
 use crate::config::Config;
+use crate::control::Control;
 use crate::stats::{Snapshot, Stats};
 use crate::worker::handle::{self, Msg, WorkerHandle};
 use crate::worker::{Worker, WAKER};
@@ -38,9 +39,13 @@ pub enum Exit {
     Acceptor {
         result: Result<(), String>,
     },
+    /// The control thread (admin endpoint, stats line) ended.
+    Control {
+        result: Result<(), String>,
+    },
 }
 
-/// What the non-worker threads (acceptor, admin, stats logger) see of the server.
+/// What the non-worker threads (acceptor, control) see of the server.
 pub struct Shared {
     pub cfg: Arc<Config>,
     pub workers: Arc<[WorkerHandle]>,
@@ -74,8 +79,7 @@ pub struct Server {
     acceptor: Option<JoinHandle<()>>,
     acceptor_waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
-    admin: Option<admin::Admin>,
-    logger: Option<(Sender<()>, JoinHandle<()>)>,
+    control: Option<Control>,
     exits: Receiver<Exit>,
 }
 
@@ -103,6 +107,7 @@ impl Server {
         let (admission, gate) = admission::new(cfg.max_connections, cfg.max_connections_per_ip);
         let admission = Arc::new(admission);
         let (exit_tx, exits) = crossbeam_channel::unbounded();
+        let control_exit = exit_tx.clone();
 
         let mut polls = Vec::new();
         let mut handles = Vec::new();
@@ -174,15 +179,8 @@ impl Server {
                 let _ = exit_tx.send(Exit::Acceptor { result });
             })?;
 
-        let admin = match admin_listener {
-            Some(l) => Some(admin::Admin::spawn(l, shared.clone())?),
-            None => None,
-        };
-        let admin_addr = admin.as_ref().map(|a| a.addr);
-        let logger = match cfg.stats_interval {
-            Some(every) => Some(spawn_logger(shared.clone(), every)?),
-            None => None,
-        };
+        let control = Control::start(admin_listener, shared.clone(), control_exit)?;
+        let admin_addr = control.admin_addr();
         log::info!("listening on {addr} with {} workers", cfg.workers);
         if let Some(a) = admin_addr {
             log::info!("admin endpoint (metrics, healthz, publish) on http://{a}");
@@ -195,8 +193,7 @@ impl Server {
             acceptor: Some(acceptor),
             acceptor_waker,
             stop,
-            admin,
-            logger,
+            control: Some(control),
             exits,
         })
     }
@@ -234,10 +231,15 @@ impl Server {
         }
     }
 
-    /// Graceful shutdown: refuse new connections (503) and fail health checks, close every
-    /// connection with 1001, wait for the clients to answer (up to the drain timeout), and
-    /// join every thread. Returns the first thread failure, if any.
+    /// Graceful shutdown: stop admin publishes (503), refuse new connections (503) and fail
+    /// health checks, close every connection with 1001, wait for the clients to answer (up to
+    /// the drain timeout), and join every thread. Returns the first thread failure, if any.
     pub fn shutdown(mut self) -> Result<(), String> {
+        // First, so that every publish acknowledged with 202 is in the workers' queues ahead
+        // of the Msg::Shutdown below.
+        if let Some(c) = &self.control {
+            c.stop_publishing();
+        }
         self.shared.draining.store(true, Ordering::SeqCst);
         for w in self.shared.workers.iter() {
             w.send(Msg::Shutdown);
@@ -249,17 +251,15 @@ impl Server {
         if let Some(a) = self.acceptor.take() {
             let _ = a.join();
         }
-        if let Some(admin) = self.admin.take() {
-            admin.stop();
-        }
-        if let Some((tx, t)) = self.logger.take() {
-            drop(tx);
-            let _ = t.join();
+        if let Some(c) = self.control.take() {
+            c.stop();
         }
         let mut first_err = Ok(());
         while let Ok(exit) = self.exits.try_recv() {
             let result = match exit {
-                Exit::Worker { result, .. } | Exit::Acceptor { result } => result,
+                Exit::Worker { result, .. }
+                | Exit::Acceptor { result }
+                | Exit::Control { result } => result,
             };
             if first_err.is_ok() {
                 first_err = result;
@@ -275,37 +275,6 @@ impl Server {
         );
         first_err
     }
-}
-
-/// Logs one line of rates every `every` until the sender is dropped.
-fn spawn_logger(shared: Arc<Shared>, every: Duration) -> io::Result<(Sender<()>, JoinHandle<()>)> {
-    let (tx, rx) = crossbeam_channel::bounded::<()>(0);
-    let t = std::thread::Builder::new()
-        .name("corecast-stats".into())
-        .spawn(move || {
-            let mut last = shared.totals();
-            let mut at = Instant::now();
-            while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(every) {
-                let now = shared.totals();
-                let secs = at.elapsed().as_secs_f64().max(1e-3);
-                let rate = |a: u64, b: u64| (a - b) as f64 / secs;
-                log::info!(
-                    "conns {} | in {:.0}/s out {:.0}/s | deliveries {:.0}/s | dropped {} (+{}) | \
-                     queued {} B | rss {} KiB",
-                    now.open,
-                    rate(now.messages_in, last.messages_in),
-                    rate(now.messages_out, last.messages_out),
-                    rate(now.deliveries, last.deliveries),
-                    now.dropped,
-                    now.dropped - last.dropped,
-                    now.queued_bytes,
-                    crate::metrics::process_rss().unwrap_or(0) / 1024,
-                );
-                last = now;
-                at = Instant::now();
-            }
-        })?;
-    Ok((tx, t))
 }
 
 /// Runs a thread body, turning a panic into an error message so that it is reported.

@@ -1,11 +1,28 @@
-//! Prometheus text exposition of the server's counters. Runs on the admin thread, on demand:
-//! it sums the workers' single-writer counters, so a scrape never touches the message path.
+//! `GET /metrics`: Prometheus text exposition of the server's counters. Runs on the control
+//! thread, on demand: it sums the workers' single-writer counters, so a scrape never touches
+//! the message path.
 
 use std::fmt::Write;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 use crate::server::Shared;
 use crate::stats::HANDSHAKE_STATUSES;
+
+/// The `Content-Type` of what [`render`] returns.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The admin endpoint's own counters, written only by the control thread.
+#[derive(Debug, Default)]
+pub struct AdminStats {
+    /// Admin connections being served.
+    pub connections_open: AtomicI64,
+    /// Admin connections refused because [`MAX_ADMIN_CONNECTIONS`] were open.
+    ///
+    /// [`MAX_ADMIN_CONNECTIONS`]: super::admin::MAX_ADMIN_CONNECTIONS
+    pub connections_refused: AtomicU64,
+    /// Requests cut off for a head, body or response write past its deadline.
+    pub request_timeouts: AtomicU64,
+}
 
 /// Resident set size of this process, in bytes.
 pub fn process_rss() -> Option<u64> {
@@ -21,7 +38,7 @@ pub fn open_fds() -> Option<u64> {
 }
 
 /// Renders every metric in the text format (version 0.0.4).
-pub fn render(shared: &Shared) -> String {
+pub fn render(shared: &Shared, admin: &AdminStats) -> String {
     let t = shared.totals();
     let mut out = String::with_capacity(4096);
     let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
@@ -205,6 +222,24 @@ pub fn render(shared: &Shared) -> String {
         "gauge",
         "Seconds since start.",
         &[("", shared.started.elapsed().as_secs_f64())],
+    );
+    metric(
+        "admin_connections_open",
+        "gauge",
+        "Admin endpoint connections being served.",
+        &[("", admin.connections_open.load(Relaxed) as f64)],
+    );
+    metric(
+        "admin_connections_refused_total",
+        "counter",
+        "Admin endpoint connections refused (503) at the connection cap.",
+        &one(admin.connections_refused.load(Relaxed)),
+    );
+    metric(
+        "admin_request_timeouts_total",
+        "counter",
+        "Admin requests cut off at the head, body or write deadline.",
+        &one(admin.request_timeouts.load(Relaxed)),
     );
     out
 }

@@ -1,0 +1,122 @@
+//! The admin HTTP server (hyper, HTTP/1.1): the accept loop with its connection cap, and one
+//! task per connection with keep-alive and deadlines. Runs on the control thread's runtime.
+
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+
+use super::endpoints::{self, Endpoints};
+use super::socket::AdminSocket;
+use crate::stats::{bump, gauge};
+
+/// Admin connections served at once. Scrapers, health checkers and publishers are a handful
+/// of clients; the cap bounds what a flood of connections can hold (sockets, buffers of up to
+/// [`MAX_BUF`] each). Over it a new connection gets a canned 503 and is closed at once.
+pub const MAX_ADMIN_CONNECTIONS: usize = 64;
+/// Time from accepting a connection, or from the end of the previous response on it, to a
+/// complete request head. It is a total, not a per-read timeout, so a client sending a byte
+/// now and then is cut off too; it is also how long a keep-alive connection may sit idle.
+pub const HEAD_DEADLINE: Duration = Duration::from_secs(5);
+/// Time for a whole request body (at most `--max-message-size`) to arrive once its head has;
+/// over it the request gets 408 and the connection is closed.
+pub const BODY_DEADLINE: Duration = Duration::from_secs(10);
+/// hyper's read buffer per connection: room for a [`MAX_HEAD`] head and a good part of a
+/// body; hyper stops reading (and answers 431 to a head) at it.
+pub const MAX_BUF: usize = 64 * 1024;
+/// Headers accepted per request; hyper answers 431 over it.
+pub const MAX_HEADERS: usize = 100;
+/// Longest request head accepted; hyper answers 431 over it.
+pub const MAX_HEAD: usize = 16 * 1024;
+/// How long stopping lets requests in progress finish before their tasks are dropped.
+pub const STOP_GRACE: Duration = Duration::from_millis(300);
+
+/// Answer to a connection over the cap: complete, so the client sees why, and small enough
+/// for one non-blocking write into an empty socket buffer.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+Content-Length: 78\r\nConnection: close\r\n\r\n\
+{\"op\":\"error\",\"id\":null,\"code\":\"unavailable\",\"message\":\"too many connections\"}";
+
+/// Accepts until `stopping` turns true, then lets connections finish for up to
+/// [`STOP_GRACE`]. Returns when every connection task has ended or the grace is over; the
+/// caller drops the runtime, which drops whatever is left.
+pub async fn serve(listener: TcpListener, ep: Arc<Endpoints>, mut stopping: watch::Receiver<bool>) {
+    let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            _ = super::stopped(&mut stopping) => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((sock, peer)) => match slots.clone().try_acquire_owned() {
+                Ok(slot) => {
+                    tokio::spawn(connection(sock, peer, ep.clone(), slot, stopping.clone()));
+                }
+                Err(_) => {
+                    bump(&ep.stats.connections_refused, 1);
+                    // One try: a client that cannot take 200 bytes is not waited for.
+                    let _ = sock.try_write(BUSY);
+                }
+            },
+            // Out of descriptors: back off instead of spinning; other errors are one
+            // client's aborted connect.
+            Err(e) => {
+                log::warn!("admin accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    // Releases the port now, not when the runtime goes.
+    drop(listener);
+    let all = u32::try_from(MAX_ADMIN_CONNECTIONS).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(STOP_GRACE, slots.acquire_many(all)).await;
+}
+
+/// Serves one connection until it closes, errs, times out, or the server stops.
+async fn connection(
+    sock: TcpStream,
+    peer: SocketAddr,
+    ep: Arc<Endpoints>,
+    _slot: OwnedSemaphorePermit,
+    mut stopping: watch::Receiver<bool>,
+) {
+    gauge(&ep.stats.connections_open, 1);
+    let io = TokioIo::new(AdminSocket::new(sock, ep.stats.clone()));
+    let svc_ep = ep.clone();
+    let service = service_fn(move |req| endpoints::handle(svc_ep.clone(), req));
+    let mut conn = pin!(http1::Builder::new()
+        .timer(TokioTimer::new())
+        // hyper starts this timer when it begins reading a head, which on a keep-alive
+        // connection is as soon as the previous response is written, and does not restart
+        // it per read: it bounds both a trickled head and an idle connection.
+        .header_read_timeout(HEAD_DEADLINE)
+        .max_headers(MAX_HEADERS)
+        .max_header_size(MAX_HEAD)
+        .max_buf_size(MAX_BUF)
+        .keep_alive(true)
+        .serve_connection(io, service));
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = super::stopped(&mut stopping) => {
+            // Finish a request in progress, close an idle connection at once; the caller's
+            // grace period bounds the rest.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        if e.is_timeout() {
+            bump(&ep.stats.request_timeouts, 1);
+            log::debug!("admin client {peer}: no complete request head within {HEAD_DEADLINE:?}");
+        } else {
+            log::debug!("admin client {peer}: {e}");
+        }
+    }
+    gauge(&ep.stats.connections_open, -1);
+}

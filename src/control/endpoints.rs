@@ -1,0 +1,246 @@
+//! What each admin request gets: `GET /metrics`, `GET /healthz`, `POST /publish`, and the
+//! refusals around them (token, framing, body size and deadline, shutdown). Runs in the
+//! connection tasks of the control thread; the only way out to the workers is their queues.
+
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::admin::BODY_DEADLINE;
+use super::metrics::{self, AdminStats, CONTENT_TYPE};
+use crate::broadcast::{self, Target};
+use crate::protocol;
+use crate::server::Shared;
+use crate::stats::bump;
+use crate::worker::handle::Msg;
+
+/// A complete response; every body is small and built before it is sent.
+pub type Reply = Response<Full<Bytes>>;
+
+/// What every admin request can reach; one per admin endpoint, shared by its connections.
+pub struct Endpoints {
+    pub shared: Arc<Shared>,
+    pub stats: Arc<AdminStats>,
+    /// Cleared by the control thread itself when shutdown asks it to stop publishing (see
+    /// `Control::stop_publishing`); from then on `POST /publish` answers 503.
+    pub publishing: AtomicBool,
+}
+
+/// Why a publish body was refused (400).
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("body is not UTF-8")]
+    NotUtf8,
+    #[error("expected a JSON object")]
+    NotObject,
+    #[error("invalid publish request: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{0}")]
+    Topic(&'static str),
+}
+
+/// Answers one request.
+pub async fn handle(ep: Arc<Endpoints>, req: Request<Incoming>) -> Result<Reply, Infallible> {
+    let chunked = req.headers().contains_key(header::TRANSFER_ENCODING);
+    let mut reply = route(&ep, req).await;
+    if chunked {
+        // The admin API reads no chunked body, so the bytes after this request's head are
+        // not followed: no request may come after it on this connection.
+        close(&mut reply);
+    }
+    Ok(reply)
+}
+
+async fn route(ep: &Endpoints, req: Request<Incoming>) -> Reply {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => text(
+            StatusCode::OK,
+            CONTENT_TYPE,
+            metrics::render(&ep.shared, &ep.stats),
+        ),
+        (&Method::GET, "/healthz") => {
+            if ep.shared.draining.load(Ordering::Relaxed) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
+            } else {
+                text(StatusCode::OK, "text/plain", "ok\n")
+            }
+        }
+        (&Method::POST, "/publish") => publish(ep, req).await,
+        (_, path @ ("/metrics" | "/healthz" | "/publish")) => {
+            let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+            let allow = if path == "/publish" { "POST" } else { "GET" };
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+            r
+        }
+        _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
+    }
+}
+
+async fn publish(ep: &Endpoints, req: Request<Incoming>) -> Reply {
+    let auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    if !authorized(ep.shared.cfg.api_token.as_deref(), auth) {
+        let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    // hyper has already refused invalid or differing values (400) and removed the header
+    // from chunked requests, so here it is either one valid length or absent.
+    let length = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let Some(length) = length else {
+        // RFC 9110 §15.5.12: we accept bodies only with a length known up front.
+        return closing(error(
+            StatusCode::LENGTH_REQUIRED,
+            "POST /publish needs a Content-Length",
+        ));
+    };
+    let limit = ep.shared.cfg.max_message_size;
+    if length > limit as u64 {
+        let msg = format!("body of {length} bytes exceeds the {limit}-byte limit");
+        return closing(error(StatusCode::PAYLOAD_TOO_LARGE, &msg));
+    }
+    let body = Limited::new(req.into_body(), limit).collect();
+    let body = match tokio::time::timeout(BODY_DEADLINE, body).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) => {
+            // The client went away mid-body (or sent more than it announced); this answer
+            // rarely reaches anyone, but it must not be a panic.
+            return closing(error(
+                StatusCode::BAD_REQUEST,
+                &format!("request body: {e}"),
+            ));
+        }
+        Err(_) => {
+            bump(&ep.stats.request_timeouts, 1);
+            let msg = format!("the body did not arrive within {BODY_DEADLINE:?}");
+            return closing(error(StatusCode::REQUEST_TIMEOUT, &msg));
+        }
+    };
+    // No await from this check to the last worker send, so a publish that saw the flag set
+    // is queued to every worker before the control thread handles anything else, including
+    // `Control::stop_publishing`.
+    if !ep.publishing.load(Ordering::Relaxed) {
+        return error_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the server is shutting down",
+        );
+    }
+    match publish_now(&ep.shared, &body) {
+        Ok(n) => {
+            let json = format!("{{\"queued_workers\":{n}}}");
+            text(StatusCode::ACCEPTED, "application/json", json)
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+struct PublishBody<'a> {
+    #[serde(borrow, default)]
+    topic: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+/// Encodes the message once and queues it to every worker; returns how many.
+fn publish_now(shared: &Shared, body: &[u8]) -> Result<usize, PublishError> {
+    let text = std::str::from_utf8(body).map_err(|_| PublishError::NotUtf8)?;
+    if !text.trim_start().starts_with('{') {
+        return Err(PublishError::NotObject);
+    }
+    let req: PublishBody<'_> = serde_json::from_str(text)?;
+    let target = match req.topic {
+        None => Target::All,
+        Some(t) => {
+            protocol::check_topic(&t).map_err(PublishError::Topic)?;
+            Target::Topic(Arc::from(&*t))
+        }
+    };
+    let d = broadcast::encode(target, req.data);
+    for w in shared.workers.iter() {
+        w.send(Msg::Deliver(d.clone()));
+    }
+    shared.api_publishes.fetch_add(1, Ordering::Relaxed);
+    Ok(shared.workers.len())
+}
+
+/// Compares the bearer token in constant time with respect to its contents.
+fn authorized(token: Option<&str>, header: Option<&[u8]>) -> bool {
+    let Some(token) = token else {
+        return true; // no token configured: loopback-only, enforced at start-up
+    };
+    let Some(given) = header.and_then(|h| h.strip_prefix(b"Bearer ")) else {
+        return false;
+    };
+    let want = token.as_bytes();
+    if given.len() != want.len() {
+        return false;
+    }
+    given
+        .iter()
+        .zip(want)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Reply {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn error(status: StatusCode, message: &str) -> Reply {
+    error_code(status, "bad_request", message)
+}
+
+fn error_code(status: StatusCode, code: &str, message: &str) -> Reply {
+    let mut out = Vec::new();
+    protocol::error(&mut out, None, code, message);
+    text(status, "application/json", out)
+}
+
+/// Asks hyper to close the connection after this response: used where the request's body is
+/// left unread (or its framing is not followed), so nothing after it can be parsed.
+fn closing(mut r: Reply) -> Reply {
+    close(&mut r);
+    r
+}
+
+fn close(r: &mut Reply) {
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_token_check() {
+        assert!(authorized(None, None));
+        assert!(authorized(Some("abc"), Some(b"Bearer abc")));
+        assert!(!authorized(Some("abc"), Some(b"Bearer abd")));
+        assert!(!authorized(Some("abc"), Some(b"Bearer abcd")));
+        assert!(!authorized(Some("abc"), Some(b"Basic abc")));
+        assert!(!authorized(Some("abc"), None));
+    }
+}
