@@ -531,6 +531,102 @@ fn binary_exits_0_on_sigterm_while_an_admin_client_trickles() {
     assert!(after < HEAD_DEADLINE, "trickler kept until {after:?}");
 }
 
+/// A sample's metric name, type and sorted labels.
+type Sample = (String, &'static str, Vec<(String, String)>);
+
+#[test]
+fn every_metric_keeps_its_name_type_and_labels() {
+    use prometheus_parse::Value::{Counter, Gauge};
+    let server = start(admin_config(2));
+    let admin = server.admin_addr().unwrap();
+    let resp = exchange(admin, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(
+        resp.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let lines = resp.body.lines().map(|l| Ok(l.to_owned()));
+    let parsed = prometheus_parse::Scrape::parse(lines).unwrap();
+    let got: Vec<Sample> = parsed
+        .samples
+        .iter()
+        .map(|s| {
+            let kind = match s.value {
+                Counter(_) => "counter",
+                Gauge(_) => "gauge",
+                _ => "other",
+            };
+            let mut labels: Vec<(String, String)> = s
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            labels.sort();
+            (s.metric.clone(), kind, labels)
+        })
+        .collect();
+    // (name, type, labels) of every sample, in exposition order.
+    let mut want: Vec<Sample> = Vec::new();
+    let mut add = |name: &str, kind, label: Option<(&str, &str)>| {
+        let labels = label.map(|(k, v)| vec![(k.to_owned(), v.to_owned())]);
+        want.push((format!("corecast_{name}"), kind, labels.unwrap_or_default()));
+    };
+    add("connections_open", "gauge", None);
+    add("worker_connections_open", "gauge", Some(("worker", "0")));
+    add("worker_connections_open", "gauge", Some(("worker", "1")));
+    add("connections_accepted_total", "counter", None);
+    for r in ["max_connections", "max_connections_per_ip"] {
+        add("connections_rejected_total", "counter", Some(("reason", r)));
+    }
+    add("connections_closed_total", "counter", None);
+    add("handshakes_total", "counter", None);
+    for r in [
+        "timeout",
+        "bad_request",
+        "forbidden",
+        "not_found",
+        "method_not_allowed",
+        "upgrade_required",
+        "header_too_large",
+        "http_version",
+        "internal",
+    ] {
+        add("handshake_failures_total", "counter", Some(("reason", r)));
+    }
+    for name in [
+        "health_checks_total",
+        "messages_in_total",
+        "messages_out_total",
+        "bytes_in_total",
+        "bytes_out_total",
+        "publishes_total",
+        "api_publishes_total",
+        "deliveries_total",
+        "slow_consumer_dropped_total",
+        "slow_consumer_closed_total",
+        "bad_requests_total",
+        "protocol_errors_total",
+        "timeouts_total",
+    ] {
+        add(name, "counter", None);
+    }
+    for name in [
+        "outbound_queued_bytes",
+        "draining",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "uptime_seconds",
+        "admin_connections_open",
+    ] {
+        add(name, "gauge", None);
+    }
+    add("admin_connections_refused_total", "counter", None);
+    add("admin_request_timeouts_total", "counter", None);
+    assert_eq!(got, want);
+    // The scrape itself is the one admin connection open.
+    assert!(resp.body.contains("\ncorecast_admin_connections_open 1\n"));
+    server.shutdown().unwrap();
+}
+
 #[test]
 fn a_client_that_never_reads_its_responses_is_dropped_at_the_write_stall_bound() {
     use corecast::control::socket::WRITE_STALL;

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::admin::BODY_DEADLINE;
-use super::metrics::{self, AdminStats, CONTENT_TYPE};
+use super::metrics::{AdminStats, Metrics, CONTENT_TYPE};
 use crate::broadcast::{self, Target};
 use crate::protocol;
 use crate::server::Shared;
@@ -29,6 +29,7 @@ pub type Reply = Response<Full<Bytes>>;
 /// What every admin request can reach; one per admin endpoint, shared by its connections.
 pub struct Endpoints {
     pub shared: Arc<Shared>,
+    pub metrics: Metrics,
     pub stats: Arc<AdminStats>,
     /// Cleared by the control thread itself when shutdown asks it to stop publishing (see
     /// `Control::stop_publishing`); from then on `POST /publish` answers 503.
@@ -62,11 +63,7 @@ pub async fn handle(ep: Arc<Endpoints>, req: Request<Incoming>) -> Result<Reply,
 
 async fn route(ep: &Endpoints, req: Request<Incoming>) -> Reply {
     match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => text(
-            StatusCode::OK,
-            CONTENT_TYPE,
-            metrics::render(&ep.shared, &ep.stats),
-        ),
+        (&Method::GET, "/metrics") => text(StatusCode::OK, CONTENT_TYPE, ep.metrics.render()),
         (&Method::GET, "/healthz") => {
             if ep.shared.draining.load(Ordering::Relaxed) {
                 text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")

@@ -1,15 +1,28 @@
-//! `GET /metrics`: Prometheus text exposition of the server's counters. Runs on the control
-//! thread, on demand: it sums the workers' single-writer counters, so a scrape never touches
-//! the message path.
+//! `GET /metrics`: the Prometheus text exposition (version 0.0.4), on the control thread.
+//!
+//! A `prometheus-client` [`Collector`] reads the counters at scrape time: it sums the
+//! workers' single-writer counters (`Shared::totals`), so a scrape never touches the message
+//! path and the workers count exactly as before. Every family is one row of [`FAMILIES`].
 
-use std::fmt::Write;
+use std::borrow::Cow;
+use std::fmt;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 use crate::server::Shared;
-use crate::stats::HANDSHAKE_STATUSES;
+use crate::stats::{Snapshot, HANDSHAKE_STATUSES};
 
-/// The `Content-Type` of what [`render`] returns.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The `Content-Type` of what [`Metrics::render`] returns.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+/// Every metric name starts with `corecast_`.
+const PREFIX: &str = "corecast";
 
 /// The admin endpoint's own counters, written only by the control thread.
 #[derive(Debug, Default)]
@@ -24,6 +37,160 @@ pub struct AdminStats {
     pub request_timeouts: AtomicU64,
 }
 
+/// What one scrape reads, once, before any family is written.
+pub struct Reading<'a> {
+    shared: &'a Shared,
+    admin: &'a AdminStats,
+    totals: Snapshot,
+}
+
+/// Samples of a labelled family: (label value, sample value).
+type Labelled<T> = Vec<(Cow<'static, str>, T)>;
+
+/// How a family's samples are read.
+enum Read {
+    Counter(fn(&Reading) -> u64),
+    Gauge(fn(&Reading) -> i64),
+    Seconds(fn(&Reading) -> f64),
+    /// One counter sample per value of the named label.
+    Counters(&'static str, fn(&Reading) -> Labelled<u64>),
+    /// One gauge sample per value of the named label.
+    Gauges(&'static str, fn(&Reading) -> Labelled<i64>),
+}
+
+/// One metric family. `name` has neither the `corecast_` prefix nor, for counters, the
+/// `_total` suffix: the encoder adds both.
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    read: Read,
+}
+
+const fn f(name: &'static str, help: &'static str, read: Read) -> Family {
+    Family { name, help, read }
+}
+
+/// Every exported family, in exposition order. Adding a metric is adding a row.
+#[rustfmt::skip]
+static FAMILIES: &[Family] = &[
+    f("connections_open", "Connections open (handshaking ones included).", Read::Gauge(|r| r.totals.open)),
+    f("worker_connections_open", "Connections open per worker.", Read::Gauges("worker", |r| {
+        r.shared.stats.iter().enumerate().map(|(i, s)| (i.to_string().into(), s.open.load(Relaxed))).collect()
+    })),
+    f("connections_accepted", "Connections handed to workers.", Read::Counter(|r| r.totals.accepted)),
+    f("connections_rejected", "Connections refused at accept, by reason.", Read::Counters("reason", |r| {
+        let a = &r.shared.admission;
+        vec![
+            ("max_connections".into(), a.refused_full.load(Relaxed)),
+            ("max_connections_per_ip".into(), a.refused_per_ip.load(Relaxed)),
+        ]
+    })),
+    f("connections_closed", "Connections closed and removed.", Read::Counter(|r| r.totals.closed)),
+    f("handshakes", "WebSocket upgrades completed.", Read::Counter(|r| r.totals.handshakes)),
+    f("handshake_failures", "Upgrades refused or timed out, by reason.", Read::Counters("reason", |r| {
+        HANDSHAKE_STATUSES.iter().zip(r.totals.handshake_failures_by).map(|((_, l), v)| ((*l).into(), v)).collect()
+    })),
+    f("health_checks", "Plain HTTP /healthz requests on the WebSocket listener.", Read::Counter(|r| r.totals.health_checks)),
+    f("messages_in", "Data messages received.", Read::Counter(|r| r.totals.messages_in)),
+    f("messages_out", "Data messages queued for sending (replies and deliveries).", Read::Counter(|r| r.totals.messages_out)),
+    f("bytes_in", "Bytes read from client sockets.", Read::Counter(|r| r.totals.bytes_in)),
+    f("bytes_out", "Bytes written to client sockets.", Read::Counter(|r| r.totals.bytes_out)),
+    f("publishes", "Publish and broadcast requests from WebSocket clients.", Read::Counter(|r| r.totals.publishes)),
+    f("api_publishes", "Messages accepted by the admin publish API.", Read::Counter(|r| r.shared.api_publishes.load(Relaxed))),
+    f("deliveries", "Messages queued to subscribers.", Read::Counter(|r| r.totals.deliveries)),
+    f("slow_consumer_dropped", "Messages dropped because a subscriber's outbound queue was full.", Read::Counter(|r| r.totals.dropped)),
+    f("slow_consumer_closed", "Connections closed (1008) for being slow consumers.", Read::Counter(|r| r.totals.slow_closes)),
+    f("bad_requests", "Error replies sent for bad requests.", Read::Counter(|r| r.totals.bad_requests)),
+    f("protocol_errors", "Connections failed for protocol violations or size limits.", Read::Counter(|r| r.totals.protocol_errors)),
+    f("timeouts", "Connections closed for handshake or idle timeout.", Read::Counter(|r| r.totals.timeouts)),
+    f("outbound_queued_bytes", "Bytes queued for sending, not yet taken by the kernel.", Read::Gauge(|r| r.totals.queued_bytes)),
+    f("draining", "1 while shutting down.", Read::Gauge(|r| r.shared.draining.load(Relaxed).into())),
+    f("process_resident_memory_bytes", "Resident set size.", Read::Gauge(|_| process_rss().map_or(0, saturate))),
+    f("process_open_fds", "Open file descriptors.", Read::Gauge(|_| open_fds().map_or(0, saturate))),
+    f("uptime_seconds", "Seconds since start.", Read::Seconds(|r| r.shared.started.elapsed().as_secs_f64())),
+    f("admin_connections_open", "Admin endpoint connections being served.", Read::Gauge(|r| r.admin.connections_open.load(Relaxed))),
+    f("admin_connections_refused", "Admin endpoint connections refused (503) at the connection cap.", Read::Counter(|r| r.admin.connections_refused.load(Relaxed))),
+    f("admin_request_timeouts", "Admin requests cut off at the head, body or write deadline.", Read::Counter(|r| r.admin.request_timeouts.load(Relaxed))),
+];
+
+fn saturate(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The registry behind `GET /metrics`; built once, rendered per scrape.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+}
+
+impl Metrics {
+    pub fn new(shared: Arc<Shared>, admin: Arc<AdminStats>) -> Metrics {
+        let mut registry = Registry::with_prefix(PREFIX);
+        registry.register_collector(Box::new(Scrape { shared, admin }));
+        Metrics { registry }
+    }
+
+    /// Every family, read now.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing into a String cannot fail, and no family's encoding returns an error of
+        // its own.
+        if let Err(e) =
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        {
+            log::error!("metrics exposition failed: {e}");
+        }
+        out
+    }
+}
+
+/// The collector: reads the counters at scrape time and writes [`FAMILIES`].
+struct Scrape {
+    shared: Arc<Shared>,
+    admin: Arc<AdminStats>,
+}
+
+impl fmt::Debug for Scrape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scrape").finish_non_exhaustive()
+    }
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let r = Reading {
+            shared: &self.shared,
+            admin: &self.admin,
+            totals: self.shared.totals(),
+        };
+        for fam in FAMILIES {
+            let kind = match fam.read {
+                Read::Counter(_) | Read::Counters(..) => MetricType::Counter,
+                Read::Gauge(_) | Read::Seconds(_) | Read::Gauges(..) => MetricType::Gauge,
+            };
+            let mut m = encoder.encode_descriptor(fam.name, fam.help, None, kind)?;
+            match fam.read {
+                Read::Counter(read) => ConstCounter::new(read(&r)).encode(m)?,
+                Read::Gauge(read) => ConstGauge::new(read(&r)).encode(m)?,
+                Read::Seconds(read) => ConstGauge::new(read(&r)).encode(m)?,
+                Read::Counters(label, read) => {
+                    for (value, n) in read(&r) {
+                        let labels = [(label, value)];
+                        ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+                    }
+                }
+                Read::Gauges(label, read) => {
+                    for (value, n) in read(&r) {
+                        let labels = [(label, value)];
+                        ConstGauge::new(n).encode(m.encode_family(&labels)?)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Resident set size of this process, in bytes.
 pub fn process_rss() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -35,211 +202,4 @@ pub fn process_rss() -> Option<u64> {
 /// Open file descriptors of this process.
 pub fn open_fds() -> Option<u64> {
     Some(std::fs::read_dir("/proc/self/fd").ok()?.count() as u64)
-}
-
-/// Renders every metric in the text format (version 0.0.4).
-pub fn render(shared: &Shared, admin: &AdminStats) -> String {
-    let t = shared.totals();
-    let mut out = String::with_capacity(4096);
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
-        let _ = writeln!(out, "# HELP corecast_{name} {help}");
-        let _ = writeln!(out, "# TYPE corecast_{name} {kind}");
-        for (labels, v) in samples {
-            let _ = writeln!(out, "corecast_{name}{labels} {v}");
-        }
-    };
-    let one = |v: u64| [("", v as f64)];
-    metric(
-        "connections_open",
-        "gauge",
-        "Connections open (handshaking ones included).",
-        &[("", t.open as f64)],
-    );
-    let per_worker: Vec<(String, f64)> = shared
-        .stats
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (format!("{{worker=\"{i}\"}}"), s.open.load(Relaxed) as f64))
-        .collect();
-    let per_worker_ref: Vec<(&str, f64)> =
-        per_worker.iter().map(|(l, v)| (l.as_str(), *v)).collect();
-    metric(
-        "worker_connections_open",
-        "gauge",
-        "Connections open per worker.",
-        &per_worker_ref,
-    );
-    metric(
-        "connections_accepted_total",
-        "counter",
-        "Connections handed to workers.",
-        &one(t.accepted),
-    );
-    let a = &shared.admission;
-    metric(
-        "connections_rejected_total",
-        "counter",
-        "Connections refused at accept, by reason.",
-        &[
-            (
-                "{reason=\"max_connections\"}",
-                a.refused_full.load(Relaxed) as f64,
-            ),
-            (
-                "{reason=\"max_connections_per_ip\"}",
-                a.refused_per_ip.load(Relaxed) as f64,
-            ),
-        ],
-    );
-    metric(
-        "connections_closed_total",
-        "counter",
-        "Connections closed and removed.",
-        &one(t.closed),
-    );
-    metric(
-        "handshakes_total",
-        "counter",
-        "WebSocket upgrades completed.",
-        &one(t.handshakes),
-    );
-    let hs: Vec<(String, f64)> = HANDSHAKE_STATUSES
-        .iter()
-        .zip(t.handshake_failures_by)
-        .map(|((_, label), v)| (format!("{{reason=\"{label}\"}}"), v as f64))
-        .collect();
-    let hs_ref: Vec<(&str, f64)> = hs.iter().map(|(l, v)| (l.as_str(), *v)).collect();
-    metric(
-        "handshake_failures_total",
-        "counter",
-        "Upgrades refused or timed out, by reason.",
-        &hs_ref,
-    );
-    metric(
-        "health_checks_total",
-        "counter",
-        "Plain HTTP /healthz requests on the WebSocket listener.",
-        &one(t.health_checks),
-    );
-    metric(
-        "messages_in_total",
-        "counter",
-        "Data messages received.",
-        &one(t.messages_in),
-    );
-    metric(
-        "messages_out_total",
-        "counter",
-        "Data messages queued for sending (replies and deliveries).",
-        &one(t.messages_out),
-    );
-    metric(
-        "bytes_in_total",
-        "counter",
-        "Bytes read from client sockets.",
-        &one(t.bytes_in),
-    );
-    metric(
-        "bytes_out_total",
-        "counter",
-        "Bytes written to client sockets.",
-        &one(t.bytes_out),
-    );
-    metric(
-        "publishes_total",
-        "counter",
-        "Publish and broadcast requests from WebSocket clients.",
-        &one(t.publishes),
-    );
-    metric(
-        "api_publishes_total",
-        "counter",
-        "Messages accepted by the admin publish API.",
-        &one(shared.api_publishes.load(Relaxed)),
-    );
-    metric(
-        "deliveries_total",
-        "counter",
-        "Messages queued to subscribers.",
-        &one(t.deliveries),
-    );
-    metric(
-        "slow_consumer_dropped_total",
-        "counter",
-        "Messages dropped because a subscriber's outbound queue was full.",
-        &one(t.dropped),
-    );
-    metric(
-        "slow_consumer_closed_total",
-        "counter",
-        "Connections closed (1008) for being slow consumers.",
-        &one(t.slow_closes),
-    );
-    metric(
-        "bad_requests_total",
-        "counter",
-        "Error replies sent for bad requests.",
-        &one(t.bad_requests),
-    );
-    metric(
-        "protocol_errors_total",
-        "counter",
-        "Connections failed for protocol violations or size limits.",
-        &one(t.protocol_errors),
-    );
-    metric(
-        "timeouts_total",
-        "counter",
-        "Connections closed for handshake or idle timeout.",
-        &one(t.timeouts),
-    );
-    metric(
-        "outbound_queued_bytes",
-        "gauge",
-        "Bytes queued for sending, not yet taken by the kernel.",
-        &[("", t.queued_bytes as f64)],
-    );
-    metric(
-        "draining",
-        "gauge",
-        "1 while shutting down.",
-        &[("", shared.draining.load(Relaxed) as u8 as f64)],
-    );
-    metric(
-        "process_resident_memory_bytes",
-        "gauge",
-        "Resident set size.",
-        &one(process_rss().unwrap_or(0)),
-    );
-    metric(
-        "process_open_fds",
-        "gauge",
-        "Open file descriptors.",
-        &one(open_fds().unwrap_or(0)),
-    );
-    metric(
-        "uptime_seconds",
-        "gauge",
-        "Seconds since start.",
-        &[("", shared.started.elapsed().as_secs_f64())],
-    );
-    metric(
-        "admin_connections_open",
-        "gauge",
-        "Admin endpoint connections being served.",
-        &[("", admin.connections_open.load(Relaxed) as f64)],
-    );
-    metric(
-        "admin_connections_refused_total",
-        "counter",
-        "Admin endpoint connections refused (503) at the connection cap.",
-        &one(admin.connections_refused.load(Relaxed)),
-    );
-    metric(
-        "admin_request_timeouts_total",
-        "counter",
-        "Admin requests cut off at the head, body or write deadline.",
-        &one(admin.request_timeouts.load(Relaxed)),
-    );
-    out
 }

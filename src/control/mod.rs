@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::server::{Exit, Shared};
 use endpoints::Endpoints;
-use metrics::AdminStats;
+use metrics::{AdminStats, Metrics};
 
 /// How long [`Control::stop_publishing`] waits for the control thread's answer. The thread
 /// runs only non-blocking code, so the answer takes microseconds; the bound is for a thread
@@ -79,6 +79,7 @@ impl Control {
             };
             let stats = Arc::new(AdminStats::default());
             let ep = Arc::new(Endpoints {
+                metrics: Metrics::new(shared.clone(), stats.clone()),
                 shared: shared.clone(),
                 stats,
                 publishing: AtomicBool::new(true),
