@@ -228,7 +228,7 @@ fn rfc9112_framing_errors_get_exact_statuses() {
     let body = br#"{"data":1}"#;
     // (what, request, status, whether the service answers it: hyper's own refusals carry
     // no body, the service's a JSON error)
-    let cases: [(&str, &[u8], u16, bool); 5] = [
+    let cases: [(&str, &[u8], u16, bool); 7] = [
         (
             "two different Content-Length values",
             b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nContent-Length: 11\r\n\r\n{\"data\":1}",
@@ -240,6 +240,18 @@ fn rfc9112_framing_errors_get_exact_statuses() {
             b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: 10, 11\r\n\r\n{\"data\":1}",
             400,
             false,
+        ),
+        (
+            "Content-Length, then Transfer-Encoding",
+            b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: 15\r\nTransfer-Encoding: chunked\r\n\r\na\r\n{\"data\":1}\r\n0\r\n\r\n",
+            400,
+            true,
+        ),
+        (
+            "Transfer-Encoding, then Content-Length",
+            b"POST /publish HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 15\r\n\r\na\r\n{\"data\":1}\r\n0\r\n\r\n",
+            400,
+            true,
         ),
         (
             "chunked without Content-Length",

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::pin::pin;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::endpoints::{self, Endpoints};
+use super::framing::{MAX_HEAD, MAX_HEADERS};
 use super::socket::AdminSocket;
 use crate::stats::{bump, gauge};
 
@@ -30,10 +32,6 @@ pub const BODY_DEADLINE: Duration = Duration::from_secs(10);
 /// hyper's read buffer per connection: room for a [`MAX_HEAD`] head and a good part of a
 /// body; hyper stops reading (and answers 431 to a head) at it.
 pub const MAX_BUF: usize = 64 * 1024;
-/// Headers accepted per request; hyper answers 431 over it.
-pub const MAX_HEADERS: usize = 100;
-/// Longest request head accepted; hyper answers 431 over it.
-pub const MAX_HEAD: usize = 16 * 1024;
 /// How long stopping lets requests in progress finish before their tasks are dropped.
 pub const STOP_GRACE: Duration = Duration::from_millis(300);
 
@@ -87,9 +85,15 @@ async fn connection(
     mut stopping: watch::Receiver<bool>,
 ) {
     gauge(&ep.stats.connections_open, 1);
-    let io = TokioIo::new(AdminSocket::new(sock, ep.stats.clone()));
+    let both_lengths = Arc::new(AtomicBool::new(false));
+    let io = TokioIo::new(AdminSocket::new(
+        sock,
+        both_lengths.clone(),
+        ep.stats.clone(),
+    ));
     let svc_ep = ep.clone();
-    let service = service_fn(move |req| endpoints::handle(svc_ep.clone(), req));
+    let service =
+        service_fn(move |req| endpoints::handle(svc_ep.clone(), both_lengths.clone(), req));
     let mut conn = pin!(http1::Builder::new()
         .timer(TokioTimer::new())
         // hyper starts this timer when it begins reading a head, which on a keep-alive

@@ -49,13 +49,27 @@ pub enum PublishError {
     Topic(&'static str),
 }
 
-/// Answers one request.
-pub async fn handle(ep: Arc<Endpoints>, req: Request<Incoming>) -> Result<Reply, Infallible> {
+/// Answers one request. `both_lengths` is the connection's framing scanner's verdict: hyper
+/// removes `Content-Length` from a request that also has `Transfer-Encoding`, so the pair is
+/// only visible there.
+pub async fn handle(
+    ep: Arc<Endpoints>,
+    both_lengths: Arc<AtomicBool>,
+    req: Request<Incoming>,
+) -> Result<Reply, Infallible> {
     let chunked = req.headers().contains_key(header::TRANSFER_ENCODING);
-    let mut reply = route(&ep, req).await;
+    let mut reply = if chunked && both_lengths.load(Ordering::Relaxed) {
+        // RFC 9112 §6.3: a likely smuggling attempt; refuse rather than follow one header.
+        error(
+            StatusCode::BAD_REQUEST,
+            "both Content-Length and Transfer-Encoding",
+        )
+    } else {
+        route(&ep, req).await
+    };
     if chunked {
-        // The admin API reads no chunked body, so the bytes after this request's head are
-        // not followed: no request may come after it on this connection.
+        // The framing scanner stops following the stream at a chunked request, so no
+        // request may come after it on this connection.
         close(&mut reply);
     }
     Ok(reply)

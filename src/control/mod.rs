@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod endpoints;
+pub mod framing;
 pub mod metrics;
 pub mod socket;
 pub mod stats_line;

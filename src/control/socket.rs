@@ -1,10 +1,11 @@
-//! One admin connection's socket as hyper sees it, on the control thread: a write that makes
-//! no progress for [`WRITE_STALL`] fails the connection, and closing lingers so that the
-//! client reads our last response.
+//! One admin connection's socket as hyper sees it, on the control thread: every byte read is
+//! shown to the framing scanner, a write that makes no progress for [`WRITE_STALL`] fails the
+//! connection, and closing lingers so that the client reads our last response.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -13,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{sleep, Sleep};
 
+use super::framing::HeadScan;
 use super::metrics::AdminStats;
 use crate::stats::bump;
 
@@ -45,6 +47,9 @@ enum Closing {
 #[derive(Debug)]
 pub struct AdminSocket {
     sock: TcpStream,
+    scan: HeadScan,
+    /// Mirrors `scan.both_lengths()` for the service, which runs beside this socket.
+    both_lengths: Arc<AtomicBool>,
     /// Armed while a write waits for the client.
     stall: Option<Pin<Box<Sleep>>>,
     closing: Closing,
@@ -52,9 +57,12 @@ pub struct AdminSocket {
 }
 
 impl AdminSocket {
-    pub fn new(sock: TcpStream, stats: Arc<AdminStats>) -> Self {
+    /// Wraps `sock`; the service reads `both_lengths` to see what hyper hides.
+    pub fn new(sock: TcpStream, both_lengths: Arc<AtomicBool>, stats: Arc<AdminStats>) -> Self {
         AdminSocket {
             sock,
+            scan: HeadScan::default(),
+            both_lengths,
             stall: None,
             closing: Closing::Open,
             stats,
@@ -107,7 +115,14 @@ impl AsyncRead for AdminSocket {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().sock).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.sock).poll_read(cx, buf))?;
+        this.scan.feed(&buf.filled()[before..]);
+        if this.scan.both_lengths() {
+            this.both_lengths.store(true, Ordering::Relaxed);
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
