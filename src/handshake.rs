@@ -78,7 +78,10 @@ pub fn parse(buf: &[u8], allowed_origins: &[String]) -> Outcome {
             "",
         );
     }
-    let path = req.path.unwrap_or("/");
+    if let Err(reason) = check_headers(&req) {
+        return reject(400, "Bad Request", reason, "");
+    }
+    let path = origin_form(req.path.unwrap_or("/"));
     let endpoint = match path.split('?').next().unwrap_or("") {
         "/ws" | "/" => Endpoint::Json,
         "/echo" => Endpoint::Echo,
@@ -145,6 +148,52 @@ pub fn parse(buf: &[u8], allowed_origins: &[String]) -> Outcome {
             ),
         },
         Err(_) => reject(400, "Bad Request", "malformed HTTP request", ""),
+    }
+}
+
+/// The header rules httparse leaves to the server: HTTP/1.1 requires exactly one `Host`
+/// (RFC 9112 §3.2), and `Sec-WebSocket-Key` and `Origin` may appear at most once (RFC 6455
+/// §11.3.1, RFC 6454 §7.3). Two values of one of these leave the server guessing which one
+/// a proxy in front of it acted on, so the request is refused.
+fn check_headers(req: &httparse::Request<'_, '_>) -> Result<(), &'static str> {
+    let count = |name: &str| {
+        req.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .count()
+    };
+    if req.version == Some(1) {
+        match count("host") {
+            0 => return Err("missing Host header"),
+            1 => {}
+            _ => return Err("more than one Host header"),
+        }
+    }
+    if count("sec-websocket-key") > 1 {
+        return Err("more than one Sec-WebSocket-Key header");
+    }
+    if count("origin") > 1 {
+        return Err("more than one Origin header");
+    }
+    Ok(())
+}
+
+/// The path and query of a request target. A server must accept the absolute form
+/// (`GET http://host/ws`, RFC 9112 §3.2.2), which proxies send.
+fn origin_form(target: &str) -> &str {
+    let lower = |n: usize| target.get(..n).map(str::to_ascii_lowercase);
+    let after_scheme = if lower(7).as_deref() == Some("http://") {
+        7
+    } else if lower(8).as_deref() == Some("https://") {
+        8
+    } else {
+        return target;
+    };
+    let rest = &target[after_scheme..];
+    match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => &rest[i..],
+        // `http://host?x` and `http://host` both mean the root.
+        _ => "/",
     }
 }
 
@@ -286,6 +335,51 @@ mod tests {
         let badkey = upgrade("/ws", "13").replace(KEY, "short");
         assert_eq!(status(&p(badkey.as_bytes())), "HTTP/1.1 400");
         assert_eq!(status(&p(b"\x16\x03\x01garbage\r\n\r\n")), "HTTP/1.1 400");
+    }
+
+    #[test]
+    fn host_key_and_origin_rules_and_the_absolute_form() {
+        let no_host = upgrade("/ws", "13").replace("Host: x\r\n", "");
+        assert_eq!(status(&p(no_host.as_bytes())), "HTTP/1.1 400");
+        let two_hosts = upgrade("/ws", "13").replace("Host: x\r\n", "Host: x\r\nHost: y\r\n");
+        assert_eq!(status(&p(two_hosts.as_bytes())), "HTTP/1.1 400");
+        let two_keys = upgrade("/ws", "13").replace(
+            "Sec-WebSocket-Version",
+            "Sec-WebSocket-Key: AQIDBAUGBwgJCgsMDQ4PEA==\r\nSec-WebSocket-Version",
+        );
+        assert_eq!(status(&p(two_keys.as_bytes())), "HTTP/1.1 400");
+        let two_origins = upgrade("/ws", "13").replace(
+            "Host: x\r\n",
+            "Host: x\r\nOrigin: https://a.example\r\nOrigin: https://b.example\r\n",
+        );
+        assert_eq!(status(&p(two_origins.as_bytes())), "HTTP/1.1 400");
+        for target in [
+            "http://x/ws",
+            "HTTP://x:9000/ws?y=1",
+            "https://x/echo",
+            "http://x",
+        ] {
+            let o = p(upgrade(target, "13").as_bytes());
+            assert!(matches!(o, Outcome::Upgrade { .. }), "{target}: {o:?}");
+        }
+        assert!(matches!(
+            p(upgrade("http://x/echo", "13").as_bytes()),
+            Outcome::Upgrade {
+                endpoint: Endpoint::Echo,
+                ..
+            }
+        ));
+        assert_eq!(
+            status(&p(upgrade("http://x/nope", "13").as_bytes())),
+            "HTTP/1.1 404"
+        );
+        assert_eq!(origin_form("http://h?q"), "/");
+        assert_eq!(origin_form("/ws"), "/ws");
+        // HTTP/1.0 has no Host rule (it is refused for its version instead).
+        let old = upgrade("/ws", "13")
+            .replace("HTTP/1.1", "HTTP/1.0")
+            .replace("Host: x\r\n", "");
+        assert_eq!(status(&p(old.as_bytes())), "HTTP/1.1 505");
     }
 
     #[test]
