@@ -5,6 +5,11 @@ use std::sync::Arc;
 
 use indexmap::IndexSet;
 
+/// A table (of topics, or of one topic's subscribers) with more room than this shrinks once
+/// it is three quarters empty, so memory taken by a burst goes back when the burst leaves;
+/// halving at a quarter keeps shrinking amortised O(1) per removal.
+const SHRINK_ABOVE: usize = 64;
+
 /// Subscribers are slab keys of the worker's connections. A connection removes itself from
 /// every topic before its key can be reused, so a key here always names a live subscriber.
 #[derive(Debug, Default)]
@@ -44,6 +49,14 @@ impl Topics {
         let removed = t.subscribers.swap_remove(&key);
         if t.subscribers.is_empty() {
             self.map.remove(topic);
+            // A burst of subscriptions leaves a big table behind; give it back as it empties.
+            if self.map.capacity() > SHRINK_ABOVE && self.map.len() < self.map.capacity() / 4 {
+                self.map.shrink_to(self.map.len() * 2);
+            }
+        } else if t.subscribers.capacity() > SHRINK_ABOVE
+            && t.subscribers.len() < t.subscribers.capacity() / 4
+        {
+            t.subscribers.shrink_to(t.subscribers.len() * 2);
         }
         removed
     }
@@ -80,5 +93,25 @@ mod tests {
         assert!(t.unsubscribe("a", 2));
         assert!(t.subscribers("a").is_none(), "empty topics are dropped");
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn tables_shrink_after_a_burst_leaves() {
+        let mut t = Topics::default();
+        for i in 0..10_000 {
+            t.subscribe(&format!("t{i}"), i);
+            t.subscribe("hot", i);
+        }
+        let big = t.map.capacity();
+        for i in 0..10_000 {
+            t.unsubscribe(&format!("t{i}"), i);
+            t.unsubscribe("hot", i);
+        }
+        assert!(t.is_empty());
+        assert!(
+            t.map.capacity() <= SHRINK_ABOVE * 2,
+            "{} of {big}",
+            t.map.capacity()
+        );
     }
 }
