@@ -2,9 +2,12 @@
 //!
 //! It owns its own `mio::Poll` with the listener and a waker for shutdown. When the process
 //! runs out of file descriptors, `accept` fails while the connection stays in the backlog; the
-//! listener would stay readable and a naive loop would spin. Instead the acceptor backs off,
-//! retries on a timer, and logs once per interval.
+//! listener would stay readable and a naive loop would spin, and the client would hang. The
+//! acceptor keeps one spare descriptor for that moment: it closes it, accepts the waiting
+//! client, answers 503 and closes it, and takes the spare back. Only if even that fails does
+//! it back off and retry on a timer, logging once per interval.
 
+use std::fs::File;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -33,6 +36,18 @@ pub struct Acceptor {
     pub stop: Arc<AtomicBool>,
 }
 
+/// A descriptor held in reserve, released for a moment to refuse a client cleanly when
+/// `accept` runs out of descriptors.
+fn spare() -> Option<File> {
+    match File::open("/dev/null") {
+        Ok(f) => Some(f),
+        Err(e) => {
+            log::warn!("cannot open the spare descriptor: {e}");
+            None
+        }
+    }
+}
+
 impl Acceptor {
     pub fn run(mut self) -> io::Result<()> {
         self.poll
@@ -43,6 +58,7 @@ impl Acceptor {
         let mut backoff = false;
         let mut last_log: Option<Instant> = None;
         let mut suppressed = 0u64;
+        let mut spare = spare();
         loop {
             let timeout = backoff.then_some(BACKOFF);
             if let Err(e) = self.poll.poll(&mut events, timeout) {
@@ -80,6 +96,44 @@ impl Acceptor {
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if is_out_of_descriptors(&e) && spare.is_some() => {
+                        // Free the spare, take the waiting client, refuse it, take the spare
+                        // back; if the spare cannot be had again, the next failure backs off.
+                        drop(spare.take());
+                        // accept(2) takes a descriptor before it looks at the queue, so at
+                        // the limit it fails even with nobody waiting: only the retry with
+                        // the spare freed tells whether a client was there.
+                        let waiting = self.listener.accept();
+                        let none_left = match waiting {
+                            Ok((sock, peer)) => {
+                                log::debug!("refused {peer}: out of descriptors");
+                                let a = &self.shared.admission;
+                                a.refused_descriptors.fetch_add(1, Ordering::Relaxed);
+                                refuse(sock, Refusal::Descriptors);
+                                false
+                            }
+                            Err(ref w) if w.kind() == io::ErrorKind::WouldBlock => true,
+                            Err(_) => {
+                                backoff = true;
+                                true
+                            }
+                        };
+                        spare = File::open("/dev/null").ok();
+                        if none_left {
+                            break;
+                        }
+                        if last_log.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+                            log::warn!(
+                                "accept failed: {e}; refusing new connections with 503 until \
+                                 descriptors free up ({suppressed} similar errors since the \
+                                 last report)"
+                            );
+                            last_log = Some(Instant::now());
+                            suppressed = 0;
+                        } else {
+                            suppressed += 1;
+                        }
+                    }
                     Err(e) if is_resource_exhaustion(&e) => {
                         backoff = true;
                         if last_log.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
@@ -107,6 +161,10 @@ impl Acceptor {
     }
 }
 
+fn is_out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
 fn is_resource_exhaustion(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
@@ -128,6 +186,12 @@ fn refuse(mut sock: mio::net::TcpStream, why: Refusal) {
             "Service Unavailable",
             "Retry-After: 1\r\n",
             "server is shutting down",
+        ),
+        Refusal::Descriptors => handshake::http_response(
+            503,
+            "Service Unavailable",
+            "Retry-After: 1\r\n",
+            "server is out of file descriptors",
         ),
         Refusal::PerIp => handshake::http_response(
             429,

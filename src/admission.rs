@@ -20,6 +20,8 @@ pub enum Refusal {
     PerIp,
     /// The server is shutting down: HTTP 503.
     Draining,
+    /// `accept` ran out of descriptors; answered through the spare one: HTTP 503.
+    Descriptors,
 }
 
 /// The part every thread shares.
@@ -32,6 +34,7 @@ pub struct Shared {
     released: Sender<IpAddr>,
     pub refused_full: AtomicU64,
     pub refused_per_ip: AtomicU64,
+    pub refused_descriptors: AtomicU64,
 }
 
 /// The acceptor's side: the per-IP table.
@@ -51,6 +54,7 @@ pub fn new(max_total: usize, max_per_ip: usize) -> (Shared, Gate) {
             released: tx,
             refused_full: AtomicU64::new(0),
             refused_per_ip: AtomicU64::new(0),
+            refused_descriptors: AtomicU64::new(0),
         },
         Gate {
             per_ip: HashMap::new(),
@@ -70,6 +74,11 @@ impl Shared {
 
     pub fn open(&self) -> usize {
         self.open.load(Relaxed)
+    }
+
+    /// The effective global cap.
+    pub fn max_total(&self) -> usize {
+        self.max_total
     }
 }
 

@@ -25,8 +25,6 @@ pub const DEFAULT_IDLE_TIMEOUT_S: u64 = 75;
 pub const DEFAULT_DRAIN_TIMEOUT_S: u64 = 5;
 /// The admin endpoint (metrics, health, publish API): loopback only by default.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9001";
-/// Ceiling on open connections across all workers.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 1_000_000;
 
 /// What to do with a connection whose outbound buffer is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -51,7 +49,8 @@ pub struct Config {
     pub max_subscriptions: usize,
     pub max_outbound_bytes: usize,
     pub slow_consumer: SlowConsumer,
-    pub max_connections: usize,
+    /// `None`: derived at start-up from the open-files limit (`fdlimit`).
+    pub max_connections: Option<usize>,
     /// 0 = unlimited.
     pub max_connections_per_ip: usize,
     pub handshake_timeout: Duration,
@@ -79,7 +78,7 @@ impl Default for Config {
             max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
             max_outbound_bytes: DEFAULT_MAX_OUTBOUND,
             slow_consumer: SlowConsumer::Close,
-            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections: None,
             max_connections_per_ip: 0,
             handshake_timeout: Duration::from_secs(DEFAULT_HANDSHAKE_TIMEOUT_S),
             ping_interval: Duration::from_secs(DEFAULT_PING_INTERVAL_S),
@@ -140,9 +139,11 @@ pub struct Args {
     #[arg(long, env = "CORECAST_SLOW_CONSUMER", value_enum, default_value_t = SlowConsumer::Close)]
     pub slow_consumer: SlowConsumer,
 
-    /// Open connections allowed across all workers; over it, upgrades get HTTP 503.
-    #[arg(long, env = "CORECAST_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
-    pub max_connections: usize,
+    /// Open connections allowed across all workers; over it, upgrades get HTTP 503. Default:
+    /// the open-files limit (raised to its hard limit at start-up) less a reserve for the
+    /// server's own descriptors; the effective value is logged at start-up.
+    #[arg(long, env = "CORECAST_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
 
     /// Open connections allowed from one IP address; over it, HTTP 429. 0 = no limit (the
     /// default: load generators and proxies legitimately open thousands from one address).
@@ -213,7 +214,6 @@ impl Args {
             ("max-message-size", self.max_message_size as u64),
             ("max-subscriptions", self.max_subscriptions as u64),
             ("max-outbound-bytes", self.max_outbound_bytes as u64),
-            ("max-connections", self.max_connections as u64),
             ("handshake-timeout", self.handshake_timeout),
             ("ping-interval", self.ping_interval),
         ] {
@@ -223,6 +223,9 @@ impl Args {
         }
         if self.max_frame_size == Some(0) {
             return Err(ConfigError::Zero("max-frame-size"));
+        }
+        if self.max_connections == Some(0) {
+            return Err(ConfigError::Zero("max-connections"));
         }
         if self.idle_timeout <= self.ping_interval {
             return Err(ConfigError::IdleBeforePing {
@@ -317,5 +320,7 @@ mod tests {
             parse(&["--admin-listen", "off"]).unwrap().admin_listen,
             None
         );
+        assert!(parse(&["--max-connections", "0"]).is_err());
+        assert_eq!(parse(&[]).unwrap().max_connections, None);
     }
 }

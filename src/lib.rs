@@ -10,6 +10,7 @@ pub mod codec;
 pub mod config;
 pub mod conn;
 pub mod control;
+pub mod fdlimit;
 pub mod handshake;
 pub mod message;
 pub mod outbound;

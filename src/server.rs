@@ -20,6 +20,7 @@ use crate::admission;
 use crate::affinity;
 use crate::config::Config;
 use crate::control::Control;
+use crate::fdlimit;
 use crate::stats::{Snapshot, Stats};
 use crate::worker::handle::{self, Msg, WorkerHandle};
 use crate::worker::{Worker, WAKER};
@@ -103,8 +104,9 @@ impl Server {
             ),
             None => None,
         };
+        let max_connections = connection_limit(&cfg);
         let cfg = Arc::new(cfg);
-        let (admission, gate) = admission::new(cfg.max_connections, cfg.max_connections_per_ip);
+        let (admission, gate) = admission::new(max_connections, cfg.max_connections_per_ip);
         let admission = Arc::new(admission);
         let (exit_tx, exits) = crossbeam_channel::unbounded();
         let control_exit = exit_tx.clone();
@@ -274,6 +276,41 @@ impl Server {
             s.dropped
         );
         first_err
+    }
+}
+
+/// The global connection cap: `--max-connections`, or what the open-files limit leaves
+/// after the server's own descriptors. Raises the soft limit to the hard one first.
+fn connection_limit(cfg: &Config) -> usize {
+    let nofile = match fdlimit::raise_to_hard() {
+        Ok(n) => n,
+        Err(e) => {
+            log::warn!("cannot read the open-files limit: {e}");
+            return cfg.max_connections.unwrap_or(usize::MAX);
+        }
+    };
+    let budget = fdlimit::connection_budget(nofile, cfg.workers);
+    let reserve = fdlimit::reserve(cfg.workers);
+    match cfg.max_connections {
+        None => {
+            log::info!(
+                "connection limit {budget}: open-files limit {nofile} less {reserve} kept for \
+                 the server (--max-connections to change)"
+            );
+            budget
+        }
+        Some(n) => {
+            if n > budget {
+                log::warn!(
+                    "--max-connections {n} is above what the open-files limit {nofile} allows \
+                     ({budget} after the server's own {reserve}): past that, clients are \
+                     refused through the spare descriptor"
+                );
+            } else {
+                log::info!("connection limit {n} (open-files limit {nofile})");
+            }
+            n
+        }
     }
 }
 

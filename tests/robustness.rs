@@ -5,10 +5,11 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::process::Proc;
 use common::*;
 use corecast::config::SlowConsumer;
 use serde_json::json;
@@ -243,7 +244,7 @@ fn connection_limits_refuse_with_a_reason_and_free_up_again() {
     server.shutdown().unwrap();
 
     let mut cfg = config(2);
-    cfg.max_connections = 1;
+    cfg.max_connections = Some(1);
     let server = start(cfg);
     let addr = server.local_addr();
     let only = connect(addr, "/ws");
@@ -334,130 +335,124 @@ fn malformed_frames_get_rfc_close_codes() {
     server.shutdown().unwrap();
 }
 
-/// CPU time (user + system, in clock ticks) the process has used.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after.split(' ').collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+const UPGRADE: &[u8] =
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// Sends an upgrade and reads the status line's first 12 bytes (`HTTP/1.1 101`), or `None`
+/// if nothing came within `wait`.
+fn upgrade_status(addr: SocketAddr, wait: Duration) -> (TcpStream, Option<String>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(UPGRADE).unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut head = [0u8; 12];
+    let status = s
+        .read_exact(&mut head)
+        .ok()
+        .map(|()| String::from_utf8_lossy(&head).into_owned());
+    if status.as_deref() == Some("HTTP/1.1 101") {
+        // The rest of the response head, so later frames start clean.
+        let mut rest = Vec::new();
+        let mut b = [0u8; 1];
+        while !rest.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut b).unwrap();
+            rest.push(b[0]);
+        }
+    }
+    (s, status)
 }
 
 #[test]
-fn descriptor_exhaustion_refuses_cleanly_without_spinning_and_recovers() {
-    use std::os::unix::process::CommandExt;
-    use std::process::{Command, Stdio};
-
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_corecast"));
-    cmd.args([
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--workers",
-        "1",
-        "--no-pin",
-    ])
-    .env("RUST_LOG", "warn")
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit {
-                rlim_cur: 48,
-                rlim_max: 48,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().expect("start corecast");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + WATCHDOG;
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let guard = scopeguard(child.id());
-
-    // Open connections until one is left waiting in the accept backlog.
+fn the_default_connection_cap_fits_the_descriptor_limit_and_refuses_with_503() {
+    // 300 descriptors leave 300 - 132 = 168 for clients (two workers): the 169th upgrade is
+    // answered 503 at once instead of hanging in the backlog.
+    let p = Proc::start_limited(&["--workers", "2"], Some(300));
+    assert!(
+        p.log().iter().any(|l| l.contains("connection limit 168")),
+        "{:?}",
+        p.log()
+    );
+    assert_eq!(p.metric("corecast_connection_limit", None), 168.0);
     let mut open = Vec::new();
-    let stuck = loop {
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.write_all(
-            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-            Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        )
-        .unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(500)))
-            .unwrap();
-        let mut head = [0u8; 12];
-        match s.read_exact(&mut head) {
-            Ok(()) => {
-                assert_eq!(&head, b"HTTP/1.1 101");
-                let mut rest = [0u8; 512];
-                let _ = s.read(&mut rest); // the remaining response headers
-                open.push(s);
-            }
-            Err(_) => break s,
+    for i in 0..168 {
+        let (s, status) = upgrade_status(p.addr, WATCHDOG);
+        assert_eq!(status.as_deref(), Some("HTTP/1.1 101"), "client {i}");
+        open.push(s);
+    }
+    let (mut s, status) = upgrade_status(p.addr, Duration::from_secs(2));
+    assert_eq!(status.as_deref(), Some("HTTP/1.1 503"));
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    assert!(body.contains("connection limit reached"), "{body}");
+    assert_eq!(
+        p.metric(
+            "corecast_connections_rejected_total",
+            Some(("reason", "max_connections"))
+        ),
+        1.0
+    );
+    assert!(p.fds() < 300);
+    drop(open);
+    assert!(p.terminate().success());
+}
+
+#[test]
+fn descriptor_exhaustion_refuses_with_503_without_spinning_and_recovers() {
+    // A cap above what the descriptors allow: past the last descriptor, the spare one is
+    // used to answer 503, and the server neither hangs the client nor spins.
+    let p = Proc::start_limited(&["--workers", "1", "--max-connections", "1000"], Some(48));
+    let mut open = Vec::new();
+    let refused = loop {
+        let (s, status) = upgrade_status(p.addr, Duration::from_secs(2));
+        match status.as_deref() {
+            Some("HTTP/1.1 101") => open.push(s),
+            Some("HTTP/1.1 503") => break s,
+            other => panic!("after {} connections: {other:?}", open.len()),
         }
         assert!(open.len() < 48, "the descriptor limit never bit");
     };
     assert!(open.len() > 10, "only {} connections fit", open.len());
+    let mut refused = refused;
+    let mut body = String::new();
+    let _ = refused.read_to_string(&mut body);
+    assert!(body.contains("out of file descriptors"), "{body}");
 
     // Existing connections keep working.
     let ping = masked(0x89, b"still");
     open[0].set_read_timeout(Some(WATCHDOG)).unwrap();
     open[0].write_all(&ping).unwrap();
-    let (op, p) = raw_frame(&mut open[0]);
-    assert_eq!((op, &p[..]), (0xA, &b"still"[..]));
+    let (op, payload) = raw_frame(&mut open[0]);
+    assert_eq!((op, &payload[..]), (0xA, &b"still"[..]));
 
-    // No spinning while the backlog holds a connection it cannot accept.
-    let before = cpu_ticks(child.id());
-    std::thread::sleep(Duration::from_secs(2));
-    let used = cpu_ticks(child.id()) - before;
+    // No spinning while clients keep arriving at a full table.
+    let before = p.cpu_ticks();
+    for _ in 0..20 {
+        let (_, status) = upgrade_status(p.addr, Duration::from_secs(2));
+        assert_eq!(status.as_deref(), Some("HTTP/1.1 503"));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let used = p.cpu_ticks() - before;
     assert!(
         used < 40,
-        "server used {used} ticks of CPU in 2 s while out of descriptors"
+        "server used {used} ticks of CPU refusing 20 clients"
     );
-
-    // Free some descriptors: the waiting client is served.
     open.truncate(open.len() - 5);
-    let mut stuck = stuck;
-    stuck.set_read_timeout(Some(WATCHDOG)).unwrap();
-    let mut head = [0u8; 12];
-    stuck
-        .read_exact(&mut head)
-        .expect("served after descriptors freed up");
-    assert_eq!(&head, b"HTTP/1.1 101");
-
-    drop(guard);
-    let status = child.wait().unwrap();
-    assert!(
-        status.success(),
-        "SIGTERM should give a clean exit: {status:?}"
-    );
-}
-
-/// Sends SIGTERM to the server process when dropped, so a failing assertion cannot leave it
-/// running.
-struct Term(u32, Arc<AtomicBool>);
-
-fn scopeguard(pid: u32) -> Term {
-    Term(pid, Arc::new(AtomicBool::new(false)))
-}
-
-impl Drop for Term {
-    fn drop(&mut self) {
-        if !self.1.swap(true, Ordering::SeqCst) {
-            // SAFETY: kill(2) on a child pid we spawned and have not reaped yet.
-            unsafe {
-                libc::kill(self.0 as i32, libc::SIGTERM);
-            }
+    // Freed descriptors: a new client is served.
+    let deadline = Instant::now() + WATCHDOG;
+    loop {
+        let (_, status) = upgrade_status(p.addr, WATCHDOG);
+        if status.as_deref() == Some("HTTP/1.1 101") {
+            break;
         }
+        assert!(Instant::now() < deadline, "never served again: {status:?}");
+        std::thread::sleep(Duration::from_millis(50));
     }
+    assert!(
+        p.metric(
+            "corecast_connections_rejected_total",
+            Some(("reason", "descriptors"))
+        ) >= 21.0
+    );
+    drop(open);
+    assert!(p.terminate().success());
 }

@@ -83,6 +83,7 @@ static FAMILIES: &[Family] = &[
         vec![
             ("max_connections".into(), a.refused_full.load(Relaxed)),
             ("max_connections_per_ip".into(), a.refused_per_ip.load(Relaxed)),
+            ("descriptors".into(), a.refused_descriptors.load(Relaxed)),
         ]
     })),
     f("connections_closed", "Connections closed and removed.", Read::Counter(|r| r.totals.closed)),
@@ -104,6 +105,7 @@ static FAMILIES: &[Family] = &[
     f("protocol_errors", "Connections failed for protocol violations or size limits.", Read::Counter(|r| r.totals.protocol_errors)),
     f("timeouts", "Connections closed for handshake or idle timeout.", Read::Counter(|r| r.totals.timeouts)),
     f("outbound_queued_bytes", "Bytes queued for sending, not yet taken by the kernel.", Read::Gauge(|r| r.totals.queued_bytes)),
+    f("connection_limit", "The effective --max-connections.", Read::Gauge(|r| saturate(r.shared.admission.max_total() as u64))),
     f("draining", "1 while shutting down.", Read::Gauge(|r| r.shared.draining.load(Relaxed).into())),
     f("process_resident_memory_bytes", "Resident set size.", Read::Gauge(|_| process_rss().map_or(0, saturate))),
     f("process_open_fds", "Open file descriptors.", Read::Gauge(|_| open_fds().map_or(0, saturate))),
