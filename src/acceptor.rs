@@ -77,6 +77,12 @@ impl Acceptor {
                             refuse(sock, Refusal::Draining);
                             continue;
                         }
+                        if self.shared.memory.over() {
+                            let a = &self.shared.admission;
+                            a.refused_memory.fetch_add(1, Ordering::Relaxed);
+                            refuse(sock, Refusal::Memory);
+                            continue;
+                        }
                         if let Err(why) = self.gate.admit(&self.shared.admission, peer.ip()) {
                             log::debug!("refused {peer}: {why:?}");
                             refuse(sock, why);
@@ -186,6 +192,12 @@ fn refuse(mut sock: mio::net::TcpStream, why: Refusal) {
             "Service Unavailable",
             "Retry-After: 1\r\n",
             "server is shutting down",
+        ),
+        Refusal::Memory => handshake::http_response(
+            503,
+            "Service Unavailable",
+            "Retry-After: 5\r\n",
+            "server is short of memory",
         ),
         Refusal::Descriptors => handshake::http_response(
             503,

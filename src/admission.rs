@@ -20,6 +20,8 @@ pub enum Refusal {
     PerIp,
     /// The server is shutting down: HTTP 503.
     Draining,
+    /// Resident memory is over `--max-memory`: HTTP 503.
+    Memory,
     /// `accept` ran out of descriptors; answered through the spare one: HTTP 503.
     Descriptors,
 }
@@ -34,6 +36,7 @@ pub struct Shared {
     released: Sender<IpAddr>,
     pub refused_full: AtomicU64,
     pub refused_per_ip: AtomicU64,
+    pub refused_memory: AtomicU64,
     pub refused_descriptors: AtomicU64,
 }
 
@@ -54,6 +57,7 @@ pub fn new(max_total: usize, max_per_ip: usize) -> (Shared, Gate) {
             released: tx,
             refused_full: AtomicU64::new(0),
             refused_per_ip: AtomicU64::new(0),
+            refused_memory: AtomicU64::new(0),
             refused_descriptors: AtomicU64::new(0),
         },
         Gate {

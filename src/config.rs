@@ -23,6 +23,8 @@ pub const DEFAULT_PING_INTERVAL_S: u64 = 30;
 pub const DEFAULT_IDLE_TIMEOUT_S: u64 = 75;
 /// How long shutdown waits for clients to answer the 1001 close.
 pub const DEFAULT_DRAIN_TIMEOUT_S: u64 = 5;
+/// Share of physical memory (or of the cgroup's limit) the default `--max-memory` allows.
+pub const DEFAULT_MEMORY_SHARE_PERCENT: u64 = 75;
 /// The admin endpoint (metrics, health, publish API): loopback only by default.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9001";
 
@@ -57,6 +59,9 @@ pub struct Config {
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
     pub drain_timeout: Duration,
+    /// Process memory above which new connections are refused and slow consumers are cut
+    /// shorter. `None`: derived from the machine at start-up; `Some(0)`: no guard.
+    pub max_memory: Option<u64>,
     /// Accepted `Origin` values; empty accepts any (and none).
     pub allowed_origins: Vec<String>,
     /// Admin HTTP endpoint; `None` disables it.
@@ -84,6 +89,7 @@ impl Default for Config {
             ping_interval: Duration::from_secs(DEFAULT_PING_INTERVAL_S),
             idle_timeout: Duration::from_secs(DEFAULT_IDLE_TIMEOUT_S),
             drain_timeout: Duration::from_secs(DEFAULT_DRAIN_TIMEOUT_S),
+            max_memory: None,
             allowed_origins: Vec::new(),
             admin_listen: None,
             api_token: None,
@@ -166,6 +172,13 @@ pub struct Args {
     #[arg(long, env = "CORECAST_DRAIN_TIMEOUT", default_value_t = DEFAULT_DRAIN_TIMEOUT_S)]
     pub drain_timeout: u64,
 
+    /// Process memory (resident set) above which new connections get HTTP 503, until it
+    /// falls back below 90% of it. Bytes, or with a K/M/G suffix (powers of 1024). Default:
+    /// 75% of physical memory or of the cgroup's memory limit, whichever is lower. 0 disables
+    /// the guard.
+    #[arg(long, env = "CORECAST_MAX_MEMORY", value_parser = parse_size)]
+    pub max_memory: Option<u64>,
+
     /// Accept upgrades only from these Origin values (repeat the flag or separate with
     /// commas); others get HTTP 403. Default: any origin.
     #[arg(
@@ -206,6 +219,27 @@ pub enum ConfigError {
     AdminWithoutToken(SocketAddr),
     #[error("--api-token must not be empty")]
     EmptyToken,
+}
+
+/// Parses a byte count: `1048576`, `512K`, `64M`, `4G` (powers of 1024; `KiB`/`MB` spellings
+/// too).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 4G, 512M or 1048576"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(format!("{s:?}: unknown unit (use K, M, G or T)")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 impl Args {
@@ -270,6 +304,7 @@ impl Args {
             ping_interval: Duration::from_secs(self.ping_interval),
             idle_timeout: Duration::from_secs(self.idle_timeout),
             drain_timeout: Duration::from_secs(self.drain_timeout),
+            max_memory: self.max_memory,
             allowed_origins: self.allowed_origins,
             admin_listen,
             api_token: self.api_token,
@@ -322,5 +357,21 @@ mod tests {
         );
         assert!(parse(&["--max-connections", "0"]).is_err());
         assert_eq!(parse(&[]).unwrap().max_connections, None);
+    }
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("512K"), Ok(512 << 10));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("4g"), Ok(4 << 30));
+        assert!(parse_size("4X").is_err());
+        assert!(parse_size("G").is_err());
+        assert!(parse_size("99999999999T").is_err());
+        assert_eq!(
+            parse(&["--max-memory", "2G"]).unwrap().max_memory,
+            Some(2 << 30)
+        );
+        assert_eq!(parse(&[]).unwrap().max_memory, None);
     }
 }

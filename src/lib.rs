@@ -12,6 +12,7 @@ pub mod conn;
 pub mod control;
 pub mod fdlimit;
 pub mod handshake;
+pub mod memory;
 pub mod message;
 pub mod outbound;
 pub mod protocol;

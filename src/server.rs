@@ -18,9 +18,10 @@ use mio::{Poll, Waker};
 use crate::acceptor::{self, Acceptor, ACCEPTOR_WAKER};
 use crate::admission;
 use crate::affinity;
-use crate::config::Config;
+use crate::config::{Config, DEFAULT_MEMORY_SHARE_PERCENT};
 use crate::control::Control;
 use crate::fdlimit;
+use crate::memory;
 use crate::stats::{Snapshot, Stats};
 use crate::worker::handle::{self, Msg, WorkerHandle};
 use crate::worker::{Worker, WAKER};
@@ -58,6 +59,8 @@ pub struct Shared {
     /// Messages accepted through the admin publish API.
     pub api_publishes: AtomicU64,
     pub started: Instant,
+    /// Resident memory against `--max-memory`.
+    pub memory: Arc<memory::Guard>,
 }
 
 impl Shared {
@@ -105,6 +108,20 @@ impl Server {
             None => None,
         };
         let max_connections = connection_limit(&cfg);
+        let max_memory = match cfg.max_memory {
+            Some(m) => m,
+            None => memory::default_limit(DEFAULT_MEMORY_SHARE_PERCENT),
+        };
+        if max_memory > 0 {
+            log::info!(
+                "memory guard at {} MiB of resident memory",
+                max_memory >> 20
+            );
+        } else {
+            log::info!("memory guard off");
+        }
+        let memory = Arc::new(memory::Guard::new(max_memory));
+        memory.sample();
         let cfg = Arc::new(cfg);
         let (admission, gate) = admission::new(max_connections, cfg.max_connections_per_ip);
         let admission = Arc::new(admission);
@@ -132,6 +149,7 @@ impl Server {
             draining: AtomicBool::new(false),
             api_publishes: AtomicU64::new(0),
             started: Instant::now(),
+            memory: memory.clone(),
         });
 
         let mut threads = Vec::new();

@@ -586,7 +586,12 @@ fn every_metric_keeps_its_name_type_and_labels() {
     add("worker_connections_open", "gauge", Some(("worker", "0")));
     add("worker_connections_open", "gauge", Some(("worker", "1")));
     add("connections_accepted_total", "counter", None);
-    for r in ["max_connections", "max_connections_per_ip", "descriptors"] {
+    for r in [
+        "max_connections",
+        "max_connections_per_ip",
+        "memory",
+        "descriptors",
+    ] {
         add("connections_rejected_total", "counter", Some(("reason", r)));
     }
     add("connections_closed_total", "counter", None);
@@ -624,6 +629,8 @@ fn every_metric_keeps_its_name_type_and_labels() {
     for name in [
         "outbound_queued_bytes",
         "connection_limit",
+        "memory_limit_bytes",
+        "memory_pressure",
         "draining",
         "process_resident_memory_bytes",
         "process_open_fds",

@@ -16,6 +16,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::memory;
 use crate::server::Shared;
 use crate::stats::{Snapshot, HANDSHAKE_STATUSES};
 
@@ -83,6 +84,7 @@ static FAMILIES: &[Family] = &[
         vec![
             ("max_connections".into(), a.refused_full.load(Relaxed)),
             ("max_connections_per_ip".into(), a.refused_per_ip.load(Relaxed)),
+            ("memory".into(), a.refused_memory.load(Relaxed)),
             ("descriptors".into(), a.refused_descriptors.load(Relaxed)),
         ]
     })),
@@ -106,8 +108,10 @@ static FAMILIES: &[Family] = &[
     f("timeouts", "Connections closed for handshake or idle timeout.", Read::Counter(|r| r.totals.timeouts)),
     f("outbound_queued_bytes", "Bytes queued for sending, not yet taken by the kernel.", Read::Gauge(|r| r.totals.queued_bytes)),
     f("connection_limit", "The effective --max-connections.", Read::Gauge(|r| saturate(r.shared.admission.max_total() as u64))),
+    f("memory_limit_bytes", "The effective --max-memory (0: no guard).", Read::Gauge(|r| saturate(r.shared.memory.limit()))),
+    f("memory_pressure", "1 while resident memory is over --max-memory.", Read::Gauge(|r| r.shared.memory.over().into())),
     f("draining", "1 while shutting down.", Read::Gauge(|r| r.shared.draining.load(Relaxed).into())),
-    f("process_resident_memory_bytes", "Resident set size.", Read::Gauge(|_| process_rss().map_or(0, saturate))),
+    f("process_resident_memory_bytes", "Resident set size.", Read::Gauge(|_| memory::process_rss().map_or(0, saturate))),
     f("process_open_fds", "Open file descriptors.", Read::Gauge(|_| open_fds().map_or(0, saturate))),
     f("uptime_seconds", "Seconds since start.", Read::Seconds(|r| r.shared.started.elapsed().as_secs_f64())),
     f("admin_connections_open", "Admin endpoint connections being served.", Read::Gauge(|r| r.admin.connections_open.load(Relaxed))),
@@ -191,14 +195,6 @@ impl Collector for Scrape {
         }
         Ok(())
     }
-}
-
-/// Resident set size of this process, in bytes.
-pub fn process_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 /// Open file descriptors of this process.

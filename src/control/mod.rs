@@ -1,7 +1,7 @@
 //! The control plane: everything off the workers, on ONE thread, `corecast-control`, that
 //! runs a current-thread tokio runtime. It hosts the admin HTTP endpoint (`admin`,
-//! `endpoints`) and the periodic stats line (`stats_line`); the Redis backplane will be one
-//! more task spawned in [`Control::start`]. It reaches the workers only through their queues
+//! `endpoints`), the periodic stats line (`stats_line`) and the memory guard's sampler; the
+//! Redis backplane will be one more task spawned in [`Control::start`]. It reaches the workers only through their queues
 //! (`WorkerHandle::send`), which never block, and no worker ever waits on it.
 
 pub mod admin;
@@ -35,6 +35,22 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 pub async fn stopped(stopping: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is dropped here, not held across the caller's awaits.
     let _ = stopping.wait_for(|s| *s).await;
+}
+
+/// How often resident memory is sampled for the memory guard: fast enough to refuse the
+/// connections of a burst, cheap enough (one short read of /proc) to be free.
+const MEMORY_SAMPLE_EVERY: Duration = Duration::from_millis(250);
+
+/// Samples the process's memory for the guard (`--max-memory`) until stopped.
+async fn watch_memory(shared: Arc<Shared>, mut stopping: watch::Receiver<bool>) {
+    let mut ticks = tokio::time::interval(MEMORY_SAMPLE_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stopped(&mut stopping) => return,
+            _ = ticks.tick() => shared.memory.sample(),
+        }
+    }
 }
 
 /// What other threads ask of the control thread.
@@ -91,6 +107,7 @@ impl Control {
         if let Some(every) = shared.cfg.stats_interval {
             rt.spawn(stats_line::run(shared.clone(), every, stopping.clone()));
         }
+        rt.spawn(watch_memory(shared.clone(), stopping.clone()));
 
         let thread = std::thread::Builder::new()
             .name("corecast-control".into())

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
-use super::metrics::process_rss;
+use crate::memory::process_rss;
 use crate::server::Shared;
 
 /// Logs one line of rates every `every` until `stopping` turns true.
