@@ -1,8 +1,10 @@
 //! Broadcast fan-out: encode one message once, queue it to 10,000 connections' outbound buffers.
 //!
 //! Mirrors `worker::dispatch::deliver` without sockets: `broadcast::encode` of a ~100-byte
-//! JSON `data`, then `Outbound::push_shared` (a refcount bump plus a `VecDeque` push) per
-//! recipient under the default outbound limit. Throughput is recipients (elements) per second.
+//! JSON `data`, then `Outbound::push_shared` per recipient under the default outbound limit:
+//! a copy into the recipient's own buffer, since the frame is below `SHARE_MIN`. The
+//! `_2k` variant publishes a ~2 KB frame, which is shared (a refcount bump plus a `VecDeque`
+//! push). Throughput is recipients (elements) per second.
 //!
 //! `Outbound` has no public way to empty it without writing, so two variants are measured:
 //!
@@ -17,9 +19,8 @@
 //!   `topics::Topics` lookup (100 topics x 100 subscribers; the hot topic has all 10,000 here)
 //!   and index a `Vec<Outbound>` as the worker indexes its slab.
 //!
-//! `merge_runs/*` joins 64 pending deliveries: all for one audience (one 64-frame copy), all
-//! alternating (no merge, 64 clones), and runs of 8. The pending list is rebuilt from clones
-//! (refcount bumps) in untimed setup because `merge_runs` drains it.
+//! `merge_runs/*` splits 64 pending deliveries into runs and merges each run of more than
+//! one: all for one audience (one 64-frame copy), all alternating (no merge), and runs of 8.
 
 use std::hint::black_box;
 use std::io;
@@ -69,7 +70,22 @@ fn bench_fanout(c: &mut Criterion) {
         )
     });
 
+    let big = RawValue::from_string(format!("\"{}\"", "x".repeat(2000))).unwrap();
     let mut outs = fresh_outbounds();
+    g.bench_function("push_flush_10k_sink_2k", |b| {
+        let mut sink = io::sink();
+        b.iter(|| {
+            let d = broadcast::encode(Target::All, black_box(&big));
+            for o in outs.iter_mut() {
+                o.push_shared(&d.frame, DEFAULT_MAX_OUTBOUND);
+            }
+            for o in outs.iter_mut() {
+                let f = o.flush(&mut sink).expect("sink never fails");
+                debug_assert_eq!(f, Flushed::Empty);
+            }
+        })
+    });
+
     g.bench_function("push_flush_10k_sink", |b| {
         let mut sink = io::sink();
         b.iter(|| {
@@ -133,14 +149,19 @@ fn bench_merge(c: &mut Criterion) {
             .map(|i| broadcast::encode(target(i, run), &data))
             .collect();
         g.bench_function(name, |b| {
-            b.iter_batched_ref(
-                || (pending.clone(), Vec::with_capacity(64)),
-                |(pending, out)| {
-                    broadcast::merge_runs(pending, out);
-                    black_box(out.len());
-                },
-                BatchSize::SmallInput,
-            )
+            b.iter(|| {
+                let mut start = 0;
+                let mut frames = 0;
+                while start < pending.len() {
+                    let end = broadcast::run_end(&pending, start);
+                    if end - start > 1 {
+                        black_box(broadcast::merge(&pending[start..end]));
+                    }
+                    frames += 1;
+                    start = end;
+                }
+                black_box(frames)
+            })
         });
     }
     g.finish();

@@ -34,8 +34,6 @@ pub struct Delivery {
     pub target: Target,
     /// A complete unmasked WebSocket text frame; identical for every recipient.
     pub frame: Bytes,
-    /// How many messages `frame` holds (more than one after [`merge_runs`]).
-    pub count: u32,
 }
 
 /// Builds the `message` frame for `data` once: the JSON is written after room left for the
@@ -57,39 +55,29 @@ pub fn encode(target: Target, data: &RawValue) -> Delivery {
     Delivery {
         target,
         frame: Bytes::from(buf).slice(start..),
-        count: 1,
     }
 }
 
-/// Joins consecutive deliveries for the same audience into one buffer, so that a burst of
-/// messages costs each recipient one queued segment (and its flush one iovec), not one per
-/// message. Order is kept: only neighbours are merged.
-pub fn merge_runs(pending: &mut Vec<Delivery>, out: &mut Vec<Delivery>) {
-    let mut i = 0;
-    while i < pending.len() {
-        let mut j = i + 1;
-        while j < pending.len() && pending[j].target.same(&pending[i].target) {
-            j += 1;
-        }
-        if j - i == 1 {
-            out.push(pending[i].clone());
-        } else {
-            let total: usize = pending[i..j].iter().map(|d| d.frame.len()).sum();
-            let mut buf = BytesMut::with_capacity(total);
-            let mut count = 0;
-            for d in &pending[i..j] {
-                buf.extend_from_slice(&d.frame);
-                count += d.count;
-            }
-            out.push(Delivery {
-                target: pending[i].target.clone(),
-                frame: buf.freeze(),
-                count,
-            });
-        }
-        i = j;
+/// The end of the run of deliveries for the same audience that starts at `start`.
+pub fn run_end(pending: &[Delivery], start: usize) -> usize {
+    let mut end = start + 1;
+    while end < pending.len() && pending[end].target.same(&pending[start].target) {
+        end += 1;
     }
-    pending.clear();
+    end
+}
+
+/// Joins a run of frames for one audience into one buffer, so that a burst of messages costs
+/// each recipient one queued segment (and its flush one iovec), not one per message. Built
+/// once per run on each worker; a recipient that cannot take it whole gets the messages one
+/// by one instead, each against its bound.
+pub fn merge(run: &[Delivery]) -> Bytes {
+    let total: usize = run.iter().map(|d| d.frame.len()).sum();
+    let mut buf = BytesMut::with_capacity(total);
+    for d in run {
+        buf.extend_from_slice(&d.frame);
+    }
+    buf.freeze()
 }
 
 #[cfg(test)]
@@ -125,22 +113,18 @@ mod tests {
     }
 
     #[test]
-    fn merges_only_neighbours_with_the_same_audience() {
+    fn runs_are_neighbours_with_the_same_audience() {
         let a: Arc<str> = "a".into();
-        let mut pending = vec![
+        let pending = vec![
             encode(Target::Topic(a.clone()), &raw("1")),
             encode(Target::Topic(a.clone()), &raw("2")),
             encode(Target::All, &raw("3")),
             encode(Target::Topic("a".into()), &raw("4")),
         ];
+        assert_eq!(run_end(&pending, 0), 2);
+        assert_eq!(run_end(&pending, 2), 3);
+        assert_eq!(run_end(&pending, 3), 4, "same name, not a neighbour");
         let expect: Vec<u8> = pending[..2].iter().flat_map(|d| d.frame.to_vec()).collect();
-        let mut out = Vec::new();
-        merge_runs(&mut pending, &mut out);
-        assert!(pending.is_empty());
-        assert_eq!(out.len(), 3);
-        assert_eq!(out[0].count, 2);
-        assert_eq!(out[0].frame, expect);
-        assert!(matches!(out[1].target, Target::All));
-        assert_eq!(out[2].count, 1);
+        assert_eq!(merge(&pending[..2]), expect);
     }
 }

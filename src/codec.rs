@@ -152,6 +152,16 @@ pub fn decode(buf: &mut [u8], max_frame: usize) -> Result<Decoded, FrameError> {
     })
 }
 
+/// The total length (header and payload) of the frame starting at `buf`, once its header is
+/// complete; `None` while it is not. Checks nothing else: `decode` does.
+pub fn frame_len(buf: &[u8]) -> Option<usize> {
+    let mut cursor = Cursor::new(buf);
+    match FrameHeader::parse(&mut cursor) {
+        Ok(Some((_, len))) => Some(cursor.position() as usize + usize::try_from(len).ok()?),
+        _ => None,
+    }
+}
+
 /// XORs `data` with the 4-byte client mask, eight bytes at a time where it can.
 pub fn unmask(data: &mut [u8], mask: [u8; 4]) {
     let word = u32::from_ne_bytes(mask) as u64;
@@ -283,6 +293,19 @@ mod tests {
                 other => panic!("cut {cut}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn frame_len_is_known_once_the_header_is() {
+        let frame = client_frame(0x82, &[0u8; 300], [1, 2, 3, 4]);
+        assert_eq!(frame_len(&frame[..1]), None);
+        assert_eq!(
+            frame_len(&frame[..7]),
+            None,
+            "16-bit length and mask not complete"
+        );
+        assert_eq!(frame_len(&frame[..8]), Some(frame.len()));
+        assert_eq!(frame_len(&frame), Some(frame.len()));
     }
 
     #[test]

@@ -12,9 +12,24 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9000";
 pub const DEFAULT_MAX_MESSAGE: usize = 64 * 1024;
 /// Subscriptions one connection may hold: each costs an index entry on its worker.
 pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 256;
-/// Unsent bytes one connection may hold before the slow-consumer policy applies. 1 MiB is
-/// seconds of backlog for a typical feed, while 10,000 stalled readers still cost at most 10 GiB.
+/// Memory one connection's unsent output may hold before the slow-consumer policy applies
+/// (and before its input is held back). 1 MiB is seconds of backlog for a typical feed; 1,000
+/// stalled readers cost at most about 1 GiB, and `--max-memory` guards the total.
 pub const DEFAULT_MAX_OUTBOUND: usize = 1024 * 1024;
+/// The bound's ceiling: queue accounting is 32-bit, and no single client should get more.
+pub const MAX_OUTBOUND_CEILING: usize = 1 << 30;
+/// What framing a message for delivery adds to its data at most: the frame header and the
+/// `{"op":"message","topic":...,"data":}` envelope with a 256-byte topic, escaped.
+pub const MESSAGE_ENVELOPE: usize = 1024;
+/// How long a connection's output may stay over its bound (its input held back) before it is
+/// closed with 1008. Long enough for a slow link to drain a burst, short enough that a client
+/// that stopped reading does not pin its buffers for long.
+pub const DEFAULT_BACKPRESSURE_TIMEOUT_S: u64 = 30;
+/// How long a partial frame or a fragmented message may take to complete. At 64 KiB that is
+/// 3 KB/s, slower than any real link; a client that trickles a message slower is closed.
+pub const DEFAULT_MESSAGE_TIMEOUT_S: u64 = 20;
+/// Share of physical memory (or of the cgroup's limit) the default `--max-memory` allows.
+pub const DEFAULT_MEMORY_SHARE_PERCENT: u64 = 75;
 /// How long a client may take to send a complete upgrade request.
 pub const DEFAULT_HANDSHAKE_TIMEOUT_S: u64 = 10;
 /// How long a connection may stay silent before the server pings it.
@@ -23,8 +38,6 @@ pub const DEFAULT_PING_INTERVAL_S: u64 = 30;
 pub const DEFAULT_IDLE_TIMEOUT_S: u64 = 75;
 /// How long shutdown waits for clients to answer the 1001 close.
 pub const DEFAULT_DRAIN_TIMEOUT_S: u64 = 5;
-/// Share of physical memory (or of the cgroup's limit) the default `--max-memory` allows.
-pub const DEFAULT_MEMORY_SHARE_PERCENT: u64 = 75;
 /// The admin endpoint (metrics, health, publish API): loopback only by default.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9001";
 
@@ -49,6 +62,7 @@ pub struct Config {
     /// Never above `max_message_size`.
     pub max_frame_size: usize,
     pub max_subscriptions: usize,
+    /// At most [`MAX_OUTBOUND_CEILING`]; fits a message of `max_message_size` delivered.
     pub max_outbound_bytes: usize,
     pub slow_consumer: SlowConsumer,
     /// `None`: derived at start-up from the open-files limit (`fdlimit`).
@@ -59,6 +73,10 @@ pub struct Config {
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
     pub drain_timeout: Duration,
+    /// Longest a connection's output may stay over its bound.
+    pub backpressure_timeout: Duration,
+    /// Longest a partial frame or fragmented message may take to complete.
+    pub message_timeout: Duration,
     /// Process memory above which new connections are refused and slow consumers are cut
     /// shorter. `None`: derived from the machine at start-up; `Some(0)`: no guard.
     pub max_memory: Option<u64>,
@@ -89,6 +107,8 @@ impl Default for Config {
             ping_interval: Duration::from_secs(DEFAULT_PING_INTERVAL_S),
             idle_timeout: Duration::from_secs(DEFAULT_IDLE_TIMEOUT_S),
             drain_timeout: Duration::from_secs(DEFAULT_DRAIN_TIMEOUT_S),
+            backpressure_timeout: Duration::from_secs(DEFAULT_BACKPRESSURE_TIMEOUT_S),
+            message_timeout: Duration::from_secs(DEFAULT_MESSAGE_TIMEOUT_S),
             max_memory: None,
             allowed_origins: Vec::new(),
             admin_listen: None,
@@ -136,12 +156,16 @@ pub struct Args {
     #[arg(long, env = "CORECAST_MAX_SUBSCRIPTIONS", default_value_t = DEFAULT_MAX_SUBSCRIPTIONS)]
     pub max_subscriptions: usize,
 
-    /// Unsent bytes one connection may have queued before --slow-consumer applies.
+    /// Memory one connection's unsent output may hold, in bytes. A published message that
+    /// does not fit is handled by --slow-consumer; replies that go over it stop the server
+    /// reading from that client until its output drains to half (TCP then slows the client
+    /// down), and a client still over it after --backpressure-timeout is closed with 1008.
+    /// Must fit a --max-message-size message with its framing; at most 1 GiB.
     #[arg(long, env = "CORECAST_MAX_OUTBOUND_BYTES", default_value_t = DEFAULT_MAX_OUTBOUND)]
     pub max_outbound_bytes: usize,
 
-    /// What to do when a connection's outbound queue is full: close it with 1008, or drop
-    /// messages for it (and count them).
+    /// What to do when a published message does not fit in a subscriber's outbound bound:
+    /// close it with 1008, or drop messages for it (and count them).
     #[arg(long, env = "CORECAST_SLOW_CONSUMER", value_enum, default_value_t = SlowConsumer::Close)]
     pub slow_consumer: SlowConsumer,
 
@@ -172,10 +196,20 @@ pub struct Args {
     #[arg(long, env = "CORECAST_DRAIN_TIMEOUT", default_value_t = DEFAULT_DRAIN_TIMEOUT_S)]
     pub drain_timeout: u64,
 
-    /// Process memory (resident set) above which new connections get HTTP 503, until it
-    /// falls back below 90% of it. Bytes, or with a K/M/G suffix (powers of 1024). Default:
-    /// 75% of physical memory or of the cgroup's memory limit, whichever is lower. 0 disables
-    /// the guard.
+    /// Seconds a connection's output may stay over --max-outbound-bytes (the server not
+    /// reading from it meanwhile) before it is closed with 1008.
+    #[arg(long, env = "CORECAST_BACKPRESSURE_TIMEOUT", default_value_t = DEFAULT_BACKPRESSURE_TIMEOUT_S)]
+    pub backpressure_timeout: u64,
+
+    /// Seconds a partial frame or fragmented message may take to arrive in full; a client
+    /// slower than that is closed with 1008. Shorter than --idle-timeout.
+    #[arg(long, env = "CORECAST_MESSAGE_TIMEOUT", default_value_t = DEFAULT_MESSAGE_TIMEOUT_S)]
+    pub message_timeout: u64,
+
+    /// Process memory (resident set) above which new connections get HTTP 503 and slow
+    /// consumers are cut at a quarter of --max-outbound-bytes, until it falls back below 90%
+    /// of it. Bytes, or with a K/M/G suffix (powers of 1024). Default: 75% of physical
+    /// memory or of the cgroup's memory limit, whichever is lower. 0 disables the guard.
     #[arg(long, env = "CORECAST_MAX_MEMORY", value_parser = parse_size)]
     pub max_memory: Option<u64>,
 
@@ -219,6 +253,19 @@ pub enum ConfigError {
     AdminWithoutToken(SocketAddr),
     #[error("--api-token must not be empty")]
     EmptyToken,
+    #[error(
+        "--max-outbound-bytes ({outbound}) cannot hold one message of --max-message-size \
+         ({message}) with its framing: it must be at least {need}"
+    )]
+    OutboundTooSmall {
+        outbound: usize,
+        message: usize,
+        need: usize,
+    },
+    #[error("--max-outbound-bytes must be at most {MAX_OUTBOUND_CEILING}")]
+    OutboundTooLarge,
+    #[error("--message-timeout ({message} s) must be shorter than --idle-timeout ({idle} s)")]
+    MessageTimeoutTooLong { message: u64, idle: u64 },
 }
 
 /// Parses a byte count: `1048576`, `512K`, `64M`, `4G` (powers of 1024; `KiB`/`MB` spellings
@@ -250,6 +297,8 @@ impl Args {
             ("max-outbound-bytes", self.max_outbound_bytes as u64),
             ("handshake-timeout", self.handshake_timeout),
             ("ping-interval", self.ping_interval),
+            ("backpressure-timeout", self.backpressure_timeout),
+            ("message-timeout", self.message_timeout),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero(name));
@@ -260,6 +309,23 @@ impl Args {
         }
         if self.max_connections == Some(0) {
             return Err(ConfigError::Zero("max-connections"));
+        }
+        if self.max_outbound_bytes > MAX_OUTBOUND_CEILING {
+            return Err(ConfigError::OutboundTooLarge);
+        }
+        let need = self.max_message_size + MESSAGE_ENVELOPE;
+        if self.max_outbound_bytes < need {
+            return Err(ConfigError::OutboundTooSmall {
+                outbound: self.max_outbound_bytes,
+                message: self.max_message_size,
+                need,
+            });
+        }
+        if self.message_timeout >= self.idle_timeout {
+            return Err(ConfigError::MessageTimeoutTooLong {
+                message: self.message_timeout,
+                idle: self.idle_timeout,
+            });
         }
         if self.idle_timeout <= self.ping_interval {
             return Err(ConfigError::IdleBeforePing {
@@ -304,6 +370,8 @@ impl Args {
             ping_interval: Duration::from_secs(self.ping_interval),
             idle_timeout: Duration::from_secs(self.idle_timeout),
             drain_timeout: Duration::from_secs(self.drain_timeout),
+            backpressure_timeout: Duration::from_secs(self.backpressure_timeout),
+            message_timeout: Duration::from_secs(self.message_timeout),
             max_memory: self.max_memory,
             allowed_origins: self.allowed_origins,
             admin_listen,
@@ -355,8 +423,19 @@ mod tests {
             parse(&["--admin-listen", "off"]).unwrap().admin_listen,
             None
         );
+        let e = parse(&[
+            "--max-message-size",
+            "65536",
+            "--max-outbound-bytes",
+            "65536",
+        ]);
+        assert!(e.unwrap_err().contains("at least 66560"));
+        assert!(parse(&["--max-message-size", "1000", "--max-outbound-bytes", "2024"]).is_ok());
+        assert!(parse(&["--max-outbound-bytes", "2147483648"]).is_err());
+        assert!(parse(&["--message-timeout", "80"])
+            .unwrap_err()
+            .contains("--message-timeout"));
         assert!(parse(&["--max-connections", "0"]).is_err());
-        assert_eq!(parse(&[]).unwrap().max_connections, None);
     }
 
     #[test]

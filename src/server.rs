@@ -24,7 +24,7 @@ use crate::fdlimit;
 use crate::memory;
 use crate::stats::{Snapshot, Stats};
 use crate::worker::handle::{self, Msg, WorkerHandle};
-use crate::worker::{Worker, WAKER};
+use crate::worker::{Context, Worker, WAKER};
 
 /// Kernel accept queue length: large enough for a C10K connect burst (the kernel caps it at
 /// net.core.somaxconn).
@@ -155,11 +155,12 @@ impl Server {
         let mut threads = Vec::new();
         for (index, (poll, inbox)) in polls.into_iter().zip(inboxes).enumerate() {
             let st = stats[index].clone();
-            let (peers, cfg, admission, exit_tx) = (
+            let (peers, cfg, admission, exit_tx, memory) = (
                 workers.clone(),
                 cfg.clone(),
                 admission.clone(),
                 exit_tx.clone(),
+                memory.clone(),
             );
             let t = std::thread::Builder::new()
                 .name(format!("corecast-w{index}"))
@@ -169,7 +170,14 @@ impl Server {
                             log::debug!("worker {index} pinned to core {core}");
                         }
                     }
-                    let worker = Worker::new(index, poll, inbox, peers, cfg, st, admission);
+                    let ctx = Context {
+                        peers,
+                        cfg,
+                        stats: st,
+                        admission,
+                        memory,
+                    };
+                    let worker = Worker::new(index, poll, inbox, ctx);
                     let result = run_guarded(|| worker.run());
                     if let Err(e) = &result {
                         log::error!("worker {index} stopped: {e}");

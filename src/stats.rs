@@ -6,15 +6,15 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+    (
+        counters { $($(#[$doc:meta])* $name:ident),* $(,)? }
+        gauges { $($(#[$gdoc:meta])* $gauge:ident),* $(,)? }
+    ) => {
         /// One worker's counters.
         #[derive(Debug, Default)]
         pub struct Stats {
             $($(#[$doc])* pub $name: AtomicU64,)*
-            /// Connections currently open on this worker (handshaking ones included).
-            pub open: AtomicI64,
-            /// Bytes queued for sending and not yet taken by the kernel.
-            pub queued_bytes: AtomicI64,
+            $($(#[$gdoc])* pub $gauge: AtomicI64,)*
             /// Failed handshakes by HTTP status answered (see [`HANDSHAKE_STATUSES`]).
             pub handshake_failures_by: [AtomicU64; HANDSHAKE_STATUSES.len()],
         }
@@ -23,8 +23,7 @@ macro_rules! counters {
         #[derive(Debug, Default, Clone, PartialEq, Eq)]
         pub struct Snapshot {
             $(pub $name: u64,)*
-            pub open: i64,
-            pub queued_bytes: i64,
+            $(pub $gauge: i64,)*
             pub handshake_failures_by: [u64; HANDSHAKE_STATUSES.len()],
         }
 
@@ -32,8 +31,7 @@ macro_rules! counters {
             pub fn snapshot(&self) -> Snapshot {
                 Snapshot {
                     $($name: self.$name.load(Relaxed),)*
-                    open: self.open.load(Relaxed),
-                    queued_bytes: self.queued_bytes.load(Relaxed),
+                    $($gauge: self.$gauge.load(Relaxed),)*
                     handshake_failures_by: std::array::from_fn(|i| {
                         self.handshake_failures_by[i].load(Relaxed)
                     }),
@@ -44,8 +42,7 @@ macro_rules! counters {
         impl Snapshot {
             pub fn add(&mut self, o: &Snapshot) {
                 $(self.$name += o.$name;)*
-                self.open += o.open;
-                self.queued_bytes += o.queued_bytes;
+                $(self.$gauge += o.$gauge;)*
                 for (a, b) in self.handshake_failures_by.iter_mut().zip(o.handshake_failures_by) {
                     *a += b;
                 }
@@ -79,6 +76,7 @@ pub fn handshake_failed(stats: &Stats, status: u16) {
 }
 
 counters! {
+    counters {
     /// Sockets handed to this worker.
     accepted,
     /// Upgrades completed.
@@ -111,6 +109,31 @@ counters! {
     timeouts,
     /// Connections fully closed and removed.
     closed,
+    /// Times a connection's input was held back because its output went over its bound.
+    input_held,
+    /// Connections closed (1008) because their output stayed over its bound past
+    /// `--backpressure-timeout`.
+    backpressure_closes,
+    /// Connections closed (1008) because a partial frame or fragmented message took longer
+    /// than `--message-timeout`.
+    message_timeouts,
+    /// Pongs and pings not sent because the queue was past its control allowance.
+    control_dropped,
+    /// Connections dropped because the peer reset or hung up mid-stream (no close frame).
+    hangups,
+    }
+    gauges {
+    /// Connections currently open on this worker (handshaking ones included).
+    open,
+    /// Bytes queued for sending and not yet taken by the kernel.
+    queued_bytes,
+    /// Memory held by outbound queues (what `--max-outbound-bytes` bounds).
+    outbound_memory,
+    /// Memory held for input: partial frames, fragmented messages, held-back reads.
+    inbound_memory,
+    /// Connections whose input is held back right now.
+    held,
+    }
 }
 
 /// Adds `n` to a counter that only the calling thread writes.

@@ -623,11 +623,19 @@ fn every_metric_keeps_its_name_type_and_labels() {
         "bad_requests_total",
         "protocol_errors_total",
         "timeouts_total",
+        "input_held_total",
+        "backpressure_closed_total",
+        "message_timeouts_total",
+        "control_frames_dropped_total",
+        "hangups_total",
     ] {
         add(name, "counter", None);
     }
     for name in [
+        "connections_held",
         "outbound_queued_bytes",
+        "outbound_memory_bytes",
+        "inbound_memory_bytes",
         "connection_limit",
         "memory_limit_bytes",
         "memory_pressure",

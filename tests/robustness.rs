@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::process::Proc;
+use common::process::{self, Proc};
 use common::*;
 use corecast::config::SlowConsumer;
 use serde_json::json;
@@ -455,4 +455,60 @@ fn descriptor_exhaustion_refuses_with_503_without_spinning_and_recovers() {
     );
     drop(open);
     assert!(p.terminate().success());
+}
+
+#[test]
+fn peers_that_hang_up_mid_frame_leave_nothing_behind() {
+    // Clients that send half a frame and reset, half a frame and close, or a pong and
+    // close, in a tight loop from several threads: each hang-up often arrives in the same
+    // readiness event as the data. Every one of those connections must be gone at once,
+    // not at the next ping.
+    let mut cfg = config(2);
+    cfg.ping_interval = Duration::from_secs(30);
+    let server = start(cfg);
+    let addr = server.local_addr();
+    let half = masked(0x81, &[b'h'; 200])[..50].to_vec();
+    let pong = masked(0x8A, b"");
+    let threads: Vec<_> = (0..3)
+        .map(|kind| {
+            let (half, pong) = (half.clone(), pong.clone());
+            std::thread::spawn(move || {
+                for _ in 0..300 {
+                    let mut s = raw_upgraded(addr, "/ws");
+                    match kind {
+                        0 => {
+                            s.write_all(&half).unwrap();
+                            process::reset(s);
+                        }
+                        1 => {
+                            s.write_all(&half).unwrap();
+                            let _ = s.shutdown(std::net::Shutdown::Both);
+                        }
+                        _ => {
+                            s.write_all(&pong).unwrap();
+                            let _ = s.shutdown(std::net::Shutdown::Both);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while server.stats().open > 0 {
+        let s = server.stats();
+        assert!(
+            Instant::now() < deadline,
+            "{} of 900 hung-up connections are still open: {s:?}",
+            s.open
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let s = server.stats();
+    assert_eq!(s.closed, 900);
+    assert_eq!(s.hangups, 900, "{s:?}");
+    assert_eq!(s.inbound_memory, 0);
+    server.shutdown().unwrap();
 }

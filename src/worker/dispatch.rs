@@ -3,14 +3,16 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use super::handle::Msg;
 use super::Worker;
-use crate::broadcast::{self, Target};
+use crate::broadcast::{self, Delivery, Target};
 use crate::codec::{close_code, Kind};
 use crate::config::SlowConsumer;
 use crate::conn::Conn;
+use crate::memory;
 use crate::outbound::Queued;
 use crate::protocol::{self, Request};
 use crate::stats::{bump, gauge};
@@ -95,34 +97,42 @@ impl Worker {
         self.reply(key, |out| protocol::error(out, id, code, message));
     }
 
-    /// Appends this turn's deliveries to their recipients' outbound queues, merging runs of
-    /// messages for the same audience first so each recipient gets one segment per run.
+    /// Appends this turn's deliveries to their recipients' outbound queues. Consecutive
+    /// messages for the same audience are merged into one buffer first, so each recipient
+    /// gets one segment per run; a recipient whose bound cannot take the whole run gets the
+    /// messages one by one, as many as fit, and the slow-consumer policy for the rest.
     pub(super) fn deliver(&mut self) {
         if self.pending.is_empty() {
             return;
         }
-        let mut merged = std::mem::take(&mut self.merged);
-        broadcast::merge_runs(&mut self.pending, &mut merged);
-        let limit = self.cfg.max_outbound_bytes;
-        let mut over: Vec<usize> = Vec::new();
-        let mut delivered = 0u64;
-        let mut queued = 0i64;
-        for d in merged.drain(..) {
-            let mut offer = |key: usize, conn: &mut Conn, dirty: &mut Vec<usize>| match conn
-                .out
-                .push_shared(&d.frame, limit)
-            {
-                Queued::Ok => {
-                    delivered += d.count as u64;
-                    queued += d.frame.len() as i64;
-                    if !conn.dirty {
-                        conn.dirty = true;
-                        dirty.push(key);
-                    }
+        let mut pending = std::mem::take(&mut self.pending);
+        let mut over = std::mem::take(&mut self.over);
+        let limit = if self.memory.over() {
+            self.cfg.max_outbound_bytes / memory::PRESSURE_DIVISOR
+        } else {
+            self.cfg.max_outbound_bytes
+        };
+        let mut tally = Tally::default();
+        let mut start = 0;
+        while start < pending.len() {
+            let end = broadcast::run_end(&pending, start);
+            let run = &pending[start..end];
+            let merged = (run.len() > 1).then(|| broadcast::merge(run));
+            let mut offer = |key: usize, conn: &mut Conn, dirty: &mut Vec<usize>| {
+                let (len0, cost0) = (conn.out.len(), conn.out.cost());
+                let taken = offer_run(conn, run, merged.as_ref(), limit);
+                tally.delivered += taken as u64;
+                tally.queued += (conn.out.len() - len0) as i64;
+                tally.memory += conn.out.cost() as i64 - cost0 as i64;
+                if taken < run.len() {
+                    over.push((key, (run.len() - taken) as u32));
                 }
-                Queued::OverLimit => over.push(key),
+                if taken > 0 && !conn.dirty {
+                    conn.dirty = true;
+                    dirty.push(key);
+                }
             };
-            match &d.target {
+            match &run[0].target {
                 Target::All => {
                     for (key, conn) in self.conns.iter_mut() {
                         if conn.is_json() {
@@ -138,30 +148,90 @@ impl Worker {
                     }
                 }
             }
-            self.handle_slow(&mut over, d.count as u64);
+            self.handle_slow(&mut over, run, limit, &mut tally);
+            start = end;
         }
-        self.merged = merged;
-        bump(&self.stats.deliveries, delivered);
-        bump(&self.stats.messages_out, delivered);
-        gauge(&self.stats.queued_bytes, queued);
+        // A burst may have grown the list; do not keep that capacity for ever.
+        pending.clear();
+        if pending.capacity() > PENDING_KEEP {
+            pending = Vec::new();
+        }
+        self.pending = pending;
+        self.over = over;
+        bump(&self.stats.deliveries, tally.delivered);
+        bump(&self.stats.messages_out, tally.delivered);
+        gauge(&self.stats.queued_bytes, tally.queued);
+        gauge(&self.stats.outbound_memory, tally.memory);
     }
 
-    fn handle_slow(&mut self, over: &mut Vec<usize>, count: u64) {
-        for key in over.drain(..) {
-            match self.cfg.slow_consumer {
-                SlowConsumer::Drop => bump(&self.stats.dropped, count),
-                SlowConsumer::Close => {
-                    bump(&self.stats.dropped, count);
-                    if self.conns[key].is_json() {
-                        bump(&self.stats.slow_closes, 1);
-                        log::debug!(
-                            "worker {}: conn {key} closed as a slow consumer",
-                            self.index
-                        );
-                        self.begin_close(key, close_code::POLICY, "slow consumer");
-                    }
-                }
+    /// Recipients a run did not fit: a reader that is keeping up only looks full because the
+    /// turn queued a burst before flushing, so write to it now and offer the rest again.
+    /// What still does not fit gets the slow-consumer policy.
+    fn handle_slow(
+        &mut self,
+        over: &mut Vec<(usize, u32)>,
+        run: &[Delivery],
+        limit: usize,
+        tally: &mut Tally,
+    ) {
+        for (key, missed) in over.drain(..) {
+            if !self.conns[key].write_interest {
+                // WRITABLE interest means the socket is known to be full: no point trying.
+                self.flush(key);
+            }
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue; // the write failed and the connection is gone
+            };
+            let rest = &run[run.len() - missed as usize..];
+            let (len0, cost0) = (conn.out.len(), conn.out.cost());
+            let taken = offer_run(conn, rest, None, limit);
+            tally.delivered += taken as u64;
+            tally.queued += (conn.out.len() - len0) as i64;
+            tally.memory += conn.out.cost() as i64 - cost0 as i64;
+            if taken > 0 && !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(key);
+            }
+            let missed = rest.len() - taken;
+            if missed == 0 {
+                continue;
+            }
+            bump(&self.stats.dropped, missed as u64);
+            if self.cfg.slow_consumer == SlowConsumer::Close && self.conns[key].is_json() {
+                bump(&self.stats.slow_closes, 1);
+                log::debug!(
+                    "worker {}: conn {key} closed as a slow consumer",
+                    self.index
+                );
+                self.begin_close(key, close_code::POLICY, "slow consumer");
             }
         }
     }
+}
+
+/// Deliveries kept in the pending list's capacity between turns.
+const PENDING_KEEP: usize = 1024;
+
+/// What one delivery pass changed, applied to the counters once at its end.
+#[derive(Default)]
+struct Tally {
+    delivered: u64,
+    queued: i64,
+    memory: i64,
+}
+
+/// Queues a run of messages to one recipient: the merged frame if it fits whole, otherwise
+/// each message in turn until one does not. Returns how many were queued.
+fn offer_run(conn: &mut Conn, run: &[Delivery], merged: Option<&Bytes>, limit: usize) -> usize {
+    if let Some(m) = merged {
+        // Checked here, not left to `push_shared`: an empty queue takes any one message, but
+        // a run is many.
+        if conn.out.fits(m.len(), limit) {
+            conn.out.push_shared(m, limit);
+            return run.len();
+        }
+    }
+    run.iter()
+        .take_while(|d| conn.out.push_shared(&d.frame, limit) == Queued::Ok)
+        .count()
 }

@@ -26,8 +26,12 @@ pub const CONN_QUEUE: usize = 1024;
 pub enum Msg {
     /// A frame for this worker's subscribers.
     Deliver(Delivery),
-    /// Close every connection with 1001 and exit once they are gone or the deadline passes.
+    /// Stop reading clients, confirm the last deliveries with a `Fence` to every worker, close
+    /// every connection with 1001 once all fences are in, and exit once they are gone or the
+    /// deadline passes.
     Shutdown,
+    /// The sending worker has queued its last delivery: it accepts no more publishes.
+    Fence,
     /// Tests only: panic inside the worker's loop, to prove a dead worker is reported.
     #[cfg(test)]
     Panic(&'static str),

@@ -5,6 +5,12 @@
 //! deliver all queued messages (merged per audience) -> flush each connection that has
 //! output, once -> run due timers. So however many messages a turn produces, each
 //! connection costs one `writev`.
+//!
+//! Shutdown keeps every acknowledged publish: on `Shutdown` a worker stops reading from its
+//! clients, delivers what it holds, and sends a `Fence` to every worker. A worker closes its
+//! connections (1001) only once every worker's fence has arrived: channels are FIFO per
+//! sender, so by then every publish any worker accepted (and answered `ok`) has been queued
+//! to its subscribers, ahead of the close frame.
 
 mod dispatch;
 pub mod handle;
@@ -23,7 +29,8 @@ use crate::admission;
 use crate::broadcast::Delivery;
 use crate::codec::close_code;
 use crate::config::Config;
-use crate::conn::{Conn, Phase};
+use crate::conn::{Conn, Phase, NEVER};
+use crate::memory;
 use crate::stats::{bump, gauge, Stats};
 use crate::timer::{Entry, Wheel};
 use crate::topics::Topics;
@@ -58,6 +65,8 @@ pub struct Worker {
     stats: Arc<Stats>,
     /// Connection limits; every connection handed over is released here exactly once.
     admission: Arc<admission::Shared>,
+    /// Process memory state: under pressure, slow consumers are cut shorter.
+    memory: Arc<memory::Guard>,
     topics: Topics,
     /// Shared by all connections for reading; see `READ_BUF`.
     rbuf: Vec<u8>,
@@ -65,7 +74,8 @@ pub struct Worker {
     scratch: Vec<u8>,
     /// Deliveries for this worker's connections, queued during the turn.
     pending: Vec<Delivery>,
-    merged: Vec<Delivery>,
+    /// Recipients a delivery run did not fit, with how many of its messages they missed.
+    over: Vec<(usize, u32)>,
     /// Connections with output to flush at the end of the turn.
     dirty: Vec<usize>,
     /// Connections that hit `MAX_READS_PER_TURN` and must be read again without an event.
@@ -78,18 +88,56 @@ pub struct Worker {
     tick: u32,
     /// Set once shutdown began: the instant by which the worker exits regardless.
     drain_deadline: Option<Instant>,
+    /// Where shutdown stands; see the module comment.
+    drain: Drain,
+    /// Fences that arrived before this worker's own `Shutdown` did.
+    early_fences: usize,
+}
+
+/// What a worker shares with the rest of the server, handed over at start.
+pub struct Context {
+    /// Every worker's handle, this one's included, for fan-out.
+    pub peers: Arc<[WorkerHandle]>,
+    pub cfg: Arc<Config>,
+    /// This worker's counters (it is their only writer).
+    pub stats: Arc<Stats>,
+    pub admission: Arc<admission::Shared>,
+    pub memory: Arc<memory::Guard>,
+}
+
+/// What a readiness event said about the peer, beyond readability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Hangup {
+    No,
+    /// The peer shut its side (FIN): read to EOF, whatever else is pending.
+    Closed,
+    /// The socket has an error (a reset): read to the error, even while input is held.
+    Error,
+}
+
+/// Shutdown progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drain {
+    /// Serving.
+    No,
+    /// Clients are no longer read; this worker's fence goes out at the end of the turn.
+    FenceDue,
+    /// Waiting for the other workers' fences (`seen` so far, this worker's own included),
+    /// until `give_up` (a dead worker never sends one).
+    Fencing { seen: usize, give_up: Instant },
+    /// Every connection has been sent its 1001; waiting for them to go.
+    Closing,
 }
 
 impl Worker {
-    pub fn new(
-        index: usize,
-        poll: Poll,
-        inbox: Inbox,
-        peers: Arc<[WorkerHandle]>,
-        cfg: Arc<Config>,
-        stats: Arc<Stats>,
-        admission: Arc<admission::Shared>,
-    ) -> Self {
+    pub fn new(index: usize, poll: Poll, inbox: Inbox, ctx: Context) -> Self {
+        let Context {
+            peers,
+            cfg,
+            stats,
+            admission,
+            memory,
+        } = ctx;
         Worker {
             index,
             poll,
@@ -99,11 +147,12 @@ impl Worker {
             cfg,
             stats,
             admission,
+            memory,
             topics: Topics::default(),
             rbuf: vec![0; READ_BUF],
             scratch: Vec::with_capacity(1024),
             pending: Vec::new(),
-            merged: Vec::new(),
+            over: Vec::new(),
             dirty: Vec::new(),
             retry: Vec::new(),
             wheel: Wheel::new(0),
@@ -112,13 +161,15 @@ impl Worker {
             next_generation: 0,
             tick: 0,
             drain_deadline: None,
+            drain: Drain::No,
+            early_fences: 0,
         }
     }
 
     /// Runs the loop until shutdown completes. Returns an error only if polling itself fails.
     pub fn run(mut self) -> std::io::Result<()> {
         let mut events = Events::with_capacity(EVENTS);
-        let mut ready: Vec<(usize, bool, bool)> = Vec::with_capacity(EVENTS);
+        let mut ready: Vec<(usize, bool, bool, Hangup)> = Vec::with_capacity(EVENTS);
         loop {
             let busy = !self.retry.is_empty() || !self.pending.is_empty();
             // Wake at least once a second for timers.
@@ -144,25 +195,36 @@ impl Worker {
                 }
                 // Errors and hang-ups surface as read results, so they go down the read path.
                 let read = ev.is_readable() || ev.is_read_closed() || ev.is_error();
-                ready.push((ev.token().0, read, ev.is_writable()));
+                let hup = if ev.is_error() {
+                    Hangup::Error
+                } else if ev.is_read_closed() {
+                    Hangup::Closed
+                } else {
+                    Hangup::No
+                };
+                ready.push((ev.token().0, read, ev.is_writable(), hup));
             }
-            for &(key, read, write) in &ready {
+            for &(key, read, write, hup) in &ready {
                 if write {
                     self.mark_dirty(key);
                 }
                 if read {
-                    self.on_readable(key);
+                    self.on_readable(key, hup);
                 }
             }
             for key in std::mem::take(&mut self.retry) {
-                self.on_readable(key);
+                self.on_readable(key, Hangup::No);
             }
             self.take_inbox();
             self.deliver();
+            self.advance_drain();
             self.flush_dirty();
             self.run_timers();
+            #[cfg(debug_assertions)]
+            self.check_invariants();
             if let Some(deadline) = self.drain_deadline {
-                if self.conns.is_empty() || Instant::now() >= deadline {
+                let fenced = matches!(self.drain, Drain::Fencing { .. } | Drain::Closing);
+                if (fenced && self.conns.is_empty()) || Instant::now() >= deadline {
                     break;
                 }
             }
@@ -180,6 +242,44 @@ impl Worker {
         Ok(())
     }
 
+    /// Checks, at the end of a loop turn, what the rest of the worker relies on: the dirty
+    /// list matches the dirty flags, every connection with unsent output will be flushed or
+    /// is waiting for WRITABLE, and the gauges equal the sums they stand for.
+    #[cfg(debug_assertions)]
+    fn check_invariants(&self) {
+        let (mut queued, mut outbound, mut inbound, mut held) = (0i64, 0i64, 0i64, 0i64);
+        for (key, c) in self.conns.iter() {
+            assert_eq!(c.dirty, self.dirty.contains(&key), "conn {key} dirty flag");
+            assert!(
+                !c.write_interest || !c.out.is_empty(),
+                "conn {key} WRITABLE for nothing"
+            );
+            assert!(
+                c.out.is_empty() || c.write_interest || c.dirty,
+                "conn {key} has output nobody will flush"
+            );
+            queued += c.out.len() as i64;
+            outbound += c.out.cost() as i64;
+            inbound += c.inbound_cost() as i64;
+            held += c.is_held() as i64;
+        }
+        let s = &self.stats;
+        use std::sync::atomic::Ordering::Relaxed;
+        assert_eq!(s.queued_bytes.load(Relaxed), queued, "queued-bytes gauge");
+        assert_eq!(
+            s.outbound_memory.load(Relaxed),
+            outbound,
+            "outbound-memory gauge"
+        );
+        assert_eq!(
+            s.inbound_memory.load(Relaxed),
+            inbound,
+            "inbound-memory gauge"
+        );
+        assert_eq!(s.held.load(Relaxed), held, "held gauge");
+        assert_eq!(s.open.load(Relaxed), self.conns.len() as i64, "open gauge");
+    }
+
     /// The current tick: whole seconds since the worker started, as of this loop turn.
     fn now(&self) -> u32 {
         self.tick
@@ -193,6 +293,13 @@ impl Worker {
             match msg {
                 Msg::Deliver(d) => self.pending.push(d),
                 Msg::Shutdown => self.begin_shutdown(),
+                Msg::Fence => {
+                    if let Drain::Fencing { seen, .. } = &mut self.drain {
+                        *seen += 1;
+                    } else {
+                        self.early_fences += 1;
+                    }
+                }
                 #[cfg(test)]
                 Msg::Panic(why) => panic!("{why}"),
             }
@@ -236,24 +343,76 @@ impl Worker {
         log::trace!("worker {}: conn {key} dropped: {why}", self.index);
         gauge(&self.stats.open, -1);
         gauge(&self.stats.queued_bytes, -(conn.out.len() as i64));
+        gauge(&self.stats.outbound_memory, -(conn.out.cost() as i64));
+        gauge(&self.stats.inbound_memory, -(conn.inbound_cost() as i64));
+        if conn.is_held() {
+            gauge(&self.stats.held, -1);
+        }
         bump(&self.stats.closed, 1);
         self.admission.release(conn.ip);
         // Dropping the socket closes it, which also takes it out of the epoll set.
     }
 
+    /// Stops reading from clients; the fence goes out once this turn's deliveries are queued.
     fn begin_shutdown(&mut self) {
         if self.drain_deadline.is_some() {
             return;
         }
         self.drain_deadline = Some(Instant::now() + self.cfg.drain_timeout);
+        self.drain = Drain::FenceDue;
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
-            match self.conns[key].phase {
-                Phase::Open(_) => {
-                    self.begin_close(key, close_code::GOING_AWAY, "server shutting down")
+            if self.conns[key].phase == Phase::Handshake {
+                // Nothing was acknowledged to a client that never upgraded.
+                self.drop_conn(key, "shutdown during handshake");
+            }
+        }
+    }
+
+    /// True while shutdown waits for fences: open connections are not read, so that no
+    /// publish is accepted that could miss a subscriber.
+    pub(super) fn quiesced(&self) -> bool {
+        matches!(self.drain, Drain::FenceDue | Drain::Fencing { .. })
+    }
+
+    /// Moves shutdown along after the turn's deliveries: send this worker's fence, and once
+    /// every worker's fence is in (or waiting is pointless), close every connection.
+    fn advance_drain(&mut self) {
+        match self.drain {
+            Drain::No | Drain::Closing => {}
+            Drain::FenceDue => {
+                for (i, peer) in self.peers.iter().enumerate() {
+                    if i != self.index {
+                        peer.send(Msg::Fence);
+                    }
                 }
-                Phase::Handshake => self.drop_conn(key, "shutdown during handshake"),
-                Phase::Closing { .. } => {}
+                // Half the drain timeout for fences, the rest for the closing handshakes.
+                let give_up = Instant::now() + self.cfg.drain_timeout / 2;
+                let seen = 1 + std::mem::take(&mut self.early_fences);
+                self.drain = Drain::Fencing { seen, give_up };
+                self.advance_drain();
+            }
+            Drain::Fencing { seen, give_up } => {
+                let all = seen >= self.peers.len();
+                if !all && Instant::now() < give_up {
+                    return;
+                }
+                if !all {
+                    log::warn!(
+                        "worker {}: {} of {} workers confirmed their last deliveries; closing \
+                         anyway",
+                        self.index,
+                        seen,
+                        self.peers.len()
+                    );
+                }
+                self.drain = Drain::Closing;
+                let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+                for key in keys {
+                    if let Phase::Open(_) = self.conns[key].phase {
+                        self.begin_close(key, close_code::GOING_AWAY, "server shutting down");
+                    }
+                }
             }
         }
     }
@@ -271,6 +430,13 @@ impl Worker {
                 at,
             };
             self.wheel.schedule(entry);
+        }
+    }
+
+    /// Makes sure the connection's timer runs by `at`, keeping an earlier deadline.
+    pub(super) fn arm(&mut self, key: usize, at: u32) {
+        if at < self.conns[key].deadline {
+            self.set_deadline(key, at);
         }
     }
 
@@ -321,23 +487,52 @@ impl Worker {
                 self.drop_conn(entry.key, "handshake timeout");
             }
             Phase::Open(_) => {
-                let silent = now.saturating_sub(conn.last_rx);
-                if silent >= idle {
-                    bump(&self.stats.timeouts, 1);
+                let key = entry.key;
+                let held_until = conn
+                    .held_since
+                    .saturating_add(self.cfg.backpressure_timeout.as_secs() as u32);
+                // A held connection is not read, so its partial message and its silence are
+                // the server's doing: only the backpressure deadline runs for it.
+                let held = conn.is_held();
+                let partial_until = if held {
+                    NEVER
+                } else {
+                    conn.partial_since
+                        .saturating_add(self.cfg.message_timeout.as_secs() as u32)
+                };
+                if now >= held_until {
+                    bump(&self.stats.backpressure_closes, 1);
                     log::debug!(
-                        "worker {}: conn {} idle for {silent} s",
+                        "worker {}: conn {key} over its outbound bound for {} s",
                         self.index,
-                        entry.key
+                        now - conn.held_since
                     );
-                    self.begin_close(entry.key, close_code::GOING_AWAY, "idle timeout");
+                    return self.begin_close(key, close_code::POLICY, "backpressure timeout");
+                }
+                if now >= partial_until {
+                    bump(&self.stats.message_timeouts, 1);
+                    log::debug!(
+                        "worker {}: conn {key} took over {} s to send a message",
+                        self.index,
+                        now - conn.partial_since
+                    );
+                    return self.begin_close(key, close_code::POLICY, "message timeout");
+                }
+                let silent = now.saturating_sub(conn.last_rx);
+                let next = if held {
+                    NEVER
+                } else if silent >= idle {
+                    bump(&self.stats.timeouts, 1);
+                    log::debug!("worker {}: conn {key} idle for {silent} s", self.index);
+                    return self.begin_close(key, close_code::GOING_AWAY, "idle timeout");
                 } else if silent >= ping {
                     let last_rx = conn.last_rx;
-                    self.queue_frame(entry.key, crate::codec::Kind::Ping, b"");
-                    self.set_deadline(entry.key, (last_rx + idle).min(now + ping));
+                    self.queue_frame(key, crate::codec::Kind::Ping, b"");
+                    (last_rx + idle).min(now + ping)
                 } else {
-                    let at = conn.last_rx + ping;
-                    self.set_deadline(entry.key, at);
-                }
+                    conn.last_rx + ping
+                };
+                self.set_deadline(key, next.min(held_until).min(partial_until));
             }
             Phase::Closing { .. } => self.drop_conn(entry.key, "close timeout"),
         }

@@ -1,0 +1,426 @@
+//! Every resource a client can make the server hold has a bound. Each test plays the client
+//! that fills one: one that sends requests and never reads, one that lets a huge backlog
+//! build and then drains it slowly, a publisher whose burst would look like a slow reader,
+//! and one that declares a large frame and then trickles it. Real sockets throughout; the
+//! tests that measure memory or CPU run the binary as a process of their own.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::process::{set_int_opt, Proc};
+use common::*;
+use corecast::config::SlowConsumer;
+use serde_json::json;
+use tungstenite::Message;
+
+const MIB: u64 = 1 << 20;
+
+/// Writes `frame` over and over for `secs`, never reading; stops early once the server stops
+/// taking bytes (TCP then blocks the writer, which the write timeout turns into an exit).
+fn flood(mut s: TcpStream, frame: Vec<u8>, secs: u64) -> (TcpStream, usize) {
+    s.set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut batch = Vec::new();
+    while batch.len() < 64 * 1024 {
+        batch.extend_from_slice(&frame);
+    }
+    let until = Instant::now() + Duration::from_secs(secs);
+    let mut sent = 0;
+    while Instant::now() < until {
+        match s.write(&batch) {
+            Ok(n) => sent += n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+    (s, sent)
+}
+
+#[test]
+fn clients_that_send_requests_and_never_read_are_held_back_then_closed() {
+    let p = Proc::start(&[
+        "--workers",
+        "1",
+        "--max-outbound-bytes",
+        "1048576",
+        "--backpressure-timeout",
+        "3",
+    ]);
+    let base = p.rss();
+    let long_id = format!("\"{}\"", "i".repeat(2000));
+    let requests: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "echo",
+            masked(
+                0x81,
+                format!(r#"{{"op":"echo","id":{long_id},"data":1}}"#).as_bytes(),
+            ),
+        ),
+        ("ping", masked(0x89, &[b'p'; 125])),
+        ("bad request", masked(0x81, b"x")),
+        (
+            "publish with an id",
+            masked(
+                0x81,
+                format!(r#"{{"op":"publish","topic":"t","id":{long_id},"data":0}}"#).as_bytes(),
+            ),
+        ),
+    ];
+    let floods: Vec<_> = requests
+        .into_iter()
+        .map(|(what, frame)| {
+            let s = raw_upgraded(p.addr, "/ws");
+            set_int_opt(&s, libc::SOL_SOCKET, libc::SO_RCVBUF, 4096);
+            (what, std::thread::spawn(move || flood(s, frame, 4)))
+        })
+        .collect();
+
+    // While they flood: every one of them gets held, the server stays small, and a normal
+    // client is served at once.
+    p.wait_metric("corecast_connections_held", None, WATCHDOG, |v| v == 4.0);
+    let mut normal = connect(p.addr, "/ws");
+    for i in 0..20 {
+        let t = Instant::now();
+        send(&mut normal, json!({"op":"echo","data":i}));
+        assert_eq!(recv(&mut normal), json!({"op":"echo","data":i}));
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut peak = 0;
+    let mut held = Vec::new();
+    for (what, t) in floods {
+        peak = peak.max(p.rss());
+        let (s, sent) = t.join().unwrap();
+        assert!(sent > 0, "{what}: nothing sent");
+        held.push(s);
+    }
+    let grown = peak.saturating_sub(base);
+    // Four connections at a 1 MiB bound, plus a held-back read each: well under 16 MiB.
+    assert!(
+        grown < 16 * MIB,
+        "RSS grew by {} MiB for four non-reading clients",
+        grown / MIB
+    );
+    let out_mem = p.metric("corecast_outbound_memory_bytes", None);
+    assert!(
+        out_mem <= 4.0 * (1 << 20) as f64 + 4.0 * 70_000.0,
+        "outbound memory {out_mem}"
+    );
+    assert!(p.metric("corecast_input_held_total", None) >= 4.0);
+
+    // Held past the backpressure timeout: closed with 1008, counted, and gone.
+    p.wait_metric("corecast_backpressure_closed_total", None, WATCHDOG, |v| {
+        v == 4.0
+    });
+    p.wait_metric("corecast_connections_open", None, WATCHDOG, |v| v == 1.0);
+    assert_eq!(p.metric("corecast_connections_held", None), 0.0);
+    drop(held);
+    send(&mut normal, json!({"op":"echo","data":"still here"}));
+    assert_eq!(recv(&mut normal), json!({"op":"echo","data":"still here"}));
+    drop(normal);
+    assert!(p.terminate().success());
+}
+
+#[test]
+fn held_input_resumes_below_the_low_water_mark_and_nothing_is_lost() {
+    // A client that pipelines far more requests than its bound holds, and reads slowly: it
+    // is held and let go again and again, and still gets every reply, in order.
+    let mut cfg = config(1);
+    cfg.max_outbound_bytes = 128 * 1024;
+    cfg.max_message_size = 4096;
+    cfg.max_frame_size = 4096;
+    let server = start(cfg);
+    let s = raw_upgraded(server.local_addr(), "/echo");
+    set_int_opt(&s, libc::SOL_SOCKET, libc::SO_RCVBUF, 65536);
+    // 20 MB of replies: far more than the kernel's socket buffers take, so the server queue
+    // fills up and the server has to hold the client's input back, many times over.
+    let total = 20_000usize;
+    let payload = [b'e'; 1000];
+    let mut writer = s.try_clone().unwrap();
+    let w = std::thread::spawn(move || {
+        let frame = masked(0x82, &payload);
+        for _ in 0..total {
+            writer.write_all(&frame).unwrap();
+        }
+    });
+    let mut r = std::io::BufReader::with_capacity(64 * 1024, s);
+    let mut got = 0;
+    let mut buf = vec![0u8; 1004];
+    while got < total {
+        r.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf[..4], &[0x82, 126, 0x03, 0xE8]);
+        assert!(buf[4..].iter().all(|&b| b == b'e'));
+        got += 1;
+        if got % 2000 == 0 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    w.join().unwrap();
+    let st = server.stats();
+    assert!(st.input_held > 1, "never held: {st:?}");
+    assert_eq!(st.messages_in, total as u64);
+    assert_eq!(st.backpressure_closes, 0);
+    assert_eq!(st.held, 0);
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn a_huge_backlog_drains_completely_and_cheaply() {
+    let p = Proc::start(&[
+        "--workers",
+        "1",
+        "--max-outbound-bytes",
+        "536870912",
+        "--backpressure-timeout",
+        "60",
+    ]);
+    let mut s = raw_upgraded(p.addr, "/echo");
+    set_int_opt(&s, libc::SOL_SOCKET, libc::SO_RCVBUF, 65536);
+    // 256 MB of replies pile up: the client writes 60 KB echoes and reads nothing.
+    let frame = masked(0x82, &vec![3u8; 60_000]);
+    let count = 256 * 1024 * 1024 / 60_000;
+    for _ in 0..count {
+        s.write_all(&frame).unwrap();
+    }
+    p.wait_metric("corecast_outbound_queued_bytes", None, WATCHDOG, |v| {
+        v >= (count * 60_000) as f64 - 8.0 * MIB as f64
+    });
+    let cpu0 = p.cpu_ticks();
+    let t0 = Instant::now();
+    let mut left = count * (60_000 + 4);
+    let mut buf = vec![0u8; 64 * 1024];
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    while left > 0 {
+        let n = s.read(&mut buf[..left.min(64 * 1024)]).unwrap();
+        assert!(n > 0, "EOF with {left} bytes still due");
+        left -= n;
+    }
+    let cpu = p.cpu_ticks() - cpu0;
+    // Writing 256 MB costs the server well under a second of CPU. (That each write costs
+    // O(bytes written), not O(backlog), is checked where it can be counted exactly, in
+    // `outbound`'s unit tests.)
+    assert!(
+        cpu < 500,
+        "draining 256 MB took {cpu} ticks of server CPU in {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(p.metric("corecast_outbound_queued_bytes", None), 0.0);
+    assert!(p.terminate().success());
+}
+
+#[test]
+fn a_burst_of_large_publishes_reaches_a_fast_subscriber_whole() {
+    for policy in [SlowConsumer::Close, SlowConsumer::Drop] {
+        let mut cfg = config(1);
+        cfg.slow_consumer = policy;
+        let server = start(cfg);
+        let addr = server.local_addr();
+        let mut sub = connect(addr, "/ws");
+        send(&mut sub, json!({"op":"subscribe","topic":"burst"}));
+        assert_eq!(recv(&mut sub), json!({"op":"ok"}));
+
+        // 40 publishes of 30 KB in one write: one loop turn reads most of them and merges
+        // their deliveries into one run of more than the 1 MiB bound.
+        let data = "d".repeat(30_000);
+        let mut burst = Vec::new();
+        for i in 0..40 {
+            let req = format!(r#"{{"op":"publish","topic":"burst","data":["{data}",{i}]}}"#);
+            burst.extend_from_slice(&masked(0x81, req.as_bytes()));
+        }
+        let mut publisher = raw_upgraded(addr, "/ws");
+        publisher.write_all(&burst).unwrap();
+        for i in 0..40 {
+            let m = recv(&mut sub);
+            assert_eq!(m["data"][1], i, "{policy:?}: message {i}");
+        }
+        let s = server.stats();
+        assert_eq!((s.dropped, s.slow_closes), (0, 0), "{policy:?}: {s:?}");
+        server.shutdown().unwrap();
+    }
+}
+
+#[test]
+fn a_declared_frame_length_commits_no_memory_until_the_bytes_arrive() {
+    let p = Proc::start(&["--workers", "1", "--message-timeout", "2"]);
+    let base = p.rss();
+    // 2,000 connections each send the 8-byte header of a 60 KiB frame, and 100 bytes of it.
+    let frame = masked(0x82, &vec![1u8; 60 * 1024]);
+    let conns: Vec<TcpStream> = (0..2000)
+        .map(|_| {
+            let mut s = raw_upgraded(p.addr, "/echo");
+            s.write_all(&frame[..8 + 100]).unwrap();
+            s
+        })
+        .collect();
+    p.wait_metric("corecast_inbound_memory_bytes", None, WATCHDOG, |v| {
+        v >= 2000.0 * 100.0
+    });
+    let held = p.metric("corecast_inbound_memory_bytes", None);
+    let grown = p.rss().saturating_sub(base);
+    assert!(
+        held <= 2000.0 * 512.0,
+        "2,000 partial frames of 108 bytes hold {held} bytes"
+    );
+    // The declared 120 MiB in all must not be resident: a few hundred bytes a connection.
+    assert!(
+        grown < 8 * MIB,
+        "RSS grew by {} KiB for 2,000 partial frames",
+        grown >> 10
+    );
+
+    // Nobody finishes within the message timeout: every one is closed with 1008.
+    p.wait_metric("corecast_message_timeouts_total", None, WATCHDOG, |v| {
+        v == 2000.0
+    });
+    for mut s in conns.into_iter().take(20) {
+        let (op, payload) = raw_frame(&mut s);
+        assert_eq!(op, 0x8);
+        assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1008);
+        assert_eq!(&payload[2..], b"message timeout");
+    }
+    p.wait_metric("corecast_connections_open", None, WATCHDOG, |v| v == 0.0);
+    assert_eq!(p.metric("corecast_inbound_memory_bytes", None), 0.0);
+    assert!(p.terminate().success());
+}
+
+#[test]
+fn a_message_that_keeps_arriving_within_the_timeout_is_served() {
+    // The timeout bounds the whole message, but a client that is merely slow (a fragment a
+    // second, done in four) is not cut off.
+    let mut cfg = config(1);
+    cfg.message_timeout = Duration::from_secs(6);
+    let server = start(cfg);
+    let mut s = raw_upgraded(server.local_addr(), "/echo");
+    let parts: [(u8, &[u8]); 4] = [
+        (0x01, b"sl"),
+        (0x00, b"ow"),
+        (0x00, b" bu"),
+        (0x80, b"t ok"),
+    ];
+    for (first, p) in parts {
+        s.write_all(&masked(first, p)).unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let (op, payload) = raw_frame(&mut s);
+    assert_eq!((op, &payload[..]), (0x1, &b"slow but ok"[..]));
+    assert_eq!(server.stats().message_timeouts, 0);
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn every_acknowledged_publish_is_delivered_before_the_shutdown_close() {
+    // Publishers on both workers publish with ids while subscribers on both workers listen;
+    // shutdown comes in the middle. Every publish answered `ok` must have reached every
+    // subscriber before its 1001.
+    let server = start(config(2));
+    let addr = server.local_addr();
+    let subscribers: Vec<_> = (0..8)
+        .map(|_| {
+            let mut c = connect(addr, "/ws");
+            send(&mut c, json!({"op":"subscribe","topic":"acked"}));
+            assert_eq!(recv(&mut c), json!({"op":"ok"}));
+            std::thread::spawn(move || {
+                let mut seen = std::collections::HashSet::new();
+                loop {
+                    match c.read() {
+                        Ok(Message::Text(t)) => {
+                            let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                            seen.insert(v["data"].as_str().unwrap().to_owned());
+                        }
+                        Ok(Message::Close(f)) => {
+                            return (seen, f.map(|f| u16::from(f.code)));
+                        }
+                        Ok(_) => {}
+                        Err(e) => panic!("subscriber lost its connection: {e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let running = Arc::new(AtomicBool::new(true));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let publishers: Vec<_> = (0..16)
+        .map(|p| {
+            let mut c = connect(addr, "/ws");
+            let (running, sent) = (running.clone(), sent.clone());
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                let mut n = 0;
+                // Pipelined: send in batches of 20, then read whatever replies came.
+                c.get_mut()
+                    .set_read_timeout(Some(Duration::from_millis(2)))
+                    .unwrap();
+                loop {
+                    if running.load(Ordering::Relaxed) {
+                        for _ in 0..20 {
+                            let id = format!("{p}-{n}");
+                            let req = json!({"op":"publish","topic":"acked","id":id,"data":id});
+                            if c.send(Message::text(req.to_string())).is_err() {
+                                return acked;
+                            }
+                            n += 1;
+                            sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    loop {
+                        match c.read() {
+                            Ok(Message::Text(t)) => {
+                                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                                assert_eq!(v["op"], "ok");
+                                acked.push(v["id"].as_str().unwrap().to_owned());
+                            }
+                            Ok(Message::Close(_)) => return acked,
+                            Ok(_) => {}
+                            Err(tungstenite::Error::Io(e))
+                                if matches!(
+                                    e.kind(),
+                                    ErrorKind::WouldBlock | ErrorKind::TimedOut
+                                ) =>
+                            {
+                                break
+                            }
+                            Err(_) => return acked,
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + WATCHDOG;
+    while sent.load(Ordering::Relaxed) < 20_000 {
+        assert!(Instant::now() < deadline, "publishers stuck");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    server.shutdown().unwrap();
+    running.store(false, Ordering::Relaxed);
+    let acked: Vec<String> = publishers
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    assert!(
+        acked.len() > 1000,
+        "only {} publishes were acknowledged",
+        acked.len()
+    );
+    for t in subscribers {
+        let (seen, code) = t.join().unwrap();
+        assert_eq!(code, Some(1001));
+        let missing: Vec<&String> = acked.iter().filter(|id| !seen.contains(*id)).collect();
+        assert!(
+            missing.is_empty(),
+            "{} of {} acknowledged publishes never arrived, e.g. {:?}",
+            missing.len(),
+            acked.len(),
+            &missing[..missing.len().min(5)]
+        );
+    }
+}
