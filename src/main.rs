@@ -58,3 +58,20 @@ fn run() -> Result<ExitCode, String> {
         }
     }
 }
+
+/// jemalloc, tuned to give memory back: glibc's malloc keeps what a burst of connections
+/// freed (measured: 70 MiB still resident 5 s after 1,800 clients left, against 4 MiB before
+/// they came), while jemalloc with a background purging thread returns it within seconds.
+/// Workers never call into the allocator to trim; the background thread does it off the
+/// hot path.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc reads its options from this symbol at start-up. Dirty pages are purged a second
+/// after they are freed (the default is ten) and straight back to the OS (`muzzy_decay_ms:0`:
+/// no lazy `MADV_FREE` stage that keeps them counted as resident); one background thread
+/// does the purging, so an idle worker need not allocate for its freed memory to go back.
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8] =
+    b"background_thread:true,max_background_threads:1,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
