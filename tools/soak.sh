@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Bounded soak: for MINUTES (default 2) churn connections, publish to subscribers, and keep
-# stalled readers attached; then check that the server's memory came back near its baseline
-# and that its counters add up.
+# misbehaving clients attached the whole time (tools/soak_clients.py): stalled readers,
+# requesters that never read their replies, and clients that send half a frame and reset.
+# Then check that every message was delivered or dropped-and-counted, that nothing is left
+# open, queued or buffered, and that the server's memory came back within 16 MiB of its
+# baseline.
 #   tools/soak.sh [MINUTES]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -12,36 +15,24 @@ cargo build --release --workspace --quiet
 LOAD=target/release/corecast-load
 
 target/release/corecast --listen 127.0.0.1:"$PORT" --admin-listen 127.0.0.1:"$ADMIN" --workers 2 \
-    --max-outbound-bytes 65536 --slow-consumer drop 2>/tmp/corecast-soak.log &
+    --max-outbound-bytes 262144 --slow-consumer drop --backpressure-timeout 3 \
+    2>/tmp/corecast-soak.log &
 SERVER=$!
-trap 'kill -TERM $SERVER 2>/dev/null || true' EXIT
+trap 'kill -TERM $SERVER 2>/dev/null || true; kill $(jobs -p) 2>/dev/null || true' EXIT
 sleep 0.5
 metric() { curl -s "http://127.0.0.1:$ADMIN/metrics" | awk -v m="$1" '$1==m {print $2}'; }
 rss() { awk '/VmRSS/ {print $2 * 1024}' /proc/$SERVER/status; }
 BASE=$(rss)
 echo "baseline RSS $BASE bytes"
 
-# Stalled readers: subscribe, then never read, for the whole soak.
-python3 - "$PORT" "$((MINUTES * 60))" <<'PY' &
-import base64, os, socket, sys, time
-port, secs = int(sys.argv[1]), int(sys.argv[2])
-socks = []
-for _ in range(20):
-    s = socket.create_connection(("127.0.0.1", port))
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    key = base64.b64encode(os.urandom(16)).decode()
-    s.sendall(f"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-              f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += s.recv(1)
-    msg = b'{"op":"subscribe","topic":"bench"}'
-    mask = os.urandom(4)
-    s.sendall(bytes([0x81, 0x80 | len(msg)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(msg)))
-    socks.append(s)
-time.sleep(secs)
-PY
+# The misbehaving clients, for the whole soak.
+SECS=$((MINUTES * 60))
+python3 tools/soak_clients.py stalled "$PORT" 20 "$SECS" >/tmp/soak-stalled.txt &
 STALLED=$!
+python3 tools/soak_clients.py requester "$PORT" 4 "$SECS" >/tmp/soak-requester.txt &
+REQUESTERS=$!
+python3 tools/soak_clients.py resetter "$PORT" 2 "$SECS" >/tmp/soak-resetter.txt &
+RESETTERS=$!
 
 end=$(( $(date +%s) + MINUTES * 60 ))
 round=0
@@ -59,17 +50,30 @@ while [ "$(date +%s)" -lt "$end" ]; do
     lost_total=$((lost_total + lost))
     echo "round $round: broadcast lost=$lost, connect failures=$fails, RSS $(rss), open $(metric corecast_connections_open)"
 done
-kill $STALLED 2>/dev/null || true; wait $STALLED 2>/dev/null || true
-sleep 3
+wait $STALLED $REQUESTERS $RESETTERS 2>/dev/null || true
+cat /tmp/soak-stalled.txt /tmp/soak-requester.txt /tmp/soak-resetter.txt
+# Closing handshakes and held connections' backpressure timeouts finish, and the allocator
+# purges what they freed (within a second).
+sleep 6
 END_RSS=$(rss)
 open=$(metric corecast_connections_open)
 queued=$(metric corecast_outbound_queued_bytes)
+outmem=$(metric corecast_outbound_memory_bytes)
+inmem=$(metric corecast_inbound_memory_bytes)
 dropped=$(metric corecast_slow_consumer_dropped_total)
-echo "end: RSS $END_RSS (baseline $BASE), open $open, queued $queued, dropped-and-counted $dropped, lost $lost_total"
+held=$(metric corecast_input_held_total)
+bp=$(metric corecast_backpressure_closed_total)
+hangups=$(metric corecast_hangups_total)
+echo "end: RSS $END_RSS (baseline $BASE), open $open, queued $queued B, outbound memory $outmem B," \
+     "inbound memory $inmem B, dropped-and-counted $dropped, input held $held times," \
+     "closed for backpressure $bp, hang-ups $hangups, lost $lost_total"
 fail=0
 [ "$open" = "0" ] || { echo "FAIL: connections still open"; fail=1; }
 [ "$queued" = "0" ] || { echo "FAIL: bytes still queued"; fail=1; }
+[ "$outmem" = "0" ] && [ "$inmem" = "0" ] || { echo "FAIL: connection memory still held"; fail=1; }
 [ "$lost_total" = "0" ] || { echo "FAIL: subscribers lost messages"; fail=1; }
-awk -v e="$END_RSS" -v b="$BASE" 'BEGIN { exit !(e <= b + 8*1024*1024) }' || { echo "FAIL: RSS did not return near baseline"; fail=1; }
+[ "$bp" != "0" ] || { echo "FAIL: no non-reading requester was ever cut off"; fail=1; }
+[ "$hangups" != "0" ] || { echo "FAIL: no reset was seen"; fail=1; }
+awk -v e="$END_RSS" -v b="$BASE" 'BEGIN { exit !(e <= b + 16*1024*1024) }' || { echo "FAIL: RSS did not return within 16 MiB of baseline"; fail=1; }
 [ "$fail" = 0 ] && echo "soak passed"
 exit $fail
