@@ -62,12 +62,13 @@ report_dir=$(cd "$report_dir" && pwd)
 server_log="$report_dir/server.log"
 
 echo "== corecast on 127.0.0.1:$port (log: $server_log)"
-# 9.* sends messages and single frames of up to 16 MiB; the admin endpoint is not needed
-# (and its default port might be taken).
+# 9.* sends messages and single frames of up to 16 MiB, and the echo of one must fit in the
+# outbound bound (which must hold a whole message); the admin endpoint is not needed (and
+# its default port might be taken).
 RUST_LOG=${RUST_LOG:-warn} "$bin" \
     --listen "127.0.0.1:$port" \
     --workers 2 --no-pin \
-    --max-message-size 16777216 --max-frame-size 16777216 \
+    --max-message-size 16777216 --max-frame-size 16777216 --max-outbound-bytes 33554432 \
     --admin-listen off \
     > "$server_log" 2>&1 &
 server_pid=$!
