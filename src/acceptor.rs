@@ -18,7 +18,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::admission::{self, Refusal};
 use crate::handshake;
-use crate::server::Shared;
+use crate::shared::Shared;
 
 const LISTENER: Token = Token(0);
 pub const ACCEPTOR_WAKER: Token = Token(1);

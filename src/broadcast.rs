@@ -1,5 +1,7 @@
-//! Encode a published message once and hand the same bytes to every worker.
-//! Runs on the publishing worker (encode) and on every worker (merge before delivery).
+//! Encode a published message once and hand the same bytes to every worker: [`Bus`] is the
+//! one place a publish leaves for the workers, whether it comes from a WebSocket client or
+//! the admin API. Runs on the publishing thread (encode, send) and on every worker (merge
+//! before delivery).
 
 use std::sync::Arc;
 
@@ -8,6 +10,60 @@ use serde_json::value::RawValue;
 
 use crate::codec::{self, Kind, MAX_SERVER_HEADER};
 use crate::protocol;
+use crate::worker::handle::{Msg, WorkerHandle};
+
+/// Every worker's queue, for fan-out. Cheap to clone; sending never blocks.
+#[derive(Debug, Clone)]
+pub struct Bus {
+    workers: Arc<[WorkerHandle]>,
+}
+
+impl Bus {
+    pub fn new(workers: Arc<[WorkerHandle]>) -> Bus {
+        Bus { workers }
+    }
+
+    /// How many workers a publish reaches.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// A publish from outside the workers (the admin API): queued to every worker.
+    pub fn publish(&self, d: Delivery) -> usize {
+        for w in self.workers.iter() {
+            w.send(Msg::Deliver(d.clone()));
+        }
+        self.workers.len()
+    }
+
+    /// A publish made on worker `me`: its own copy goes straight to `local` (delivered this
+    /// loop turn), the others through their queues.
+    pub fn publish_from(&self, me: usize, d: Delivery, local: &mut Vec<Delivery>) {
+        for (i, w) in self.workers.iter().enumerate() {
+            if i != me {
+                w.send(Msg::Deliver(d.clone()));
+            }
+        }
+        local.push(d);
+    }
+
+    /// Worker `me` will publish nothing more (it is shutting down): tells every other worker,
+    /// behind everything `me` already sent them.
+    pub fn fence_from(&self, me: usize) {
+        for (i, w) in self.workers.iter().enumerate() {
+            if i != me {
+                w.send(Msg::Fence);
+            }
+        }
+    }
+
+    /// Sends `msg` (made fresh for each) to every worker.
+    pub fn tell_all(&self, msg: impl Fn() -> Msg) {
+        for w in self.workers.iter() {
+            w.send(msg());
+        }
+    }
+}
 
 /// Who a delivery is for.
 #[derive(Debug, Clone)]

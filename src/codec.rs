@@ -67,7 +67,7 @@ pub struct Frame {
 }
 
 /// Why a frame was refused; each maps to the close code the connection must be failed with.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
     #[error("client frame is not masked")]
     Unmasked,
@@ -217,21 +217,38 @@ pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
     p
 }
 
+/// Why a received close frame is invalid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CloseFrameError {
+    #[error("invalid close frame")]
+    Malformed,
+    #[error("close reason is not UTF-8")]
+    InvalidUtf8,
+}
+
+impl CloseFrameError {
+    pub fn close_code(self) -> u16 {
+        match self {
+            CloseFrameError::Malformed => close_code::PROTOCOL_ERROR,
+            CloseFrameError::InvalidUtf8 => close_code::INVALID_PAYLOAD,
+        }
+    }
+}
+
 /// Checks a received close frame's payload (RFC 6455 §5.5.1, §7.4): empty, or a code that may
-/// appear on the wire followed by UTF-8. Returns the code to echo back, or the code to fail
-/// the connection with.
-pub fn check_close(payload: &[u8]) -> Result<u16, u16> {
+/// appear on the wire followed by UTF-8. Returns the code to echo back.
+pub fn check_close(payload: &[u8]) -> Result<u16, CloseFrameError> {
     match payload.len() {
         0 => Ok(close_code::NORMAL),
-        1 => Err(close_code::PROTOCOL_ERROR),
+        1 => Err(CloseFrameError::Malformed),
         _ => {
             let code = u16::from_be_bytes([payload[0], payload[1]]);
             let known = tungstenite::protocol::frame::coding::CloseCode::from(code);
             if !known.is_allowed() || !(1000..5000).contains(&code) {
-                return Err(close_code::PROTOCOL_ERROR);
+                return Err(CloseFrameError::Malformed);
             }
             if std::str::from_utf8(&payload[2..]).is_err() {
-                return Err(close_code::INVALID_PAYLOAD);
+                return Err(CloseFrameError::InvalidUtf8);
             }
             Ok(code)
         }
@@ -371,15 +388,19 @@ mod tests {
     #[test]
     fn close_payload_validation() {
         assert_eq!(check_close(&[]), Ok(1000));
-        assert_eq!(check_close(&[3]), Err(1002));
+        assert_eq!(check_close(&[3]), Err(CloseFrameError::Malformed));
         assert_eq!(check_close(&1000u16.to_be_bytes()), Ok(1000));
         assert_eq!(check_close(&3000u16.to_be_bytes()), Ok(3000));
-        assert_eq!(check_close(&1005u16.to_be_bytes()), Err(1002));
-        assert_eq!(check_close(&999u16.to_be_bytes()), Err(1002));
-        assert_eq!(check_close(&5000u16.to_be_bytes()), Err(1002));
+        for code in [1005u16, 999, 5000] {
+            assert_eq!(
+                check_close(&code.to_be_bytes()),
+                Err(CloseFrameError::Malformed)
+            );
+        }
         let mut bad_reason = 1000u16.to_be_bytes().to_vec();
         bad_reason.extend_from_slice(&[0xFF, 0xFE]);
-        assert_eq!(check_close(&bad_reason), Err(1007));
+        assert_eq!(check_close(&bad_reason), Err(CloseFrameError::InvalidUtf8));
+        assert_eq!(CloseFrameError::InvalidUtf8.close_code(), 1007);
         let long = "é".repeat(100);
         let p = close_payload(1001, &long);
         assert!(p.len() <= MAX_CONTROL_PAYLOAD);

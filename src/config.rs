@@ -38,6 +38,11 @@ pub const DEFAULT_PING_INTERVAL_S: u64 = 30;
 pub const DEFAULT_IDLE_TIMEOUT_S: u64 = 75;
 /// How long shutdown waits for clients to answer the 1001 close.
 pub const DEFAULT_DRAIN_TIMEOUT_S: u64 = 5;
+/// Admin connections served at once. Scrapers, health checkers and publishers are a handful
+/// of clients; the cap bounds what a flood of connections can hold (a socket and a 64 KiB
+/// read buffer each). Over it a new connection gets a canned 503 and is closed at once. The
+/// open-files reserve (`fdlimit`) counts them.
+pub const MAX_ADMIN_CONNECTIONS: usize = 64;
 /// The admin endpoint (metrics, health, publish API): loopback only by default.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9001";
 

@@ -7,11 +7,13 @@
 
 use std::io;
 
+use crate::config::MAX_ADMIN_CONNECTIONS;
+
 /// Descriptors kept for the server itself, beyond two per worker (its epoll and its waker):
 /// the admin endpoint's connections at their cap, and 64 for the rest: standard streams,
 /// listeners, the acceptor's poll, the control thread's runtime, the spare descriptor the
 /// acceptor keeps for refusing, signal pipes, and files opened for `/proc` and certificates.
-pub const BASE_RESERVE: u64 = 64 + crate::control::admin::MAX_ADMIN_CONNECTIONS as u64;
+pub const BASE_RESERVE: u64 = 64 + MAX_ADMIN_CONNECTIONS as u64;
 
 /// The descriptors the server keeps for itself with `workers` workers.
 pub fn reserve(workers: usize) -> u64 {

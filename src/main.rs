@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use corecast::config::Args;
-use corecast::server::Exit;
+use corecast::exit::Exit;
 use corecast::Server;
 use signal_hook::consts::{SIGINT, SIGTERM};
 

@@ -7,6 +7,27 @@
 
 use crate::codec::{close_code, Kind};
 
+/// Why a data frame was refused; each maps to the close code the connection fails with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    #[error("message too big")]
+    TooBig,
+    #[error("invalid UTF-8 in text message")]
+    InvalidUtf8,
+    #[error("bad fragmentation")]
+    Fragmentation,
+}
+
+impl MessageError {
+    pub fn close_code(self) -> u16 {
+        match self {
+            MessageError::TooBig => close_code::TOO_BIG,
+            MessageError::InvalidUtf8 => close_code::INVALID_PAYLOAD,
+            MessageError::Fragmentation => close_code::PROTOCOL_ERROR,
+        }
+    }
+}
+
 /// Whether a message is text or binary; continuation frames take the kind of the first frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageKind {
@@ -15,7 +36,7 @@ pub enum MessageKind {
 }
 
 /// A message whose first frame has arrived but not its last.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Fragmented {
     pub kind: MessageKind,
     pub data: Vec<u8>,
@@ -37,17 +58,17 @@ pub enum Step {
 
 /// Folds one data frame into the connection's message state.
 ///
-/// `payload` has already been unmasked. Errors are the close code to fail the connection with.
+/// `payload` has already been unmasked.
 pub fn feed(
     partial: &mut Option<Box<Fragmented>>,
     kind: Kind,
     fin: bool,
     payload: &[u8],
     max_message: usize,
-) -> Result<Step, u16> {
+) -> Result<Step, MessageError> {
     match (kind, partial.as_mut()) {
-        (Kind::Text | Kind::Binary, Some(_)) => Err(close_code::PROTOCOL_ERROR),
-        (Kind::Continuation, None) => Err(close_code::PROTOCOL_ERROR),
+        (Kind::Text | Kind::Binary, Some(_)) => Err(MessageError::Fragmentation),
+        (Kind::Continuation, None) => Err(MessageError::Fragmentation),
         (Kind::Text | Kind::Binary, None) => {
             let kind = if kind == Kind::Text {
                 MessageKind::Text
@@ -56,7 +77,7 @@ pub fn feed(
             };
             if fin {
                 if kind == MessageKind::Text && std::str::from_utf8(payload).is_err() {
-                    return Err(close_code::INVALID_PAYLOAD);
+                    return Err(MessageError::InvalidUtf8);
                 }
                 return Ok(Step::Whole(kind));
             }
@@ -71,7 +92,7 @@ pub fn feed(
         }
         (Kind::Continuation, Some(f)) => {
             if f.data.len() + payload.len() > max_message {
-                return Err(close_code::TOO_BIG);
+                return Err(MessageError::TooBig);
             }
             f.data.extend_from_slice(payload);
             f.check(fin)?;
@@ -86,7 +107,7 @@ pub fn feed(
 impl Fragmented {
     /// Validates the text received so far; an incomplete sequence at the end is allowed until
     /// the final frame.
-    fn check(&mut self, fin: bool) -> Result<(), u16> {
+    fn check(&mut self, fin: bool) -> Result<(), MessageError> {
         if self.kind == MessageKind::Binary {
             return Ok(());
         }
@@ -99,7 +120,7 @@ impl Fragmented {
                 self.checked += e.valid_up_to();
                 Ok(())
             }
-            Err(_) => Err(close_code::INVALID_PAYLOAD),
+            Err(_) => Err(MessageError::InvalidUtf8),
         }
     }
 }
@@ -119,7 +140,10 @@ mod tests {
             feed(&mut p, Kind::Binary, true, &[0xFF], 10),
             Ok(Step::Whole(MessageKind::Binary))
         );
-        assert_eq!(feed(&mut p, Kind::Text, true, &[0xFF], 10), Err(1007));
+        assert_eq!(
+            feed(&mut p, Kind::Text, true, &[0xFF], 10),
+            Err(MessageError::InvalidUtf8)
+        );
         assert!(p.is_none());
     }
 
@@ -151,29 +175,42 @@ mod tests {
         );
         assert_eq!(
             feed(&mut p, Kind::Continuation, false, &[0xC0, 0x80], 100),
-            Err(1007)
+            Err(MessageError::InvalidUtf8)
         );
         let mut p = None;
         assert_eq!(
             feed(&mut p, Kind::Text, false, &[0xE2, 0x82], 100),
             Ok(Step::Pending)
         );
-        assert_eq!(feed(&mut p, Kind::Continuation, true, b"", 100), Err(1007));
+        assert_eq!(
+            feed(&mut p, Kind::Continuation, true, b"", 100),
+            Err(MessageError::InvalidUtf8)
+        );
     }
 
     #[test]
     fn fragmentation_errors_and_size_limit() {
         let mut p = None;
-        assert_eq!(feed(&mut p, Kind::Continuation, true, b"x", 100), Err(1002));
+        assert_eq!(
+            feed(&mut p, Kind::Continuation, true, b"x", 100),
+            Err(MessageError::Fragmentation)
+        );
         assert_eq!(
             feed(&mut p, Kind::Binary, false, b"x", 100),
             Ok(Step::Pending)
         );
-        assert_eq!(feed(&mut p, Kind::Text, true, b"x", 100), Err(1002));
+        assert_eq!(
+            feed(&mut p, Kind::Text, true, b"x", 100),
+            Err(MessageError::Fragmentation)
+        );
         assert_eq!(
             feed(&mut p, Kind::Continuation, false, &[0; 99], 100),
             Ok(Step::Pending)
         );
-        assert_eq!(feed(&mut p, Kind::Continuation, true, b"y", 100), Err(1009));
+        assert_eq!(
+            feed(&mut p, Kind::Continuation, true, b"y", 100),
+            Err(MessageError::TooBig)
+        );
+        assert_eq!(MessageError::TooBig.close_code(), 1009);
     }
 }

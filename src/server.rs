@@ -5,7 +5,6 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -18,10 +17,13 @@ use mio::{Poll, Waker};
 use crate::acceptor::{self, Acceptor, ACCEPTOR_WAKER};
 use crate::admission;
 use crate::affinity;
+use crate::broadcast::Bus;
 use crate::config::{Config, DEFAULT_MEMORY_SHARE_PERCENT};
 use crate::control::Control;
+use crate::exit::{self, Exit, ThreadError};
 use crate::fdlimit;
 use crate::memory;
+use crate::shared::Shared;
 use crate::stats::{Snapshot, Stats};
 use crate::worker::handle::{self, Msg, WorkerHandle};
 use crate::worker::{Context, Worker, WAKER};
@@ -29,50 +31,6 @@ use crate::worker::{Context, Worker, WAKER};
 /// Kernel accept queue length: large enough for a C10K connect burst (the kernel caps it at
 /// net.core.somaxconn).
 const BACKLOG: i32 = 4096;
-
-/// A thread of the server that ended.
-#[derive(Debug)]
-pub enum Exit {
-    /// Worker `index` returned; `Err` carries a panic message or an I/O error.
-    Worker {
-        index: usize,
-        result: Result<(), String>,
-    },
-    Acceptor {
-        result: Result<(), String>,
-    },
-    /// The control thread (admin endpoint, stats line) ended.
-    Control {
-        result: Result<(), String>,
-    },
-}
-
-/// What the non-worker threads (acceptor, control) see of the server.
-pub struct Shared {
-    pub cfg: Arc<Config>,
-    pub workers: Arc<[WorkerHandle]>,
-    /// One per worker, written only by that worker.
-    pub stats: Vec<Arc<Stats>>,
-    pub admission: Arc<admission::Shared>,
-    /// Set when shutdown begins: health checks answer 503 and new connections are refused.
-    pub draining: AtomicBool,
-    /// Messages accepted through the admin publish API.
-    pub api_publishes: AtomicU64,
-    pub started: Instant,
-    /// Resident memory against `--max-memory`.
-    pub memory: Arc<memory::Guard>,
-}
-
-impl Shared {
-    /// Counters summed over workers.
-    pub fn totals(&self) -> Snapshot {
-        let mut total = Snapshot::default();
-        for s in &self.stats {
-            total.add(&s.snapshot());
-        }
-        total
-    }
-}
 
 /// A running server.
 pub struct Server {
@@ -144,6 +102,7 @@ impl Server {
         let shared = Arc::new(Shared {
             cfg: cfg.clone(),
             workers: workers.clone(),
+            bus: Bus::new(workers.clone()),
             stats: stats.clone(),
             admission: admission.clone(),
             draining: AtomicBool::new(false),
@@ -155,8 +114,8 @@ impl Server {
         let mut threads = Vec::new();
         for (index, (poll, inbox)) in polls.into_iter().zip(inboxes).enumerate() {
             let st = stats[index].clone();
-            let (peers, cfg, admission, exit_tx, memory) = (
-                workers.clone(),
+            let (bus, cfg, admission, exit_tx, memory) = (
+                Bus::new(workers.clone()),
                 cfg.clone(),
                 admission.clone(),
                 exit_tx.clone(),
@@ -171,14 +130,14 @@ impl Server {
                         }
                     }
                     let ctx = Context {
-                        peers,
+                        bus,
                         cfg,
                         stats: st,
                         admission,
                         memory,
                     };
                     let worker = Worker::new(index, poll, inbox, ctx);
-                    let result = run_guarded(|| worker.run());
+                    let result = exit::guarded(|| worker.run());
                     if let Err(e) = &result {
                         log::error!("worker {index} stopped: {e}");
                     }
@@ -200,7 +159,7 @@ impl Server {
         let acceptor = std::thread::Builder::new()
             .name("corecast-accept".into())
             .spawn(move || {
-                let result = run_guarded(|| acc.run());
+                let result = exit::guarded(|| acc.run());
                 if let Err(e) = &result {
                     log::error!("acceptor stopped: {e}");
                 }
@@ -262,16 +221,14 @@ impl Server {
     /// Graceful shutdown: stop admin publishes (503), refuse new connections (503) and fail
     /// health checks, close every connection with 1001, wait for the clients to answer (up to
     /// the drain timeout), and join every thread. Returns the first thread failure, if any.
-    pub fn shutdown(mut self) -> Result<(), String> {
+    pub fn shutdown(mut self) -> Result<(), ThreadError> {
         // First, so that every publish acknowledged with 202 is in the workers' queues ahead
         // of the Msg::Shutdown below.
         if let Some(c) = &self.control {
             c.stop_publishing();
         }
         self.shared.draining.store(true, Ordering::SeqCst);
-        for w in self.shared.workers.iter() {
-            w.send(Msg::Shutdown);
-        }
+        self.shared.bus.tell_all(|| Msg::Shutdown);
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -284,11 +241,7 @@ impl Server {
         }
         let mut first_err = Ok(());
         while let Ok(exit) = self.exits.try_recv() {
-            let result = match exit {
-                Exit::Worker { result, .. }
-                | Exit::Acceptor { result }
-                | Exit::Control { result } => result,
-            };
+            let result = exit.result();
             if first_err.is_ok() {
                 first_err = result;
             }
@@ -340,40 +293,9 @@ fn connection_limit(cfg: &Config) -> usize {
     }
 }
 
-/// Runs a thread body, turning a panic into an error message so that it is reported.
-fn run_guarded(f: impl FnOnce() -> io::Result<()>) -> Result<(), String> {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("I/O error: {e}")),
-        Err(panic) => Err(match panic.downcast_ref::<&str>() {
-            Some(s) => format!("panicked: {s}"),
-            None => match panic.downcast_ref::<String>() {
-                Some(s) => format!("panicked: {s}"),
-                None => "panicked".into(),
-            },
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_panicking_thread_body_is_reported_not_lost() {
-        let quiet = std::panic::take_hook();
-        std::panic::set_hook(Box::new(|_| {}));
-        let r = run_guarded(|| panic!("worker blew up"));
-        let r2 = run_guarded(|| panic!("{} formatted", 42));
-        std::panic::set_hook(quiet);
-        assert_eq!(r, Err("panicked: worker blew up".into()));
-        assert_eq!(r2, Err("panicked: 42 formatted".into()));
-        assert_eq!(
-            run_guarded(|| Err(io::Error::other("poll failed"))),
-            Err("I/O error: poll failed".into())
-        );
-        assert_eq!(run_guarded(|| Ok(())), Ok(()));
-    }
 
     #[test]
     fn a_worker_that_panics_is_reported_while_the_others_keep_serving() {
@@ -391,7 +313,8 @@ mod tests {
         match server.wait_exit(Duration::from_secs(10)) {
             Some(Exit::Worker { index, result }) => {
                 assert_eq!(index, 1);
-                assert_eq!(result, Err("panicked: injected fault".to_string()));
+                let e = result.unwrap_err();
+                assert_eq!(e.to_string(), "panicked: injected fault");
             }
             other => panic!("expected worker 1 to report its panic, got {other:?}"),
         }
@@ -408,6 +331,6 @@ mod tests {
             s.read_exact(&mut buf).is_ok() && &buf == b"HTTP/1.1 200"
         });
         assert!(healthy, "the surviving worker stopped serving");
-        assert_eq!(server.shutdown(), Ok(()));
+        server.shutdown().expect("shutdown completes");
     }
 }

@@ -458,7 +458,7 @@ fn shutdown_releases_the_admin_port_at_once_while_a_client_trickles() {
     let (result, took) = rx
         .recv_timeout(WATCHDOG)
         .expect("shutdown did not return with a trickling admin client");
-    assert_eq!(result, Ok(()));
+    assert!(result.is_ok(), "{result:?}");
     eprintln!("shutdown with a trickling admin client: {took:?}");
     assert!(took < PROMPT, "shutdown took {took:?}");
     let rebound = std::net::TcpListener::bind(admin);

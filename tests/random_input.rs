@@ -2,9 +2,10 @@
 //! upgrade, JSON) so every CI run exercises them with garbage; `tools/fuzz.sh` runs the
 //! coverage-guided cargo-fuzz targets for longer.
 
-use corecast::codec::{self, Decoded, Kind};
+use corecast::config::Config;
+use corecast::conn::{Event, Machine, Phase};
 use corecast::handshake::{self, Outcome};
-use corecast::message::{self, Step};
+use corecast::message::MessageKind;
 
 struct Rng(u64);
 
@@ -21,8 +22,23 @@ impl Rng {
     }
 }
 
+/// A state machine past the upgrade, as a worker holds one for an open connection.
+fn open_machine(cfg: &Config) -> Machine {
+    let mut m = Machine::new();
+    let mut up = b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        .to_vec();
+    assert!(matches!(m.next(&mut up, cfg).1, Event::Upgraded { .. }));
+    m
+}
+
 #[test]
 fn random_frame_streams_never_panic_and_errors_map_to_rfc_codes() {
+    let cfg = Config {
+        max_message_size: 1024,
+        max_frame_size: 1024,
+        ..Config::default()
+    };
     let mut rng = Rng(0x9E3779B97F4A7C15);
     for _ in 0..50_000 {
         let mut buf = rng.bytes(300);
@@ -33,37 +49,33 @@ fn random_frame_streams_never_panic_and_errors_map_to_rfc_codes() {
                 buf[1] = 0x80 | (buf[1] & 0x3F);
             }
         }
+        // The stream goes through the connection's state machine exactly as a worker feeds
+        // it: event by event, until it needs more bytes or closes.
+        let mut m = open_machine(&cfg);
         let mut pos = 0;
-        let mut partial = None;
         while pos < buf.len() {
-            match codec::decode(&mut buf[pos..], 1024) {
-                Ok(Decoded::Frame { frame, used }) => {
-                    let p = &buf[pos + frame.payload.start..pos + frame.payload.end];
-                    match frame.kind {
-                        Kind::Close => {
-                            if let Err(c) = codec::check_close(p) {
-                                assert!(c == 1002 || c == 1007);
-                            }
-                        }
-                        Kind::Ping | Kind::Pong => assert!(p.len() <= 125),
-                        k => match message::feed(&mut partial, k, frame.fin, p, 1024) {
-                            Ok(Step::Completed) => {
-                                partial.take().unwrap();
-                            }
-                            Ok(_) => {}
-                            Err(c) => {
-                                assert!([1002, 1007, 1009].contains(&c));
-                                break;
-                            }
-                        },
+            let (used, event) = m.next(&mut buf[pos..], &cfg);
+            match event {
+                Event::NeedMore => break,
+                Event::Ping(p) => assert!(p.len() <= 125),
+                Event::Message { kind, data } => {
+                    assert!(data.len() <= 1024);
+                    if kind == MessageKind::Text {
+                        assert!(std::str::from_utf8(data).is_ok());
                     }
-                    pos += used;
                 }
-                Ok(Decoded::Incomplete { .. }) => break,
-                Err(e) => {
-                    assert!([1002, 1009].contains(&e.close_code()));
-                    break;
+                Event::Assembled(f) => assert!(f.data.len() <= 1024),
+                Event::Fail(why) => {
+                    assert!([1002, 1007, 1009].contains(&why.code()), "{why:?}");
+                    assert_eq!(m.phase(), Phase::Closing);
                 }
+                Event::PeerClose(code) => assert!((1000..5000).contains(&code)),
+                _ => {}
+            }
+            assert!(used > 0 && pos + used <= buf.len());
+            pos += used;
+            if m.phase() == Phase::Closing {
+                break;
             }
         }
     }

@@ -18,10 +18,7 @@ use super::framing::{MAX_HEAD, MAX_HEADERS};
 use super::socket::AdminSocket;
 use crate::stats::{bump, gauge};
 
-/// Admin connections served at once. Scrapers, health checkers and publishers are a handful
-/// of clients; the cap bounds what a flood of connections can hold (sockets, buffers of up to
-/// [`MAX_BUF`] each). Over it a new connection gets a canned 503 and is closed at once.
-pub const MAX_ADMIN_CONNECTIONS: usize = 64;
+pub use crate::config::MAX_ADMIN_CONNECTIONS;
 /// Time from accepting a connection, or from the end of the previous response on it, to a
 /// complete request head. It is a total, not a per-read timeout, so a client sending a byte
 /// now and then is cut off too; it is also how long a keep-alive connection may sit idle.

@@ -19,9 +19,8 @@ use super::admin::BODY_DEADLINE;
 use super::metrics::{AdminStats, Metrics, CONTENT_TYPE};
 use crate::broadcast::{self, Target};
 use crate::protocol;
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::stats::bump;
-use crate::worker::handle::Msg;
 
 /// A complete response; every body is small and built before it is sent.
 pub type Reply = Response<Full<Bytes>>;
@@ -184,12 +183,9 @@ fn publish_now(shared: &Shared, body: &[u8]) -> Result<usize, PublishError> {
             Target::Topic(Arc::from(&*t))
         }
     };
-    let d = broadcast::encode(target, req.data);
-    for w in shared.workers.iter() {
-        w.send(Msg::Deliver(d.clone()));
-    }
+    let n = shared.bus.publish(broadcast::encode(target, req.data));
     shared.api_publishes.fetch_add(1, Ordering::Relaxed);
-    Ok(shared.workers.len())
+    Ok(n)
 }
 
 /// Compares the bearer token in constant time with respect to its contents.

@@ -17,7 +17,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::memory;
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::stats::{Snapshot, HANDSHAKE_STATUSES};
 
 /// The `Content-Type` of what [`Metrics::render`] returns.

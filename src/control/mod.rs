@@ -21,7 +21,8 @@ use std::time::Duration;
 use crossbeam_channel::Sender as ReplySender;
 use tokio::sync::{mpsc, watch};
 
-use crate::server::{Exit, Shared};
+use crate::exit::{self, Exit};
+use crate::shared::Shared;
 use endpoints::Endpoints;
 use metrics::{AdminStats, Metrics};
 
@@ -112,7 +113,7 @@ impl Control {
         let thread = std::thread::Builder::new()
             .name("corecast-control".into())
             .spawn(move || {
-                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let result = exit::guarded(|| {
                     rt.block_on(async {
                         while let Some(cmd) = inbox.recv().await {
                             match cmd {
@@ -139,16 +140,11 @@ impl Control {
                     // Dropping the runtime drops every task left, and with them their
                     // sockets: nothing here waits on a client.
                     drop(rt);
-                }));
-                let result = result.map_err(|panic| {
-                    let msg = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    log::error!("control thread panicked: {msg}");
-                    format!("panicked: {msg}")
+                    Ok(())
                 });
+                if let Err(e) = &result {
+                    log::error!("control thread stopped: {e}");
+                }
                 let _ = exits.send(Exit::Control { result });
             })?;
         Ok(Control {

@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
 use crate::memory::process_rss;
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// Logs one line of rates every `every` until `stopping` turns true.
 pub async fn run(shared: Arc<Shared>, every: Duration, mut stopping: watch::Receiver<bool>) {

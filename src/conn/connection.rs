@@ -1,50 +1,40 @@
-//! One connection's state and the memory it owns. Lives in its worker's slab.
+//! One connection's slab entry on its worker: its transport, its protocol state, its
+//! buffers and its timer fields.
 //!
 //! An idle open connection owns no heap memory: its socket, a few counters and empty
-//! containers (an empty `Vec`/`VecDeque` does not allocate). Memory appears only while there
-//! is a partial frame to finish (`inbuf`), a fragmented message to reassemble (`partial`),
-//! output the kernel has not taken yet (`out`), or subscriptions (`subs`). Each has a bound:
-//! `inbuf` the frame size limit (plus one read held back under backpressure), `partial` the
-//! message size limit and the message timeout, `out` the outbound bound, `subs` the
-//! subscription limit.
+//! containers (an empty `Vec`/`VecDeque`/`ThinVec` does not allocate). Memory appears only
+//! while there is a partial frame to finish (`inbuf`), a fragmented message to reassemble
+//! (in `machine`), output the kernel has not taken yet (`out`), or subscriptions (`subs`).
+//! Each has a bound: `inbuf` the frame size limit (plus one read held back under
+//! backpressure), the fragmented message the message size limit and the message timeout,
+//! `out` the outbound bound, `subs` the subscription limit.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use mio::net::TcpStream;
+use thin_vec::ThinVec;
 
-use crate::handshake::Endpoint;
-use crate::message::Fragmented;
+use super::state::Machine;
+use super::transport::Transport;
 use crate::outbound::Outbound;
 
-/// Where a connection is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// Waiting for a complete upgrade request; a partial one is kept in `inbuf`.
-    Handshake,
-    /// Upgraded; frames flow.
-    Open(Endpoint),
-    /// A close frame or an HTTP refusal is queued. Once it is flushed the write side is shut
-    /// (`shut`), and the connection waits for the peer's EOF or its deadline, discarding input.
-    Closing { shut: bool },
-}
+/// A tick that never comes: the "not set" value of the tick fields.
+pub const NEVER: u32 = u32::MAX;
 
 #[derive(Debug)]
 pub struct Conn {
-    pub sock: TcpStream,
+    pub transport: Transport,
     /// The peer's address, for the per-IP limit and for logs.
     pub ip: IpAddr,
-    pub phase: Phase,
+    pub machine: Machine,
     /// Unconsumed input: a partial request head or a partial frame, or, while input is held
     /// back, the rest of the read that was not handled yet. Empty (no allocation) whenever
     /// input ended on a frame boundary, which is the normal case. It grows with the bytes
     /// that arrived, never with the length a frame header declares.
     pub inbuf: Vec<u8>,
-    /// A fragmented message in progress.
-    pub partial: Option<Box<Fragmented>>,
     pub out: Outbound,
     /// Topics this connection is subscribed to; the same `Arc`s as the worker's index keys.
-    pub subs: Vec<Arc<str>>,
+    pub subs: ThinVec<Arc<str>>,
     /// Tells this connection apart from an earlier one with the same slab key (timers).
     pub generation: u32,
     /// Tick of the last frame received.
@@ -62,26 +52,25 @@ pub struct Conn {
     pub partial_since: u32,
     /// In the worker's dirty list (flush at the end of this loop turn).
     pub dirty: bool,
-    /// Registered for WRITABLE; true only while `out` is non-empty after a short write.
+    /// Registered for WRITABLE; true only while output is pending after a short write.
     pub write_interest: bool,
     /// `inbuf` may hold whole frames not handled yet: input was held back mid-read and has
     /// just been let go. The next read handles them first.
     pub input_ready: bool,
+    /// Closing, with everything (the close frame included) written: the write side is shut
+    /// and the connection waits for the peer's EOF or its deadline.
+    pub shut: bool,
 }
 
-/// A tick that never comes: the "not set" value of the tick fields.
-pub const NEVER: u32 = u32::MAX;
-
 impl Conn {
-    pub fn new(sock: TcpStream, ip: IpAddr, generation: u32, now: u32) -> Self {
+    pub fn new(transport: Transport, ip: IpAddr, generation: u32, now: u32) -> Self {
         Conn {
-            sock,
+            transport,
             ip,
-            phase: Phase::Handshake,
+            machine: Machine::new(),
             inbuf: Vec::new(),
-            partial: None,
             out: Outbound::default(),
-            subs: Vec::new(),
+            subs: ThinVec::new(),
             generation,
             last_rx: now,
             deadline: u32::MAX,
@@ -91,11 +80,12 @@ impl Conn {
             dirty: false,
             write_interest: false,
             input_ready: false,
+            shut: false,
         }
     }
 
     pub fn is_json(&self) -> bool {
-        self.phase == Phase::Open(Endpoint::Json)
+        self.machine.is_json()
     }
 
     /// Input is held back: the connection's output is over its bound.
@@ -105,7 +95,7 @@ impl Conn {
 
     /// Heap memory held for input: a partial frame or request, and a fragmented message.
     pub fn inbound_cost(&self) -> usize {
-        self.inbuf.capacity() + self.partial.as_ref().map_or(0, |p| p.data.capacity())
+        self.inbuf.capacity() + self.machine.partial_cost()
     }
 }
 

@@ -1,102 +1,17 @@
-//! What a JSON request does on its worker, and delivery of published messages to this
-//! worker's connections.
-
-use std::sync::Arc;
+//! This worker's share of every publish: deliveries queued during the turn go into their
+//! recipients' bounded outbound queues, merged per audience. Runs on each worker.
 
 use bytes::Bytes;
-use serde_json::value::RawValue;
 
-use super::handle::Msg;
 use super::Worker;
 use crate::broadcast::{self, Delivery, Target};
-use crate::codec::{close_code, Kind};
 use crate::config::SlowConsumer;
-use crate::conn::Conn;
+use crate::conn::{CloseReason, Conn};
 use crate::memory;
 use crate::outbound::Queued;
-use crate::protocol::{self, Request};
 use crate::stats::{bump, gauge};
 
 impl Worker {
-    pub(super) fn dispatch(&mut self, key: usize, text: &str) {
-        let req = match protocol::decode(text) {
-            Ok(r) => r,
-            Err(bad) => return self.reply_error(key, bad.id, &bad.message),
-        };
-        match req {
-            Request::Echo { id, data } => self.reply(key, |out| protocol::echo(out, id, data)),
-            Request::Subscribe { id, topic } => {
-                let conn = &mut self.conns[key];
-                if conn.subs.len() >= self.cfg.max_subscriptions
-                    && !conn.subs.iter().any(|t| **t == *topic)
-                {
-                    let msg = format!(
-                        "subscription limit ({}) reached",
-                        self.cfg.max_subscriptions
-                    );
-                    return self.reply_error_code(key, id, "limit", &msg);
-                }
-                if let Some(name) = self.topics.subscribe(&topic, key) {
-                    conn.subs.push(name);
-                }
-                self.reply(key, |out| protocol::ok(out, id));
-            }
-            Request::Unsubscribe { id, topic } => {
-                if self.topics.unsubscribe(&topic, key) {
-                    let subs = &mut self.conns[key].subs;
-                    if let Some(i) = subs.iter().position(|t| **t == *topic) {
-                        subs.swap_remove(i);
-                    }
-                }
-                self.reply(key, |out| protocol::ok(out, id));
-            }
-            Request::Publish { id, topic, data } => {
-                self.publish(Target::Topic(Arc::from(&*topic)), data);
-                if id.is_some() {
-                    self.reply(key, |out| protocol::ok(out, id));
-                }
-            }
-            Request::Broadcast { id, data } => {
-                self.publish(Target::All, data);
-                if id.is_some() {
-                    self.reply(key, |out| protocol::ok(out, id));
-                }
-            }
-        }
-    }
-
-    /// Encodes the message once and queues it to every worker, this one included.
-    fn publish(&mut self, target: Target, data: &RawValue) {
-        bump(&self.stats.publishes, 1);
-        let d = broadcast::encode(target, data);
-        for (i, peer) in self.peers.iter().enumerate() {
-            if i == self.index {
-                self.pending.push(d.clone());
-            } else {
-                peer.send(Msg::Deliver(d.clone()));
-            }
-        }
-    }
-
-    fn reply(&mut self, key: usize, build: impl FnOnce(&mut Vec<u8>)) {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.clear();
-        build(&mut scratch);
-        bump(&self.stats.messages_out, 1);
-        self.queue_frame(key, Kind::Text, &scratch);
-        self.scratch = scratch;
-    }
-
-    pub(super) fn reply_error(&mut self, key: usize, id: Option<&RawValue>, message: &str) {
-        self.reply_error_code(key, id, "bad_request", message)
-    }
-
-    fn reply_error_code(&mut self, key: usize, id: Option<&RawValue>, code: &str, message: &str) {
-        bump(&self.stats.bad_requests, 1);
-        log::debug!("worker {}: conn {key} {code}: {message}", self.index);
-        self.reply(key, |out| protocol::error(out, id, code, message));
-    }
-
     /// Appends this turn's deliveries to their recipients' outbound queues. Consecutive
     /// messages for the same audience are merged into one buffer first, so each recipient
     /// gets one segment per run; a recipient whose bound cannot take the whole run gets the
@@ -203,7 +118,7 @@ impl Worker {
                     "worker {}: conn {key} closed as a slow consumer",
                     self.index
                 );
-                self.begin_close(key, close_code::POLICY, "slow consumer");
+                self.begin_close(key, CloseReason::SlowConsumer);
             }
         }
     }

@@ -1,0 +1,11 @@
+//! One connection, everything below the worker: the transport that touches its socket, the
+//! WebSocket state machine that turns its bytes into events, and the slab entry that holds
+//! both with the connection's buffers and timer fields.
+
+mod connection;
+pub mod state;
+pub mod transport;
+
+pub use connection::{Conn, NEVER};
+pub use state::{CloseReason, Event, Machine, Phase};
+pub use transport::{Input, Transport, TransportError};

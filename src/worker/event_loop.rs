@@ -1,0 +1,279 @@
+//! The worker and its loop turn. Runs on the worker's own thread, pinned to its core.
+//!
+//! A loop turn: wait for readiness -> read and handle every ready connection (replies and
+//! local publishes are only queued) -> take new sockets and other workers' deliveries ->
+//! deliver all queued messages (merged per audience) -> flush each connection that has
+//! output, once -> run due timers. So however many messages a turn produces, each
+//! connection costs one `writev`.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use super::drain::Drain;
+use super::handle::{Inbox, Msg};
+use crate::admission;
+use crate::broadcast::{Bus, Delivery};
+use crate::config::Config;
+use crate::conn::{Conn, Transport};
+use crate::memory;
+use crate::stats::{bump, gauge, Stats};
+use crate::timer::{Entry, Wheel};
+use crate::topics::Topics;
+
+/// Token of the worker's waker; slab keys never reach it.
+pub const WAKER: Token = Token(usize::MAX);
+
+/// Per-worker read buffer. Every connection reads through it, so its size costs nothing per
+/// connection; 64 KiB takes a full loopback burst in one `read`.
+pub(super) const READ_BUF: usize = 64 * 1024;
+
+/// Readiness events taken per `epoll_wait`.
+const EVENTS: usize = 1024;
+
+/// Everything a worker owns. Nothing here is touched by another thread except through
+/// `inbox` (channels) and `stats` (single-writer counters).
+pub struct Worker {
+    pub(super) index: usize,
+    pub(super) poll: Poll,
+    pub(super) conns: Slab<Conn>,
+    pub(super) inbox: Inbox,
+    /// Every worker's queue, for fan-out and shutdown fences.
+    pub(super) bus: Bus,
+    pub(super) cfg: Arc<Config>,
+    pub(super) stats: Arc<Stats>,
+    /// Connection limits; every connection handed over is released here exactly once.
+    pub(super) admission: Arc<admission::Shared>,
+    /// Process memory state: under pressure, slow consumers are cut shorter.
+    pub(super) memory: Arc<memory::Guard>,
+    pub(super) topics: Topics,
+    /// Shared by all connections for reading; see `READ_BUF`.
+    pub(super) rbuf: Vec<u8>,
+    /// Where JSON replies are built before being framed.
+    pub(super) scratch: Vec<u8>,
+    /// Deliveries for this worker's connections, queued during the turn.
+    pub(super) pending: Vec<Delivery>,
+    /// Recipients a delivery run did not fit, with how many of its messages they missed.
+    pub(super) over: Vec<(usize, u32)>,
+    /// Connections with output to flush at the end of the turn.
+    pub(super) dirty: Vec<usize>,
+    /// Connections to read again without an event: they hit the per-turn read cap, or their
+    /// held input was let go.
+    pub(super) retry: Vec<usize>,
+    pub(super) wheel: Wheel,
+    pub(super) due: Vec<Entry>,
+    started: Instant,
+    next_generation: u32,
+    /// Whole seconds since `started`, read once per loop turn.
+    tick: u32,
+    /// Set once shutdown began: the instant by which the worker exits regardless.
+    pub(super) drain_deadline: Option<Instant>,
+    /// Where shutdown stands; see `drain`.
+    pub(super) drain: Drain,
+    /// Fences that arrived before this worker's own `Shutdown` did.
+    pub(super) early_fences: usize,
+}
+
+/// What a worker shares with the rest of the server, handed over at start.
+pub struct Context {
+    /// Every worker's queue, this one's included.
+    pub bus: Bus,
+    pub cfg: Arc<Config>,
+    /// This worker's counters (it is their only writer).
+    pub stats: Arc<Stats>,
+    pub admission: Arc<admission::Shared>,
+    pub memory: Arc<memory::Guard>,
+}
+
+/// What a readiness event said about the peer, beyond readability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Hangup {
+    No,
+    /// The peer shut its side (FIN): read to EOF, whatever else is pending.
+    Closed,
+    /// The socket has an error (a reset): read to the error, even while input is held.
+    Error,
+}
+
+impl Worker {
+    pub fn new(index: usize, poll: Poll, inbox: Inbox, ctx: Context) -> Self {
+        let Context {
+            bus,
+            cfg,
+            stats,
+            admission,
+            memory,
+        } = ctx;
+        Worker {
+            index,
+            poll,
+            conns: Slab::new(),
+            inbox,
+            bus,
+            cfg,
+            stats,
+            admission,
+            memory,
+            topics: Topics::default(),
+            rbuf: vec![0; READ_BUF],
+            scratch: Vec::with_capacity(1024),
+            pending: Vec::new(),
+            over: Vec::new(),
+            dirty: Vec::new(),
+            retry: Vec::new(),
+            wheel: Wheel::new(0),
+            due: Vec::new(),
+            started: Instant::now(),
+            next_generation: 0,
+            tick: 0,
+            drain_deadline: None,
+            drain: Drain::No,
+            early_fences: 0,
+        }
+    }
+
+    /// Runs the loop until shutdown completes. Returns an error only if polling itself fails.
+    pub fn run(mut self) -> std::io::Result<()> {
+        let mut events = Events::with_capacity(EVENTS);
+        let mut ready: Vec<(usize, bool, bool, Hangup)> = Vec::with_capacity(EVENTS);
+        loop {
+            let busy = !self.retry.is_empty() || !self.pending.is_empty();
+            // Wake at least once a second for timers.
+            let timeout = if busy || !self.inbox.may_sleep() {
+                Some(Duration::ZERO)
+            } else {
+                Some(Duration::from_millis(
+                    1000 - self.started.elapsed().subsec_millis() as u64,
+                ))
+            };
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            self.inbox.awake();
+            self.tick = self.started.elapsed().as_secs() as u32;
+
+            ready.clear();
+            for ev in events.iter() {
+                if ev.token() == WAKER {
+                    continue;
+                }
+                // Errors and hang-ups surface as read results, so they go down the read path.
+                let read = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                let hup = if ev.is_error() {
+                    Hangup::Error
+                } else if ev.is_read_closed() {
+                    Hangup::Closed
+                } else {
+                    Hangup::No
+                };
+                ready.push((ev.token().0, read, ev.is_writable(), hup));
+            }
+            for &(key, read, write, hup) in &ready {
+                if write {
+                    self.mark_dirty(key);
+                }
+                if read {
+                    self.on_readable(key, hup);
+                }
+            }
+            for key in std::mem::take(&mut self.retry) {
+                self.on_readable(key, Hangup::No);
+            }
+            self.take_inbox();
+            self.deliver();
+            self.advance_drain();
+            self.flush_dirty();
+            self.run_timers();
+            #[cfg(debug_assertions)]
+            self.check_invariants();
+            if self.drain_done() {
+                break;
+            }
+        }
+        let left = self.conns.len();
+        if left > 0 {
+            log::info!(
+                "worker {}: drain timeout, dropping {left} connections",
+                self.index
+            );
+        }
+        for key in self.conns.iter().map(|(k, _)| k).collect::<Vec<_>>() {
+            self.drop_conn(key, "shutdown");
+        }
+        Ok(())
+    }
+
+    /// The current tick: whole seconds since the worker started, as of this loop turn.
+    pub(super) fn now(&self) -> u32 {
+        self.tick
+    }
+
+    fn take_inbox(&mut self) {
+        while let Ok((sock, ip)) = self.inbox.conns.try_recv() {
+            self.add_conn(sock, ip);
+        }
+        while let Ok(msg) = self.inbox.msgs.try_recv() {
+            match msg {
+                Msg::Deliver(d) => self.pending.push(d),
+                Msg::Shutdown => self.begin_shutdown(),
+                Msg::Fence => self.on_fence(),
+                #[cfg(test)]
+                Msg::Panic(why) => panic!("{why}"),
+            }
+        }
+    }
+
+    fn add_conn(&mut self, mut sock: TcpStream, ip: IpAddr) {
+        bump(&self.stats.accepted, 1);
+        if self.drain_deadline.is_some() {
+            self.admission.release(ip);
+            return;
+        }
+        let now = self.now();
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut sock, Token(key), Interest::READABLE)
+        {
+            log::warn!("worker {}: registering a socket failed: {e}", self.index);
+            self.admission.release(ip);
+            return;
+        }
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let transport = Transport::Plain(sock);
+        entry.insert(Conn::new(transport, ip, self.next_generation, now));
+        gauge(&self.stats.open, 1);
+        let deadline = now + self.cfg.handshake_timeout.as_secs() as u32;
+        self.set_deadline(key, deadline);
+        // Readiness for data that arrived before registration is reported by epoll itself.
+    }
+
+    /// Removes a connection at once: its subscriptions, its slab entry, its socket.
+    pub(super) fn drop_conn(&mut self, key: usize, why: &str) {
+        let Some(conn) = self.conns.try_remove(key) else {
+            return;
+        };
+        for t in &conn.subs {
+            self.topics.unsubscribe(t, key);
+        }
+        log::trace!("worker {}: conn {key} dropped: {why}", self.index);
+        gauge(&self.stats.open, -1);
+        gauge(&self.stats.queued_bytes, -(conn.out.len() as i64));
+        gauge(&self.stats.outbound_memory, -(conn.out.cost() as i64));
+        gauge(&self.stats.inbound_memory, -(conn.inbound_cost() as i64));
+        if conn.is_held() {
+            gauge(&self.stats.held, -1);
+        }
+        bump(&self.stats.closed, 1);
+        self.admission.release(conn.ip);
+        // Dropping the socket closes it, which also takes it out of the epoll set.
+    }
+}

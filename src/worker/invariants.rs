@@ -1,0 +1,46 @@
+//! Debug builds check, at the end of every loop turn, what the rest of the worker relies on.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::Worker;
+
+impl Worker {
+    /// The dirty list matches the dirty flags, every connection with unsent output will be
+    /// flushed or is waiting for WRITABLE, and the gauges equal the sums they stand for.
+    pub(super) fn check_invariants(&self) {
+        let (mut queued, mut outbound, mut inbound, mut held) = (0i64, 0i64, 0i64, 0i64);
+        for (key, c) in self.conns.iter() {
+            assert_eq!(c.dirty, self.dirty.contains(&key), "conn {key} dirty flag");
+            assert!(
+                !c.write_interest || !c.out.is_empty(),
+                "conn {key} WRITABLE for nothing"
+            );
+            assert!(
+                c.out.is_empty() || c.write_interest || c.dirty,
+                "conn {key} has output nobody will flush"
+            );
+            assert!(
+                !c.shut || c.out.is_empty(),
+                "conn {key} shut its write side with output queued"
+            );
+            queued += c.out.len() as i64;
+            outbound += c.out.cost() as i64;
+            inbound += c.inbound_cost() as i64;
+            held += c.is_held() as i64;
+        }
+        let s = &self.stats;
+        assert_eq!(s.queued_bytes.load(Relaxed), queued, "queued-bytes gauge");
+        assert_eq!(
+            s.outbound_memory.load(Relaxed),
+            outbound,
+            "outbound-memory gauge"
+        );
+        assert_eq!(
+            s.inbound_memory.load(Relaxed),
+            inbound,
+            "inbound-memory gauge"
+        );
+        assert_eq!(s.held.load(Relaxed), held, "held gauge");
+        assert_eq!(s.open.load(Relaxed), self.conns.len() as i64, "open gauge");
+    }
+}
