@@ -34,6 +34,8 @@ pub struct Acceptor {
     pub shared: Arc<Shared>,
     pub gate: admission::Gate,
     pub stop: Arc<AtomicBool>,
+    /// The listener speaks TLS: refusals cannot be written in plain HTTP.
+    pub tls: bool,
 }
 
 /// A descriptor held in reserve, released for a moment to refuse a client cleanly when
@@ -74,18 +76,18 @@ impl Acceptor {
                 match self.listener.accept() {
                     Ok((sock, peer)) => {
                         if self.shared.draining.load(Ordering::Relaxed) {
-                            refuse(sock, Refusal::Draining);
+                            refuse(sock, Refusal::Draining, self.tls);
                             continue;
                         }
                         if self.shared.memory.over() {
                             let a = &self.shared.admission;
                             a.refused_memory.fetch_add(1, Ordering::Relaxed);
-                            refuse(sock, Refusal::Memory);
+                            refuse(sock, Refusal::Memory, self.tls);
                             continue;
                         }
                         if let Err(why) = self.gate.admit(&self.shared.admission, peer.ip()) {
                             log::debug!("refused {peer}: {why:?}");
-                            refuse(sock, why);
+                            refuse(sock, why, self.tls);
                             continue;
                         }
                         // Small frames must leave at once, not wait for Nagle's timer.
@@ -115,7 +117,7 @@ impl Acceptor {
                                 log::debug!("refused {peer}: out of descriptors");
                                 let a = &self.shared.admission;
                                 a.refused_descriptors.fetch_add(1, Ordering::Relaxed);
-                                refuse(sock, Refusal::Descriptors);
+                                refuse(sock, Refusal::Descriptors, self.tls);
                                 false
                             }
                             Err(ref w) if w.kind() == io::ErrorKind::WouldBlock => true,
@@ -178,8 +180,12 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
     )
 }
 
-/// Over a connection limit: answer without reading the request, and close.
-fn refuse(mut sock: mio::net::TcpStream, why: Refusal) {
+/// Over a limit: answer without reading the request, and close. A TLS listener's client
+/// expects a handshake, not plaintext: it is closed without a word (and counted as well).
+fn refuse(mut sock: mio::net::TcpStream, why: Refusal, tls: bool) {
+    if tls {
+        return;
+    }
     let resp = match why {
         Refusal::Full => handshake::http_response(
             503,

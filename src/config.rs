@@ -2,9 +2,12 @@
 //! Runs on the main thread before anything starts.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+
+use crate::conn::TlsFiles;
 
 /// Default listen address: loopback, so a first run exposes nothing.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9000";
@@ -87,6 +90,8 @@ pub struct Config {
     pub max_memory: Option<u64>,
     /// Accepted `Origin` values; empty accepts any (and none).
     pub allowed_origins: Vec<String>,
+    /// Certificate and key: the WebSocket listener speaks TLS (wss). `None`: plain ws.
+    pub tls: Option<TlsFiles>,
     /// Admin HTTP endpoint; `None` disables it.
     pub admin_listen: Option<SocketAddr>,
     /// Bearer token the admin publish API requires; never `Some("")`.
@@ -116,6 +121,7 @@ impl Default for Config {
             message_timeout: Duration::from_secs(DEFAULT_MESSAGE_TIMEOUT_S),
             max_memory: None,
             allowed_origins: Vec::new(),
+            tls: None,
             admin_listen: None,
             api_token: None,
             stats_interval: None,
@@ -226,6 +232,16 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub allowed_origins: Vec<String>,
+
+    /// PEM certificate chain (end-entity certificate first) for the WebSocket listener: with
+    /// --tls-key it speaks TLS 1.2 and 1.3 (wss://) instead of plain ws://. SIGHUP reloads
+    /// both files; connections open at the time keep the certificate they started with.
+    #[arg(long, env = "CORECAST_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, RSA or EC) of --tls-cert.
+    #[arg(long, env = "CORECAST_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 
     /// Admin HTTP endpoint serving GET /metrics (Prometheus), GET /healthz and POST /publish;
     /// `off` disables it. A non-loopback address requires --api-token.
@@ -379,6 +395,10 @@ impl Args {
             message_timeout: Duration::from_secs(self.message_timeout),
             max_memory: self.max_memory,
             allowed_origins: self.allowed_origins,
+            tls: match (self.tls_cert, self.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+                _ => None,
+            },
             admin_listen,
             api_token: self.api_token,
             stats_interval: (self.stats_interval > 0)
@@ -441,6 +461,21 @@ mod tests {
             .unwrap_err()
             .contains("--message-timeout"));
         assert!(parse(&["--max-connections", "0"]).is_err());
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        assert!(parse(&["--tls-cert", "c.pem"]).is_err());
+        assert!(parse(&["--tls-key", "k.pem"]).is_err());
+        let c = parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]).unwrap();
+        assert_eq!(
+            c.tls,
+            Some(TlsFiles {
+                cert: "c.pem".into(),
+                key: "k.pem".into()
+            })
+        );
+        assert_eq!(parse(&[]).unwrap().tls, None);
     }
 
     #[test]

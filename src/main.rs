@@ -6,44 +6,81 @@ use std::time::Duration;
 use clap::Parser;
 use corecast::config::Args;
 use corecast::exit::Exit;
+use corecast::server::StartError;
 use corecast::Server;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 /// Exit code when a server thread dies (EX_SOFTWARE).
 const EXIT_THREAD_FAILED: u8 = 70;
+/// Exit code for a configuration the server cannot run with: bad flags (as clap itself
+/// exits), unusable certificate or key files.
+const EXIT_CONFIG: u8 = 2;
+
+/// How `run` failed.
+enum Failure {
+    Config(String),
+    Runtime(String),
+}
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match run() {
         Ok(code) => code,
-        Err(e) => {
+        Err(Failure::Config(e)) => {
+            log::error!("{e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(Failure::Runtime(e)) => {
             log::error!("{e}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn run() -> Result<ExitCode, String> {
-    let cfg = Args::parse().into_config().map_err(|e| e.to_string())?;
+fn run() -> Result<ExitCode, Failure> {
+    let cfg = Args::parse()
+        .into_config()
+        .map_err(|e| Failure::Config(e.to_string()))?;
     let listen = cfg.listen;
-    let server = Server::start(cfg).map_err(|e| format!("cannot start on {listen}: {e}"))?;
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
-        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let server = Server::start(cfg).map_err(|e| match e {
+        StartError::Tls(e) => Failure::Config(format!("cannot start: {e}")),
+        StartError::Io(e) => Failure::Runtime(format!("cannot start on {listen}: {e}")),
+    })?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .map_err(|e| Failure::Runtime(format!("cannot install signal handlers: {e}")))?;
     let signal_handle = signals.handle();
-    let (sig_tx, sig_rx) = crossbeam_channel::bounded(1);
+    let (sig_tx, sig_rx) = crossbeam_channel::bounded(8);
     std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
-            let _ = sig_tx.send(sig);
+        for sig in signals.forever() {
+            if sig_tx.send(sig).is_err() {
+                return;
+            }
         }
     });
     loop {
-        if let Ok(sig) = sig_rx.try_recv() {
-            log::info!("signal {sig}: draining connections");
-            signal_handle.close();
-            return match server.shutdown() {
-                Ok(()) => Ok(ExitCode::SUCCESS),
-                Err(e) => Err(format!("a server thread failed during shutdown: {e}")),
-            };
+        match sig_rx.try_recv() {
+            Ok(SIGHUP) => {
+                // The files are read here, on the main thread; workers get the result
+                // through their queues.
+                match server.reload_tls() {
+                    Ok(()) => log::info!("SIGHUP: certificate and key reloaded"),
+                    Err(e) => {
+                        log::error!("SIGHUP: reload failed, keeping the current certificate: {e}")
+                    }
+                }
+                continue;
+            }
+            Ok(sig) => {
+                log::info!("signal {sig}: draining connections");
+                signal_handle.close();
+                return match server.shutdown() {
+                    Ok(()) => Ok(ExitCode::SUCCESS),
+                    Err(e) => Err(Failure::Runtime(format!(
+                        "a server thread failed during shutdown: {e}"
+                    ))),
+                };
+            }
+            Err(_) => {}
         }
         // Nothing ends on its own in a healthy server: any exit here is a failure, and the
         // process goes down loudly rather than running half-dead.

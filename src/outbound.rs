@@ -303,6 +303,36 @@ impl Outbound {
         Ok(Flushed::Empty)
     }
 
+    /// Moves up to `max` bytes from the front of the queue into `dst` (for a transport that
+    /// must transform them, as TLS encrypts them, before they can be written).
+    pub fn take_front(&mut self, dst: &mut Vec<u8>, max: usize) -> usize {
+        let start = dst.len();
+        let mut left = max.min(self.len());
+        for (i, seg) in self.segs.iter().enumerate() {
+            if left == 0 {
+                break;
+            }
+            let s = if i == 0 {
+                &seg.data[self.head_written as usize..]
+            } else {
+                &seg.data[..]
+            };
+            let take = s.len().min(left);
+            dst.extend_from_slice(&s[..take]);
+            left -= take;
+        }
+        if left > 0 {
+            let t = &self.tail[self.tail_written as usize..];
+            dst.extend_from_slice(&t[..left.min(t.len())]);
+        }
+        let taken = dst.len() - start;
+        self.consume(taken);
+        if self.is_empty() {
+            self.release();
+        }
+        taken
+    }
+
     /// Accounts for `written` bytes taken by the kernel: O(1) per segment, never a shift.
     fn consume(&mut self, mut written: usize) {
         self.len -= written as u32;
@@ -545,6 +575,24 @@ mod tests {
             .recv_timeout(std::time::Duration::from_secs(30))
             .expect("a 256 MB backlog did not drain within 30 s");
         assert_eq!(total, written);
+    }
+
+    #[test]
+    fn take_front_moves_bytes_in_order_across_segments_and_the_tail() {
+        let mut o = Outbound::default();
+        let big = Bytes::from(vec![b'B'; SHARE_MIN]);
+        reply(&mut o, b"ab");
+        o.push_shared(&big, 1 << 20);
+        reply(&mut o, b"cd");
+        let mut dst = Vec::new();
+        assert_eq!(o.take_front(&mut dst, 3), 3);
+        assert_eq!(dst, b"abB");
+        check_cost(&o);
+        dst.clear();
+        assert_eq!(o.take_front(&mut dst, 1 << 20), SHARE_MIN - 1 + 2);
+        assert_eq!(&dst[dst.len() - 3..], b"Bcd");
+        assert!(o.is_empty());
+        assert_eq!(o.cost(), 0);
     }
 
     #[test]

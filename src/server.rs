@@ -19,6 +19,7 @@ use crate::admission;
 use crate::affinity;
 use crate::broadcast::Bus;
 use crate::config::{Config, DEFAULT_MEMORY_SHARE_PERCENT};
+use crate::conn::tls::{self, TlsConfigError};
 use crate::control::Control;
 use crate::exit::{self, Exit, ThreadError};
 use crate::fdlimit;
@@ -31,6 +32,17 @@ use crate::worker::{Context, Worker, WAKER};
 /// Kernel accept queue length: large enough for a C10K connect burst (the kernel caps it at
 /// net.core.somaxconn).
 const BACKLOG: i32 = 4096;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The certificate or key is missing, unreadable, malformed or mismatched: a
+    /// configuration mistake (the binary exits 2, as for bad flags).
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsConfigError),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
 
 /// A running server.
 pub struct Server {
@@ -47,7 +59,12 @@ pub struct Server {
 
 impl Server {
     /// Binds the listeners and starts every thread.
-    pub fn start(cfg: Config) -> io::Result<Server> {
+    pub fn start(cfg: Config) -> Result<Server, StartError> {
+        // Before anything is bound: a bad certificate is the most likely mistake.
+        let tls = match &cfg.tls {
+            Some(files) => Some(tls::load(files)?),
+            None => None,
+        };
         let listener = TcpListener::bind(cfg.listen)?;
         // SAFETY: `listen` on a socket we own and that stays open; raising the backlog of an
         // already listening socket is allowed on Linux.
@@ -114,12 +131,13 @@ impl Server {
         let mut threads = Vec::new();
         for (index, (poll, inbox)) in polls.into_iter().zip(inboxes).enumerate() {
             let st = stats[index].clone();
-            let (bus, cfg, admission, exit_tx, memory) = (
+            let (bus, cfg, admission, exit_tx, memory, tls) = (
                 Bus::new(workers.clone()),
                 cfg.clone(),
                 admission.clone(),
                 exit_tx.clone(),
                 memory.clone(),
+                tls.clone(),
             );
             let t = std::thread::Builder::new()
                 .name(format!("corecast-w{index}"))
@@ -135,6 +153,7 @@ impl Server {
                         stats: st,
                         admission,
                         memory,
+                        tls,
                     };
                     let worker = Worker::new(index, poll, inbox, ctx);
                     let result = exit::guarded(|| worker.run());
@@ -155,6 +174,7 @@ impl Server {
             shared: shared.clone(),
             gate,
             stop: stop.clone(),
+            tls: cfg.tls.is_some(),
         };
         let acceptor = std::thread::Builder::new()
             .name("corecast-accept".into())
@@ -168,7 +188,11 @@ impl Server {
 
         let control = Control::start(admin_listener, shared.clone(), control_exit)?;
         let admin_addr = control.admin_addr();
-        log::info!("listening on {addr} with {} workers", cfg.workers);
+        let scheme = if cfg.tls.is_some() { "wss" } else { "ws" };
+        log::info!(
+            "listening on {scheme}://{addr} with {} workers",
+            cfg.workers
+        );
         if let Some(a) = admin_addr {
             log::info!("admin endpoint (metrics, healthz, publish) on http://{a}");
         }
@@ -183,6 +207,18 @@ impl Server {
             control: Some(control),
             exits,
         })
+    }
+
+    /// Reads the certificate and key again (SIGHUP): new connections use them from the next
+    /// loop turn of each worker; connections already open keep the ones they started with.
+    /// If the files cannot be used, the error is returned and the current ones stay.
+    pub fn reload_tls(&self) -> Result<(), TlsConfigError> {
+        let Some(files) = &self.shared.cfg.tls else {
+            return Ok(());
+        };
+        let cfg = tls::load(files)?;
+        self.shared.bus.tell_all(|| Msg::Tls(cfg.clone()));
+        Ok(())
     }
 
     pub fn local_addr(&self) -> SocketAddr {

@@ -121,6 +121,12 @@ counters! {
     control_dropped,
     /// Connections dropped because the peer reset or hung up mid-stream (no close frame).
     hangups,
+    /// TLS connections dropped for a TLS error: a bad record, a failed handshake, an alert.
+    tls_errors,
+    /// Plain HTTP requests received on the TLS listener (answered 400 and closed).
+    tls_plain_http,
+    /// WebSocket upgrades completed over TLS.
+    tls_upgrades,
     }
     gauges {
     /// Connections currently open on this worker (handshaking ones included).
@@ -133,6 +139,9 @@ counters! {
     inbound_memory,
     /// Connections whose input is held back right now.
     held,
+    /// Memory in TLS connections' own buffers: a half-received record, ciphertext the
+    /// socket has not taken yet.
+    tls_memory,
     }
 }
 

@@ -628,6 +628,9 @@ fn every_metric_keeps_its_name_type_and_labels() {
         "message_timeouts_total",
         "control_frames_dropped_total",
         "hangups_total",
+        "tls_errors_total",
+        "tls_plain_http_total",
+        "tls_upgrades_total",
     ] {
         add(name, "counter", None);
     }
@@ -635,6 +638,7 @@ fn every_metric_keeps_its_name_type_and_labels() {
         "connections_held",
         "outbound_queued_bytes",
         "outbound_memory_bytes",
+        "tls_memory_bytes",
         "inbound_memory_bytes",
         "connection_limit",
         "memory_limit_bytes",

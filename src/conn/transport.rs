@@ -1,19 +1,23 @@
 //! The only code that touches a client's socket: reads plaintext in, writes a connection's
-//! queued output, shuts the write side. Runs on the connection's worker thread.
+//! queued output, shuts the write side. `Plain` is the socket itself; `Tls` (boxed, so that
+//! a plain connection pays nothing for it) runs rustls between the socket and the rest.
+//! Runs on the connection's worker thread.
 
 use std::io::{self, Read};
 
 use mio::net::TcpStream;
 
+use super::tls::Tls;
 use crate::outbound::{Flushed, Outbound};
 
 /// What a read brought.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Input {
-    /// `len` bytes at the start of the buffer. `drained`: the socket had nothing more (a
-    /// short read, which on a stream socket means the same as `WouldBlock`, per epoll(7)).
+    /// `len` bytes of plaintext at the start of the buffer (possibly 0: TLS records that
+    /// carried no application data). `drained`: the socket had nothing more (a short read,
+    /// which on a stream socket means the same as `WouldBlock`, per epoll(7)).
     Data { len: usize, drained: bool },
-    /// The peer closed its side.
+    /// The peer closed its side (TCP FIN, or TLS close_notify).
     Eof,
     /// Nothing to read now.
     WouldBlock,
@@ -24,6 +28,10 @@ pub enum Input {
 pub enum TransportError {
     #[error("{0}")]
     Io(#[from] io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("plain HTTP on the TLS port")]
+    PlainHttp,
 }
 
 impl TransportError {
@@ -37,6 +45,7 @@ impl TransportError {
                     | io::ErrorKind::BrokenPipe
                     | io::ErrorKind::UnexpectedEof
             ),
+            _ => false,
         }
     }
 }
@@ -44,6 +53,7 @@ impl TransportError {
 #[derive(Debug)]
 pub enum Transport {
     Plain(TcpStream),
+    Tls(Box<Tls>),
 }
 
 impl Transport {
@@ -51,11 +61,16 @@ impl Transport {
     pub fn socket(&mut self) -> &mut TcpStream {
         match self {
             Transport::Plain(s) => s,
+            Transport::Tls(t) => t.socket(),
         }
     }
 
-    /// Reads once into `buf`.
-    pub fn read(&mut self, buf: &mut [u8]) -> Result<Input, TransportError> {
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Transport::Tls(_))
+    }
+
+    /// Reads once into `buf` (plaintext comes out; for TLS, `scratch` takes the ciphertext).
+    pub fn read(&mut self, buf: &mut [u8], scratch: &mut [u8]) -> Result<Input, TransportError> {
         match self {
             Transport::Plain(s) => loop {
                 return match s.read(buf) {
@@ -69,22 +84,47 @@ impl Transport {
                     Err(e) => Err(e.into()),
                 };
             },
+            Transport::Tls(t) => t.read(buf, scratch),
         }
     }
 
-    /// Writes as much of `out` as the socket takes, in one `writev` per round.
-    pub fn flush(&mut self, out: &mut Outbound) -> Result<Flushed, TransportError> {
+    /// Writes as much of `out` as the socket takes (for TLS: encrypts it into as few records
+    /// as fit, through `scratch`).
+    pub fn flush(
+        &mut self,
+        out: &mut Outbound,
+        scratch: &mut Vec<u8>,
+    ) -> Result<Flushed, TransportError> {
         match self {
             Transport::Plain(s) => Ok(out.flush(s)?),
+            Transport::Tls(t) => t.flush(out, scratch),
         }
     }
 
-    /// Ends the write side once everything queued is out.
+    /// Memory the transport itself holds (TLS: ciphertext not yet taken by the socket, a
+    /// partial record received).
+    pub fn cost(&self) -> usize {
+        match self {
+            Transport::Plain(_) => 0,
+            Transport::Tls(t) => t.cost(),
+        }
+    }
+
+    /// Output is pending inside the transport (TLS ciphertext the socket did not take).
+    pub fn has_pending(&self) -> bool {
+        match self {
+            Transport::Plain(_) => false,
+            Transport::Tls(t) => t.has_pending(),
+        }
+    }
+
+    /// Ends the write side once everything queued is out: TLS sends close_notify first.
     pub fn shutdown_write(&mut self) {
         match self {
             Transport::Plain(s) => {
                 let _ = s.shutdown(std::net::Shutdown::Write);
             }
+            Transport::Tls(t) => t.shutdown_write(),
         }
     }
 }

@@ -19,7 +19,7 @@ use super::handle::{Inbox, Msg};
 use crate::admission;
 use crate::broadcast::{Bus, Delivery};
 use crate::config::Config;
-use crate::conn::{Conn, Transport};
+use crate::conn::{Conn, Tls, Transport};
 use crate::memory;
 use crate::stats::{bump, gauge, Stats};
 use crate::timer::{Entry, Wheel};
@@ -53,6 +53,12 @@ pub struct Worker {
     pub(super) topics: Topics,
     /// Shared by all connections for reading; see `READ_BUF`.
     pub(super) rbuf: Vec<u8>,
+    /// The TLS configuration new connections get; `None`: plain ws.
+    pub(super) tls: Option<Arc<rustls::ServerConfig>>,
+    /// Shared by TLS connections: ciphertext as it is read (`READ_BUF`), and plaintext
+    /// gathered for encryption (a batch). Empty without TLS.
+    pub(super) tls_in: Vec<u8>,
+    pub(super) tls_out: Vec<u8>,
     /// Where JSON replies are built before being framed.
     pub(super) scratch: Vec<u8>,
     /// Deliveries for this worker's connections, queued during the turn.
@@ -87,6 +93,8 @@ pub struct Context {
     pub stats: Arc<Stats>,
     pub admission: Arc<admission::Shared>,
     pub memory: Arc<memory::Guard>,
+    /// The TLS configuration new connections get; `None`: plain ws.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// What a readiness event said about the peer, beyond readability.
@@ -107,7 +115,13 @@ impl Worker {
             stats,
             admission,
             memory,
+            tls,
         } = ctx;
+        let tls_in = if tls.is_some() {
+            vec![0; READ_BUF]
+        } else {
+            Vec::new()
+        };
         Worker {
             index,
             poll,
@@ -120,6 +134,9 @@ impl Worker {
             memory,
             topics: Topics::default(),
             rbuf: vec![0; READ_BUF],
+            tls,
+            tls_in,
+            tls_out: Vec::new(),
             scratch: Vec::with_capacity(1024),
             pending: Vec::new(),
             over: Vec::new(),
@@ -223,6 +240,12 @@ impl Worker {
                 Msg::Deliver(d) => self.pending.push(d),
                 Msg::Shutdown => self.begin_shutdown(),
                 Msg::Fence => self.on_fence(),
+                Msg::Tls(cfg) => {
+                    if self.tls_in.is_empty() {
+                        self.tls_in = vec![0; READ_BUF];
+                    }
+                    self.tls = Some(cfg);
+                }
                 #[cfg(test)]
                 Msg::Panic(why) => panic!("{why}"),
             }
@@ -247,8 +270,18 @@ impl Worker {
             self.admission.release(ip);
             return;
         }
+        let transport = match &self.tls {
+            None => Transport::Plain(sock),
+            Some(cfg) => match Tls::new(sock, cfg.clone()) {
+                Ok(t) => Transport::Tls(Box::new(t)),
+                Err(e) => {
+                    log::warn!("worker {}: cannot start TLS: {e}", self.index);
+                    self.admission.release(ip);
+                    return;
+                }
+            },
+        };
         self.next_generation = self.next_generation.wrapping_add(1);
-        let transport = Transport::Plain(sock);
         entry.insert(Conn::new(transport, ip, self.next_generation, now));
         gauge(&self.stats.open, 1);
         let deadline = now + self.cfg.handshake_timeout.as_secs() as u32;
@@ -269,6 +302,7 @@ impl Worker {
         gauge(&self.stats.queued_bytes, -(conn.out.len() as i64));
         gauge(&self.stats.outbound_memory, -(conn.out.cost() as i64));
         gauge(&self.stats.inbound_memory, -(conn.inbound_cost() as i64));
+        gauge(&self.stats.tls_memory, -(conn.transport.cost() as i64));
         if conn.is_held() {
             gauge(&self.stats.held, -1);
         }

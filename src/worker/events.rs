@@ -28,6 +28,9 @@ impl Worker {
                 let ping_at = now + self.cfg.ping_interval.as_secs() as u32;
                 self.set_deadline(key, ping_at);
                 bump(&self.stats.handshakes, 1);
+                if self.conns[key].transport.is_tls() {
+                    bump(&self.stats.tls_upgrades, 1);
+                }
             }
             Event::Refused {
                 response,

@@ -32,6 +32,9 @@ pub enum Msg {
     Shutdown,
     /// The sending worker has queued its last delivery: it accepts no more publishes.
     Fence,
+    /// The TLS configuration for new connections from now on (a certificate reload);
+    /// connections already open keep theirs.
+    Tls(std::sync::Arc<rustls::ServerConfig>),
     /// Tests only: panic inside the worker's loop, to prove a dead worker is reported.
     #[cfg(test)]
     Panic(&'static str),

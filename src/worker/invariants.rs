@@ -9,20 +9,23 @@ impl Worker {
     /// flushed or is waiting for WRITABLE, and the gauges equal the sums they stand for.
     pub(super) fn check_invariants(&self) {
         let (mut queued, mut outbound, mut inbound, mut held) = (0i64, 0i64, 0i64, 0i64);
+        let mut tls = 0i64;
         for (key, c) in self.conns.iter() {
+            let pending = !c.out.is_empty() || c.transport.has_pending();
             assert_eq!(c.dirty, self.dirty.contains(&key), "conn {key} dirty flag");
             assert!(
-                !c.write_interest || !c.out.is_empty(),
+                !c.write_interest || pending,
                 "conn {key} WRITABLE for nothing"
             );
             assert!(
-                c.out.is_empty() || c.write_interest || c.dirty,
+                !pending || c.write_interest || c.dirty,
                 "conn {key} has output nobody will flush"
             );
             assert!(
-                !c.shut || c.out.is_empty(),
+                !c.shut || !pending,
                 "conn {key} shut its write side with output queued"
             );
+            tls += c.transport.cost() as i64;
             queued += c.out.len() as i64;
             outbound += c.out.cost() as i64;
             inbound += c.inbound_cost() as i64;
@@ -41,6 +44,7 @@ impl Worker {
             "inbound-memory gauge"
         );
         assert_eq!(s.held.load(Relaxed), held, "held gauge");
+        assert_eq!(s.tls_memory.load(Relaxed), tls, "TLS memory gauge");
         assert_eq!(s.open.load(Relaxed), self.conns.len() as i64, "open gauge");
     }
 }

@@ -7,7 +7,7 @@ use mio::{Interest, Token};
 use super::event_loop::Hangup;
 use super::Worker;
 use crate::codec;
-use crate::conn::{Event, Input, Phase, NEVER};
+use crate::conn::{Event, Input, Phase, TransportError, NEVER};
 use crate::outbound::Flushed;
 use crate::stats::{bump, gauge};
 
@@ -48,15 +48,19 @@ impl Worker {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
-            let (len, drained) = match conn.transport.read(&mut self.rbuf) {
+            let cost0 = conn.transport.cost();
+            let res = conn.transport.read(&mut self.rbuf, &mut self.tls_in);
+            let cost1 = conn.transport.cost();
+            gauge(&self.stats.tls_memory, cost1 as i64 - cost0 as i64);
+            if conn.transport.has_pending() {
+                // TLS handshake records the socket did not take at once.
+                self.mark_dirty(key);
+            }
+            let (len, drained) = match res {
                 Ok(Input::Data { len, drained }) => (len, drained),
                 Ok(Input::WouldBlock) => return,
                 Ok(Input::Eof) => return self.on_eof(key),
-                Err(e) => {
-                    log::debug!("worker {}: conn {key} read error: {e}", self.index);
-                    bump(&self.stats.hangups, 1);
-                    return self.drop_conn(key, "read error");
-                }
+                Err(e) => return self.on_transport_error(key, e),
             };
             bump(&self.stats.bytes_in, len as u64);
             let mut rbuf = std::mem::take(&mut self.rbuf);
@@ -183,6 +187,18 @@ impl Worker {
         }
     }
 
+    /// The transport failed: the connection is dropped, counted by why.
+    fn on_transport_error(&mut self, key: usize, e: TransportError) {
+        log::debug!("worker {}: conn {key}: {e}", self.index);
+        let counter = match &e {
+            TransportError::PlainHttp => &self.stats.tls_plain_http,
+            TransportError::Tls(_) => &self.stats.tls_errors,
+            TransportError::Io(_) => &self.stats.hangups,
+        };
+        bump(counter, 1);
+        self.drop_conn(key, "transport error");
+    }
+
     fn on_eof(&mut self, key: usize) {
         let why = match self.conns[key].machine.phase() {
             Phase::Closing => "closed",
@@ -302,8 +318,8 @@ impl Worker {
     /// of a closing connection once everything is out.
     pub(super) fn flush(&mut self, key: usize) {
         let conn = &mut self.conns[key];
-        let (len0, cost0) = (conn.out.len(), conn.out.cost());
-        let res = conn.transport.flush(&mut conn.out);
+        let (len0, cost0, tls0) = (conn.out.len(), conn.out.cost(), conn.transport.cost());
+        let res = conn.transport.flush(&mut conn.out, &mut self.tls_out);
         let written = len0 - conn.out.len();
         bump(&self.stats.bytes_out, written as u64);
         gauge(&self.stats.queued_bytes, -(written as i64));
@@ -311,14 +327,14 @@ impl Worker {
             &self.stats.outbound_memory,
             conn.out.cost() as i64 - cost0 as i64,
         );
+        gauge(
+            &self.stats.tls_memory,
+            conn.transport.cost() as i64 - tls0 as i64,
+        );
         let want_write = match res {
             Ok(Flushed::Empty) => false,
             Ok(Flushed::Blocked) => true,
-            Err(e) => {
-                log::debug!("worker {}: conn {key} write error: {e}", self.index);
-                bump(&self.stats.hangups, 1);
-                return self.drop_conn(key, "write error");
-            }
+            Err(e) => return self.on_transport_error(key, e),
         };
         if want_write != conn.write_interest {
             let interest = if want_write {
@@ -336,7 +352,9 @@ impl Worker {
             }
             conn.write_interest = want_write;
         }
-        if conn.is_held() && conn.out.cost() <= self.cfg.max_outbound_bytes / 2 {
+        if conn.is_held()
+            && conn.out.cost() + conn.transport.cost() <= self.cfg.max_outbound_bytes / 2
+        {
             self.release_hold(key);
             return;
         }
