@@ -1,7 +1,7 @@
 //! TLS clients against a TLS WebSocket server written by others: `corecast-load` over wss://
-//! (certificate verification, names, versions, every scenario, big frames) against
-//! tests/clients/tls_echo_server.py (the Python `websockets` package behind Python's ssl
-//! module) with a fresh CA made by rcgen.
+//! (certificate verification, names, versions, every scenario, big frames) and the
+//! independent client scripts' wss:// mode, all against tests/clients/tls_echo_server.py (the
+//! Python `websockets` package behind Python's ssl module) with a fresh CA made by rcgen.
 //!
 //! Until corecast itself speaks TLS this is the server on the other end; the stand-in answers
 //! the JSON ops the load generator uses, so `broadcast` runs too. The stand-in needs Python
@@ -509,4 +509,104 @@ fn frames_larger_than_the_tls_buffers_are_echoed_whole() {
     assert!(u(&v, "received") >= 20, "{v}");
     let seen = server.finish();
     assert!(u(&seen, "messages") >= u(&v, "received"), "{seen}");
+}
+
+/// How a client script is told the CA: the `--ca` flag or the `CORECAST_CA_FILE` variable.
+enum CaBy<'a> {
+    Flag(&'a str),
+    Env(&'a str),
+    Nothing,
+}
+
+/// An independent client script over wss:// in its --echo-only mode (the stand-in does not
+/// speak the whole JSON protocol the scripts check).
+fn client_script(program: &str, script: &str, ca: CaBy<'_>, url: &str) -> Run {
+    let mut cmd = Command::new(program);
+    cmd.current_dir(repo()).arg(script).arg("--echo-only");
+    match ca {
+        CaBy::Flag(path) => {
+            cmd.args(["--ca", path]);
+        }
+        CaBy::Env(path) => {
+            cmd.env("CORECAST_CA_FILE", path);
+        }
+        CaBy::Nothing => {}
+    }
+    cmd.arg(url)
+        .env_remove("SSL_CERT_FILE")
+        .env_remove("SSL_CERT_DIR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    run_as_is(cmd)
+}
+
+#[test]
+fn python_websockets_client_script_over_wss() {
+    if !stand_in_available("py_client.py over wss") {
+        return;
+    }
+    let pki = Pki::new("py-client");
+    let server = StandIn::start(&pki, &[]);
+    let script = "tests/clients/py_client.py";
+    let ca = pki.path("ca.pem");
+    for by in [CaBy::Flag(&ca), CaBy::Env(&ca)] {
+        let r = client_script("python3", script, by, &server.url());
+        assert!(r.ok, "py_client.py over wss failed");
+        assert!(r.stdout.contains(": 4 checks passed"), "{}", r.stdout);
+    }
+    let r = client_script("python3", script, CaBy::Nothing, &server.url());
+    assert!(!r.ok, "py_client.py trusted an unknown CA");
+    assert!(
+        r.stderr.contains("CERTIFICATE_VERIFY_FAILED"),
+        "{}",
+        r.stderr
+    );
+    let seen = server.finish();
+    assert_eq!(u(&seen, "connections"), 2, "{seen}");
+    assert_eq!(u(&seen, "messages"), 4, "{seen}");
+}
+
+#[test]
+fn node_ws_client_script_over_wss() {
+    if !stand_in_available("node_client.mjs over wss") {
+        return;
+    }
+    let ws = repo().join("tests/clients/node_modules/ws/package.json");
+    if !ws.exists() {
+        if std::env::var("CORECAST_SKIP_EXTERNAL_CLIENTS").as_deref() == Ok("1") {
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n!!!!!!!! SKIPPED: node_client.mjs over wss: {} is missing \
+                 (CORECAST_SKIP_EXTERNAL_CLIENTS=1) !!!!!!!!\n",
+                ws.display()
+            );
+            return;
+        }
+        panic!(
+            "{} is missing: run `bash tools/install-test-deps.sh`",
+            ws.display()
+        );
+    }
+    let pki = Pki::new("node-client");
+    let server = StandIn::start(&pki, &[]);
+    let script = "tests/clients/node_client.mjs";
+    let ca = pki.path("ca.pem");
+    for by in [CaBy::Flag(&ca), CaBy::Env(&ca)] {
+        let r = client_script("node", script, by, &server.url());
+        assert!(r.ok, "node_client.mjs over wss failed");
+        assert!(r.stdout.contains(": 6 checks passed"), "{}", r.stdout);
+    }
+    let r = client_script("node", script, CaBy::Nothing, &server.url());
+    assert!(!r.ok, "node_client.mjs trusted an unknown CA");
+    // The stand-in sends its CA along, so OpenSSL finds a self-signed root it does not trust.
+    assert!(
+        r.stderr
+            .contains("self-signed certificate in certificate chain"),
+        "{}",
+        r.stderr
+    );
+    let seen = server.finish();
+    assert_eq!(u(&seen, "connections"), 2, "{seen}");
+    assert_eq!(u(&seen, "messages"), 4, "{seen}");
 }
