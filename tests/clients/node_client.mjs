@@ -1,12 +1,17 @@
 #!/usr/bin/env node
 // Checks a running corecast server with an independent client: the `ws` package from npm.
 //
-//   node tests/clients/node_client.mjs ws://127.0.0.1:PORT
+//   node tests/clients/node_client.mjs [--echo-only] [--ca FILE] ws://127.0.0.1:PORT
+//   node tests/clients/node_client.mjs --ca FILE wss://127.0.0.1:PORT
 //
 // Exercises /ws (subscribe, publish, broadcast, echo, error replies, unsubscribe) and /echo
-// (raw binary and text echo). Exits 0 when everything matched, 1 with a message naming the
-// first mismatch, 2 on bad usage or a missing `ws` package.
+// (raw binary and text echo); --echo-only checks /echo alone (for a server that only echoes).
+// A wss:// URL is verified against the CA certificates in --ca FILE (default: the file named
+// by $CORECAST_CA_FILE, else Node's own CA list). Exits 0 when everything matched, 1 with a
+// message naming the first mismatch or a failed connection, 2 on bad usage or a missing `ws`
+// package.
 
+import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { isDeepStrictEqual } from 'node:util';
 
@@ -29,13 +34,17 @@ function check(cond, what) {
   if (!cond) throw new Mismatch(what);
 }
 
+/** Options for every connection: none over ws://, as before wss:// existed; over wss:// the
+ *  CA to verify the server's certificate with, if one was given. */
+let connectOptions;
+
 /** A connection whose incoming messages queue up until read with a timeout. */
 class Client {
   constructor(url, name) {
     this.name = name;
     this.queue = [];
     this.waiter = null;
-    this.ws = new WebSocket(url);
+    this.ws = connectOptions === undefined ? new WebSocket(url) : new WebSocket(url, connectOptions);
     this.ws.on('message', (data, isBinary) => {
       this.queue.push({ data, isBinary });
       this.wake();
@@ -139,13 +148,43 @@ async function expectSilence(c, who) {
   check(extra === null, `${who}: unexpected message ${extra && extra.data.toString().slice(0, 200)}`);
 }
 
+/** [--echo-only] [--ca FILE] URL, or null on bad usage. */
+function parseArgs(argv) {
+  const args = { echoOnly: false, ca: process.env.CORECAST_CA_FILE, url: null };
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === '--echo-only') args.echoOnly = true;
+    else if (argv[i] === '--ca' && i + 1 < argv.length) args.ca = argv[++i];
+    else if (args.url === null && /^wss?:\/\//.test(argv[i])) args.url = argv[i].replace(/\/+$/, '');
+    else return null;
+  }
+  return args.url === null ? null : args;
+}
+
 async function main() {
-  const base = (process.argv[2] || '').replace(/\/+$/, '');
-  if (process.argv.length !== 3 || !base.startsWith('ws://')) {
-    console.error('usage: node_client.mjs ws://HOST:PORT');
+  const args = parseArgs(process.argv.slice(2));
+  if (args === null) {
+    console.error('usage: node_client.mjs [--echo-only] [--ca FILE] ws[s]://HOST:PORT');
     return 2;
   }
+  const base = args.url;
+  if (base.startsWith('wss://')) {
+    connectOptions = args.ca ? { ca: readFileSync(args.ca) } : {};
+  }
   const started = performance.now();
+  if (!args.echoOnly) await checkJsonProtocol(base);
+  await checkRawEcho(base);
+
+  let wsVersion = '?';
+  try {
+    wsVersion = createRequire(import.meta.url)('ws/package.json').version;
+  } catch {
+    // only for the summary line
+  }
+  console.log(`node_client (ws ${wsVersion}): ${checks} checks passed in ${((performance.now() - started) / 1000).toFixed(2)} s`);
+  return 0;
+}
+
+async function checkJsonProtocol(base) {
   const nSubs = 3;
   const everyone = [];
   try {
@@ -225,7 +264,9 @@ async function main() {
   } finally {
     for (const c of everyone) c.close();
   }
+}
 
+async function checkRawEcho(base) {
   // /echo: raw frames come back verbatim with their opcode
   const raw = await Client.open(`${base}/echo`, '/echo');
   try {
@@ -244,15 +285,6 @@ async function main() {
   } finally {
     raw.close();
   }
-
-  let wsVersion = '?';
-  try {
-    wsVersion = createRequire(import.meta.url)('ws/package.json').version;
-  } catch {
-    // only for the summary line
-  }
-  console.log(`node_client (ws ${wsVersion}): ${checks} checks passed in ${((performance.now() - started) / 1000).toFixed(2)} s`);
-  return 0;
 }
 
 try {

@@ -1,15 +1,22 @@
 #!/usr/bin/env python3
 """Checks a running corecast server with an independent client: the `websockets` package.
 
-    python3 tests/clients/py_client.py ws://127.0.0.1:PORT
+    python3 tests/clients/py_client.py [--echo-only] [--ca FILE] ws://127.0.0.1:PORT
+    python3 tests/clients/py_client.py --ca FILE wss://127.0.0.1:PORT
 
 Exercises /ws (subscribe, publish, broadcast, echo, error replies, unsubscribe) and /echo
-(raw binary and text echo). Exits 0 when everything matched, 1 with a message naming the
-first mismatch, 2 on bad usage or a missing `websockets` package.
+(raw binary and text echo); --echo-only checks /echo alone (for a server that only echoes).
+A wss:// URL is verified against the CA certificates in --ca FILE (default: the file named
+by $CORECAST_CA_FILE, else the machine's CA store). Exits 0 when everything matched, 1 with
+a message naming the first mismatch or a failed connection, 2 on bad usage or a missing
+`websockets` package.
 """
 
+import argparse
 import contextlib
 import json
+import os
+import ssl
 import sys
 import time
 
@@ -94,16 +101,39 @@ def send(ws, obj):
     ws.send(json.dumps(obj))
 
 
-def main():
-    if len(sys.argv) != 2 or not sys.argv[1].startswith("ws://"):
-        print("usage: py_client.py ws://HOST:PORT", file=sys.stderr)
-        return 2
-    base = sys.argv[1].rstrip("/")
-    started = time.monotonic()
+def parse_args():
+    ap = argparse.ArgumentParser(description="Checks a running corecast server with the `websockets` package.")
+    ap.add_argument("--echo-only", action="store_true", help="check the raw /echo endpoint only")
+    ap.add_argument("--ca", default=os.environ.get("CORECAST_CA_FILE"),
+                    help="PEM CA certificates that a wss:// server's certificate must chain to "
+                         "(default: $CORECAST_CA_FILE, else the machine's CA store)")
+    ap.add_argument("url", help="ws://HOST:PORT or wss://HOST:PORT")
+    args = ap.parse_args()
+    if not args.url.startswith(("ws://", "wss://")):
+        ap.error("the URL must start with ws:// or wss://")
+    return args
 
+
+def main():
+    args = parse_args()
+    base = args.url.rstrip("/")
+    # Over ws:// connect() gets no ssl argument at all, exactly as before wss:// existed.
+    tls = {}
+    if base.startswith("wss://"):
+        tls["ssl"] = ssl.create_default_context(cafile=args.ca)
+    started = time.monotonic()
+    if not args.echo_only:
+        check_json_protocol(base, tls)
+    check_raw_echo(base, tls)
+    print("py_client (websockets %s): %d checks passed in %.2f s"
+          % (websockets.__version__, checks, time.monotonic() - started))
+    return 0
+
+
+def check_json_protocol(base, tls):
     n_subs = 3
     with contextlib.ExitStack() as stack:
-        everyone = [stack.enter_context(connect(base + "/ws", open_timeout=TIMEOUT))
+        everyone = [stack.enter_context(connect(base + "/ws", open_timeout=TIMEOUT, **tls))
                     for _ in range(n_subs + 2)]
         subs = everyone[:n_subs]
         publisher, bystander = everyone[n_subs:]
@@ -180,8 +210,10 @@ def main():
         send(publisher, {"op": "echo", "id": {"n": 1}, "data": 1})
         expect_error(recv_json(publisher, "object id"), None, "object id")
 
+
+def check_raw_echo(base, tls):
     # /echo: raw frames come back verbatim with their opcode
-    with connect(base + "/echo", open_timeout=TIMEOUT) as raw:
+    with connect(base + "/echo", open_timeout=TIMEOUT, **tls) as raw:
         blob = bytes(range(256)) * 16
         raw.send(blob)
         got = raw.recv(timeout=TIMEOUT)
@@ -192,10 +224,6 @@ def main():
         got = raw.recv(timeout=TIMEOUT)
         check(isinstance(got, str), "/echo: text frame came back as binary")
         check(got == text, "/echo: text echo differs: %r" % got)
-
-    print("py_client (websockets %s): %d checks passed in %.2f s"
-          % (websockets.__version__, checks, time.monotonic() - started))
-    return 0
 
 
 if __name__ == "__main__":

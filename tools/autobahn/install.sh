@@ -3,8 +3,16 @@
 #
 #   bash tools/autobahn/install.sh [VENV]     # default VENV: /tmp/corecast-autobahn-py27
 #
-# Idempotent: returns at once when VENV/bin/wstest already works. Nothing is installed
-# system-wide. Python packages come from PyPI, pinned by constraints-py27.txt beside this file.
+# Idempotent: returns at once when VENV/bin/wstest already works, TLS included. Nothing is
+# installed system-wide. Python packages come from PyPI, pinned by constraints-py27.txt beside
+# this file.
+#
+# wss:// (run.sh with TLS=1) needs Twisted's TLS: pyOpenSSL over cryptography, and
+# service_identity. They are named here, not left to autobahntestsuite's dependencies, and
+# their import is checked. The pins are the versions autobahntestsuite 25.10.1 itself
+# requires (==): pyOpenSSL 19.1.0 and service-identity 18.1.0 over cryptography 3.3.2, the
+# last cryptography for Python 2.7, whose manylinux wheel brings its own OpenSSL 1.1.1 (so
+# TLS 1.3 too), whatever the interpreter was built against.
 #
 # The Python 2.7 interpreter is the first of:
 #   $PY27, `python2.7` on PATH, pyenv's 2.7.x (~/.pyenv/versions/2.7.*),
@@ -16,7 +24,20 @@ dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 venv=${1:-${AUTOBAHN_VENV:-/tmp/corecast-autobahn-py27}}
 wstest="$venv/bin/wstest"
 
-if [ -x "$wstest" ] && "$wstest" --help >/dev/null 2>&1; then
+# The venv's interpreter; one unpacked from Debian packages needs their libraries.
+venv_python() {
+    if [ -d "$venv.py27/usr/lib/x86_64-linux-gnu" ]; then
+        LD_LIBRARY_PATH="$venv.py27/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+            "$venv/bin/python" "$@"
+    else
+        "$venv/bin/python" "$@"
+    fi
+}
+tls_works() {
+    venv_python -W ignore -c 'import OpenSSL.SSL, service_identity, twisted.internet.ssl' 2>/dev/null
+}
+
+if [ -x "$wstest" ] && "$wstest" --help >/dev/null 2>&1 && tls_works; then
     exit 0
 fi
 echo "installing wstest into $venv (about a minute)" >&2
@@ -73,7 +94,7 @@ if ! [ -x "$helper/bin/virtualenv" ]; then
 fi
 "$helper/bin/virtualenv" -q --no-periodic-update --app-data "$helper/app-data" -p "$py27" "$venv"
 "$venv/bin/pip" install -q --no-cache-dir --disable-pip-version-check \
-    -c "$dir/constraints-py27.txt" autobahntestsuite==25.10.1 2>&1 \
+    -c "$dir/constraints-py27.txt" autobahntestsuite==25.10.1 pyOpenSSL service-identity 2>&1 \
     | { grep -v -e DEPRECATION -e 'pip 21.0' -e '^$' || true; } >&2
 
 if [ -n "$libpath" ]; then
@@ -84,4 +105,5 @@ if [ -n "$libpath" ]; then
     chmod +x "$wstest"
 fi
 "$wstest" --help >/dev/null
+tls_works || { echo "wstest's TLS (pyOpenSSL, service_identity) does not import" >&2; exit 1; }
 echo "installed $wstest" >&2

@@ -1,13 +1,24 @@
 #!/usr/bin/env bash
 # Autobahn|Testsuite (the fuzzingclient of `wstest`) against corecast's /echo endpoint.
 #
-#   bash tools/autobahn/run.sh
+#   bash tools/autobahn/run.sh                      # ws://
+#   TLS=1 bash tools/autobahn/run.sh                # wss://, corecast --tls-cert/--tls-key
+#   TLS=1 STAND_IN=1 bash tools/autobahn/run.sh     # wss:// against the Python TLS stand-in
 #
 # Installs wstest if missing (tools/autobahn/install.sh), builds corecast in release mode,
 # starts it on a free loopback port, runs the suite, stops the server with SIGTERM (it must
-# exit 0) and summarises reports/autobahn/index.json. The last line printed is
+# exit 0) and summarises the report's index.json. The last line printed is
 # `N passed, N failed, N skipped`; the exit status is non-zero on any failed case, on fewer
 # than MIN_PASSED passed cases, or when the server does not stop cleanly.
+#
+# TLS=1 makes a throw-away self-signed certificate and key for 127.0.0.1 with the openssl CLI
+# (installed with apt-get when missing), starts corecast with --tls-cert/--tls-key, and points
+# wstest at wss://127.0.0.1:PORT/echo. wstest (Twisted's ClientContextFactory, pyOpenSSL)
+# does not verify the certificate: the suite tests WebSocket conformance over TLS, and the
+# load generator's and clients' tests cover verification. STAND_IN=1 (with TLS=1) runs
+# tests/clients/tls_echo_server.py (Python websockets behind Python's ssl) instead of
+# corecast, to check the TLS set-up of wstest itself; it also prints the TLS version and
+# cipher each session negotiated.
 #
 # Environment (all optional):
 #   AUTOBAHN_VENV  wstest's virtualenv        (default /tmp/corecast-autobahn-py27)
@@ -17,7 +28,9 @@
 #                                              skipped, because corecast does not negotiate
 #                                              permessage-deflate)
 #   MIN_PASSED     least passed cases allowed (default 301, all of 1.* to 11.*)
-#   REPORT_DIR     where the report goes      (default reports/autobahn)
+#   REPORT_DIR     where the report goes      (default reports/autobahn, or
+#                                              reports/autobahn-tls with TLS=1)
+#   TLS, STAND_IN  see above                  (default 0)
 #   CARGO_TARGET_DIR is honoured for the build.
 set -euo pipefail
 
@@ -29,17 +42,29 @@ venv=${AUTOBAHN_VENV:-/tmp/corecast-autobahn-py27}
 cases=${CASES:-'["*"]'}
 exclude=${EXCLUDE:-'[]'}
 min_passed=${MIN_PASSED:-301}
-report_dir=${REPORT_DIR:-reports/autobahn}
+tls=${TLS:-0}
+stand_in=${STAND_IN:-0}
+if [ "$stand_in" = 1 ] && [ "$tls" != 1 ]; then
+    echo "STAND_IN=1 needs TLS=1 (the stand-in only speaks TLS)" >&2
+    exit 2
+fi
+if [ "$tls" = 1 ]; then
+    report_dir=${REPORT_DIR:-reports/autobahn-tls}
+    scheme=wss
+else
+    report_dir=${REPORT_DIR:-reports/autobahn}
+    scheme=ws
+fi
 started=$(date +%s)
 
 echo "== wstest"
 bash "$here/install.sh" "$venv"
 wstest="$venv/bin/wstest"
 
-echo "== cargo build --release --bin corecast"
 # The build's own JSON messages name the executable, wherever the target directory is.
-bin=$(cargo build --release --bin corecast --message-format=json-render-diagnostics \
-      | python3 -c '
+build_corecast() {
+    cargo build --release --bin corecast --message-format=json-render-diagnostics \
+        | python3 -c '
 import json, sys
 exe = None
 for line in sys.stdin:
@@ -49,53 +74,98 @@ for line in sys.stdin:
         continue
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "corecast":
         exe = m["executable"]
-print(exe or "")')
-[ -x "$bin" ] || { echo "build produced no corecast executable" >&2; exit 2; }
+print(exe or "")'
+}
+
+if [ "$stand_in" = 1 ]; then
+    python3 -c 'import websockets.asyncio.server' 2>/dev/null \
+        || { echo "the stand-in needs Python websockets: bash tools/install-test-deps.sh" >&2; exit 2; }
+else
+    echo "== cargo build --release --bin corecast"
+    bin=$(build_corecast)
+    [ -x "$bin" ] || { echo "build produced no corecast executable" >&2; exit 2; }
+    if [ "$tls" = 1 ] && ! "$bin" --help | grep -q -- '--tls-cert'; then
+        echo "this corecast has no --tls-cert: the server's TLS has not landed, so TLS=1 cannot run" >&2
+        exit 2
+    fi
+fi
 
 # A port the kernel just handed out on loopback and released again.
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
-url="ws://127.0.0.1:$port/echo"
+url="$scheme://127.0.0.1:$port/echo"
 
 rm -rf "$report_dir"
 mkdir -p "$report_dir"
 report_dir=$(cd "$report_dir" && pwd)
 server_log="$report_dir/server.log"
 
-echo "== corecast on 127.0.0.1:$port (log: $server_log)"
-# 9.* sends messages and single frames of up to 16 MiB, and the echo of one must fit in the
-# outbound bound (which must hold a whole message); the admin endpoint is not needed (and
-# its default port might be taken).
-RUST_LOG=${RUST_LOG:-warn} "$bin" \
-    --listen "127.0.0.1:$port" \
-    --workers 2 --no-pin \
-    --max-message-size 16777216 --max-frame-size 16777216 --max-outbound-bytes 33554432 \
-    --admin-listen off \
-    > "$server_log" 2>&1 &
-server_pid=$!
-stop_server() {
-    if [ -n "${server_pid:-}" ] && kill -0 "$server_pid" 2>/dev/null; then
+tls_dir=""
+server_pid=""
+cleanup() {
+    if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
         kill -TERM "$server_pid" 2>/dev/null || true
         wait "$server_pid" 2>/dev/null || true
     fi
+    if [ -n "$tls_dir" ]; then rm -rf "$tls_dir"; fi
 }
-trap stop_server EXIT
+trap cleanup EXIT
+
+tls_args=()
+if [ "$tls" = 1 ]; then
+    if ! command -v openssl >/dev/null; then
+        echo "== apt-get install openssl (to make the test certificate)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+    fi
+    tls_dir=$(mktemp -d)
+    # A one-day P-256 certificate for 127.0.0.1; CA:FALSE, as a server certificate must be
+    # (openssl req -x509 marks it a CA otherwise, which rustls-based clients refuse).
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+        -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+        -addext basicConstraints=critical,CA:FALSE \
+        -keyout "$tls_dir/key.pem" -out "$tls_dir/cert.pem" 2>/dev/null
+    tls_args=(--tls-cert "$tls_dir/cert.pem" --tls-key "$tls_dir/key.pem")
+fi
+
+if [ "$stand_in" = 1 ]; then
+    agent=python-websockets-stand-in
+    echo "== TLS stand-in (tests/clients/tls_echo_server.py) on 127.0.0.1:$port (log: $server_log)"
+    python3 "$repo/tests/clients/tls_echo_server.py" --port "$port" \
+        --cert "$tls_dir/cert.pem" --key "$tls_dir/key.pem" \
+        --lifetime 1200 > "$server_log" 2>&1 &
+else
+    agent=corecast
+    echo "== corecast on 127.0.0.1:$port${tls_args[*]:+ with TLS} (log: $server_log)"
+    # 9.* sends messages and single frames of up to 16 MiB, and the echo of one must fit in
+    # the outbound bound (which must hold a whole message); the admin endpoint is not needed
+    # (and its default port might be taken).
+    RUST_LOG=${RUST_LOG:-warn} "$bin" \
+        --listen "127.0.0.1:$port" \
+        --workers 2 --no-pin \
+        --max-message-size 16777216 --max-frame-size 16777216 --max-outbound-bytes 33554432 \
+        --admin-listen off \
+        "${tls_args[@]}" \
+        > "$server_log" 2>&1 &
+fi
+server_pid=$!
 
 for _ in $(seq 100); do
     if python3 -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 0.2).close()' "$port" 2>/dev/null; then
         break
     fi
-    kill -0 "$server_pid" 2>/dev/null || { echo "corecast exited at start:" >&2; cat "$server_log" >&2; exit 2; }
+    kill -0 "$server_pid" 2>/dev/null || { echo "$agent exited at start:" >&2; cat "$server_log" >&2; exit 2; }
     sleep 0.1
 done
 
 spec="$report_dir/fuzzingclient.json"
-python3 - "$spec" "$url" "$report_dir" "$cases" "$exclude" <<'PY'
+python3 - "$spec" "$url" "$report_dir" "$cases" "$exclude" "$agent" <<'PY'
 import json, sys
-spec, url, outdir, cases, exclude = sys.argv[1:]
+spec, url, outdir, cases, exclude, agent = sys.argv[1:]
 with open(spec, "w") as f:
     json.dump({
         "outdir": outdir,
-        "servers": [{"agent": "corecast", "url": url}],
+        # No "hostname": wstest then uses Twisted's ClientContextFactory, which does not
+        # verify the (throw-away) certificate.
+        "servers": [{"agent": agent, "url": url}],
         "cases": json.loads(cases),
         "exclude-cases": json.loads(exclude),
         "exclude-agent-cases": {},
@@ -112,15 +182,18 @@ if ! (cd "$report_dir" && "$wstest" -m fuzzingclient -s "$spec") > "$report_dir/
 fi
 ws_secs=$(( $(date +%s) - ws_start ))
 
-echo "== stopping corecast (SIGTERM)"
+echo "== stopping $agent (SIGTERM)"
 kill -TERM "$server_pid"
 server_status=0
 wait "$server_pid" || server_status=$?
 server_pid=""
-trap - EXIT
 if [ "$server_status" -ne 0 ]; then
-    echo "corecast exited with status $server_status after SIGTERM; last log lines:" >&2
+    echo "$agent exited with status $server_status after SIGTERM; last log lines:" >&2
     tail -20 "$server_log" >&2
+fi
+if [ "$stand_in" = 1 ]; then
+    # Its last line counts the sessions per negotiated "version cipher alpn".
+    echo "stand-in saw: $(tail -1 "$server_log")"
 fi
 
 echo "== report: $report_dir/index.html"

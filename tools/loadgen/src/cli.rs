@@ -19,9 +19,21 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 pub struct Common {
-    /// Server address as ws://HOST:PORT (loopback only; the path is chosen by the scenario).
+    /// Server address as ws://HOST:PORT or wss://HOST:PORT for TLS (loopback only; the path
+    /// is chosen by the scenario).
     #[arg(long, global = true, default_value = "ws://127.0.0.1:9000")]
     pub url: String,
+    /// wss: trust only the CA (or self-signed) certificates in this PEM file instead of the
+    /// machine's CA store.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// wss: DANGEROUS: accept any server certificate for any name (no verification at all).
+    #[arg(long, global = true, conflicts_with = "ca")]
+    pub insecure: bool,
+    /// wss: the name to send as SNI and to verify the certificate against (a DNS name or an
+    /// IP address; default: the URL's host).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub server_name: Option<String>,
     /// Client threads; each owns a share of the connections and its own mio Poll.
     #[arg(long, global = true, default_value_t = 1)]
     pub threads: usize,

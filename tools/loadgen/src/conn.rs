@@ -1,8 +1,7 @@
 //! One client WebSocket connection (buffers, handshake, frame I/O) and the per-thread mio
-//! worker that drives many of them edge-triggered.
+//! worker that drives many of them edge-triggered, over plain TCP or TLS (`transport`).
 
-use std::io::{self, Read as _, Write as _};
-use std::net::SocketAddrV4;
+use std::io;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -11,7 +10,9 @@ use mio::{Events, Interest, Poll, Token};
 use crate::clock::{self, Rng};
 use crate::frame::{self, FrameError};
 use crate::handshake::{self, Response};
-use crate::net::{self, Failure};
+use crate::net::{self, Failure, Target};
+use crate::tls::Negotiated;
+use crate::transport::{self, Transport};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -30,9 +31,19 @@ pub enum End {
     Protocol(FrameError),
     /// The server sent a close frame (we already queued our reply).
     CloseFrame,
+    /// The TLS session failed: a certificate that does not verify, an alert, a bad record.
+    Tls(rustls::Error),
 }
 
 impl End {
+    /// An I/O error from the transport, told apart from the TLS error it may carry.
+    fn from_io(e: io::Error) -> End {
+        match transport::tls_error(&e) {
+            Some(tls) => End::Tls(tls.clone()),
+            None => End::Io(e),
+        }
+    }
+
     /// Failure category when this ends a connection that never reached Open.
     fn failure(&self) -> Failure {
         match self {
@@ -40,6 +51,7 @@ impl End {
             End::Eof | End::CloseFrame => Failure::Reset,
             End::BadHandshake(_) => Failure::BadHandshake,
             End::Protocol(_) => Failure::Other,
+            End::Tls(_) => Failure::Tls,
         }
     }
 
@@ -50,15 +62,19 @@ impl End {
             End::BadHandshake(s) => format!("bad handshake: {s}"),
             End::Protocol(e) => format!("protocol: {e}"),
             End::CloseFrame => "close frame".into(),
+            End::Tls(e) => format!("tls: {e}"),
         }
     }
 }
 
 pub struct Conn<S> {
-    stream: Option<mio::net::TcpStream>,
+    /// `None` once the connection ended.
+    transport: Option<Transport>,
     pub state: State,
     /// When connect() was started, for connect latency and timeouts.
     pub started_ns: u64,
+    /// When the TCP connection was seen established, for the TLS handshake time.
+    connected_ns: u64,
     /// Fixed per connection: RFC 6455 only requires masking, and a fixed key lets us pre-build.
     pub mask: [u8; 4],
     /// Seed of this connection's Sec-WebSocket-Key, to check the server's accept value.
@@ -108,7 +124,7 @@ impl<S> Conn<S> {
 
     /// Writes queued bytes until done or WouldBlock; the next WRITABLE edge resumes.
     fn flush(&mut self) -> io::Result<()> {
-        let Some(stream) = self.stream.as_mut() else {
+        let Some(transport) = self.transport.as_mut() else {
             return Ok(());
         };
         loop {
@@ -128,9 +144,10 @@ impl<S> Conn<S> {
             } else {
                 self.out.clear();
                 self.out_pos = 0;
-                return Ok(());
+                // TLS records made by a read (handshake replies, alerts) still go out.
+                return transport.flush();
             };
-            match stream.write(buf) {
+            match transport.write(buf) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) if from_rep => {
                     self.rep_phase = (self.rep_phase + n) % self.frame_len;
@@ -175,23 +192,24 @@ impl<S> Conn<S> {
         loop {
             self.make_room()?;
             let space = self.rbuf.len() - self.rend;
-            let Some(stream) = self.stream.as_mut() else {
+            let Some(transport) = self.transport.as_mut() else {
                 return Ok(upgraded);
             };
-            match stream.read(&mut self.rbuf[self.rend..]) {
+            let short_read_drains = transport.short_read_drains();
+            match transport.read(&mut self.rbuf[self.rend..]) {
                 Ok(0) => return Err(End::Eof),
                 Ok(n) => {
                     self.rend += n;
                     upgraded |= self.process(&mut on_data)?;
                     // A short read means the socket queue was drained; new data will raise a
                     // fresh edge, so skip the extra read that would only return WouldBlock.
-                    if n < space {
+                    if n < space && short_read_drains {
                         return Ok(upgraded);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(upgraded),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(End::Io(e)),
+                Err(e) => return Err(End::from_io(e)),
             }
         }
     }
@@ -256,6 +274,7 @@ pub struct Failures {
     pub reset: u64,
     pub timeout: u64,
     pub bad_handshake: u64,
+    pub tls: u64,
     pub other: u64,
 }
 
@@ -266,6 +285,7 @@ impl Failures {
             Failure::Reset => self.reset += 1,
             Failure::Timeout => self.timeout += 1,
             Failure::BadHandshake => self.bad_handshake += 1,
+            Failure::Tls => self.tls += 1,
             Failure::Other => self.other += 1,
         }
     }
@@ -275,11 +295,12 @@ impl Failures {
         self.reset += o.reset;
         self.timeout += o.timeout;
         self.bad_handshake += o.bad_handshake;
+        self.tls += o.tls;
         self.other += o.other;
     }
 
     pub fn total(&self) -> u64 {
-        self.refused + self.reset + self.timeout + self.bad_handshake + self.other
+        self.refused + self.reset + self.timeout + self.bad_handshake + self.tls + self.other
     }
 }
 
@@ -287,8 +308,12 @@ impl Failures {
 pub struct ConnStats {
     pub ok: u64,
     pub failed: Failures,
-    /// TCP connect start -> 101 received, microseconds.
+    /// TCP connect start -> 101 received, microseconds (TLS handshake included).
     pub connect_us: Histogram<u64>,
+    /// TCP established -> TLS handshake finished, microseconds; empty for ws://.
+    pub tls_handshake_us: Histogram<u64>,
+    /// What the first TLS handshake on this thread negotiated (all share one config).
+    pub tls: Option<Negotiated>,
     /// Open connections that later ended (server close, reset, protocol error).
     pub dropped: u64,
     /// First few distinct problems, for the human summary.
@@ -301,6 +326,8 @@ impl ConnStats {
             ok: 0,
             failed: Failures::default(),
             connect_us: crate::report::new_hist(),
+            tls_handshake_us: crate::report::new_hist(),
+            tls: None,
             dropped: 0,
             samples: Vec::new(),
         }
@@ -316,6 +343,10 @@ impl ConnStats {
         self.ok += o.ok;
         self.failed.merge(&o.failed);
         let _ = self.connect_us.add(&o.connect_us);
+        let _ = self.tls_handshake_us.add(&o.tls_handshake_us);
+        if self.tls.is_none() {
+            self.tls = o.tls.clone();
+        }
         self.dropped += o.dropped;
         for s in &o.samples {
             self.note(s.clone());
@@ -333,8 +364,7 @@ pub struct Worker<S> {
     pub pending: usize,
     /// Connections currently open.
     pub open: usize,
-    dst: SocketAddrV4,
-    host: String,
+    target: Target,
     src_ips: usize,
     rbuf_cap: usize,
     rng: Rng,
@@ -342,13 +372,7 @@ pub struct Worker<S> {
 }
 
 impl<S> Worker<S> {
-    pub fn new(
-        dst: SocketAddrV4,
-        host: &str,
-        src_ips: usize,
-        rbuf_cap: usize,
-        seed: u64,
-    ) -> io::Result<Self> {
+    pub fn new(target: &Target, src_ips: usize, rbuf_cap: usize, seed: u64) -> io::Result<Self> {
         Ok(Worker {
             poll: Poll::new()?,
             events: Events::with_capacity(1024),
@@ -356,8 +380,7 @@ impl<S> Worker<S> {
             stats: ConnStats::new(),
             pending: 0,
             open: 0,
-            dst,
-            host: host.to_string(),
+            target: target.clone(),
             src_ips,
             rbuf_cap: rbuf_cap.max(256),
             rng: Rng::new(seed),
@@ -368,7 +391,7 @@ impl<S> Worker<S> {
     /// Starts connecting; `global_idx` picks the source IP. Immediate failures are counted.
     pub fn connect(&mut self, path: &str, global_idx: usize, ext: S) -> Option<usize> {
         let now = clock::now_ns();
-        let stream = match net::connect(self.dst, net::src_ip(global_idx, self.src_ips)) {
+        let stream = match net::connect(self.target.dst, net::src_ip(global_idx, self.src_ips)) {
             Ok(s) => s,
             Err(e) => {
                 self.stats.failed.add(net::classify(&e));
@@ -376,10 +399,24 @@ impl<S> Worker<S> {
                 return None;
             }
         };
+        let mut transport = match &self.target.tls {
+            None => Transport::Plain(stream),
+            Some(tls) => match tls.session() {
+                Ok(session) => Transport::Tls {
+                    tcp: stream,
+                    session: Box::new(session),
+                    reported: false,
+                },
+                Err(e) => {
+                    self.stats.failed.add(Failure::Tls);
+                    self.stats.note(format!("tls: {e}"));
+                    return None;
+                }
+            },
+        };
         let idx = self.conns.len();
-        let mut stream = stream;
         if let Err(e) = self.poll.registry().register(
-            &mut stream,
+            transport.tcp_mut(),
             Token(idx),
             Interest::READABLE | Interest::WRITABLE,
         ) {
@@ -389,12 +426,13 @@ impl<S> Worker<S> {
         }
         let mut out = Vec::with_capacity(256);
         let key = ((self.rng.next_u64() as u128) << 64) | self.rng.next_u64() as u128;
-        handshake::write_request(&mut out, &self.host, path, key);
+        handshake::write_request(&mut out, &self.target.host, path, key);
         let mask = (self.rng.next_u64() as u32).to_ne_bytes();
         self.conns.push(Conn {
-            stream: Some(stream),
+            transport: Some(transport),
             state: State::Connecting,
             started_ns: now,
+            connected_ns: now,
             mask,
             key,
             rbuf: vec![0; self.rbuf_cap],
@@ -455,13 +493,20 @@ impl<S> Worker<S> {
             return Ok(());
         }
         if conn.state == State::Connecting {
-            let stream = conn.stream.as_ref().expect("connecting conn has a stream");
+            let stream = conn
+                .transport
+                .as_ref()
+                .expect("connecting conn has a transport")
+                .tcp();
             match stream.take_error() {
                 Ok(Some(e)) | Err(e) => return Err(End::Io(e)),
                 Ok(None) => {}
             }
             match stream.peer_addr() {
-                Ok(_) => conn.state = State::Handshaking,
+                Ok(_) => {
+                    conn.state = State::Handshaking;
+                    conn.connected_ns = now;
+                }
                 // Spurious wake-up: still connecting.
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(()),
                 Err(e) => return Err(End::Io(e)),
@@ -469,6 +514,11 @@ impl<S> Worker<S> {
         }
         if readable {
             let upgraded = conn.read(|ext, op, payload| h.on_data(ext, op, payload, now))?;
+            if let Some(negotiated) = conn.transport.as_mut().and_then(|t| t.handshake_finished()) {
+                let us = now.saturating_sub(conn.connected_ns) / 1000;
+                crate::report::record_us(&mut self.stats.tls_handshake_us, us);
+                self.stats.tls.get_or_insert(negotiated);
+            }
             if upgraded {
                 self.pending -= 1;
                 self.open += 1;
@@ -533,8 +583,8 @@ impl<S> Worker<S> {
             }
         }
         conn.state = State::Closed;
-        if let Some(mut s) = conn.stream.take() {
-            let _ = self.poll.registry().deregister(&mut s);
+        if let Some(mut t) = conn.transport.take() {
+            let _ = self.poll.registry().deregister(t.tcp_mut());
         }
         // Release buffers: a dead connection should not pin memory during long holds.
         conn.rbuf = Vec::new();
@@ -550,16 +600,19 @@ impl<S> Worker<S> {
                 conn.rep_pending = 0;
                 if conn.rep_phase != 0 {
                     // A partially written frame cannot be abandoned cleanly; just drop the socket.
-                    conn.stream = None;
+                    conn.transport = None;
                 } else {
                     conn.out.clear();
                     conn.out_pos = 0;
                     conn.queue_frame(frame::OP_CLOSE, &1000u16.to_be_bytes());
                     let _ = conn.flush();
+                    if let Some(t) = conn.transport.as_mut() {
+                        t.close();
+                    }
                 }
             }
             conn.state = State::Closed;
-            conn.stream = None;
+            conn.transport = None;
         }
         self.open = 0;
         self.pending = 0;
@@ -570,7 +623,7 @@ impl<S> Worker<S> {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
-    use std::net::{Ipv4Addr, TcpListener};
+    use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 
     #[derive(Default)]
     struct Collect {
@@ -678,7 +731,7 @@ mod tests {
             );
         });
         let dst = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
-        let mut w: Worker<()> = Worker::new(dst, "127.0.0.1", 0, 300, 1).unwrap();
+        let mut w: Worker<()> = Worker::new(&Target::plain(dst), 0, 300, 1).unwrap();
         let mut h = Collect::default();
         w.connect("/ws", 0, ()).unwrap();
         pump(&mut w, &mut h, |w, _| w.stats.dropped == 1);
@@ -702,7 +755,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(100));
         });
         let dst = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
-        let mut w: Worker<()> = Worker::new(dst, "127.0.0.1", 0, 300, 1).unwrap();
+        let mut w: Worker<()> = Worker::new(&Target::plain(dst), 0, 300, 1).unwrap();
         let mut h = Collect::default();
         w.connect("/ws", 0, ()).unwrap();
         pump(&mut w, &mut h, |w, _| w.pending == 0);
@@ -738,7 +791,7 @@ mod tests {
             }
         }
         let dst = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
-        let mut w: Worker<()> = Worker::new(dst, "127.0.0.1", 0, 300, 1).unwrap();
+        let mut w: Worker<()> = Worker::new(&Target::plain(dst), 0, 300, 1).unwrap();
         let mut h = Count(0, 0);
         let idx = w.connect("/echo", 0, ()).unwrap();
         pump(&mut w, &mut h, |w, _| w.open == 1);

@@ -10,6 +10,8 @@ mod plot;
 mod report;
 mod scenarios;
 mod sysstat;
+mod tls;
+mod transport;
 
 use clap::Parser as _;
 
@@ -28,6 +30,10 @@ fn main() {
                 report.report.print_json();
             } else {
                 report.report.print_human();
+            }
+            if let Some(why) = report.report.failure() {
+                eprintln!("corecast-load: {why}");
+                std::process::exit(1);
             }
         }
         Err(e) => {

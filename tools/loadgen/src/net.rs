@@ -1,4 +1,5 @@
-//! Raw socket set-up: non-blocking connect with optional source-IP bind, and fd-limit raising.
+//! Raw socket set-up: the target URL, non-blocking connect with optional source-IP bind, and
+//! fd-limit raising.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -121,6 +122,8 @@ pub enum Failure {
     Reset,
     Timeout,
     BadHandshake,
+    /// The TLS handshake or session failed (certificate, alert, bad record).
+    Tls,
     Other,
 }
 
@@ -134,24 +137,69 @@ pub fn classify(err: &io::Error) -> Failure {
     }
 }
 
-/// Parses `ws://host:port[/...]` into an IPv4 socket address; only loopback is allowed.
-pub fn parse_url(url: &str) -> Result<(SocketAddrV4, String), String> {
-    let rest = url
-        .strip_prefix("ws://")
-        .ok_or_else(|| format!("url must start with ws://: {url}"))?;
-    let hostport = rest.split('/').next().unwrap_or(rest);
-    let hostport = if hostport.starts_with("localhost:") {
-        hostport.replacen("localhost", "127.0.0.1", 1)
-    } else {
-        hostport.to_string()
-    };
-    let addr: SocketAddrV4 = hostport
-        .parse()
-        .map_err(|e| format!("bad host:port {hostport:?}: {e}"))?;
-    if !addr.ip().is_loopback() {
-        return Err(format!("refusing non-loopback target {addr}"));
+/// Where every connection of a run goes.
+#[derive(Clone)]
+pub struct Target {
+    pub dst: SocketAddrV4,
+    /// The `Host` header: the URL's host:port.
+    pub host: String,
+    /// Present for `wss://`.
+    pub tls: Option<crate::tls::Client>,
+}
+
+#[cfg(test)]
+impl Target {
+    /// A `ws://` target at `dst`.
+    pub fn plain(dst: SocketAddrV4) -> Target {
+        Target {
+            dst,
+            host: dst.to_string(),
+            tls: None,
+        }
     }
-    Ok((addr, hostport))
+}
+
+/// A parsed `--url`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Url {
+    /// `wss://` rather than `ws://`.
+    pub tls: bool,
+    pub dst: SocketAddrV4,
+    /// host:port as written, for the `Host` header (`localhost` stays `localhost`).
+    pub host_port: String,
+    /// The host as written: the default TLS server name.
+    pub host: String,
+}
+
+/// Parses `ws://host:port[/...]` or `wss://host:port[/...]` with an IPv4 address or
+/// `localhost`; only loopback is allowed. The path is ignored: each scenario picks its own.
+pub fn parse_url(url: &str) -> Result<Url, String> {
+    let (tls, rest) = match (url.strip_prefix("ws://"), url.strip_prefix("wss://")) {
+        (Some(rest), _) => (false, rest),
+        (_, Some(rest)) => (true, rest),
+        _ => return Err(format!("url must start with ws:// or wss://: {url}")),
+    };
+    let host_port = rest.split('/').next().unwrap_or(rest);
+    let (host, _) = host_port
+        .rsplit_once(':')
+        .ok_or_else(|| format!("url needs a port: {url}"))?;
+    let addr_text = if host == "localhost" {
+        host_port.replacen("localhost", "127.0.0.1", 1)
+    } else {
+        host_port.to_string()
+    };
+    let dst: SocketAddrV4 = addr_text
+        .parse()
+        .map_err(|e| format!("bad host:port {host_port:?}: {e}"))?;
+    if !dst.ip().is_loopback() {
+        return Err(format!("refusing non-loopback target {dst}"));
+    }
+    Ok(Url {
+        tls,
+        dst,
+        host_port: host_port.to_string(),
+        host: host.to_string(),
+    })
 }
 
 /// Source IP for connection number `i` when spreading over 127.0.0.1..127.0.0.K.
@@ -169,12 +217,23 @@ mod tests {
 
     #[test]
     fn url_and_src_ips() {
-        let (a, h) = parse_url("ws://127.0.0.1:9000").unwrap();
-        assert_eq!(a.port(), 9000);
-        assert_eq!(h, "127.0.0.1:9000");
+        let u = parse_url("ws://127.0.0.1:9000").unwrap();
+        assert_eq!(u.dst.port(), 9000);
+        assert_eq!(u.host_port, "127.0.0.1:9000");
+        assert!(!u.tls);
         assert!(parse_url("ws://10.0.0.1:9000").is_err());
+        assert!(parse_url("wss://10.0.0.1:9000").is_err());
         assert!(parse_url("http://127.0.0.1:9000").is_err());
-        assert_eq!(parse_url("ws://localhost:80/x").unwrap().0.port(), 80);
+        assert!(parse_url("wss://127.0.0.1").is_err());
+        let u = parse_url("ws://localhost:80/x").unwrap();
+        assert_eq!(u.dst, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 80));
+        assert_eq!(u.host_port, "localhost:80");
+        let u = parse_url("wss://localhost:9443/ws").unwrap();
+        assert_eq!(
+            (u.tls, u.host.as_str(), u.dst.port()),
+            (true, "localhost", 9443)
+        );
+        assert_eq!(parse_url("wss://127.0.0.2:1").unwrap().host, "127.0.0.2");
         assert_eq!(src_ip(0, 3), Some(Ipv4Addr::new(127, 0, 0, 1)));
         assert_eq!(src_ip(5, 3), Some(Ipv4Addr::new(127, 0, 0, 3)));
         assert_eq!(src_ip(5, 0), None);

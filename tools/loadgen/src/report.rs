@@ -49,8 +49,10 @@ impl Latency {
 pub struct ConnectSummary {
     pub ok: u64,
     pub failed: Failures,
-    /// TCP connect start -> 101 received.
+    /// TCP connect start -> 101 received (the TLS handshake included).
     pub latency_us: Option<Latency>,
+    /// TCP established -> TLS handshake finished; null for ws://.
+    pub tls_handshake_us: Option<Latency>,
     /// Connections that were open and then closed or reset by the server.
     pub dropped: u64,
 }
@@ -61,6 +63,7 @@ impl ConnectSummary {
             ok: s.ok,
             failed: s.failed.clone(),
             latency_us: Latency::from_hist(&s.connect_us),
+            tls_handshake_us: Latency::from_hist(&s.tls_handshake_us),
             dropped: s.dropped,
         }
     }
@@ -70,6 +73,13 @@ impl ConnectSummary {
 #[derive(Debug, Serialize, Default)]
 pub struct Report {
     pub scenario: &'static str,
+    /// Whether the run used wss://.
+    pub tls: bool,
+    /// What TLS negotiated (`TLSv1_3`, `TLS13_AES_256_GCM_SHA384`, `http/1.1`), as seen on the
+    /// first connection that finished a handshake; null for ws:// or when none did.
+    pub tls_version: Option<String>,
+    pub tls_cipher: Option<String>,
+    pub tls_alpn: Option<String>,
     pub conns: u64,
     pub threads: usize,
     pub duration_s: f64,
@@ -96,11 +106,63 @@ pub struct Report {
     pub params: serde_json::Value,
 }
 
+/// `n` per second over `secs`; none for an empty window (a run where nothing connected).
+pub fn per_sec(n: u64, secs: f64) -> Option<f64> {
+    (secs > 0.0).then(|| (n as f64 / secs).round())
+}
+
 fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
 impl Report {
+    /// Fills the TLS fields for a run whose target was (or was not) wss://.
+    pub fn set_tls(&mut self, tls: bool, stats: &ConnStats) {
+        self.tls = tls;
+        if let Some(n) = &stats.tls {
+            self.tls_version = Some(n.version.clone());
+            self.tls_cipher = Some(n.cipher_suite.clone());
+            self.tls_alpn = n.alpn.clone();
+        }
+    }
+
+    /// Why the run as a whole failed, if it did: no connection opened at all, or any
+    /// connection failed TLS (an untrusted or mismatched certificate is a set-up mistake,
+    /// never a load result).
+    pub fn failure(&self) -> Option<String> {
+        let c = self.connect.as_ref()?;
+        let first = |prefix: &str| {
+            self.error_samples
+                .iter()
+                .find_map(|s| s.strip_prefix(prefix))
+                .or(self.error_samples.first().map(String::as_str))
+                .map_or(String::new(), |s| format!(": {s}"))
+        };
+        if c.failed.tls > 0 {
+            let mut why = format!(
+                "{} of {} connections failed TLS{}",
+                c.failed.tls,
+                self.conns,
+                first("tls: ")
+            );
+            if why.contains("certificate") {
+                why.push_str(
+                    "\n(give the server's CA with --ca FILE, the certificate's name with \
+                     --server-name NAME, or skip verification with --insecure)",
+                );
+            }
+            return Some(why);
+        }
+        if c.ok == 0 && self.conns > 0 {
+            return Some(format!(
+                "none of {} connections opened{}",
+                self.conns,
+                first("")
+            ));
+        }
+        None
+    }
+
     pub fn set_usage(&mut self, u: Usage) {
         self.server_cpu_pct = u.server_cpu_pct.map(round1);
         self.server_core_busy_pct = u.server_core_busy_pct.map(round1);
@@ -122,15 +184,28 @@ impl Report {
             "== {} == conns={} threads={} window={:.2}s",
             self.scenario, self.conns, self.threads, self.duration_s
         );
+        if self.tls {
+            let shown = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+            let _ = writeln!(
+                o,
+                "tls: {} {} alpn={}",
+                shown(&self.tls_version),
+                shown(&self.tls_cipher),
+                shown(&self.tls_alpn)
+            );
+        }
         if let Some(c) = &self.connect {
             let f = &c.failed;
             let _ = writeln!(
                 o,
-                "connect: ok={} failed={} (refused={} reset={} timeout={} bad_handshake={} other={}) dropped_later={}",
-                c.ok, f.total(), f.refused, f.reset, f.timeout, f.bad_handshake, f.other, c.dropped
+                "connect: ok={} failed={} (refused={} reset={} timeout={} bad_handshake={} tls={} other={}) dropped_later={}",
+                c.ok, f.total(), f.refused, f.reset, f.timeout, f.bad_handshake, f.tls, f.other, c.dropped
             );
             if let Some(l) = &c.latency_us {
                 let _ = writeln!(o, "connect latency us: {}", fmt_lat(l));
+            }
+            if let Some(l) = &c.tls_handshake_us {
+                let _ = writeln!(o, "tls handshake us: {}", fmt_lat(l));
             }
         }
         if let Some(m) = self.messages_per_sec {
@@ -214,6 +289,9 @@ mod tests {
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
         for k in [
             "scenario",
+            "tls",
+            "tls_version",
+            "tls_cipher",
             "conns",
             "duration_s",
             "messages_per_sec",

@@ -89,6 +89,8 @@ fn echo_replies_are_all_counted_by_the_server() {
     );
     let received = u(&r, "received");
     assert!(received > 1000, "echo barely ran: {r}");
+    assert_eq!(r["tls"], false, "{r}");
+    assert!(r["tls_version"].is_null(), "{r}");
     assert_eq!(u(&r, "server_errors"), 0, "{r}");
     assert_eq!(u(&r["connect"], "ok"), 20, "{r}");
     wait_open(&server, 0);

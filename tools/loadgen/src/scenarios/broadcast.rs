@@ -139,7 +139,7 @@ pub fn run(env: &Env, a: &BroadcastArgs) -> Result<Outcome, String> {
     let mut handles = Vec::new();
     for t in 0..threads {
         let shared = shared.clone();
-        let (dst, host, src_ips) = (env.dst, env.host.clone(), env.common.src_ips);
+        let (target, src_ips) = (env.target.clone(), env.common.src_ips);
         let rate = env.common.connect_rate / threads as f64;
         let (subscribe, topic_json) = (subscribe.clone(), topic_json.clone());
         let (subs, pubs) = (a.subscribers, a.publishers);
@@ -147,7 +147,7 @@ pub fn run(env: &Env, a: &BroadcastArgs) -> Result<Outcome, String> {
             .name(format!("load-{t}"))
             .spawn(move || -> Result<ThreadResult<(u64, u64)>, String> {
                 let mut w: Worker<Role> =
-                    Worker::new(dst, &host, src_ips, 4096, t as u64).map_err(|e| e.to_string())?;
+                    Worker::new(&target, src_ips, 4096, t as u64).map_err(|e| e.to_string())?;
                 let mut h = BcastHandler {
                     shared: shared.clone(),
                     subscribe: subscribe.into_bytes(),
@@ -203,6 +203,7 @@ pub fn run(env: &Env, a: &BroadcastArgs) -> Result<Outcome, String> {
                     w.expire(clock::now_ns(), timeout);
                     sync_counts(&w, &shared, &mut last);
                 }
+                sync_counts(&w, &shared, &mut last);
                 shared.ready.fetch_add(1, Release);
                 while !shared.go.load(Acquire) {
                     let _ = w.poll(Duration::from_millis(5), &mut h);
@@ -291,7 +292,7 @@ pub fn run(env: &Env, a: &BroadcastArgs) -> Result<Outcome, String> {
         conns: total as u64,
         threads,
         duration_s: win.duration_s,
-        deliveries_per_sec: Some((received as f64 / win.duration_s).round()),
+        deliveries_per_sec: report::per_sec(received, win.duration_s),
         expected: Some(expected),
         received: Some(received),
         lost: Some(expected.saturating_sub(received)),
@@ -313,6 +314,7 @@ pub fn run(env: &Env, a: &BroadcastArgs) -> Result<Outcome, String> {
         ..Default::default()
     };
     apply_usage(&mut report, env, &win);
+    report.set_tls(env.target.tls.is_some(), &m.stats);
     Ok(Outcome {
         report,
         latency: m.hist,

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering::*;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{paced_open, sleep_until, spinner, sync_counts, Env, Outcome, Shared};
+use super::{all_failed, paced_open, sleep_until, spinner, sync_counts, Env, Outcome, Shared};
 use crate::cli::ConnectArgs;
 use crate::clock;
 use crate::conn::{Conn, ConnStats, Handler, Worker};
@@ -36,13 +36,13 @@ pub fn run(env: &Env, a: &ConnectArgs) -> Result<Outcome, String> {
     let mut handles = Vec::new();
     for t in 0..threads {
         let shared = shared.clone();
-        let (dst, host, src_ips) = (env.dst, env.host.clone(), env.common.src_ips);
+        let (target, src_ips) = (env.target.clone(), env.common.src_ips);
         let (conns, rate) = (a.conns, a.rate / threads as f64);
         let h = std::thread::Builder::new()
             .name(format!("load-{t}"))
             .spawn(move || -> Result<ConnStats, String> {
                 let mut w: Worker<()> =
-                    Worker::new(dst, &host, src_ips, RBUF, t as u64).map_err(|e| e.to_string())?;
+                    Worker::new(&target, src_ips, RBUF, t as u64).map_err(|e| e.to_string())?;
                 let share: Vec<usize> = (t..conns).step_by(threads).collect();
                 let mut last = (0, 0);
                 let poll = |w: &mut Worker<()>, d: Duration| {
@@ -65,6 +65,7 @@ pub fn run(env: &Env, a: &ConnectArgs) -> Result<Outcome, String> {
                     poll(&mut w, Duration::from_millis(20));
                     sync_counts(&w, &shared, &mut last);
                 }
+                sync_counts(&w, &shared, &mut last);
                 shared.ready.fetch_add(1, Release);
                 // Hold: keep servicing pings/closes until the main thread says stop.
                 while !shared.go.load(Acquire) {
@@ -102,7 +103,9 @@ pub fn run(env: &Env, a: &ConnectArgs) -> Result<Outcome, String> {
         "holding {} connections",
         shared.opened.load(Relaxed)
     ));
-    sleep_until(connected_at + (a.hold * 1e9) as u64);
+    if !all_failed(&shared, a.conns) {
+        sleep_until(connected_at + (a.hold * 1e9) as u64);
+    }
     let rss_held = pid.and_then(sysstat::rss_bytes);
     let s1 = Sample::take(env.targets);
     let end = clock::now_ns();
@@ -146,6 +149,7 @@ pub fn run(env: &Env, a: &ConnectArgs) -> Result<Outcome, String> {
         ..Default::default()
     };
     report.set_usage(sysstat::usage(&s0, &s1));
+    report.set_tls(env.target.tls.is_some(), &stats);
     Ok(Outcome {
         report,
         latency: stats.connect_us,

@@ -136,14 +136,14 @@ pub fn run(env: &Env, a: &EchoArgs) -> Result<Outcome, String> {
     let mut handles = Vec::new();
     for t in 0..threads {
         let shared = shared.clone();
-        let (dst, host, src_ips) = (env.dst, env.host.clone(), env.common.src_ips);
+        let (target, src_ips) = (env.target.clone(), env.common.src_ips);
         let rate = env.common.connect_rate / threads as f64;
         let (payload, expect, depth, conns) = (payload.clone(), expect.clone(), a.depth, a.conns);
         let h = std::thread::Builder::new()
             .name(format!("load-{t}"))
             .spawn(move || -> Result<ThreadResult<(u64, u64)>, String> {
                 let mut w: Worker<EchoConn> =
-                    Worker::new(dst, &host, src_ips, rbuf, t as u64).map_err(|e| e.to_string())?;
+                    Worker::new(&target, src_ips, rbuf, t as u64).map_err(|e| e.to_string())?;
                 let mut h = EchoHandler {
                     shared: shared.clone(),
                     start: u64::MAX,
@@ -182,6 +182,7 @@ pub fn run(env: &Env, a: &EchoArgs) -> Result<Outcome, String> {
                     w.expire(clock::now_ns(), timeout);
                     sync_counts(&w, &shared, &mut last);
                 }
+                sync_counts(&w, &shared, &mut last);
                 shared.ready.fetch_add(1, Release);
                 while !shared.go.load(Acquire) {
                     let _ = w.poll(Duration::from_millis(5), &mut h);
@@ -227,8 +228,8 @@ pub fn run(env: &Env, a: &EchoArgs) -> Result<Outcome, String> {
         conns: a.conns as u64,
         threads,
         duration_s: win.duration_s,
-        messages_per_sec: Some((replies as f64 / win.duration_s).round()),
-        bytes_per_sec: Some((bytes as f64 / win.duration_s).round()),
+        messages_per_sec: report::per_sec(replies, win.duration_s),
+        bytes_per_sec: report::per_sec(bytes, win.duration_s),
         received: Some(replies),
         latency_us: Latency::from_hist(&m.hist),
         connect: Some(ConnectSummary::from_stats(&m.stats)),
@@ -245,6 +246,7 @@ pub fn run(env: &Env, a: &EchoArgs) -> Result<Outcome, String> {
         ..Default::default()
     };
     apply_usage(&mut report, env, &win);
+    report.set_tls(env.target.tls.is_some(), &m.stats);
     Ok(Outcome {
         report,
         latency: m.hist,

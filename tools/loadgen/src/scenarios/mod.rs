@@ -5,7 +5,6 @@ pub mod broadcast;
 pub mod connect;
 pub mod echo;
 
-use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use std::time::Duration;
 
@@ -15,8 +14,10 @@ use indicatif::ProgressBar;
 use crate::cli::{Cli, Common, Scenario};
 use crate::clock;
 use crate::conn::{ConnStats, Worker};
+use crate::net::Target;
 use crate::report::{self, Report};
 use crate::sysstat::{self, Sample, Targets};
+use crate::tls::Trust;
 
 /// A finished run: the report plus what the plot needs.
 pub struct Outcome {
@@ -38,11 +39,10 @@ pub fn run(cli: &Cli) -> Result<Outcome, String> {
     if let Err(e) = crate::net::raise_fd_limit() {
         eprintln!("warning: cannot raise RLIMIT_NOFILE: {e}");
     }
-    let (dst, host) = crate::net::parse_url(&c.url)?;
+    let target = target(c)?;
     let env = Env {
         common: c.clone(),
-        dst,
-        host,
+        target,
         targets: Targets {
             server_pid: c.server_pid,
             server_core: c.server_core,
@@ -55,11 +55,39 @@ pub fn run(cli: &Cli) -> Result<Outcome, String> {
     }
 }
 
+/// The URL and the TLS flags as one [`Target`].
+fn target(c: &Common) -> Result<Target, String> {
+    let url = crate::net::parse_url(&c.url)?;
+    if !url.tls {
+        if c.ca.is_some() || c.insecure || c.server_name.is_some() {
+            return Err("--ca, --insecure and --server-name need a wss:// --url".into());
+        }
+        return Ok(Target {
+            dst: url.dst,
+            host: url.host_port,
+            tls: None,
+        });
+    }
+    let trust = match (&c.ca, c.insecure) {
+        (Some(path), _) => Trust::CaFile(path),
+        (None, true) => {
+            eprintln!("warning: --insecure: the server's certificate is not verified");
+            Trust::AnyCertificate
+        }
+        (None, false) => Trust::Machine,
+    };
+    let name = c.server_name.as_deref().unwrap_or(&url.host);
+    Ok(Target {
+        dst: url.dst,
+        host: url.host_port,
+        tls: Some(crate::tls::Client::new(trust, name)?),
+    })
+}
+
 /// Resolved common settings handed to every scenario.
 pub struct Env {
     pub common: Common,
-    pub dst: SocketAddrV4,
-    pub host: String,
+    pub target: Target,
     pub targets: Targets,
 }
 
@@ -216,8 +244,16 @@ pub fn drive_window(
         eprintln!("warning: set-up did not finish in time; starting anyway");
     }
     let now = clock::now_ns();
-    let start = now + (c.warmup * 1e9) as u64;
-    let end = start + (c.duration * 1e9) as u64;
+    // With no connection open there is nothing to measure (a refused port, an untrusted
+    // certificate): an empty window ends the run at once, and the verdict fails it.
+    let nothing_open = all_failed(shared, total_conns);
+    let (warmup, duration) = if nothing_open {
+        (0.0, 0.0)
+    } else {
+        (c.warmup, c.duration)
+    };
+    let start = now + (warmup * 1e9) as u64;
+    let end = start + (duration * 1e9) as u64;
     shared.start_ns.store(start, Release);
     shared.end_ns.store(end, Release);
     shared.go.store(true, Release);
@@ -248,6 +284,11 @@ pub fn drive_window(
         timeline,
         duration_s,
     }
+}
+
+/// Every one of `total` connection attempts failed and none opened.
+pub fn all_failed(shared: &Shared, total: usize) -> bool {
+    shared.opened.load(Acquire) == 0 && shared.failed.load(Acquire) >= total as u64
 }
 
 pub fn sleep_until(t_ns: u64) {
