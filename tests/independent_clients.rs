@@ -1,6 +1,7 @@
 //! The server against clients written by others: the Python `websockets` package and the Node
 //! `ws` package, each driven by a script in tests/clients/ that checks subscribe, publish,
-//! broadcast, echo, error replies, unsubscribe and the raw /echo endpoint field by field.
+//! broadcast, echo, error replies, unsubscribe, close codes and the raw /echo endpoint field by
+//! field, over ws:// and over wss:// (a CA made for the test, which the client trusts alone).
 //!
 //! Their packages come from tools/install-test-deps.sh. Without them these tests fail and say
 //! how to install them, unless CORECAST_SKIP_EXTERNAL_CLIENTS=1 is set.
@@ -95,10 +96,27 @@ fn run_client(program: &str, script: &str) {
     print!("{report}");
 }
 
-#[test]
-fn python_websockets_client() {
+/// The same script over wss://, against a server with a certificate from a CA made for the
+/// test; the client trusts that CA alone (`--ca`).
+fn run_client_tls(program: &str, script: &str) {
+    let pki = common::tls::Pki::new(&format!("clients-{program}"));
+    let mut cfg = common::config(2);
+    cfg.tls = Some(pki.files());
+    let server = common::start(cfg);
+    let base = format!("wss://localhost:{}", server.local_addr().port());
+    let ca = pki.arg("ca.pem");
+    let (ok, report) = run_with_timeout(program, &[script, "--ca", &ca, &base]);
+    let stats = server.stats();
+    server.shutdown().expect("server shuts down cleanly");
+    assert!(ok, "independent client failed over wss:\n{report}");
+    assert!(stats.tls_upgrades > 5, "{stats:?}");
+    assert_eq!(stats.tls_errors, 0, "{stats:?}");
+    print!("{report}");
+}
+
+fn python_ready() -> bool {
     if skip_requested("Python websockets") {
-        return;
+        return false;
     }
     let probe = Command::new("python3")
         .args(["-c", "import websockets.sync.client"])
@@ -110,13 +128,26 @@ fn python_websockets_client() {
         Ok(_) => panic!("python3 cannot import `websockets.sync.client`: {INSTALL_HINT}"),
         Err(e) => panic!("cannot run python3 ({e}): {INSTALL_HINT}"),
     }
-    run_client("python3", "tests/clients/py_client.py");
+    true
 }
 
 #[test]
-fn node_ws_client() {
+fn python_websockets_client() {
+    if python_ready() {
+        run_client("python3", "tests/clients/py_client.py");
+    }
+}
+
+#[test]
+fn python_websockets_client_over_wss() {
+    if python_ready() {
+        run_client_tls("python3", "tests/clients/py_client.py");
+    }
+}
+
+fn node_ready() -> bool {
     if skip_requested("Node ws") {
-        return;
+        return false;
     }
     let ws = clients_dir().join("node_modules/ws/package.json");
     assert!(ws.exists(), "{} is missing: {INSTALL_HINT}", ws.display());
@@ -128,5 +159,19 @@ fn node_ws_client() {
         Ok(s) if s.success() => {}
         other => panic!("cannot run node ({other:?}): {INSTALL_HINT}"),
     }
-    run_client("node", "tests/clients/node_client.mjs");
+    true
+}
+
+#[test]
+fn node_ws_client() {
+    if node_ready() {
+        run_client("node", "tests/clients/node_client.mjs");
+    }
+}
+
+#[test]
+fn node_ws_client_over_wss() {
+    if node_ready() {
+        run_client_tls("node", "tests/clients/node_client.mjs");
+    }
 }

@@ -246,7 +246,8 @@ impl Tls {
             let state = match state {
                 Ok(s) => s,
                 Err(e) => {
-                    self.send_alert();
+                    // rustls counts on seeing the bytes it has not discarded again.
+                    self.send_alert(&mut data[used + discard..]);
                     return Err(e.into());
                 }
             };
@@ -301,8 +302,11 @@ impl Tls {
             return Ok(Flushed::Blocked);
         }
         while !out.is_empty() {
-            let status = self.conn.process_tls_records(&mut []);
-            match status.state? {
+            // rustls must be shown the bytes it has not discarded (a handshake message
+            // split over records keeps its first part there), never an empty slice.
+            let UnbufferedStatus { discard, state } =
+                self.conn.process_tls_records(&mut self.incoming);
+            let next = match state? {
                 ConnectionState::WriteTraffic(mut w) => {
                     scratch.clear();
                     out.take_front(scratch, BATCH);
@@ -320,33 +324,57 @@ impl Tls {
                         Err(e) => return Err(rustls::Error::General(e.to_string()).into()),
                     };
                     self.outgoing.truncate(at + n);
+                    Step::Write
                 }
-                // A post-handshake message (a session ticket) goes out first.
+                // A post-handshake message (a session ticket, a key update) goes out first.
                 ConnectionState::EncodeTlsData(mut e) => {
                     encode(&mut e, &mut self.outgoing)?;
-                    continue;
+                    Step::Again
                 }
                 ConnectionState::TransmitTlsData(t) => {
                     let all = write_out(&mut self.sock, &mut self.outgoing, &mut self.sent)?;
                     t.done();
-                    if !all {
+                    if all {
+                        Step::Again
+                    } else {
+                        Step::Blocked
+                    }
+                }
+                // Every whole record was read in `read`; one here means that went wrong.
+                ConnectionState::ReadTraffic(_) => {
+                    return Err(rustls::Error::General("records left unread".into()).into())
+                }
+                // Not writable (mid-handshake, or closed): the output waits.
+                _ => Step::Blocked,
+            };
+            self.discard_incoming(discard);
+            match next {
+                Step::Again => continue,
+                Step::Blocked => return Ok(Flushed::Blocked),
+                Step::Write => {
+                    if !write_out(&mut self.sock, &mut self.outgoing, &mut self.sent)? {
                         return Ok(Flushed::Blocked);
                     }
-                    continue;
                 }
-                // Not writable yet (mid-handshake): the output waits.
-                _ => return Ok(Flushed::Blocked),
-            }
-            if !write_out(&mut self.sock, &mut self.outgoing, &mut self.sent)? {
-                return Ok(Flushed::Blocked);
             }
         }
         Ok(Flushed::Empty)
     }
 
+    /// Drops `n` bytes rustls is done with from the front of the partial-record buffer.
+    fn discard_incoming(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.incoming.drain(..n);
+        if self.incoming.is_empty() {
+            self.incoming = Vec::new();
+        }
+    }
+
     /// Sends close_notify (everything queued is out by now), then ends the TCP write side.
     pub fn shutdown_write(&mut self) {
-        let status = self.conn.process_tls_records(&mut []);
+        let status = self.conn.process_tls_records(&mut self.incoming);
         if let Ok(ConnectionState::WriteTraffic(mut w)) = status.state {
             let mut alert = [0u8; 64];
             if let Ok(n) = w.queue_close_notify(&mut alert) {
@@ -357,15 +385,23 @@ impl Tls {
         let _ = self.sock.shutdown(std::net::Shutdown::Write);
     }
 
-    /// After an error rustls has queued an alert for the peer; send it, best effort.
-    fn send_alert(&mut self) {
-        let status = self.conn.process_tls_records(&mut []);
+    /// After an error rustls may have an alert for the peer; send it, best effort. `rest`
+    /// is the input rustls has not discarded.
+    fn send_alert(&mut self, rest: &mut [u8]) {
+        let status = self.conn.process_tls_records(rest);
         if let Ok(ConnectionState::EncodeTlsData(mut e)) = status.state {
             if encode(&mut e, &mut self.outgoing).is_ok() {
                 let _ = write_out(&mut self.sock, &mut self.outgoing, &mut self.sent);
             }
         }
     }
+}
+
+/// What `flush` does after handling one state.
+enum Step {
+    Again,
+    Write,
+    Blocked,
 }
 
 /// Appends a handshake record rustls has ready to `outgoing`.

@@ -32,6 +32,10 @@ pub enum TransportError {
     Tls(#[from] rustls::Error),
     #[error("plain HTTP on the TLS port")]
     PlainHttp,
+    /// The TLS code panicked on this connection's input. Only this connection is dropped:
+    /// a bug reachable by a client's bytes must not stop a worker and all its connections.
+    #[error("internal TLS failure: {0}")]
+    Panicked(String),
 }
 
 impl TransportError {
@@ -84,7 +88,7 @@ impl Transport {
                     Err(e) => Err(e.into()),
                 };
             },
-            Transport::Tls(t) => t.read(buf, scratch),
+            Transport::Tls(t) => contained(|| t.read(buf, scratch)),
         }
     }
 
@@ -97,7 +101,7 @@ impl Transport {
     ) -> Result<Flushed, TransportError> {
         match self {
             Transport::Plain(s) => Ok(out.flush(s)?),
-            Transport::Tls(t) => t.flush(out, scratch),
+            Transport::Tls(t) => contained(|| t.flush(out, scratch)),
         }
     }
 
@@ -124,7 +128,26 @@ impl Transport {
             Transport::Plain(s) => {
                 let _ = s.shutdown(std::net::Shutdown::Write);
             }
-            Transport::Tls(t) => t.shutdown_write(),
+            Transport::Tls(t) => {
+                let _ = contained(|| {
+                    t.shutdown_write();
+                    Ok(())
+                });
+            }
         }
     }
+}
+
+/// Runs a TLS step and turns a panic inside it into an error for this connection alone.
+/// The connection is dropped right after, so no state it left half-updated is used again;
+/// the worker's own buffers passed in are plain bytes, overwritten before their next use.
+fn contained<T>(f: impl FnOnce() -> Result<T, TransportError>) -> Result<T, TransportError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let why = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(TransportError::Panicked(why))
+    })
 }

@@ -189,10 +189,14 @@ impl Worker {
 
     /// The transport failed: the connection is dropped, counted by why.
     fn on_transport_error(&mut self, key: usize, e: TransportError) {
-        log::debug!("worker {}: conn {key}: {e}", self.index);
+        if let TransportError::Panicked(_) = e {
+            log::error!("worker {}: conn {key} dropped: {e}", self.index);
+        } else {
+            log::debug!("worker {}: conn {key}: {e}", self.index);
+        }
         let counter = match &e {
             TransportError::PlainHttp => &self.stats.tls_plain_http,
-            TransportError::Tls(_) => &self.stats.tls_errors,
+            TransportError::Tls(_) | TransportError::Panicked(_) => &self.stats.tls_errors,
             TransportError::Io(_) => &self.stats.hangups,
         };
         bump(counter, 1);

@@ -171,7 +171,10 @@ async function main() {
     connectOptions = args.ca ? { ca: readFileSync(args.ca) } : {};
   }
   const started = performance.now();
-  if (!args.echoOnly) await checkJsonProtocol(base);
+  if (!args.echoOnly) {
+    await checkJsonProtocol(base);
+    await checkCloseCodes(base);
+  }
   await checkRawEcho(base);
 
   let wsVersion = '?';
@@ -182,6 +185,34 @@ async function main() {
   }
   console.log(`node_client (ws ${wsVersion}): ${checks} checks passed in ${((performance.now() - started) / 1000).toFixed(2)} s`);
   return 0;
+}
+
+/** Waits for a client's connection to end; returns the close code it got. */
+async function closedWith(c, who) {
+  for (;;) {
+    let m;
+    try {
+      m = await c.next(TIMEOUT_MS);
+    } catch {
+      // next() throws once the connection is closed (or failed): that is what we wait for
+      if (c.error) throw new Mismatch(`${who}: connection error ${c.error.message}`);
+      return c.closed;
+    }
+    if (m === null) throw new Mismatch(`${who}: still open after ${TIMEOUT_MS} ms`);
+  }
+}
+
+async function checkCloseCodes(base) {
+  // The client closes with its own code: the server answers with the same one.
+  const a = await Client.open(`${base}/ws`, 'close 4000');
+  a.ws.close(4000, 'node bye');
+  const codeA = await closedWith(a, 'close 4000');
+  check(codeA === 4000, `close 4000: answered with ${codeA}`);
+  // A message over the server's default --max-message-size (64 KiB): 1009.
+  const b = await Client.open(`${base}/ws`, 'oversized message');
+  b.ws.send('x'.repeat(70000));
+  const codeB = await closedWith(b, 'oversized message');
+  check(codeB === 1009, `70,000-byte message: closed with ${codeB}, expected 1009`);
 }
 
 async function checkJsonProtocol(base) {

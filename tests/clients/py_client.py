@@ -124,6 +124,7 @@ def main():
     started = time.monotonic()
     if not args.echo_only:
         check_json_protocol(base, tls)
+        check_close_codes(base, tls)
     check_raw_echo(base, tls)
     print("py_client (websockets %s): %d checks passed in %.2f s"
           % (websockets.__version__, checks, time.monotonic() - started))
@@ -209,6 +210,24 @@ def check_json_protocol(base, tls):
         # an id that is neither string nor number is itself a bad request
         send(publisher, {"op": "echo", "id": {"n": 1}, "data": 1})
         expect_error(recv_json(publisher, "object id"), None, "object id")
+
+
+def check_close_codes(base, tls):
+    # The client closes with its own code: the server answers with the same one.
+    with connect(base + "/ws", open_timeout=TIMEOUT, **tls) as ws:
+        ws.close(code=4000, reason="py bye")
+        check(ws.protocol.close_rcvd is not None, "close 4000: no close frame came back")
+        check(ws.protocol.close_rcvd.code == 4000, "close 4000: answered with %s" % ws.protocol.close_rcvd.code)
+    # A message over the server's default --max-message-size (64 KiB): 1009.
+    with connect(base + "/ws", open_timeout=TIMEOUT, max_size=None, **tls) as ws:
+        ws.send("x" * 70000)
+        try:
+            got = ws.recv(timeout=TIMEOUT)
+            raise Mismatch("70,000-byte message: got %r instead of a close" % got[:100])
+        except websockets.exceptions.ConnectionClosed as e:
+            check(e.rcvd is not None, "70,000-byte message: no close frame from the server")
+            check(e.rcvd.code == 1009, "70,000-byte message: closed with %s, expected 1009"
+                  % e.rcvd.code)
 
 
 def check_raw_echo(base, tls):

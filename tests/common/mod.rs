@@ -3,7 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod pki;
 pub mod process;
+pub mod tls;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -44,12 +46,12 @@ pub fn connect(addr: SocketAddr, path: &str) -> Client {
     ws
 }
 
-pub fn send(ws: &mut Client, v: Value) {
+pub fn send<S: Read + Write>(ws: &mut WebSocket<S>, v: Value) {
     ws.send(Message::text(v.to_string())).expect("send");
 }
 
 /// Next data message as JSON; pings are answered by tungstenite itself.
-pub fn recv(ws: &mut Client) -> Value {
+pub fn recv<S: Read + Write>(ws: &mut WebSocket<S>) -> Value {
     loop {
         match ws.read().expect("read a message") {
             Message::Text(t) => return serde_json::from_str(&t).expect("server sent JSON"),
@@ -60,7 +62,7 @@ pub fn recv(ws: &mut Client) -> Value {
 }
 
 /// Reads until the server's close frame arrives and returns its code.
-pub fn expect_close(ws: &mut Client) -> u16 {
+pub fn expect_close<S: Read + Write>(ws: &mut WebSocket<S>) -> u16 {
     loop {
         match ws.read() {
             Ok(Message::Close(Some(f))) => return u16::from(f.code),

@@ -75,9 +75,15 @@ impl Proc {
             admin,
             log,
         };
+        // Over TLS the WebSocket port cannot answer a plain health check; the admin port can.
+        let probe = if args.contains(&"--tls-cert") {
+            admin
+        } else {
+            addr
+        };
         let deadline = Instant::now() + WATCHDOG;
         loop {
-            if let Ok(mut s) = TcpStream::connect(addr) {
+            if let Ok(mut s) = TcpStream::connect(probe) {
                 s.set_read_timeout(Some(WATCHDOG)).unwrap();
                 let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
                 let mut head = [0u8; 12];

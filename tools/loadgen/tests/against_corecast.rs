@@ -7,23 +7,42 @@ use std::time::{Duration, Instant};
 use corecast::{Config, Server};
 use serde_json::Value;
 
-fn start(workers: usize) -> Server {
-    Server::start(Config {
+#[path = "../../../tests/common/pki.rs"]
+mod pki;
+
+fn config(workers: usize) -> Config {
+    Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         workers,
         pin: false,
         ..Config::default()
-    })
-    .expect("server starts")
+    }
+}
+
+fn start(workers: usize) -> Server {
+    Server::start(config(workers)).expect("server starts")
+}
+
+/// A server speaking wss with a certificate from `pki`.
+fn start_tls(workers: usize, pki: &pki::Pki) -> Server {
+    let mut cfg = config(workers);
+    cfg.tls = Some(corecast::conn::TlsFiles {
+        cert: pki.path("chain.pem"),
+        key: pki.path("key.pem"),
+    });
+    Server::start(cfg).expect("server starts")
 }
 
 /// Runs the load generator with `--json` plus `args` (split on whitespace) and returns its
 /// one result object.
 fn load(server: &Server, args: &str) -> Value {
+    load_url(&format!("ws://{}", server.local_addr()), args)
+}
+
+fn load_url(url: &str, args: &str) -> Value {
     let args: Vec<&str> = args.split_whitespace().collect();
-    let url = format!("ws://{}", server.local_addr());
     let out = Command::new(env!("CARGO_BIN_EXE_corecast-load"))
-        .args(["--url", &url, "--json", "--threads", "2"])
+        .args(["--url", url, "--json", "--threads", "2"])
         .args(["--server-pid", &std::process::id().to_string()])
         .args(&args)
         .output()
@@ -169,5 +188,56 @@ fn plot_writes_an_svg_with_both_charts() {
         "latency chart missing"
     );
     assert!(svg.contains("<polyline"), "no data series drawn");
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn echo_over_wss_is_counted_by_the_server() {
+    let pki = pki::Pki::new("load-echo");
+    let server = start_tls(2, &pki);
+    let url = format!("wss://localhost:{}", server.local_addr().port());
+    let r = load_url(
+        &url,
+        &format!(
+            "--ca {} --duration 1 --warmup 0.3 echo --conns 20 --depth 4 --size 32",
+            pki.arg("ca.pem")
+        ),
+    );
+    assert_eq!(r["tls"], true, "{r}");
+    assert_eq!(r["tls_version"], "TLSv1_3", "{r}");
+    assert_eq!(r["tls_alpn"], "http/1.1", "{r}");
+    assert_eq!(u(&r["connect"], "ok"), 20, "{r}");
+    assert_eq!(u(&r["connect"]["failed"], "tls"), 0, "{r}");
+    let received = u(&r, "received");
+    assert!(received > 1000, "echo barely ran: {r}");
+    wait_open(&server, 0);
+    let s = server.stats();
+    assert_eq!((s.tls_upgrades, s.tls_errors), (20, 0), "{s:?}");
+    assert_eq!(s.messages_in, s.messages_out);
+    assert!(s.messages_out >= received, "{s:?} vs {received}");
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn broadcast_over_wss_reaches_every_subscriber_on_both_workers() {
+    let pki = pki::Pki::new("load-broadcast");
+    let server = start_tls(2, &pki);
+    let url = format!("wss://localhost:{}", server.local_addr().port());
+    let r = load_url(
+        &url,
+        &format!(
+            "--ca {} --duration 1 --warmup 0.3 broadcast --subscribers 200 --publishers 2 \
+             --rate 200 --grace 3",
+            pki.arg("ca.pem")
+        ),
+    );
+    let expected = u(&r, "expected");
+    assert!(expected >= 200 * 100, "too few publishes to check: {r}");
+    assert_eq!(u(&r, "lost"), 0, "{r}");
+    assert_eq!(u(&r, "received"), expected, "{r}");
+    wait_open(&server, 0);
+    let s = server.stats();
+    assert_eq!(s.tls_upgrades, 202, "{s:?}");
+    assert_eq!(s.deliveries, s.publishes * 200, "{s:?}");
     server.shutdown().unwrap();
 }

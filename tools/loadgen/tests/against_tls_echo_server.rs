@@ -54,51 +54,9 @@ fn stand_in_available(test: &str) -> bool {
     panic!("{problem}: {INSTALL_HINT}");
 }
 
-/// A private CA and a server certificate it signed, for 127.0.0.1 and localhost, as PEM
-/// files in a directory of their own (removed on drop).
-struct Pki {
-    dir: PathBuf,
-}
-
-impl Pki {
-    fn new(test: &str) -> Pki {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-        let dir = std::env::temp_dir().join(format!("corecast-tls-{}-{test}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name
-            .push(DnType::CommonName, "corecast test CA");
-        let ca_cert = ca.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(ca, ca_key);
-
-        let key = KeyPair::generate().unwrap();
-        let mut leaf =
-            CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
-        leaf.distinguished_name
-            .push(DnType::CommonName, "corecast test server");
-        let cert = leaf.signed_by(&key, &issuer).unwrap();
-
-        std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
-        // The chain a server presents: its own certificate, then the issuer's.
-        std::fs::write(dir.join("chain.pem"), cert.pem() + &ca_cert.pem()).unwrap();
-        std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
-        Pki { dir }
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.join(name).display().to_string()
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+#[path = "../../../tests/common/pki.rs"]
+mod pki;
+use pki::Pki;
 
 /// tests/clients/tls_echo_server.py on a free port. It exits when its stdin closes, so a
 /// test that panics (dropping this) takes it along.
@@ -116,9 +74,9 @@ impl StandIn {
             .arg(&script)
             .args([
                 "--cert",
-                &pki.path("chain.pem"),
+                &pki.arg("chain.pem"),
                 "--key",
-                &pki.path("key.pem"),
+                &pki.arg("key.pem"),
             ])
             .args(["--exit-on-stdin-eof", "--lifetime", "120"])
             .args(extra)
@@ -285,7 +243,7 @@ fn echo_over_wss_with_the_ca_counts_every_reply() {
     let server = StandIn::start(&pki, &[]);
     let r = load(
         &server.url(),
-        &format!("--ca {} {SHORT_ECHO}", pki.path("ca.pem")),
+        &format!("--ca {} {SHORT_ECHO}", pki.arg("ca.pem")),
     );
     assert!(r.ok, "corecast-load failed");
     let v = r.json();
@@ -327,7 +285,7 @@ fn tls_1_2_is_negotiated_with_a_server_that_offers_nothing_newer() {
     let server = StandIn::start(&pki, &["--max-tls", "1.2"]);
     let r = load(
         &server.url(),
-        &format!("--ca {} {SHORT_ECHO}", pki.path("ca.pem")),
+        &format!("--ca {} {SHORT_ECHO}", pki.arg("ca.pem")),
     );
     assert!(r.ok, "corecast-load failed");
     let v = r.json();
@@ -399,7 +357,7 @@ fn the_server_name_is_what_the_certificate_is_checked_against() {
     }
     let pki = Pki::new("server-name");
     let server = StandIn::start(&pki, &[]);
-    let ca = pki.path("ca.pem");
+    let ca = pki.arg("ca.pem");
     let r = load(
         &server.url(),
         &format!("--ca {ca} --server-name wrong.example {SHORT_ECHO}"),
@@ -431,7 +389,7 @@ fn without_ca_the_machine_store_is_used() {
     let server = StandIn::start(&pki, &[]);
     // rustls-native-certs reads SSL_CERT_FILE as the machine's store, as OpenSSL does.
     let mut cmd = load_cmd(&server.url(), SHORT_ECHO);
-    cmd.env("SSL_CERT_FILE", pki.path("ca.pem"))
+    cmd.env("SSL_CERT_FILE", pki.arg("ca.pem"))
         .env_remove("SSL_CERT_DIR")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -449,7 +407,7 @@ fn connect_with_source_ips_and_broadcast_run_over_wss() {
     }
     let pki = Pki::new("scenarios");
     let server = StandIn::start(&pki, &[]);
-    let ca = pki.path("ca.pem");
+    let ca = pki.arg("ca.pem");
     let r = load(
         &server.url(),
         &format!("--ca {ca} --src-ips 3 --threads 2 connect --conns 30 --rate 300 --hold 0.2"),
@@ -500,7 +458,7 @@ fn frames_larger_than_the_tls_buffers_are_echoed_whole() {
         &server.url(),
         &format!(
             "--ca {} --duration 1 --warmup 0.2 echo --conns 2 --depth 4 --size 200000",
-            pki.path("ca.pem")
+            pki.arg("ca.pem")
         ),
     );
     assert!(r.ok, "corecast-load failed");
@@ -549,7 +507,7 @@ fn python_websockets_client_script_over_wss() {
     let pki = Pki::new("py-client");
     let server = StandIn::start(&pki, &[]);
     let script = "tests/clients/py_client.py";
-    let ca = pki.path("ca.pem");
+    let ca = pki.arg("ca.pem");
     for by in [CaBy::Flag(&ca), CaBy::Env(&ca)] {
         let r = client_script("python3", script, by, &server.url());
         assert!(r.ok, "py_client.py over wss failed");
@@ -591,7 +549,7 @@ fn node_ws_client_script_over_wss() {
     let pki = Pki::new("node-client");
     let server = StandIn::start(&pki, &[]);
     let script = "tests/clients/node_client.mjs";
-    let ca = pki.path("ca.pem");
+    let ca = pki.arg("ca.pem");
     for by in [CaBy::Flag(&ca), CaBy::Env(&ca)] {
         let r = client_script("node", script, by, &server.url());
         assert!(r.ok, "node_client.mjs over wss failed");
