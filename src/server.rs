@@ -19,7 +19,7 @@ use crate::admission;
 use crate::affinity;
 use crate::broadcast::Bus;
 use crate::config::{Config, DEFAULT_MEMORY_SHARE_PERCENT};
-use crate::conn::tls::{self, TlsConfigError};
+use crate::conn::tls_config::{self, TlsConfigError};
 use crate::control::Control;
 use crate::exit::{self, Exit, ThreadError};
 use crate::fdlimit;
@@ -62,7 +62,7 @@ impl Server {
     pub fn start(cfg: Config) -> Result<Server, StartError> {
         // Before anything is bound: a bad certificate is the most likely mistake.
         let tls = match &cfg.tls {
-            Some(files) => Some(tls::load(files)?),
+            Some(files) => Some(tls_config::load(files)?),
             None => None,
         };
         let listener = TcpListener::bind(cfg.listen)?;
@@ -216,7 +216,7 @@ impl Server {
         let Some(files) = &self.shared.cfg.tls else {
             return Ok(());
         };
-        let cfg = tls::load(files)?;
+        let cfg = tls_config::load(files)?;
         self.shared.bus.tell_all(|| Msg::Tls(cfg.clone()));
         Ok(())
     }

@@ -3,11 +3,15 @@
 //! that holds both with the connection's buffers and timer fields.
 
 mod connection;
+mod outcome;
 pub mod state;
 pub mod tls;
+pub mod tls_config;
 pub mod transport;
 
 pub use connection::{Conn, NEVER};
+pub use outcome::{Input, TransportError};
 pub use state::{CloseReason, Event, Machine, Phase};
-pub use tls::{Tls, TlsFiles};
-pub use transport::{Input, Transport, TransportError};
+pub use tls::Tls;
+pub use tls_config::{TlsConfigError, TlsFiles};
+pub use transport::Transport;
