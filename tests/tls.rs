@@ -473,6 +473,73 @@ fn bad_certificate_or_key_files_are_an_error_and_exit_code_2() {
     }
 }
 
+/// A self-signed certificate for `localhost` whose key the openssl CLI writes in the form
+/// `genkey` gives (PKCS#1 "RSA PRIVATE KEY", SEC1 "EC PRIVATE KEY"); returns the PEM of
+/// the certificate, which the client then trusts as it is.
+fn openssl_pair(dir: &std::path::Path, genkey: &[&str], expect: &str) -> String {
+    let key = dir.join("key.pem");
+    let cert = dir.join("chain.pem");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("the openssl CLI (tools/install-test-deps.sh installs it)");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    // `-out FILE` right after the command: genrsa wants the key size last.
+    let key_s = key.display().to_string();
+    let mut args = vec![genkey[0], "-out", &key_s];
+    args.extend(&genkey[1..]);
+    run(&args);
+    let pem = std::fs::read_to_string(&key).unwrap();
+    assert!(pem.starts_with(expect), "{genkey:?} wrote {pem:.40}");
+    let cert_s = cert.display().to_string();
+    run(&[
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        &key_s,
+        "-out",
+        &cert_s,
+        "-days",
+        "1",
+        "-subj",
+        "/CN=localhost",
+        "-addext",
+        "subjectAltName=DNS:localhost",
+        "-addext",
+        "basicConstraints=critical,CA:FALSE",
+    ]);
+    std::fs::read_to_string(&cert).unwrap()
+}
+
+#[test]
+fn rsa_and_sec1_ec_keys_are_accepted_as_well_as_pkcs8() {
+    let pki = Pki::new("keyformats");
+    for (genkey, expect) in [
+        (
+            &["genrsa", "-traditional", "2048"][..],
+            "-----BEGIN RSA PRIVATE KEY-----",
+        ),
+        (
+            &["ecparam", "-name", "prime256v1", "-genkey", "-noout"][..],
+            "-----BEGIN EC PRIVATE KEY-----",
+        ),
+    ] {
+        let cert_pem = openssl_pair(&pki.dir, genkey, expect);
+        let mut cfg = config(1);
+        cfg.tls = Some(pki.files());
+        let server = start(cfg);
+        let mut trusted = Pki::new("keyformats-trust");
+        trusted.ca_pem = cert_pem;
+        let mut c = connect_wss(server.local_addr(), "/ws", trusted.client());
+        send(&mut c, json!({"op":"echo","data":expect}));
+        assert_eq!(recv(&mut c), json!({"op":"echo","data":expect}));
+        server.shutdown().unwrap();
+    }
+}
+
 #[test]
 fn sighup_reloads_the_certificate_without_dropping_connections() {
     let pki = Pki::new("reload");

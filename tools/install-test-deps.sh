@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Installs what tests/independent_clients.rs needs: the Python `websockets` package
-# (tests/clients/requirements.txt) for the `python3` on PATH, and the Node `ws` package
-# (tests/clients/package-lock.json) into tests/clients/node_modules. Idempotent and quiet:
-# does nothing when both are already there at the pinned versions.
+# Installs what the tests need beyond Rust: the Python `websockets` package
+# (tests/clients/requirements.txt) for the `python3` on PATH and the Node `ws` package
+# (tests/clients/package-lock.json) into tests/clients/node_modules, for
+# tests/independent_clients.rs; and the openssl CLI (Debian package `openssl`), which
+# tests/tls.rs uses to make RSA and SEC1 EC keys, the formats rcgen does not write.
+# Idempotent and quiet: does nothing when all are already there at the pinned versions.
 #
 # Python: `pip install --user` into the user site (~/.local), which the `python3` the test
 # runs sees without a virtualenv. On an interpreter marked externally managed (PEP 668,
@@ -11,6 +13,10 @@
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 clients="$repo/tests/clients"
+
+if ! command -v openssl >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+fi
 
 want_py=$(sed -n 's/^websockets==//p' "$clients/requirements.txt")
 have_py=$(python3 -c 'import websockets; print(websockets.__version__)' 2>/dev/null || true)
