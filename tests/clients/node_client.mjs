@@ -23,7 +23,7 @@ try {
   process.exit(2);
 }
 
-const TIMEOUT_MS = 5000; // a reply that should come
+const TIMEOUT_MS = 15000; // a reply that should come (a watchdog: CI machines can be slow)
 const QUIET_MS = 300; // how long to listen for a message that must not come
 
 class Mismatch extends Error {}

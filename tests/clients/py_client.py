@@ -28,7 +28,7 @@ except ImportError as e:  # the Rust test turns this into an install hint
           file=sys.stderr)
     sys.exit(2)
 
-TIMEOUT = 5.0   # a reply that should come
+TIMEOUT = 15.0  # a reply that should come (a watchdog: CI machines can be slow)
 QUIET = 0.3     # how long to listen for a message that must not come
 
 
