@@ -3,6 +3,7 @@
 //! that holds both with the connection's buffers and timer fields.
 
 mod connection;
+pub mod deflate;
 mod outcome;
 pub mod state;
 pub mod tls;
