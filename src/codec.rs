@@ -63,6 +63,9 @@ impl Kind {
 pub struct Frame {
     pub kind: Kind,
     pub fin: bool,
+    /// RSV1: the message this frame starts is compressed (permessage-deflate). Only ever set
+    /// on a text or binary frame of a connection that negotiated it.
+    pub rsv1: bool,
     pub payload: std::ops::Range<usize>,
 }
 
@@ -105,6 +108,17 @@ pub enum Decoded {
 /// `max_frame` bounds the payload of a single frame; the check happens on the header, before
 /// any payload is buffered, so an oversized frame never costs memory.
 pub fn decode(buf: &mut [u8], max_frame: usize) -> Result<Decoded, FrameError> {
+    decode_with(buf, max_frame, false)
+}
+
+/// [`decode`] for a connection that negotiated permessage-deflate (`rsv1_allowed`): RSV1 is
+/// then allowed on the first frame of a text or binary message, and nowhere else (RFC 7692
+/// §6: not on control frames, not on continuation frames).
+pub fn decode_with(
+    buf: &mut [u8],
+    max_frame: usize,
+    rsv1_allowed: bool,
+) -> Result<Decoded, FrameError> {
     let mut cursor = Cursor::new(&*buf);
     let (header, len) = match FrameHeader::parse(&mut cursor) {
         Ok(Some(parsed)) => parsed,
@@ -124,7 +138,8 @@ pub fn decode(buf: &mut [u8], max_frame: usize) -> Result<Decoded, FrameError> {
             return Err(FrameError::ReservedOpcode)
         }
     };
-    if header.rsv1 || header.rsv2 || header.rsv3 {
+    let rsv1_ok = rsv1_allowed && matches!(kind, Kind::Text | Kind::Binary);
+    if (header.rsv1 && !rsv1_ok) || header.rsv2 || header.rsv3 {
         return Err(FrameError::ReservedBits);
     }
     let Some(mask) = header.mask else {
@@ -146,6 +161,7 @@ pub fn decode(buf: &mut [u8], max_frame: usize) -> Result<Decoded, FrameError> {
         frame: Frame {
             kind,
             fin: header.is_final,
+            rsv1: header.rsv1,
             payload,
         },
         used: total,
@@ -331,6 +347,21 @@ mod tests {
         assert_eq!(decode(unmasked, 1024), Err(FrameError::Unmasked));
         let mut rsv = client_frame(0xC1, b"a", [0; 4]);
         assert_eq!(decode(&mut rsv, 1024), Err(FrameError::ReservedBits));
+        // With permessage-deflate: RSV1 on a text or binary frame only.
+        let mut rsv = client_frame(0xC1, b"a", [0; 4]);
+        match decode_with(&mut rsv, 1024, true).unwrap() {
+            Decoded::Frame { frame, .. } => assert!(frame.rsv1 && frame.kind == Kind::Text),
+            other => panic!("{other:?}"),
+        }
+        for first in [0x40, 0xC9, 0xC8, 0xA1, 0x91] {
+            // continuation, ping, close with RSV1; RSV2 and RSV3 on text
+            let mut f = client_frame(first, b"a", [0; 4]);
+            assert_eq!(
+                decode_with(&mut f, 1024, true),
+                Err(FrameError::ReservedBits),
+                "{first:#x}"
+            );
+        }
         let mut reserved = client_frame(0x83, b"a", [0; 4]);
         assert_eq!(decode(&mut reserved, 1024), Err(FrameError::ReservedOpcode));
         let mut reserved_ctl = client_frame(0x8B, b"", [0; 4]);

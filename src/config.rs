@@ -90,6 +90,8 @@ pub struct Config {
     pub max_memory: Option<u64>,
     /// Accepted `Origin` values; empty accepts any (and none).
     pub allowed_origins: Vec<String>,
+    /// Negotiate permessage-deflate (RFC 7692) when a client offers it.
+    pub permessage_deflate: bool,
     /// Certificate and key: the WebSocket listener speaks TLS (wss). `None`: plain ws.
     pub tls: Option<TlsFiles>,
     /// Admin HTTP endpoint; `None` disables it.
@@ -121,6 +123,7 @@ impl Default for Config {
             message_timeout: Duration::from_secs(DEFAULT_MESSAGE_TIMEOUT_S),
             max_memory: None,
             allowed_origins: Vec::new(),
+            permessage_deflate: false,
             tls: None,
             admin_listen: None,
             api_token: None,
@@ -232,6 +235,13 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub allowed_origins: Vec<String>,
+
+    /// Negotiate permessage-deflate (RFC 7692) with clients that offer it, on /ws and /echo.
+    /// Off by default: compression trades server CPU for bandwidth, which pays on slow or
+    /// metered links and costs on loopback or a LAN. corecast always asks for no context
+    /// takeover both ways, so a connection holds no compression state between messages.
+    #[arg(long, env = "CORECAST_PERMESSAGE_DEFLATE")]
+    pub permessage_deflate: bool,
 
     /// PEM certificate chain (end-entity certificate first) for the WebSocket listener: with
     /// --tls-key it speaks TLS 1.2 and 1.3 (wss://) instead of plain ws://. SIGHUP reloads
@@ -395,6 +405,7 @@ impl Args {
             message_timeout: Duration::from_secs(self.message_timeout),
             max_memory: self.max_memory,
             allowed_origins: self.allowed_origins,
+            permessage_deflate: self.permessage_deflate,
             tls: match (self.tls_cert, self.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
                 _ => None,

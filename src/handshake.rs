@@ -7,6 +7,8 @@
 
 use tungstenite::error::{Error as WsError, ProtocolError};
 
+use crate::conn::deflate::{self, Agreed};
+
 /// Largest request head accepted; browsers send well under 2 KiB.
 pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
 
@@ -32,6 +34,8 @@ pub enum Outcome {
         endpoint: Endpoint,
         response: Vec<u8>,
         consumed: usize,
+        /// permessage-deflate, if enabled and offered in a form corecast can honour.
+        deflate: Option<Agreed>,
     },
     /// Refused: send `response` and close. `status` and `reason` are for counters and logs.
     Reject {
@@ -46,7 +50,8 @@ pub enum Outcome {
 /// Parses the request head at the start of `buf`. If `allowed_origins` is non-empty, the
 /// request's `Origin` must be one of them (browsers always send it; other clients may not,
 /// and are refused too when the list is set).
-pub fn parse(buf: &[u8], allowed_origins: &[String]) -> Outcome {
+/// With `deflate`, a permessage-deflate offer is accepted if one can be (RFC 7692).
+pub fn parse(buf: &[u8], allowed_origins: &[String], deflate: bool) -> Outcome {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let consumed = match req.parse(buf) {
@@ -103,7 +108,22 @@ pub fn parse(buf: &[u8], allowed_origins: &[String]) -> Outcome {
         None => return reject(400, "Bad Request", "malformed HTTP request", ""),
     };
     match tungstenite::handshake::server::create_response(&request) {
-        Ok(resp) => {
+        Ok(mut resp) => {
+            let agreed = if deflate {
+                deflate::negotiate(
+                    req.headers
+                        .iter()
+                        .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
+                        .map(|h| h.value),
+                )
+            } else {
+                None
+            };
+            if let Some(a) = agreed {
+                let value =
+                    http::HeaderValue::from_str(&a.response()).expect("the response is ASCII");
+                resp.headers_mut().insert("sec-websocket-extensions", value);
+            }
             let mut response = Vec::with_capacity(160);
             if tungstenite::handshake::server::write_response(&mut response, &resp).is_err() {
                 return reject(500, "Internal Server Error", "response encoding failed", "");
@@ -112,6 +132,7 @@ pub fn parse(buf: &[u8], allowed_origins: &[String]) -> Outcome {
                 endpoint,
                 response,
                 consumed,
+                deflate: agreed,
             }
         }
         Err(WsError::Protocol(p)) => match p {
@@ -236,7 +257,7 @@ mod tests {
     use super::*;
 
     fn p(buf: &[u8]) -> Outcome {
-        parse(buf, &[])
+        parse(buf, &[], false)
     }
 
     const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -267,6 +288,7 @@ mod tests {
                 endpoint,
                 response,
                 consumed,
+                deflate: agreed,
             } => {
                 assert_eq!(endpoint, Endpoint::Json);
                 assert_eq!(consumed, head);
@@ -277,6 +299,38 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn deflate_is_answered_only_when_enabled_and_offered() {
+        let offer = format!(
+            "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+        );
+        let answer = |buf: &[u8], on: bool| match parse(buf, &[], on) {
+            Outcome::Upgrade {
+                response, deflate, ..
+            } => (String::from_utf8(response).unwrap(), deflate),
+            other => panic!("{other:?}"),
+        };
+        let (resp, agreed) = answer(offer.as_bytes(), true);
+        assert_eq!(agreed.map(|a| a.window_bits), Some(15));
+        assert!(
+            resp.to_ascii_lowercase().contains(
+                "sec-websocket-extensions: permessage-deflate; server_no_context_takeover; \
+                 client_no_context_takeover\r\n"
+            ),
+            "{resp}"
+        );
+        // Off: the offer is ignored and the upgrade goes on without it.
+        let (resp, agreed) = answer(offer.as_bytes(), false);
+        assert_eq!(agreed, None);
+        assert!(!resp.to_ascii_lowercase().contains("extensions"), "{resp}");
+        // On, but nothing offered.
+        let (resp, agreed) = answer(upgrade("/ws", "13").as_bytes(), true);
+        assert_eq!(agreed, None);
+        assert!(!resp.to_ascii_lowercase().contains("extensions"), "{resp}");
     }
 
     #[test]
@@ -389,15 +443,19 @@ mod tests {
             upgrade("/ws", "13").replacen("Host: x\r\n", &format!("Host: x\r\nOrigin: {o}\r\n"), 1)
         };
         assert!(matches!(
-            parse(with("https://app.example").as_bytes(), &allowed),
+            parse(with("https://app.example").as_bytes(), &allowed, false),
             Outcome::Upgrade { .. }
         ));
         assert_eq!(
-            status(&parse(with("https://evil.example").as_bytes(), &allowed)),
+            status(&parse(
+                with("https://evil.example").as_bytes(),
+                &allowed,
+                false
+            )),
             "HTTP/1.1 403"
         );
         assert_eq!(
-            status(&parse(upgrade("/ws", "13").as_bytes(), &allowed)),
+            status(&parse(upgrade("/ws", "13").as_bytes(), &allowed, false)),
             "HTTP/1.1 403"
         );
     }

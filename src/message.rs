@@ -16,13 +16,16 @@ pub enum MessageError {
     InvalidUtf8,
     #[error("bad fragmentation")]
     Fragmentation,
+    /// permessage-deflate data that does not inflate.
+    #[error("invalid compressed data")]
+    BadCompression,
 }
 
 impl MessageError {
     pub fn close_code(self) -> u16 {
         match self {
             MessageError::TooBig => close_code::TOO_BIG,
-            MessageError::InvalidUtf8 => close_code::INVALID_PAYLOAD,
+            MessageError::InvalidUtf8 | MessageError::BadCompression => close_code::INVALID_PAYLOAD,
             MessageError::Fragmentation => close_code::PROTOCOL_ERROR,
         }
     }
@@ -39,6 +42,8 @@ pub enum MessageKind {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Fragmented {
     pub kind: MessageKind,
+    /// permessage-deflate: `data` is compressed, and is checked (UTF-8, size) once inflated.
+    pub compressed: bool,
     pub data: Vec<u8>,
     /// Bytes of `data` known to be valid UTF-8; text is checked as it arrives so that an
     /// invalid sequence fails the connection at once, not after megabytes more.
@@ -59,10 +64,13 @@ pub enum Step {
 /// Folds one data frame into the connection's message state.
 ///
 /// `payload` has already been unmasked.
+/// `compressed`: the frame had RSV1 (permessage-deflate); the message's text is then checked
+/// only once it is inflated, by the caller.
 pub fn feed(
     partial: &mut Option<Box<Fragmented>>,
     kind: Kind,
     fin: bool,
+    compressed: bool,
     payload: &[u8],
     max_message: usize,
 ) -> Result<Step, MessageError> {
@@ -76,13 +84,15 @@ pub fn feed(
                 MessageKind::Binary
             };
             if fin {
-                if kind == MessageKind::Text && std::str::from_utf8(payload).is_err() {
+                if kind == MessageKind::Text && !compressed && std::str::from_utf8(payload).is_err()
+                {
                     return Err(MessageError::InvalidUtf8);
                 }
                 return Ok(Step::Whole(kind));
             }
             let mut f = Box::new(Fragmented {
                 kind,
+                compressed,
                 data: payload.to_vec(),
                 checked: 0,
             });
@@ -108,7 +118,7 @@ impl Fragmented {
     /// Validates the text received so far; an incomplete sequence at the end is allowed until
     /// the final frame.
     fn check(&mut self, fin: bool) -> Result<(), MessageError> {
-        if self.kind == MessageKind::Binary {
+        if self.kind == MessageKind::Binary || self.compressed {
             return Ok(());
         }
         match std::str::from_utf8(&self.data[self.checked..]) {
@@ -133,18 +143,32 @@ mod tests {
     fn single_frames_stay_in_place() {
         let mut p = None;
         assert_eq!(
-            feed(&mut p, Kind::Text, true, b"hi", 10),
+            feed(&mut p, Kind::Text, true, false, b"hi", 10),
             Ok(Step::Whole(MessageKind::Text))
         );
         assert_eq!(
-            feed(&mut p, Kind::Binary, true, &[0xFF], 10),
+            feed(&mut p, Kind::Binary, true, false, &[0xFF], 10),
             Ok(Step::Whole(MessageKind::Binary))
         );
         assert_eq!(
-            feed(&mut p, Kind::Text, true, &[0xFF], 10),
+            feed(&mut p, Kind::Text, true, false, &[0xFF], 10),
             Err(MessageError::InvalidUtf8)
         );
         assert!(p.is_none());
+        // Compressed text is checked once inflated, not here.
+        assert_eq!(
+            feed(&mut p, Kind::Text, true, true, &[0xFF], 10),
+            Ok(Step::Whole(MessageKind::Text))
+        );
+        assert_eq!(
+            feed(&mut p, Kind::Text, false, true, &[0xFF], 10),
+            Ok(Step::Pending)
+        );
+        assert_eq!(
+            feed(&mut p, Kind::Continuation, true, false, &[0xFE], 10),
+            Ok(Step::Completed)
+        );
+        assert!(p.unwrap().compressed);
     }
 
     #[test]
@@ -152,15 +176,15 @@ mod tests {
         let text = "añb€".as_bytes();
         let mut p = None;
         assert_eq!(
-            feed(&mut p, Kind::Text, false, &text[..2], 100),
+            feed(&mut p, Kind::Text, false, false, &text[..2], 100),
             Ok(Step::Pending)
         );
         assert_eq!(
-            feed(&mut p, Kind::Continuation, false, &text[2..5], 100),
+            feed(&mut p, Kind::Continuation, false, false, &text[2..5], 100),
             Ok(Step::Pending)
         );
         assert_eq!(
-            feed(&mut p, Kind::Continuation, true, &text[5..], 100),
+            feed(&mut p, Kind::Continuation, true, false, &text[5..], 100),
             Ok(Step::Completed)
         );
         assert_eq!(p.take().unwrap().data, text);
@@ -170,20 +194,20 @@ mod tests {
     fn fails_fast_on_invalid_utf8_and_on_a_dangling_sequence_at_the_end() {
         let mut p = None;
         assert_eq!(
-            feed(&mut p, Kind::Text, false, b"ok", 100),
+            feed(&mut p, Kind::Text, false, false, b"ok", 100),
             Ok(Step::Pending)
         );
         assert_eq!(
-            feed(&mut p, Kind::Continuation, false, &[0xC0, 0x80], 100),
+            feed(&mut p, Kind::Continuation, false, false, &[0xC0, 0x80], 100),
             Err(MessageError::InvalidUtf8)
         );
         let mut p = None;
         assert_eq!(
-            feed(&mut p, Kind::Text, false, &[0xE2, 0x82], 100),
+            feed(&mut p, Kind::Text, false, false, &[0xE2, 0x82], 100),
             Ok(Step::Pending)
         );
         assert_eq!(
-            feed(&mut p, Kind::Continuation, true, b"", 100),
+            feed(&mut p, Kind::Continuation, true, false, b"", 100),
             Err(MessageError::InvalidUtf8)
         );
     }
@@ -192,23 +216,23 @@ mod tests {
     fn fragmentation_errors_and_size_limit() {
         let mut p = None;
         assert_eq!(
-            feed(&mut p, Kind::Continuation, true, b"x", 100),
+            feed(&mut p, Kind::Continuation, true, false, b"x", 100),
             Err(MessageError::Fragmentation)
         );
         assert_eq!(
-            feed(&mut p, Kind::Binary, false, b"x", 100),
+            feed(&mut p, Kind::Binary, false, false, b"x", 100),
             Ok(Step::Pending)
         );
         assert_eq!(
-            feed(&mut p, Kind::Text, true, b"x", 100),
+            feed(&mut p, Kind::Text, true, false, b"x", 100),
             Err(MessageError::Fragmentation)
         );
         assert_eq!(
-            feed(&mut p, Kind::Continuation, false, &[0; 99], 100),
+            feed(&mut p, Kind::Continuation, false, false, &[0; 99], 100),
             Ok(Step::Pending)
         );
         assert_eq!(
-            feed(&mut p, Kind::Continuation, true, b"y", 100),
+            feed(&mut p, Kind::Continuation, true, false, b"y", 100),
             Err(MessageError::TooBig)
         );
         assert_eq!(MessageError::TooBig.close_code(), 1009);

@@ -127,6 +127,10 @@ counters! {
     tls_plain_http,
     /// WebSocket upgrades completed over TLS.
     tls_upgrades,
+    /// Upgrades that negotiated permessage-deflate.
+    deflate_upgrades,
+    /// Compressed messages received and inflated.
+    messages_inflated,
     }
     gauges {
     /// Connections currently open on this worker (handshaking ones included).

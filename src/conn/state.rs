@@ -9,6 +9,8 @@ use crate::config::Config;
 use crate::handshake::{self, Endpoint, Outcome};
 use crate::message::{self, Fragmented, MessageError, MessageKind, Step};
 
+use super::deflate::{Agreed, InflateError, Inflater};
+
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -100,7 +102,12 @@ pub enum Event<'b> {
         kind: MessageKind,
         data: &'b [u8],
     },
-    /// A fragmented message just completed.
+    /// A whole compressed message in one frame: inflate it ([`Machine::inflate`]).
+    Compressed {
+        kind: MessageKind,
+        data: &'b [u8],
+    },
+    /// A fragmented message just completed (still compressed if `compressed`).
     Assembled(Box<Fragmented>),
     /// A fragment was stored; the message is not complete yet.
     Fragment,
@@ -120,6 +127,8 @@ pub enum Event<'b> {
 #[derive(Debug)]
 pub struct Machine {
     phase: Phase,
+    /// permessage-deflate was negotiated at the upgrade.
+    deflate: Option<Agreed>,
     /// A fragmented message in progress (only while its frames arrive).
     partial: Option<Box<Fragmented>>,
 }
@@ -134,12 +143,18 @@ impl Machine {
     pub fn new() -> Self {
         Machine {
             phase: Phase::Handshake,
+            deflate: None,
             partial: None,
         }
     }
 
     pub fn phase(&self) -> Phase {
         self.phase
+    }
+
+    /// permessage-deflate, if the upgrade negotiated it.
+    pub fn deflate(&self) -> Option<Agreed> {
+        self.deflate
     }
 
     /// Upgraded to the JSON protocol, and not closing.
@@ -179,14 +194,16 @@ impl Machine {
     }
 
     fn upgrade<'b>(&mut self, buf: &'b [u8], cfg: &Config) -> (usize, Event<'b>) {
-        match handshake::parse(buf, &cfg.allowed_origins) {
+        match handshake::parse(buf, &cfg.allowed_origins, cfg.permessage_deflate) {
             Outcome::Partial => (0, Event::NeedMore),
             Outcome::Upgrade {
                 endpoint,
                 response,
                 consumed,
+                deflate,
             } => {
                 self.phase = Phase::Open(endpoint);
+                self.deflate = deflate;
                 (consumed, Event::Upgraded { endpoint, response })
             }
             Outcome::Health => {
@@ -213,11 +230,12 @@ impl Machine {
         if buf.is_empty() {
             return (0, Event::NeedMore);
         }
-        let (frame, used) = match codec::decode(buf, cfg.max_frame_size) {
-            Ok(Decoded::Incomplete { .. }) => return (0, Event::NeedMore),
-            Ok(Decoded::Frame { frame, used }) => (frame, used),
-            Err(e) => return self.fail(buf.len(), CloseReason::Frame(e)),
-        };
+        let (frame, used) =
+            match codec::decode_with(buf, cfg.max_frame_size, self.deflate.is_some()) {
+                Ok(Decoded::Incomplete { .. }) => return (0, Event::NeedMore),
+                Ok(Decoded::Frame { frame, used }) => (frame, used),
+                Err(e) => return self.fail(buf.len(), CloseReason::Frame(e)),
+            };
         let payload = &buf[frame.payload.clone()];
         let event = match frame.kind {
             Kind::Ping => Event::Ping(payload),
@@ -231,7 +249,19 @@ impl Machine {
             },
             Kind::Text | Kind::Binary | Kind::Continuation => {
                 let max = cfg.max_message_size;
-                match message::feed(&mut self.partial, frame.kind, frame.fin, payload, max) {
+                let zipped = frame.rsv1;
+                match message::feed(
+                    &mut self.partial,
+                    frame.kind,
+                    frame.fin,
+                    zipped,
+                    payload,
+                    max,
+                ) {
+                    Ok(Step::Whole(kind)) if zipped => Event::Compressed {
+                        kind,
+                        data: payload,
+                    },
                     Ok(Step::Whole(kind)) => Event::Message {
                         kind,
                         data: payload,
@@ -245,6 +275,30 @@ impl Machine {
             }
         };
         (used, event)
+    }
+
+    /// Inflates a compressed message into `out` with the worker's inflater and checks what
+    /// comes out: past `--max-message-size` it is 1009 (inflating stops there), invalid
+    /// DEFLATE data or invalid UTF-8 in a text message 1007. On an error the connection is
+    /// closing and the reason is what to close with.
+    pub fn inflate(
+        &mut self,
+        inflater: &mut Inflater,
+        kind: MessageKind,
+        data: &[u8],
+        cfg: &Config,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CloseReason> {
+        let err = match inflater.inflate(data, cfg.max_message_size, out) {
+            Ok(()) if kind == MessageKind::Text && std::str::from_utf8(out).is_err() => {
+                MessageError::InvalidUtf8
+            }
+            Ok(()) => return Ok(()),
+            Err(InflateError::TooBig) => MessageError::TooBig,
+            Err(InflateError::Invalid) => MessageError::BadCompression,
+        };
+        self.close();
+        Err(CloseReason::Message(err))
     }
 
     fn fail<'b>(&mut self, len: usize, why: CloseReason) -> (usize, Event<'b>) {

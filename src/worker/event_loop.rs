@@ -19,6 +19,7 @@ use super::handle::{Inbox, Msg};
 use crate::admission;
 use crate::broadcast::{Bus, Delivery};
 use crate::config::Config;
+use crate::conn::deflate::Inflater;
 use crate::conn::{Conn, Tls, Transport};
 use crate::memory;
 use crate::stats::{bump, gauge, Stats};
@@ -61,6 +62,10 @@ pub struct Worker {
     pub(super) tls_out: Vec<u8>,
     /// Where JSON replies are built before being framed.
     pub(super) scratch: Vec<u8>,
+    /// permessage-deflate: the worker's one inflater, reset per message, and where a
+    /// message is inflated to (up to --max-message-size; shrunk after a large one).
+    pub(super) inflater: Inflater,
+    pub(super) inflated: Vec<u8>,
     /// Deliveries for this worker's connections, queued during the turn.
     pub(super) pending: Vec<Delivery>,
     /// Recipients a delivery run did not fit, with how many of its messages they missed.
@@ -138,6 +143,8 @@ impl Worker {
             tls_in,
             tls_out: Vec::new(),
             scratch: Vec::with_capacity(1024),
+            inflater: Inflater::default(),
+            inflated: Vec::new(),
             pending: Vec::new(),
             over: Vec::new(),
             dirty: Vec::new(),

@@ -6,6 +6,9 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 
 use super::timers::CLOSE_TIMEOUT;
+
+/// Capacity of the inflate buffer kept between messages; after a larger message it is freed.
+const INFLATED_KEEP: usize = 256 * 1024;
 use super::Worker;
 use crate::broadcast::{self, Target};
 use crate::codec::{self, Kind};
@@ -31,6 +34,9 @@ impl Worker {
                 if self.conns[key].transport.is_tls() {
                     bump(&self.stats.tls_upgrades, 1);
                 }
+                if self.conns[key].machine.deflate().is_some() {
+                    bump(&self.stats.deflate_upgrades, 1);
+                }
             }
             Event::Refused {
                 response,
@@ -55,9 +61,17 @@ impl Worker {
                 self.conns[key].last_rx = now;
                 self.on_message(key, kind, data);
             }
+            Event::Compressed { kind, data } => {
+                self.conns[key].last_rx = now;
+                self.on_compressed(key, kind, data);
+            }
             Event::Assembled(whole) => {
                 self.conns[key].last_rx = now;
-                self.on_message(key, whole.kind, &whole.data);
+                if whole.compressed {
+                    self.on_compressed(key, whole.kind, &whole.data);
+                } else {
+                    self.on_message(key, whole.kind, &whole.data);
+                }
             }
             Event::Fragment | Event::Pong => self.conns[key].last_rx = now,
             Event::Ping(payload) => {
@@ -77,6 +91,35 @@ impl Worker {
                 self.close_with(key, why);
             }
         }
+    }
+
+    /// A compressed message: inflated through the worker's inflater into its scratch, then
+    /// handled as any other; what does not inflate closes the connection (1009, 1007).
+    fn on_compressed(&mut self, key: usize, kind: MessageKind, data: &[u8]) {
+        let mut plain = std::mem::take(&mut self.inflated);
+        let conn = &mut self.conns[key];
+        match conn
+            .machine
+            .inflate(&mut self.inflater, kind, data, &self.cfg, &mut plain)
+        {
+            Ok(()) => {
+                bump(&self.stats.messages_inflated, 1);
+                self.on_message(key, kind, &plain);
+            }
+            Err(why) => {
+                log::debug!(
+                    "worker {}: conn {key} failed with {}: {why}",
+                    self.index,
+                    why.code()
+                );
+                self.close_with(key, why);
+            }
+        }
+        // Keep the buffer for the next message, unless a large one left it large.
+        if plain.capacity() > INFLATED_KEEP {
+            plain = Vec::new();
+        }
+        self.inflated = plain;
     }
 
     fn on_message(&mut self, key: usize, kind: MessageKind, data: &[u8]) {

@@ -4,6 +4,7 @@
 #   bash tools/autobahn/run.sh                      # ws://
 #   TLS=1 bash tools/autobahn/run.sh                # wss://, corecast --tls-cert/--tls-key
 #   TLS=1 STAND_IN=1 bash tools/autobahn/run.sh     # wss:// against the Python TLS stand-in
+#   DEFLATE=1 bash tools/autobahn/run.sh            # corecast --permessage-deflate: all 517
 #
 # Installs wstest if missing (tools/autobahn/install.sh), builds corecast in release mode,
 # starts it on a free loopback port, runs the suite, stops the server with SIGTERM (it must
@@ -27,10 +28,11 @@
 #                                              12.*/13.* report UNIMPLEMENTED, counted as
 #                                              skipped, because corecast does not negotiate
 #                                              permessage-deflate)
-#   MIN_PASSED     least passed cases allowed (default 301, all of 1.* to 11.*)
+#   MIN_PASSED     least passed cases allowed (default 301, all of 1.* to 11.*; 517, every
+#                                              case, with DEFLATE=1)
 #   REPORT_DIR     where the report goes      (default reports/autobahn, or
 #                                              reports/autobahn-tls with TLS=1)
-#   TLS, STAND_IN  see above                  (default 0)
+#   TLS, STAND_IN, DEFLATE  see above         (default 0; DEFLATE=1 writes reports/autobahn-deflate)
 #   CARGO_TARGET_DIR is honoured for the build.
 set -euo pipefail
 
@@ -41,14 +43,23 @@ cd "$repo"
 venv=${AUTOBAHN_VENV:-/tmp/corecast-autobahn-py27}
 cases=${CASES:-'["*"]'}
 exclude=${EXCLUDE:-'[]'}
-min_passed=${MIN_PASSED:-301}
+deflate=${DEFLATE:-0}
+if [ "$deflate" = 1 ]; then
+    min_passed=${MIN_PASSED:-517}
+else
+    min_passed=${MIN_PASSED:-301}
+fi
 tls=${TLS:-0}
 stand_in=${STAND_IN:-0}
 if [ "$stand_in" = 1 ] && [ "$tls" != 1 ]; then
     echo "STAND_IN=1 needs TLS=1 (the stand-in only speaks TLS)" >&2
     exit 2
 fi
-if [ "$tls" = 1 ]; then
+if [ "$deflate" = 1 ]; then
+    report_dir=${REPORT_DIR:-reports/autobahn-deflate}
+    scheme=ws
+    [ "$tls" = 1 ] && scheme=wss
+elif [ "$tls" = 1 ]; then
     report_dir=${REPORT_DIR:-reports/autobahn-tls}
     scheme=wss
 else
@@ -110,6 +121,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
+deflate_args=()
+if [ "$deflate" = 1 ]; then
+    deflate_args=(--permessage-deflate)
+fi
 tls_args=()
 if [ "$tls" = 1 ]; then
     if ! command -v openssl >/dev/null; then
@@ -143,7 +158,7 @@ else
         --workers 2 --no-pin \
         --max-message-size 16777216 --max-frame-size 16777216 --max-outbound-bytes 33554432 \
         --admin-listen off \
-        "${tls_args[@]}" \
+        "${tls_args[@]}" "${deflate_args[@]}" \
         > "$server_log" 2>&1 &
 fi
 server_pid=$!
