@@ -211,6 +211,27 @@ pub fn write_header(out: &mut [u8; MAX_SERVER_HEADER], kind: Kind, len: usize) -
     }
 }
 
+/// The payload of a complete unmasked server frame (as `write_header` starts them).
+pub fn server_payload(frame: &[u8]) -> &[u8] {
+    let start = match frame[1] & 0x7F {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    &frame[start..]
+}
+
+/// A whole final text frame with RSV1 set: a permessage-deflate compressed message.
+pub fn compressed_text_frame(payload: &[u8]) -> Vec<u8> {
+    let mut header = [0u8; MAX_SERVER_HEADER];
+    let n = write_header(&mut header, Kind::Text, payload.len());
+    header[0] |= 0x40;
+    let mut out = Vec::with_capacity(n + payload.len());
+    out.extend_from_slice(&header[..n]);
+    out.extend_from_slice(payload);
+    out
+}
+
 /// Appends a whole server frame (header then payload) to `out`.
 pub fn encode_into(out: &mut Vec<u8>, kind: Kind, payload: &[u8]) {
     let mut header = [0u8; MAX_SERVER_HEADER];

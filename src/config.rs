@@ -35,6 +35,11 @@ pub const DEFAULT_MESSAGE_TIMEOUT_S: u64 = 20;
 pub const DEFAULT_MEMORY_SHARE_PERCENT: u64 = 75;
 /// How long a client may take to send a complete upgrade request.
 pub const DEFAULT_HANDSHAKE_TIMEOUT_S: u64 = 10;
+/// permessage-deflate: below this, a message goes out uncompressed (to be measured).
+pub const DEFAULT_DEFLATE_MIN_SIZE: usize = 128;
+/// permessage-deflate: zlib level; 1 is several times faster than 6 for JSON that still
+/// shrinks several-fold (to be measured).
+pub const DEFAULT_DEFLATE_LEVEL: u32 = 1;
 /// How long a connection may stay silent before the server pings it.
 pub const DEFAULT_PING_INTERVAL_S: u64 = 30;
 /// How long a connection may stay silent (even after pings) before it is closed.
@@ -92,6 +97,10 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// Negotiate permessage-deflate (RFC 7692) when a client offers it.
     pub permessage_deflate: bool,
+    /// Published messages shorter than this go out uncompressed.
+    pub deflate_min_size: usize,
+    /// zlib compression level, 1 (fastest) to 9.
+    pub deflate_level: u32,
     /// Certificate and key: the WebSocket listener speaks TLS (wss). `None`: plain ws.
     pub tls: Option<TlsFiles>,
     /// Admin HTTP endpoint; `None` disables it.
@@ -124,6 +133,8 @@ impl Default for Config {
             max_memory: None,
             allowed_origins: Vec::new(),
             permessage_deflate: false,
+            deflate_min_size: DEFAULT_DEFLATE_MIN_SIZE,
+            deflate_level: DEFAULT_DEFLATE_LEVEL,
             tls: None,
             admin_listen: None,
             api_token: None,
@@ -242,6 +253,17 @@ pub struct Args {
     /// takeover both ways, so a connection holds no compression state between messages.
     #[arg(long, env = "CORECAST_PERMESSAGE_DEFLATE")]
     pub permessage_deflate: bool,
+
+    /// With --permessage-deflate: messages shorter than this many bytes are sent
+    /// uncompressed (deflate cannot win much on them and costs the same set-up).
+    #[arg(long, env = "CORECAST_DEFLATE_MIN_SIZE", default_value_t = DEFAULT_DEFLATE_MIN_SIZE)]
+    pub deflate_min_size: usize,
+
+    /// With --permessage-deflate: zlib level, 1 (fastest) to 9 (smallest). Each published
+    /// message is compressed once per worker, whatever its number of subscribers.
+    #[arg(long, env = "CORECAST_DEFLATE_LEVEL", default_value_t = DEFAULT_DEFLATE_LEVEL,
+          value_parser = clap::value_parser!(u32).range(1..=9))]
+    pub deflate_level: u32,
 
     /// PEM certificate chain (end-entity certificate first) for the WebSocket listener: with
     /// --tls-key it speaks TLS 1.2 and 1.3 (wss://) instead of plain ws://. SIGHUP reloads
@@ -406,6 +428,8 @@ impl Args {
             max_memory: self.max_memory,
             allowed_origins: self.allowed_origins,
             permessage_deflate: self.permessage_deflate,
+            deflate_min_size: self.deflate_min_size,
+            deflate_level: self.deflate_level,
             tls: match (self.tls_cert, self.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
                 _ => None,

@@ -288,8 +288,9 @@ mod tests {
                 endpoint,
                 response,
                 consumed,
-                deflate: agreed,
+                deflate,
             } => {
+                assert_eq!(deflate, None);
                 assert_eq!(endpoint, Endpoint::Json);
                 assert_eq!(consumed, head);
                 let text = String::from_utf8(response).unwrap();

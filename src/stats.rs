@@ -131,6 +131,9 @@ counters! {
     deflate_upgrades,
     /// Compressed messages received and inflated.
     messages_inflated,
+    /// Published messages compressed: once per message, worker and window size, whatever
+    /// the number of subscribers that get it.
+    messages_compressed,
     }
     gauges {
     /// Connections currently open on this worker (handshaking ones included).

@@ -632,6 +632,7 @@ fn every_metric_keeps_its_name_type_and_labels() {
         "tls_plain_http_total",
         "tls_upgrades_total",
         "deflate_upgrades_total",
+        "messages_compressed_total",
         "messages_inflated_total",
     ] {
         add(name, "counter", None);

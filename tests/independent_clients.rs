@@ -114,6 +114,26 @@ fn run_client_tls(program: &str, script: &str) {
     print!("{report}");
 }
 
+/// The same script against a server with --permessage-deflate: both clients offer it by
+/// default and compress what they send (Python every message, Node those of 1 KiB or more),
+/// so the server must inflate it.
+fn run_client_deflate(program: &str, script: &str) {
+    let mut cfg = common::config(2);
+    cfg.permessage_deflate = true;
+    let server = common::start(cfg);
+    let base = format!("ws://{}", server.local_addr());
+    let (ok, report) = run_with_timeout(program, &[script, &base]);
+    let stats = server.stats();
+    server.shutdown().expect("server shuts down cleanly");
+    assert!(
+        ok,
+        "independent client failed with permessage-deflate:\n{report}"
+    );
+    assert_eq!(stats.deflate_upgrades, stats.handshakes, "{stats:?}");
+    assert!(stats.messages_inflated > 0, "{stats:?}");
+    print!("{report}");
+}
+
 fn python_ready() -> bool {
     if skip_requested("Python websockets") {
         return false;
@@ -145,6 +165,13 @@ fn python_websockets_client_over_wss() {
     }
 }
 
+#[test]
+fn python_websockets_client_with_permessage_deflate() {
+    if python_ready() {
+        run_client_deflate("python3", "tests/clients/py_client.py");
+    }
+}
+
 fn node_ready() -> bool {
     if skip_requested("Node ws") {
         return false;
@@ -173,5 +200,12 @@ fn node_ws_client() {
 fn node_ws_client_over_wss() {
     if node_ready() {
         run_client_tls("node", "tests/clients/node_client.mjs");
+    }
+}
+
+#[test]
+fn node_ws_client_with_permessage_deflate() {
+    if node_ready() {
+        run_client_deflate("node", "tests/clients/node_client.mjs");
     }
 }

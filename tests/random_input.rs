@@ -98,7 +98,7 @@ fn random_http_and_json_never_panic() {
         } else {
             rng.bytes(200)
         };
-        match handshake::parse(&req, &[]) {
+        match handshake::parse(&req, &[], false) {
             Outcome::Upgrade {
                 response, consumed, ..
             } => {

@@ -6,7 +6,7 @@ use corecast::handshake::{self, Outcome};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    match handshake::parse(data, &[]) {
+    match handshake::parse(data, &[], true) {
         Outcome::Upgrade { response, consumed, .. } => {
             assert!(consumed <= data.len());
             assert!(response.starts_with(b"HTTP/1.1 101"));

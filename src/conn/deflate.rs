@@ -191,6 +191,60 @@ impl Deflater {
     }
 }
 
+/// A run of published frames as connections with a window of `bits` get them: each message
+/// compressed once (RSV1), or the plain frame itself when it is under `min_size` or does not
+/// shrink. Built at most once per run and window size on a worker, whatever the number of
+/// subscribers.
+pub struct ZippedRun {
+    pub frames: Vec<bytes::Bytes>,
+    /// All of `frames` joined, for a recipient that can take the run whole (as
+    /// `broadcast::merge` does for plain frames); None for a run of one.
+    pub merged: Option<bytes::Bytes>,
+    /// Messages that went out compressed, and their bytes saved.
+    pub compressed: u64,
+}
+
+impl Deflater {
+    /// Compresses each plain frame of a run (`plain`: whole unmasked text frames).
+    pub fn zip_run<'a>(
+        &mut self,
+        plain: impl ExactSizeIterator<Item = &'a bytes::Bytes>,
+        bits: u8,
+        min_size: usize,
+        scratch: &mut Vec<u8>,
+    ) -> ZippedRun {
+        let n = plain.len();
+        let mut frames = Vec::with_capacity(n);
+        let mut compressed = 0;
+        for f in plain {
+            let payload = crate::codec::server_payload(f);
+            if payload.len() >= min_size && self.compress(payload, bits, scratch) {
+                frames.push(bytes::Bytes::from(crate::codec::compressed_text_frame(
+                    scratch,
+                )));
+                compressed += 1;
+            } else {
+                frames.push(f.clone());
+            }
+        }
+        if scratch.capacity() > 256 * 1024 {
+            *scratch = Vec::new();
+        }
+        let merged = (n > 1).then(|| {
+            let mut buf = bytes::BytesMut::with_capacity(frames.iter().map(|f| f.len()).sum());
+            for f in &frames {
+                buf.extend_from_slice(f);
+            }
+            buf.freeze()
+        });
+        ZippedRun {
+            frames,
+            merged,
+            compressed,
+        }
+    }
+}
+
 /// Why an incoming compressed message was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum InflateError {
@@ -291,10 +345,11 @@ mod tests {
 
     #[test]
     fn offers_are_read_in_order_and_the_first_usable_one_wins() {
-        let plain = Some(Agreed {
+        let full = Agreed {
             window_bits: 15,
             limited: false,
-        });
+        };
+        let plain = Some(full);
         assert_eq!(neg("permessage-deflate"), plain);
         assert_eq!(neg("permessage-deflate; client_max_window_bits"), plain);
         // What browsers send.
@@ -310,7 +365,7 @@ mod tests {
              server_max_window_bits=9"
         );
         assert_eq!(
-            plain.unwrap().response(),
+            full.response(),
             "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
         );
         // 8 bits is declined; the next offer is taken.

@@ -115,6 +115,7 @@ static FAMILIES: &[Family] = &[
     f("tls_plain_http", "Plain HTTP requests on the TLS listener (answered 400 and closed).", Read::Counter(|r| r.totals.tls_plain_http)),
     f("tls_upgrades", "WebSocket upgrades completed over TLS.", Read::Counter(|r| r.totals.tls_upgrades)),
     f("deflate_upgrades", "Upgrades that negotiated permessage-deflate.", Read::Counter(|r| r.totals.deflate_upgrades)),
+    f("messages_compressed", "Published messages compressed (once per worker and window size, shared by every deflate subscriber).", Read::Counter(|r| r.totals.messages_compressed)),
     f("messages_inflated", "Compressed (permessage-deflate) messages received and inflated.", Read::Counter(|r| r.totals.messages_inflated)),
     f("connections_held", "Connections whose input is held back by backpressure right now.", Read::Gauge(|r| r.totals.held)),
     f("outbound_queued_bytes", "Bytes queued for sending, not yet taken by the kernel.", Read::Gauge(|r| r.totals.queued_bytes)),

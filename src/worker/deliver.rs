@@ -6,6 +6,7 @@ use bytes::Bytes;
 use super::Worker;
 use crate::broadcast::{self, Delivery, Target};
 use crate::config::SlowConsumer;
+use crate::conn::deflate::{self, ZippedRun};
 use crate::conn::{CloseReason, Conn};
 use crate::memory;
 use crate::outbound::Queued;
@@ -28,14 +29,34 @@ impl Worker {
             self.cfg.max_outbound_bytes
         };
         let mut tally = Tally::default();
+        let min_size = self.cfg.deflate_min_size;
         let mut start = 0;
         while start < pending.len() {
             let end = broadcast::run_end(&pending, start);
             let run = &pending[start..end];
             let merged = (run.len() > 1).then(|| broadcast::merge(run));
+            // The run compressed, per window size, the first time a recipient needs it.
+            let mut zipped: Zipped = Default::default();
+            let deflater = &mut self.deflater;
+            let zscratch = &mut self.zscratch;
             let mut offer = |key: usize, conn: &mut Conn, dirty: &mut Vec<usize>| {
                 let (len0, cost0) = (conn.out.len(), conn.out.cost());
-                let taken = offer_run(conn, run, merged.as_ref(), limit);
+                let taken = match conn.machine.deflate() {
+                    None => offer_run(conn, run.len(), |i| &run[i].frame, merged.as_ref(), limit),
+                    Some(a) => {
+                        let z = zipped[slot(a.window_bits)].get_or_insert_with(|| {
+                            let z = deflater.zip_run(
+                                run.iter().map(|d| &d.frame),
+                                a.window_bits,
+                                min_size,
+                                zscratch,
+                            );
+                            tally.compressed += z.compressed;
+                            z
+                        });
+                        offer_run(conn, run.len(), |i| &z.frames[i], z.merged.as_ref(), limit)
+                    }
+                };
                 tally.delivered += taken as u64;
                 tally.queued += (conn.out.len() - len0) as i64;
                 tally.memory += conn.out.cost() as i64 - cost0 as i64;
@@ -63,7 +84,7 @@ impl Worker {
                     }
                 }
             }
-            self.handle_slow(&mut over, run, limit, &mut tally);
+            self.handle_slow(&mut over, run, &zipped, limit, &mut tally);
             start = end;
         }
         // A burst may have grown the list; do not keep that capacity for ever.
@@ -74,6 +95,7 @@ impl Worker {
         self.pending = pending;
         self.over = over;
         bump(&self.stats.deliveries, tally.delivered);
+        bump(&self.stats.messages_compressed, tally.compressed);
         bump(&self.stats.messages_out, tally.delivered);
         gauge(&self.stats.queued_bytes, tally.queued);
         gauge(&self.stats.outbound_memory, tally.memory);
@@ -86,6 +108,7 @@ impl Worker {
         &mut self,
         over: &mut Vec<(usize, u32)>,
         run: &[Delivery],
+        zipped: &Zipped,
         limit: usize,
         tally: &mut Tally,
     ) {
@@ -97,9 +120,17 @@ impl Worker {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue; // the write failed and the connection is gone
             };
-            let rest = &run[run.len() - missed as usize..];
+            let from = run.len() - missed as usize;
             let (len0, cost0) = (conn.out.len(), conn.out.cost());
-            let taken = offer_run(conn, rest, None, limit);
+            let taken = match conn.machine.deflate() {
+                None => offer_run(conn, missed as usize, |i| &run[from + i].frame, None, limit),
+                Some(a) => {
+                    let z = zipped[slot(a.window_bits)]
+                        .as_ref()
+                        .expect("compressed in the first pass over the run");
+                    offer_run(conn, missed as usize, |i| &z.frames[from + i], None, limit)
+                }
+            };
             tally.delivered += taken as u64;
             tally.queued += (conn.out.len() - len0) as i64;
             tally.memory += conn.out.cost() as i64 - cost0 as i64;
@@ -107,7 +138,7 @@ impl Worker {
                 conn.dirty = true;
                 self.dirty.push(key);
             }
-            let missed = rest.len() - taken;
+            let missed = missed as usize - taken;
             if missed == 0 {
                 continue;
             }
@@ -131,22 +162,38 @@ const PENDING_KEEP: usize = 1024;
 #[derive(Default)]
 struct Tally {
     delivered: u64,
+    /// Messages compressed (once per run and window size, not per recipient).
+    compressed: u64,
     queued: i64,
     memory: i64,
 }
 
-/// Queues a run of messages to one recipient: the merged frame if it fits whole, otherwise
-/// each message in turn until one does not. Returns how many were queued.
-fn offer_run(conn: &mut Conn, run: &[Delivery], merged: Option<&Bytes>, limit: usize) -> usize {
+/// A run's compressed forms, by window size (9 to 15 bits).
+type Zipped = [Option<ZippedRun>; 7];
+
+fn slot(bits: u8) -> usize {
+    (bits.clamp(deflate::MIN_WINDOW_BITS, deflate::MAX_WINDOW_BITS) - deflate::MIN_WINDOW_BITS)
+        as usize
+}
+
+/// Queues a run of `n` messages (`frame(i)`) to one recipient: the merged frame if it fits
+/// whole, otherwise each message in turn until one does not. Returns how many were queued.
+fn offer_run<'a>(
+    conn: &mut Conn,
+    n: usize,
+    frame: impl Fn(usize) -> &'a Bytes,
+    merged: Option<&Bytes>,
+    limit: usize,
+) -> usize {
     if let Some(m) = merged {
         // Checked here, not left to `push_shared`: an empty queue takes any one message, but
         // a run is many.
         if conn.out.fits(m.len(), limit) {
             conn.out.push_shared(m, limit);
-            return run.len();
+            return n;
         }
     }
-    run.iter()
-        .take_while(|d| conn.out.push_shared(&d.frame, limit) == Queued::Ok)
+    (0..n)
+        .take_while(|&i| conn.out.push_shared(frame(i), limit) == Queued::Ok)
         .count()
 }

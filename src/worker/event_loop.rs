@@ -19,7 +19,7 @@ use super::handle::{Inbox, Msg};
 use crate::admission;
 use crate::broadcast::{Bus, Delivery};
 use crate::config::Config;
-use crate::conn::deflate::Inflater;
+use crate::conn::deflate::{Deflater, Inflater};
 use crate::conn::{Conn, Tls, Transport};
 use crate::memory;
 use crate::stats::{bump, gauge, Stats};
@@ -66,6 +66,9 @@ pub struct Worker {
     /// message is inflated to (up to --max-message-size; shrunk after a large one).
     pub(super) inflater: Inflater,
     pub(super) inflated: Vec<u8>,
+    /// permessage-deflate: the worker's compressors (made on first use) and their output.
+    pub(super) deflater: Deflater,
+    pub(super) zscratch: Vec<u8>,
     /// Deliveries for this worker's connections, queued during the turn.
     pub(super) pending: Vec<Delivery>,
     /// Recipients a delivery run did not fit, with how many of its messages they missed.
@@ -122,6 +125,7 @@ impl Worker {
             memory,
             tls,
         } = ctx;
+        let deflate_level = cfg.deflate_level;
         let tls_in = if tls.is_some() {
             vec![0; READ_BUF]
         } else {
@@ -145,6 +149,8 @@ impl Worker {
             scratch: Vec::with_capacity(1024),
             inflater: Inflater::default(),
             inflated: Vec::new(),
+            deflater: Deflater::new(deflate_level),
+            zscratch: Vec::new(),
             pending: Vec::new(),
             over: Vec::new(),
             dirty: Vec::new(),
