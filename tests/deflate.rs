@@ -64,31 +64,9 @@ fn inflate(data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Reads one server frame: (first byte, payload).
-fn frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
-    let mut h = [0u8; 2];
-    s.read_exact(&mut h).unwrap();
-    let len = match h[1] & 0x7F {
-        126 => {
-            let mut b = [0u8; 2];
-            s.read_exact(&mut b).unwrap();
-            u16::from_be_bytes(b) as usize
-        }
-        127 => {
-            let mut b = [0u8; 8];
-            s.read_exact(&mut b).unwrap();
-            u64::from_be_bytes(b) as usize
-        }
-        n => n as usize,
-    };
-    let mut p = vec![0u8; len];
-    s.read_exact(&mut p).unwrap();
-    (h[0], p)
-}
-
 /// The next data message as text, inflated if RSV1 says so; and whether it was.
 fn message(s: &mut TcpStream) -> (String, bool) {
-    let (first, payload) = frame(s);
+    let (first, payload) = raw_frame_bits(s);
     assert_eq!(
         first & 0x0F,
         1,
@@ -101,7 +79,7 @@ fn message(s: &mut TcpStream) -> (String, bool) {
 
 fn close_code(s: &mut TcpStream) -> u16 {
     loop {
-        let (first, payload) = frame(s);
+        let (first, payload) = raw_frame_bits(s);
         if first & 0x0F == 8 {
             return u16::from_be_bytes([payload[0], payload[1]]);
         }
@@ -210,7 +188,7 @@ fn a_compression_bomb_is_stopped_at_the_message_limit() {
     let (mut s, _) = upgrade(server.local_addr(), "/echo", OFFER);
     let fits = vec![b'a'; 60 * 1024];
     s.write_all(&masked(0xC1, &deflate(&fits))).unwrap();
-    let (first, payload) = frame(&mut s);
+    let (first, payload) = raw_frame_bits(&mut s);
     assert_eq!(first & 0x0F, 1);
     let back = if first & 0x40 != 0 {
         inflate(&payload)
@@ -256,7 +234,7 @@ fn bad_compressed_data_and_misplaced_rsv1_close_the_connection() {
     let (a, b) = z.split_at(z.len() / 2);
     s.write_all(&[masked(0x41, a), masked(0x80, b)].concat())
         .unwrap();
-    let (first, payload) = frame(&mut s);
+    let (first, payload) = raw_frame_bits(&mut s);
     let back = if first & 0x40 != 0 {
         inflate(&payload)
     } else {

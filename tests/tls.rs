@@ -22,9 +22,22 @@ use tungstenite::Message;
 
 const MIB: u64 = 1 << 20;
 
-fn start_tls(workers: usize, pki: &Pki) -> Server {
+/// A test configuration whose listener speaks TLS with `pki`'s certificate.
+fn tls_config(workers: usize, pki: &Pki) -> corecast::Config {
     let mut cfg = config(workers);
     cfg.tls = Some(pki.files());
+    cfg
+}
+
+fn start_tls(workers: usize, pki: &Pki) -> Server {
+    start(tls_config(workers, pki))
+}
+
+/// The same, with messages and frames limited to 1000 bytes.
+fn start_tls_small(pki: &Pki) -> Server {
+    let mut cfg = tls_config(1, pki);
+    cfg.max_message_size = 1000;
+    cfg.max_frame_size = 1000;
     start(cfg)
 }
 
@@ -145,11 +158,7 @@ fn a_client_that_cuts_everything_into_tiny_records_is_served() {
 #[test]
 fn close_codes_over_tls_and_close_notify_after_the_close_frame() {
     let pki = Pki::new("close");
-    let mut cfg = config(1);
-    cfg.tls = Some(pki.files());
-    cfg.max_message_size = 1000;
-    cfg.max_frame_size = 1000;
-    let server = start(cfg);
+    let server = start_tls_small(&pki);
     let addr = server.local_addr();
 
     // The client closes with 4000: the server answers with the same code, then close_notify
@@ -283,8 +292,7 @@ fn client_hello(pki: &Pki) -> Vec<u8> {
 #[test]
 fn a_client_hello_trickled_byte_by_byte_is_cut_at_the_handshake_timeout() {
     let pki = Pki::new("trickle");
-    let mut cfg = config(1);
-    cfg.tls = Some(pki.files());
+    let mut cfg = tls_config(1, &pki);
     cfg.handshake_timeout = Duration::from_secs(1);
     let server = start(cfg);
     let hello = client_hello(&pki);
@@ -329,11 +337,7 @@ fn a_client_hello_trickled_byte_by_byte_is_cut_at_the_handshake_timeout() {
 #[test]
 fn peers_that_never_send_close_notify_are_cleaned_up() {
     let pki = Pki::new("notify");
-    let mut cfg = config(1);
-    cfg.tls = Some(pki.files());
-    cfg.max_message_size = 1000;
-    cfg.max_frame_size = 1000;
-    let server = start(cfg);
+    let server = start_tls_small(&pki);
     let addr = server.local_addr();
 
     // 1. Hangs up mid-session: no close frame, no close_notify, just FIN.
@@ -370,8 +374,7 @@ fn peers_that_never_send_close_notify_are_cleaned_up() {
 #[test]
 fn a_stalled_wss_reader_costs_at_most_its_bound_plus_one_batch() {
     let pki = Pki::new("stalled");
-    let mut cfg = config(1);
-    cfg.tls = Some(pki.files());
+    let mut cfg = tls_config(1, &pki);
     cfg.max_outbound_bytes = 256 * 1024;
     cfg.slow_consumer = corecast::config::SlowConsumer::Drop;
     let server = start(cfg);

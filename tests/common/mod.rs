@@ -100,6 +100,12 @@ pub fn raw_upgraded(addr: SocketAddr, path: &str) -> TcpStream {
 
 /// Reads one unmasked server frame: (opcode, payload).
 pub fn raw_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    let (first, payload) = raw_frame_bits(s);
+    (first & 0x0F, payload)
+}
+
+/// Reads one unmasked server frame: (its whole first byte: FIN, RSV bits, opcode; payload).
+pub fn raw_frame_bits(s: &mut TcpStream) -> (u8, Vec<u8>) {
     let mut h = [0u8; 2];
     s.read_exact(&mut h).expect("frame header");
     let len = match h[1] & 0x7F {
@@ -117,7 +123,7 @@ pub fn raw_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
     };
     let mut p = vec![0u8; len];
     s.read_exact(&mut p).unwrap();
-    (h[0] & 0x0F, p)
+    (h[0], p)
 }
 
 /// A masked client frame of any length with an arbitrary first byte (FIN, RSV, opcode).
