@@ -34,6 +34,12 @@ pub struct Common {
     /// IP address; default: the URL's host).
     #[arg(long, global = true, value_name = "NAME")]
     pub server_name: Option<String>,
+    /// Offer permessage-deflate (RFC 7692) as browsers do. Where the server agrees, every
+    /// text and binary message the client sends is compressed, and compressed messages are
+    /// inflated before they are checked. The report counts the connections that negotiated
+    /// it and the bytes received.
+    #[arg(long, global = true)]
+    pub deflate: bool,
     /// Client threads; each owns a share of the connections and its own mio Poll.
     #[arg(long, global = true, default_value_t = 1)]
     pub threads: usize,
@@ -125,6 +131,12 @@ pub struct BroadcastArgs {
     pub rate: f64,
     #[arg(long, default_value = "bench")]
     pub topic: String,
+    /// Make each publish's data a JSON document of about this many bytes: a list of market
+    /// quotes (symbols, prices, sizes) whose numbers change with every publish, so that it
+    /// compresses like a real feed and not like repeated bytes. 0: just the timestamp and
+    /// sequence number (about 40 bytes).
+    #[arg(long, default_value_t = 0)]
+    pub size: usize,
     /// Seconds to wait after the window for in-flight deliveries.
     #[arg(long, default_value_t = 2.0)]
     pub grace: f64,

@@ -8,6 +8,7 @@ use hdrhistogram::Histogram;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::clock::{self, Rng};
+use crate::deflate;
 use crate::frame::{self, FrameError};
 use crate::handshake::{self, Response};
 use crate::net::{self, Failure, Target};
@@ -33,6 +34,8 @@ pub enum End {
     CloseFrame,
     /// The TLS session failed: a certificate that does not verify, an alert, a bad record.
     Tls(rustls::Error),
+    /// A compressed message that does not inflate (or inflates past the size limit).
+    Inflate(String),
 }
 
 impl End {
@@ -50,7 +53,7 @@ impl End {
             End::Io(e) => net::classify(e),
             End::Eof | End::CloseFrame => Failure::Reset,
             End::BadHandshake(_) => Failure::BadHandshake,
-            End::Protocol(_) => Failure::Other,
+            End::Protocol(_) | End::Inflate(_) => Failure::Other,
             End::Tls(_) => Failure::Tls,
         }
     }
@@ -63,6 +66,7 @@ impl End {
             End::Protocol(e) => format!("protocol: {e}"),
             End::CloseFrame => "close frame".into(),
             End::Tls(e) => format!("tls: {e}"),
+            End::Inflate(e) => format!("permessage-deflate: {e}"),
         }
     }
 }
@@ -91,19 +95,40 @@ pub struct Conn<S> {
     frame_len: usize,
     rep_phase: usize,
     rep_pending: usize,
+    /// Whether the request offered permessage-deflate.
+    offered_deflate: bool,
+    /// What the server agreed to; data frames are then compressed both ways.
+    deflate: Option<Box<Deflate>>,
+    /// Bytes received after TLS (the handshake reply and frames as they came over the wire)
+    /// and messages that arrived compressed, not yet added to the worker's [`ConnStats`].
+    bytes_in: u64,
+    inflated: u64,
     pub ext: S,
 }
 
+/// A connection's permessage-deflate terms.
+struct Deflate {
+    agreed: deflate::Agreed,
+    /// Present when the server keeps its compression context across messages.
+    inflater: Option<Box<flate2::Decompress>>,
+}
+
 impl<S> Conn<S> {
-    /// Appends a masked frame to the ad-hoc output queue (call [`Worker::flush`] after).
+    /// Appends a masked frame to the ad-hoc output queue (call [`Worker::flush`] after); a
+    /// data frame is compressed if permessage-deflate was agreed.
     pub fn queue_frame(&mut self, opcode: u8, payload: &[u8]) {
-        frame::encode_masked(&mut self.out, true, opcode, payload, self.mask);
+        encode(&mut self.out, &self.deflate, opcode, payload, self.mask);
+    }
+
+    /// Whether the server agreed to permessage-deflate.
+    pub fn deflated(&self) -> bool {
+        self.deflate.is_some()
     }
 
     /// Installs the frame that [`Conn::queue_repeated`] sends; `copies` bounds one write.
     pub fn set_repeated(&mut self, opcode: u8, payload: &[u8], copies: usize) {
         self.rep.clear();
-        frame::encode_masked(&mut self.rep, true, opcode, payload, self.mask);
+        encode(&mut self.rep, &self.deflate, opcode, payload, self.mask);
         self.frame_len = self.rep.len();
         for _ in 1..copies.max(1) {
             self.rep.extend_from_within(..self.frame_len);
@@ -200,6 +225,7 @@ impl<S> Conn<S> {
                 Ok(0) => return Err(End::Eof),
                 Ok(n) => {
                     self.rend += n;
+                    self.bytes_in += n as u64;
                     upgraded |= self.process(&mut on_data)?;
                     // A short read means the socket queue was drained; new data will raise a
                     // fresh edge, so skip the extra read that would only return WouldBlock.
@@ -217,10 +243,18 @@ impl<S> Conn<S> {
     fn process(&mut self, on_data: &mut impl FnMut(&mut S, u8, &[u8])) -> Result<bool, End> {
         let mut upgraded = false;
         if self.state == State::Handshaking {
-            match handshake::parse_response(&self.rbuf[self.rstart..self.rend], self.key) {
+            let head = &self.rbuf[self.rstart..self.rend];
+            match handshake::parse_response(head, self.key, self.offered_deflate) {
                 Response::Partial => return Ok(false),
                 Response::Rejected(s) => return Err(End::BadHandshake(s)),
-                Response::Upgraded(n) => {
+                Response::Upgraded(n, agreed) => {
+                    self.deflate = agreed.map(|agreed| {
+                        Box::new(Deflate {
+                            agreed,
+                            inflater: (!agreed.server_no_context_takeover)
+                                .then(deflate::own_inflater),
+                        })
+                    });
                     self.rstart += n;
                     self.state = State::Open;
                     upgraded = true;
@@ -228,7 +262,8 @@ impl<S> Conn<S> {
             }
         }
         loop {
-            let parsed = frame::parse_server(&self.rbuf[self.rstart..self.rend]);
+            let parsed =
+                frame::parse_server(&self.rbuf[self.rstart..self.rend], self.deflate.is_some());
             let (f, used) = match parsed {
                 Ok(Some(x)) => x,
                 Ok(None) => break,
@@ -246,6 +281,23 @@ impl<S> Conn<S> {
                     self.rstart += used;
                     return Err(End::CloseFrame);
                 }
+                op if f.compressed => {
+                    // corecast sends each message in one frame; reassembling fragmented
+                    // messages is more than the load generator needs.
+                    if !f.fin {
+                        return Err(End::Protocol(FrameError::FragmentedCompressed));
+                    }
+                    let own = self
+                        .deflate
+                        .as_mut()
+                        .and_then(|d| d.inflater.as_deref_mut());
+                    let ext = &mut self.ext;
+                    deflate::with_inflated(f.payload, own, frame::MAX_PAYLOAD, |m| {
+                        on_data(ext, op, m)
+                    })
+                    .map_err(End::Inflate)?;
+                    self.inflated += 1;
+                }
                 op => on_data(&mut self.ext, op, f.payload),
             }
             self.rstart += used;
@@ -255,6 +307,26 @@ impl<S> Conn<S> {
             self.rend = 0;
         }
         Ok(upgraded)
+    }
+}
+
+/// Appends one masked frame; text and binary frames compressed (RSV1) under `deflate`.
+fn encode(
+    out: &mut Vec<u8>,
+    deflate: &Option<Box<Deflate>>,
+    opcode: u8,
+    payload: &[u8],
+    mask: [u8; 4],
+) {
+    match deflate {
+        Some(d) if matches!(opcode, frame::OP_TEXT | frame::OP_BINARY) => {
+            deflate::with_compressed(payload, d.agreed.client_window_bits, |z| {
+                let at = out.len();
+                frame::encode_masked(out, true, opcode, z, mask);
+                out[at] |= 0x40;
+            })
+        }
+        _ => frame::encode_masked(out, true, opcode, payload, mask),
     }
 }
 
@@ -316,6 +388,11 @@ pub struct ConnStats {
     pub tls: Option<Negotiated>,
     /// Open connections that later ended (server close, reset, protocol error).
     pub dropped: u64,
+    /// Connections whose server agreed to permessage-deflate.
+    pub deflate: u64,
+    /// Bytes received on every connection (after TLS), and messages that came compressed.
+    pub bytes_in: u64,
+    pub inflated: u64,
     /// First few distinct problems, for the human summary.
     pub samples: Vec<String>,
 }
@@ -329,6 +406,9 @@ impl ConnStats {
             tls_handshake_us: crate::report::new_hist(),
             tls: None,
             dropped: 0,
+            deflate: 0,
+            bytes_in: 0,
+            inflated: 0,
             samples: Vec::new(),
         }
     }
@@ -348,6 +428,9 @@ impl ConnStats {
             self.tls = o.tls.clone();
         }
         self.dropped += o.dropped;
+        self.deflate += o.deflate;
+        self.bytes_in += o.bytes_in;
+        self.inflated += o.inflated;
         for s in &o.samples {
             self.note(s.clone());
         }
@@ -426,7 +509,7 @@ impl<S> Worker<S> {
         }
         let mut out = Vec::with_capacity(256);
         let key = ((self.rng.next_u64() as u128) << 64) | self.rng.next_u64() as u128;
-        handshake::write_request(&mut out, &self.target.host, path, key);
+        handshake::write_request(&mut out, &self.target.host, path, key, self.target.deflate);
         let mask = (self.rng.next_u64() as u32).to_ne_bytes();
         self.conns.push(Conn {
             transport: Some(transport),
@@ -444,6 +527,10 @@ impl<S> Worker<S> {
             frame_len: 1,
             rep_phase: 0,
             rep_pending: 0,
+            offered_deflate: self.target.deflate,
+            deflate: None,
+            bytes_in: 0,
+            inflated: 0,
             ext,
         });
         self.pending += 1;
@@ -474,7 +561,12 @@ impl<S> Worker<S> {
     }
 
     fn drive<H: Handler<S>>(&mut self, idx: usize, readable: bool, h: &mut H, now: u64) {
-        if let Err(end) = self.try_drive(idx, readable, h, now) {
+        let result = self.try_drive(idx, readable, h, now);
+        if let Some(c) = self.conns.get_mut(idx) {
+            self.stats.bytes_in += std::mem::take(&mut c.bytes_in);
+            self.stats.inflated += std::mem::take(&mut c.inflated);
+        }
+        if let Err(end) = result {
             self.end(idx, end);
         }
     }
@@ -523,6 +615,7 @@ impl<S> Worker<S> {
                 self.pending -= 1;
                 self.open += 1;
                 self.stats.ok += 1;
+                self.stats.deflate += u64::from(conn.deflated());
                 let _ = self
                     .stats
                     .connect_us

@@ -57,6 +57,8 @@ pub fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
 pub struct Frame<'a> {
     pub fin: bool,
     pub opcode: u8,
+    /// RSV1: the first frame of a permessage-deflate compressed message.
+    pub compressed: bool,
     pub payload: &'a [u8],
 }
 
@@ -64,7 +66,8 @@ pub struct Frame<'a> {
 pub enum FrameError {
     /// Servers must not mask (RFC 6455 5.1).
     Masked,
-    /// RSV bits set without a negotiated extension.
+    /// RSV bits set without a negotiated extension (or RSV1 on a control or continuation
+    /// frame, RFC 7692 6.1).
     Reserved,
     /// Opcode 3-7 or B-F.
     BadOpcode(u8),
@@ -72,6 +75,8 @@ pub enum FrameError {
     BadControl,
     /// Length above [`MAX_PAYLOAD`] or a 64-bit length with the top bit set.
     TooLarge,
+    /// A compressed message in several frames (legal, but not handled here).
+    FragmentedCompressed,
 }
 
 impl std::fmt::Display for FrameError {
@@ -82,21 +87,25 @@ impl std::fmt::Display for FrameError {
             FrameError::BadOpcode(op) => write!(f, "bad opcode {op:#x}"),
             FrameError::BadControl => write!(f, "fragmented or oversized control frame"),
             FrameError::TooLarge => write!(f, "frame too large"),
+            FrameError::FragmentedCompressed => {
+                write!(f, "fragmented compressed message (not supported)")
+            }
         }
     }
 }
 
-/// Parses one server frame from the front of `buf`.
+/// Parses one server frame from the front of `buf`; `deflate` allows RSV1 on the first frame
+/// of a data message (permessage-deflate was negotiated).
 ///
 /// Returns `Ok(None)` when more bytes are needed, otherwise the frame and the number of
-/// bytes it occupies. `need` is set to the total frame size once the header is known, so
-/// the caller can grow its buffer for large frames.
-pub fn parse_server(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, FrameError> {
-    match parse_header(buf)? {
+/// bytes it occupies.
+pub fn parse_server(buf: &[u8], deflate: bool) -> Result<Option<(Frame<'_>, usize)>, FrameError> {
+    match parse_header(buf, deflate)? {
         Header::Incomplete => Ok(None),
         Header::Known {
             fin,
             opcode,
+            compressed,
             hdr,
             len,
         } => {
@@ -107,6 +116,7 @@ pub fn parse_server(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, FrameError
                 Frame {
                     fin,
                     opcode,
+                    compressed,
                     payload: &buf[hdr..hdr + len],
                 },
                 hdr + len,
@@ -115,9 +125,10 @@ pub fn parse_server(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, FrameError
     }
 }
 
-/// Total size of the frame at the front of `buf`, if its header is complete.
+/// Total size of the frame at the front of `buf`, if its header is complete (RSV1 is let
+/// through: [`parse_server`] judges it).
 pub fn frame_size(buf: &[u8]) -> Result<Option<usize>, FrameError> {
-    Ok(match parse_header(buf)? {
+    Ok(match parse_header(buf, true)? {
         Header::Incomplete => None,
         Header::Known { hdr, len, .. } => Some(hdr + len),
     })
@@ -128,17 +139,20 @@ enum Header {
     Known {
         fin: bool,
         opcode: u8,
+        compressed: bool,
         hdr: usize,
         len: usize,
     },
 }
 
-fn parse_header(buf: &[u8]) -> Result<Header, FrameError> {
+fn parse_header(buf: &[u8], deflate: bool) -> Result<Header, FrameError> {
     if buf.len() < 2 {
         return Ok(Header::Incomplete);
     }
     let (b0, b1) = (buf[0], buf[1]);
-    if b0 & 0x70 != 0 {
+    let compressed = b0 & 0x40 != 0;
+    let data_start = matches!(b0 & 0x0F, OP_TEXT | OP_BINARY);
+    if b0 & 0x30 != 0 || compressed && !(deflate && data_start) {
         return Err(FrameError::Reserved);
     }
     if b1 & 0x80 != 0 {
@@ -179,6 +193,7 @@ fn parse_header(buf: &[u8]) -> Result<Header, FrameError> {
     Ok(Header::Known {
         fin,
         opcode,
+        compressed,
         hdr,
         len,
     })
@@ -286,7 +301,7 @@ mod tests {
             for chunk in [&stream[..split], &stream[split..]] {
                 buf.extend_from_slice(chunk);
                 let mut pos = 0;
-                while let Some((f, used)) = parse_server(&buf[pos..]).unwrap() {
+                while let Some((f, used)) = parse_server(&buf[pos..], false).unwrap() {
                     got.push((f.opcode, f.payload.len()));
                     if f.opcode == OP_BINARY && f.payload.len() == 70_000 {
                         assert_eq!(f.payload, &big[..]);
@@ -305,7 +320,7 @@ mod tests {
         // Every prefix shorter than the first frame must report "incomplete", never an error.
         let first = server_frame(true, OP_BINARY, &big);
         for cut in 0..12 {
-            assert_eq!(parse_server(&first[..cut]).unwrap(), None);
+            assert_eq!(parse_server(&first[..cut], false).unwrap(), None);
         }
         assert_eq!(frame_size(&first[..10]).unwrap(), Some(first.len()));
     }
@@ -314,17 +329,37 @@ mod tests {
     fn rejects_protocol_violations() {
         let mut masked = Vec::new();
         encode_masked(&mut masked, true, OP_TEXT, b"x", [1, 2, 3, 4]);
-        assert_eq!(parse_server(&masked), Err(FrameError::Masked));
-        assert_eq!(parse_server(&[0xC1, 0]), Err(FrameError::Reserved));
-        assert_eq!(parse_server(&[0x83, 0]), Err(FrameError::BadOpcode(3)));
-        assert_eq!(parse_server(&[0x09, 0]), Err(FrameError::BadControl));
+        assert_eq!(parse_server(&masked, false), Err(FrameError::Masked));
+        assert_eq!(parse_server(&[0xC1, 0], false), Err(FrameError::Reserved));
         assert_eq!(
-            parse_server(&[0x89, 126, 0, 200]),
+            parse_server(&[0x83, 0], false),
+            Err(FrameError::BadOpcode(3))
+        );
+        assert_eq!(parse_server(&[0x09, 0], false), Err(FrameError::BadControl));
+        assert_eq!(
+            parse_server(&[0x89, 126, 0, 200], false),
             Err(FrameError::BadControl)
         );
         let mut huge = vec![0x82, 127];
         huge.extend_from_slice(&u64::MAX.to_be_bytes());
-        assert_eq!(parse_server(&huge), Err(FrameError::TooLarge));
+        assert_eq!(parse_server(&huge, false), Err(FrameError::TooLarge));
+        // With permessage-deflate: RSV1 only on the first frame of a data message.
+        let (f, _) = parse_server(&[0xC1, 0], true).unwrap().unwrap();
+        assert!(f.compressed && f.fin && f.opcode == OP_TEXT);
+        assert!(
+            parse_server(&[0x42, 0], true)
+                .unwrap()
+                .unwrap()
+                .0
+                .compressed
+        );
+        for bad in [[0xC0, 0], [0xC9, 0], [0xC8, 0], [0xA1, 0], [0x91, 0]] {
+            assert_eq!(
+                parse_server(&bad, true),
+                Err(FrameError::Reserved),
+                "{bad:x?}"
+            );
+        }
     }
 
     #[test]

@@ -2,6 +2,8 @@
 
 use base64::Engine as _;
 
+use crate::deflate::{self, Agreed};
+
 /// Response headers larger than this are treated as a bad handshake instead of buffering forever.
 pub const MAX_RESPONSE_HEAD: usize = 8192;
 
@@ -20,32 +22,39 @@ pub fn expected_accept(seed: u128) -> String {
     base64::engine::general_purpose::STANDARD.encode(h.digest().bytes())
 }
 
-/// Appends the upgrade request for `path` on `host` (host:port) with a key derived from `seed`.
-pub fn write_request(out: &mut Vec<u8>, host: &str, path: &str, seed: u128) {
+/// Appends the upgrade request for `path` on `host` (host:port) with a key derived from `seed`,
+/// offering permessage-deflate when `deflate` is set.
+pub fn write_request(out: &mut Vec<u8>, host: &str, path: &str, seed: u128, deflate: bool) {
     let key = key_for(seed);
     // Vec<u8> as io::Write cannot fail.
     use std::io::Write as _;
     let _ = write!(
         out,
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
     );
+    if deflate {
+        let _ = write!(out, "Sec-WebSocket-Extensions: {}\r\n", deflate::OFFER);
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Response {
     /// Need more bytes.
     Partial,
-    /// 101 received; the head occupies this many bytes, anything after it is frame data.
-    Upgraded(usize),
+    /// 101 received; the head occupies this many bytes, anything after it is frame data. The
+    /// second field is what the server agreed to for permessage-deflate, if anything.
+    Upgraded(usize, Option<Agreed>),
     /// Any other status, or a malformed/oversized head.
     Rejected(String),
 }
 
 /// Inspects the bytes received so far on a handshaking connection whose key came from `seed`.
 /// A 101 counts only with `Upgrade: websocket`, `Connection: upgrade` and the right
-/// `Sec-WebSocket-Accept` (RFC 6455 4.1: the client must fail the connection otherwise).
-pub fn parse_response(buf: &[u8], seed: u128) -> Response {
+/// `Sec-WebSocket-Accept` (RFC 6455 4.1: the client must fail the connection otherwise), and
+/// with no extension that was not offered (`offered_deflate`) or that is malformed.
+pub fn parse_response(buf: &[u8], seed: u128, offered_deflate: bool) -> Response {
     let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
         if buf.len() > MAX_RESPONSE_HEAD {
             return Response::Rejected("response head too large".into());
@@ -84,7 +93,17 @@ pub fn parse_response(buf: &[u8], seed: u128) -> Response {
     if header("sec-websocket-accept") != Some(expected_accept(seed).as_str()) {
         return Response::Rejected("101 with a wrong or missing Sec-WebSocket-Accept".into());
     }
-    Response::Upgraded(end + 4)
+    let agreed = match header("sec-websocket-extensions") {
+        None | Some("") => None,
+        Some(_) if !offered_deflate => {
+            return Response::Rejected("101 with an extension that was not offered".into())
+        }
+        Some(v) => match deflate::parse_answer(v) {
+            Ok(a) => Some(a),
+            Err(e) => return Response::Rejected(format!("101 with {e}")),
+        },
+    };
+    Response::Upgraded(end + 4, agreed)
 }
 
 fn status_line(buf: &[u8]) -> String {
@@ -102,7 +121,7 @@ mod tests {
     #[test]
     fn request_shape() {
         let mut out = Vec::new();
-        write_request(&mut out, "127.0.0.1:9000", "/echo", 42);
+        write_request(&mut out, "127.0.0.1:9000", "/echo", 42, false);
         let s = String::from_utf8(out).unwrap();
         assert!(s.starts_with("GET /echo HTTP/1.1\r\n"));
         assert!(s.contains("\r\nHost: 127.0.0.1:9000\r\n"));
@@ -149,38 +168,79 @@ mod tests {
         let resp = upgrade(&expected_accept(seed));
         for cut in 0..resp.len() - 2 {
             assert_eq!(
-                parse_response(&resp[..cut], seed),
+                parse_response(&resp[..cut], seed, false),
                 Response::Partial,
                 "cut {cut}"
             );
         }
         assert_eq!(
-            parse_response(&resp, seed),
-            Response::Upgraded(resp.len() - 2)
+            parse_response(&resp, seed, false),
+            Response::Upgraded(resp.len() - 2, None)
         );
         let wrong = upgrade(&expected_accept(seed + 1));
         assert!(
-            matches!(parse_response(&wrong, seed), Response::Rejected(s) if s.contains("Accept"))
+            matches!(parse_response(&wrong, seed, false), Response::Rejected(s) if s.contains("Accept"))
         );
         let bare = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n";
         assert!(
-            matches!(parse_response(bare, seed), Response::Rejected(s) if s.contains("Connection"))
+            matches!(parse_response(bare, seed, false), Response::Rejected(s) if s.contains("Connection"))
         );
         assert!(matches!(
-            parse_response(b"HTTP/1.1 404 Not Found\r\n\r\n", seed),
+            parse_response(b"HTTP/1.1 404 Not Found\r\n\r\n", seed, false),
             Response::Rejected(s) if s == "HTTP/1.1 404 Not Found"
         ));
         assert!(matches!(
-            parse_response(b"HTTP/1.1 1010\r\n\r\n", seed),
+            parse_response(b"HTTP/1.1 1010\r\n\r\n", seed, false),
             Response::Rejected(_)
         ));
         assert!(matches!(
-            parse_response(b"garbage", seed),
+            parse_response(b"garbage", seed, false),
             Response::Rejected(_)
         ));
         assert!(matches!(
-            parse_response(&[b'H'; 9000], seed),
+            parse_response(&[b'H'; 9000], seed, false),
             Response::Rejected(_)
         ));
+    }
+
+    #[test]
+    fn extension_answers() {
+        let seed = 9u128;
+        let mut out = Vec::new();
+        write_request(&mut out, "h:1", "/ws", seed, true);
+        let req = String::from_utf8(out).unwrap();
+        assert!(req.contains(
+            "\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+        ));
+        assert!(req.ends_with("\r\n\r\n") && !req.ends_with("\r\n\r\n\r\n"));
+        let with = |ext: &str| {
+            let head = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Accept: {}\r\nSec-WebSocket-Extensions: {ext}\r\n\r\n",
+                expected_accept(seed)
+            );
+            head.into_bytes()
+        };
+        let ok = with("permessage-deflate; server_no_context_takeover; client_no_context_takeover");
+        match parse_response(&ok, seed, true) {
+            Response::Upgraded(n, Some(a)) => {
+                assert_eq!(n, ok.len());
+                assert!(a.server_no_context_takeover);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Not offered, or not what was offered: the client must fail the connection.
+        assert!(
+            matches!(parse_response(&ok, seed, false), Response::Rejected(s) if s.contains("not offered"))
+        );
+        assert!(matches!(
+            parse_response(&with("x-webkit-deflate-frame"), seed, true),
+            Response::Rejected(_)
+        ));
+        // Offered and declined: a plain connection.
+        assert_eq!(
+            parse_response(&upgrade(&expected_accept(seed)), seed, true),
+            Response::Upgraded(upgrade(&expected_accept(seed)).len() - 2, None)
+        );
     }
 }

@@ -3,6 +3,7 @@
 mod cli;
 mod clock;
 mod conn;
+mod deflate;
 mod frame;
 mod handshake;
 mod net;

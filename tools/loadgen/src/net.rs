@@ -145,6 +145,8 @@ pub struct Target {
     pub host: String,
     /// Present for `wss://`.
     pub tls: Option<crate::tls::Client>,
+    /// Offer permessage-deflate (`--deflate`).
+    pub deflate: bool,
 }
 
 #[cfg(test)]
@@ -155,6 +157,7 @@ impl Target {
             dst,
             host: dst.to_string(),
             tls: None,
+            deflate: false,
         }
     }
 }

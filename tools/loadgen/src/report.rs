@@ -97,6 +97,15 @@ pub struct Report {
     pub server_cpu_pct: Option<f64>,
     pub server_core_busy_pct: Option<f64>,
     pub loadgen_cpu_pct: Option<f64>,
+    /// With `--deflate`: connections whose server agreed to permessage-deflate, and messages
+    /// that arrived compressed; null without it.
+    pub deflate_conns: Option<u64>,
+    pub inflated_messages: Option<u64>,
+    /// Bytes received by all connections over the run (WebSocket bytes, after TLS).
+    pub bytes_received: Option<u64>,
+    /// broadcast: bytes received per delivered message once publishing started (frame
+    /// headers and compression included): what the fan-out costs on the wire.
+    pub bytes_per_delivery: Option<f64>,
     /// Server `{"op":"error"}` replies (and unexpected replies) seen during the run.
     pub server_errors: u64,
     pub error_samples: Vec<String>,
@@ -161,6 +170,15 @@ impl Report {
             ));
         }
         None
+    }
+
+    /// Fills the permessage-deflate and byte counts from the merged connection stats.
+    pub fn set_wire(&mut self, offered_deflate: bool, stats: &ConnStats) {
+        self.bytes_received = Some(stats.bytes_in);
+        if offered_deflate {
+            self.deflate_conns = Some(stats.deflate);
+            self.inflated_messages = Some(stats.inflated);
+        }
     }
 
     pub fn set_usage(&mut self, u: Usage) {
@@ -228,6 +246,20 @@ impl Report {
         }
         if let Some(l) = &self.latency_us {
             let _ = writeln!(o, "latency us: {}", fmt_lat(l));
+        }
+        if let (Some(n), Some(z)) = (self.deflate_conns, self.inflated_messages) {
+            let _ = writeln!(
+                o,
+                "permessage-deflate: agreed on {n} of {} connections, {z} messages came compressed",
+                self.connect.as_ref().map_or(0, |c| c.ok)
+            );
+        }
+        if let Some(b) = self.bytes_received {
+            let _ = write!(o, "received: {:.2} MB", b as f64 / 1e6);
+            if let Some(p) = self.bytes_per_delivery {
+                let _ = write!(o, ", {p:.1} bytes per delivery");
+            }
+            o.push('\n');
         }
         if let Some(r) = self.server_rss_bytes {
             let _ = write!(o, "server rss: {:.1} MiB", r as f64 / 1048576.0);

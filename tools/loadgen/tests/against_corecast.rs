@@ -241,3 +241,58 @@ fn broadcast_over_wss_reaches_every_subscriber_on_both_workers() {
     assert_eq!(s.deliveries, s.publishes * 200, "{s:?}");
     server.shutdown().unwrap();
 }
+
+/// `--deflate` against a server with `--permessage-deflate`: every connection negotiates it,
+/// the 1 KiB documents arrive compressed to every subscriber (publishes are compressed by the
+/// client, inflated by the server), and a delivery costs a fraction of the plain bytes.
+#[test]
+fn broadcast_with_deflate_arrives_compressed_and_smaller() {
+    let run = |deflate_server: bool, deflate_client: bool| {
+        let mut cfg = config(2);
+        cfg.permessage_deflate = deflate_server;
+        let server = Server::start(cfg).expect("server starts");
+        let flag = if deflate_client { "--deflate" } else { "" };
+        let r = load(
+            &server,
+            &format!(
+                "{flag} --duration 1 --warmup 0.3 broadcast --subscribers 100 --publishers 2 \
+                 --rate 100 --grace 3 --size 1024"
+            ),
+        );
+        let expected = u(&r, "expected");
+        assert!(expected >= 100 * 50, "too few publishes to check: {r}");
+        assert_eq!(u(&r, "lost"), 0, "{r}");
+        assert_eq!(u(&r, "received"), expected, "{r}");
+        assert_eq!(u(&r, "server_errors"), 0, "{r}");
+        wait_open(&server, 0);
+        let s = server.stats();
+        server.shutdown().unwrap();
+        (r, s)
+    };
+    let (plain, _) = run(false, false);
+    assert!(plain["deflate_conns"].is_null(), "{plain}");
+    let plain_bytes = plain["bytes_per_delivery"].as_f64().unwrap();
+    assert!(plain_bytes > 1000.0, "a 1 KiB document: {plain}");
+
+    let (z, s) = run(true, true);
+    assert_eq!(u(&z, "deflate_conns"), 102, "{z}");
+    assert_eq!(s.deflate_upgrades, 102, "{s:?}");
+    // Every delivery came compressed (the subscriptions' acks are small, and plain).
+    assert!(u(&z, "inflated_messages") >= u(&z, "received"), "{z}");
+    assert!(
+        s.messages_inflated > 0,
+        "the publishes were compressed: {s:?}"
+    );
+    assert!(s.messages_compressed > 0, "{s:?}");
+    let z_bytes = z["bytes_per_delivery"].as_f64().unwrap();
+    assert!(
+        z_bytes * 2.0 < plain_bytes,
+        "deflate {z_bytes} B vs plain {plain_bytes} B per delivery"
+    );
+
+    // Offered to a server without the flag: declined, and the run is a plain one.
+    let (declined, s) = run(false, true);
+    assert_eq!(u(&declined, "deflate_conns"), 0, "{declined}");
+    assert_eq!(u(&declined, "inflated_messages"), 0, "{declined}");
+    assert_eq!(s.deflate_upgrades, 0);
+}

@@ -18,6 +18,10 @@ use crate::conn::{Conn, Handler, Worker};
 use crate::frame;
 use crate::report::{self, ConnectSummary, Latency, Report};
 
+/// One thread's (deliveries in the window, publishes in the window, (bytes received, messages
+/// delivered) since publishing started).
+type Counts = (u64, u64, (u64, u64));
+
 enum Role {
     Subscriber { acked: bool },
     Publisher { next_ns: u64 },
@@ -33,6 +37,8 @@ struct BcastHandler {
     /// Deliveries of in-window publishes, not yet added to the shared counter.
     fresh_in_window: u64,
     fresh_total: u64,
+    /// Messages delivered to this thread's subscribers, all-time.
+    messages: u64,
     received: u64,
     acked: u64,
     sub_refused: u64,
@@ -79,6 +85,7 @@ impl Handler<Role> for BcastHandler {
         match (reply_op(payload), ext) {
             ("message", Role::Subscriber { .. }) => {
                 self.fresh_total += 1;
+                self.messages += 1;
                 let Some(t) = publish_time(payload) else {
                     return self.bad(payload);
                 };
@@ -143,9 +150,10 @@ pub fn run(env: &Env, a: &BroadcastArgs) -> Result<Outcome, String> {
         let rate = env.common.connect_rate / threads as f64;
         let (subscribe, topic_json) = (subscribe.clone(), topic_json.clone());
         let (subs, pubs) = (a.subscribers, a.publishers);
+        let doc_size = a.size;
         let h = std::thread::Builder::new()
             .name(format!("load-{t}"))
-            .spawn(move || -> Result<ThreadResult<(u64, u64)>, String> {
+            .spawn(move || -> Result<ThreadResult<Counts>, String> {
                 let mut w: Worker<Role> =
                     Worker::new(&target, src_ips, 4096, t as u64).map_err(|e| e.to_string())?;
                 let mut h = BcastHandler {
@@ -156,6 +164,7 @@ pub fn run(env: &Env, a: &BroadcastArgs) -> Result<Outcome, String> {
                     hist: report::new_hist(),
                     fresh_in_window: 0,
                     fresh_total: 0,
+                    messages: 0,
                     received: 0,
                     acked: 0,
                     sub_refused: 0,
@@ -223,8 +232,12 @@ pub fn run(env: &Env, a: &BroadcastArgs) -> Result<Outcome, String> {
                         next_ns: go_at + interval_ns * global as u64 / pubs as u64,
                     };
                 }
-                let mut msg = Vec::with_capacity(128);
+                let mut msg = Vec::with_capacity(128 + doc_size);
+                let mut rng = clock::Rng::new(0x5eed + t as u64);
                 let mut seq = 0u64;
+                // Wire bytes from here on belong to deliveries (set-up is over).
+                let bytes_at_go = w.stats.bytes_in;
+                let messages_at_go = h.messages;
                 let mut published = 0u64;
                 loop {
                     let now = clock::now_ns();
@@ -238,10 +251,13 @@ pub fn run(env: &Env, a: &BroadcastArgs) -> Result<Outcome, String> {
                             if next <= now && w.conns[i].is_open() {
                                 let sent = clock::now_ns();
                                 let t_unix = clock::to_unix_ns(sent);
-                                msg.clear();
-                                let _ = write!(
-                                    msg,
-                                    r#"{{"op":"publish","topic":{topic_json},"data":{{"t":{t_unix},"seq":{seq}}}}}"#
+                                write_publish(
+                                    &mut msg,
+                                    &topic_json,
+                                    t_unix,
+                                    seq,
+                                    doc_size,
+                                    &mut rng,
                                 );
                                 seq += 1;
                                 w.send(i, |c| c.queue_frame(frame::OP_TEXT, &msg));
@@ -260,21 +276,24 @@ pub fn run(env: &Env, a: &BroadcastArgs) -> Result<Outcome, String> {
                         }
                     } else {
                         // Publishing stopped: wait for in-flight deliveries, bounded by grace.
-                        let expected = shared.win_sent.load(Relaxed) * shared.subscribed.load(Relaxed);
+                        let expected =
+                            shared.win_sent.load(Relaxed) * shared.subscribed.load(Relaxed);
                         if shared.win_recv.load(Relaxed) >= expected || now >= end + grace_ns {
                             break;
                         }
                     }
                     let wait = next_due.min(now + 10_000_000).saturating_sub(now);
-                    w.poll(Duration::from_nanos(wait), &mut h).map_err(|e| e.to_string())?;
+                    w.poll(Duration::from_nanos(wait), &mut h)
+                        .map_err(|e| e.to_string())?;
                 }
+                let wire = (w.stats.bytes_in - bytes_at_go, h.messages - messages_at_go);
                 w.close_all();
                 Ok(ThreadResult {
                     stats: w.stats,
                     hist: h.hist,
                     errors: h.errors,
                     samples: h.samples,
-                    counts: (h.received, published),
+                    counts: (h.received, published, wire),
                 })
             })
             .map_err(|e| e.to_string())?;
@@ -285,6 +304,8 @@ pub fn run(env: &Env, a: &BroadcastArgs) -> Result<Outcome, String> {
     let m = join_all(handles)?;
     let received: u64 = m.counts.iter().map(|c| c.0).sum();
     let published: u64 = m.counts.iter().map(|c| c.1).sum();
+    let wire_bytes: u64 = m.counts.iter().map(|c| c.2 .0).sum();
+    let wire_messages: u64 = m.counts.iter().map(|c| c.2 .1).sum();
     let subscribed = shared.subscribed.load(Relaxed);
     let expected = published * subscribed;
     let mut report = Report {
@@ -308,6 +329,7 @@ pub fn run(env: &Env, a: &BroadcastArgs) -> Result<Outcome, String> {
             "rate": a.rate,
             "publishes_in_window": published,
             "topic": a.topic,
+            "size": a.size,
             "grace_s": a.grace,
             "warmup_s": env.common.warmup,
         }),
@@ -315,6 +337,9 @@ pub fn run(env: &Env, a: &BroadcastArgs) -> Result<Outcome, String> {
     };
     apply_usage(&mut report, env, &win);
     report.set_tls(env.target.tls.is_some(), &m.stats);
+    report.set_wire(env.target.deflate, &m.stats);
+    report.bytes_per_delivery = (wire_messages > 0)
+        .then(|| (wire_bytes as f64 / wire_messages as f64 * 10.0).round() / 10.0);
     Ok(Outcome {
         report,
         latency: m.hist,
@@ -322,9 +347,99 @@ pub fn run(env: &Env, a: &BroadcastArgs) -> Result<Outcome, String> {
     })
 }
 
+/// Symbols for [`write_publish`]'s documents.
+const SYMBOLS: [&str; 16] = [
+    "AAPL", "MSFT", "NVDA", "AMZN", "GOOGL", "META", "TSLA", "AVGO", "JPM", "V", "XOM", "UNH",
+    "LLY", "MA", "COST", "HD",
+];
+
+/// The publish request for message `seq`: `data` starts with the timestamp and sequence
+/// number (what subscribers measure) and, when `size` > 0, goes on with quotes until the
+/// document is about `size` bytes. The numbers come from `rng`, so two documents differ.
+fn write_publish(
+    msg: &mut Vec<u8>,
+    topic_json: &str,
+    t_unix: u64,
+    seq: u64,
+    size: usize,
+    rng: &mut clock::Rng,
+) {
+    msg.clear();
+    let _ = write!(
+        msg,
+        r#"{{"op":"publish","topic":{topic_json},"data":{{"t":{t_unix},"seq":{seq}"#
+    );
+    if size > 0 {
+        let start = msg.len();
+        msg.extend_from_slice(br#","quotes":["#);
+        let mut i = 0;
+        // Each quote is about 110 bytes; stop before the document would pass `size`.
+        while msg.len() - start + 110 < size || i == 0 {
+            let r = rng.next_u64();
+            // Cents: prices from 50.00 to 500.00.
+            let px = 5_000 + (r % 45_000);
+            let spread = 1 + (r >> 20) % 9;
+            let _ = write!(
+                msg,
+                r#"{}{{"symbol":"{}","bid":{}.{:02},"ask":{}.{:02},"bid_size":{},"ask_size":{},"venue":"XNAS","ts":{}}}"#,
+                if i == 0 { "" } else { "," },
+                SYMBOLS[(seq as usize + i) % SYMBOLS.len()],
+                px / 100,
+                px % 100,
+                (px + spread) / 100,
+                (px + spread) % 100,
+                100 * (1 + (r >> 32) % 50),
+                100 * (1 + (r >> 40) % 50),
+                t_unix / 1_000_000 - (r >> 48) % 1000,
+            );
+            i += 1;
+        }
+        msg.push(b']');
+    }
+    msg.extend_from_slice(b"}}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn publish_documents_have_the_size_asked_for() {
+        let mut rng = clock::Rng::new(1);
+        let mut msg = Vec::new();
+        for size in [0usize, 200, 1024, 4096] {
+            write_publish(
+                &mut msg,
+                "\"bench\"",
+                1_700_000_000_000_000_000,
+                7,
+                size,
+                &mut rng,
+            );
+            let v: serde_json::Value = serde_json::from_slice(&msg).unwrap();
+            assert_eq!(v["op"], "publish");
+            let data = serde_json::to_vec(&v["data"]).unwrap();
+            if size >= 1024 {
+                assert!(
+                    data.len() <= size && data.len() > size - 130,
+                    "{size}: {}",
+                    data.len()
+                );
+            }
+            assert_eq!(v["data"]["seq"], 7);
+            assert_eq!(publish_time(&msg), Some(1_700_000_000_000_000_000));
+        }
+        let first = msg.clone();
+        write_publish(
+            &mut msg,
+            "\"bench\"",
+            1_700_000_000_000_000_000,
+            7,
+            4096,
+            &mut rng,
+        );
+        assert_ne!(first, msg, "numbers change from one publish to the next");
+    }
 
     #[test]
     fn extracts_publish_time() {

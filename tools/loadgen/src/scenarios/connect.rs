@@ -150,6 +150,7 @@ pub fn run(env: &Env, a: &ConnectArgs) -> Result<Outcome, String> {
     };
     report.set_usage(sysstat::usage(&s0, &s1));
     report.set_tls(env.target.tls.is_some(), &stats);
+    report.set_wire(env.target.deflate, &stats);
     Ok(Outcome {
         report,
         latency: stats.connect_us,

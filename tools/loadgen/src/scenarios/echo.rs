@@ -247,6 +247,7 @@ pub fn run(env: &Env, a: &EchoArgs) -> Result<Outcome, String> {
     };
     apply_usage(&mut report, env, &win);
     report.set_tls(env.target.tls.is_some(), &m.stats);
+    report.set_wire(env.target.deflate, &m.stats);
     Ok(Outcome {
         report,
         latency: m.hist,

@@ -66,6 +66,7 @@ fn target(c: &Common) -> Result<Target, String> {
             dst: url.dst,
             host: url.host_port,
             tls: None,
+            deflate: c.deflate,
         });
     }
     let trust = match (&c.ca, c.insecure) {
@@ -81,6 +82,7 @@ fn target(c: &Common) -> Result<Target, String> {
         dst: url.dst,
         host: url.host_port,
         tls: Some(crate::tls::Client::new(trust, name)?),
+        deflate: c.deflate,
     })
 }
 
