@@ -10,6 +10,11 @@
 #                                                certificate made with the openssl CLI)
 #   BOTH=1 tools/figures.sh ...                  each run plain then wss, pairs interleaved,
 #                                                with the wss/ws ratio of each pair
+#   DEFLATE=1 tools/figures.sh [deflate|...]     the same pairs with plain against
+#                                                permessage-deflate (server
+#                                                --permessage-deflate, load --deflate)
+#   `deflate` (not in `all`): 1 KiB JSON documents to 10k subscribers at 10 and 100/s, and
+#   10k idle connections, meant for DEFLATE=1
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 RUNS=${RUNS:-3}
@@ -23,6 +28,13 @@ LOAD=target/release/corecast-load
 
 TLS=${TLS:-0}
 BOTH=${BOTH:-0}
+DEFLATE=${DEFLATE:-0}
+# What a pair's second run is: wss (BOTH=1) or deflate (DEFLATE=1); empty: no pairs.
+PAIR=""
+[ "$BOTH" = 1 ] && PAIR=wss
+[ "$DEFLATE" = 1 ] && PAIR=deflate
+SINGLE=ws
+[ "$TLS" = 1 ] && SINGLE=wss
 tls_dir=$(mktemp -d)
 trap 'rm -rf "$tls_dir"' EXIT
 if [ "$TLS" = 1 ] || [ "$BOTH" = 1 ]; then
@@ -33,14 +45,18 @@ if [ "$TLS" = 1 ] || [ "$BOTH" = 1 ]; then
         -keyout "$tls_dir/key.pem" -out "$tls_dir/cert.pem" 2>/dev/null
 fi
 
-# one_run TLS METRIC LOADGEN-ARGS...: one run against a fresh pinned server; prints its JSON.
+# one_run MODE LOADGEN-ARGS...: one run (MODE ws, wss or deflate) against a fresh pinned
+# server; prints its JSON.
 one_run() {
-    local tls=$1; shift
+    local mode=$1; shift
     local server_args=() url="ws://127.0.0.1:$PORT" load_args=()
-    if [ "$tls" = 1 ]; then
+    if [ "$mode" = wss ]; then
         server_args=(--tls-cert "$tls_dir/cert.pem" --tls-key "$tls_dir/key.pem")
         url="wss://localhost:$PORT"
         load_args=(--ca "$tls_dir/cert.pem")
+    elif [ "$mode" = deflate ]; then
+        server_args=(--permessage-deflate)
+        load_args=(--deflate)
     fi
     taskset -c 0 "$SERVER" --workers 1 --listen "127.0.0.1:$PORT" --admin-listen off \
         "${server_args[@]}" 2>/dev/null &
@@ -52,46 +68,51 @@ one_run() {
     PORT=$((PORT + 1))
 }
 
-# run NAME METRIC LOADGEN-ARGS...: RUNS runs, each against a fresh pinned server. With BOTH=1
-# each run is a pair, plain then wss (alternating which goes first, so drift cancels).
+# run NAME METRIC LOADGEN-ARGS...: RUNS runs, each against a fresh pinned server. With
+# BOTH=1 or DEFLATE=1 each run is a pair, plain then wss or deflate (alternating which goes
+# first, so drift cancels).
 run() {
     local name=$1 metric=$2; shift 2
     local results=()
     for i in $(seq "$RUNS"); do
-        if [ "$BOTH" = 1 ]; then
-            local first=0 second=1
-            if [ $((i % 2)) = 0 ]; then first=1 second=0; fi
+        if [ -n "$PAIR" ]; then
             local a b
-            a=$(one_run "$first" "$@")
-            b=$(one_run "$second" "$@")
-            if [ "$first" = 0 ]; then results+=("$(pair "$a" "$b")"); else results+=("$(pair "$b" "$a")"); fi
+            if [ $((i % 2)) = 1 ]; then
+                a=$(one_run ws "$@"); b=$(one_run "$PAIR" "$@")
+            else
+                b=$(one_run "$PAIR" "$@"); a=$(one_run ws "$@")
+            fi
+            results+=("$(pair "$a" "$b")")
         else
-            results+=("$(one_run "$TLS" "$@")")
+            results+=("$(one_run "$SINGLE" "$@")")
         fi
     done
-    if [ "$BOTH" = 1 ]; then
+    if [ -n "$PAIR" ]; then
         printf '%s\n' "${results[@]}" | python3 -c '
 import json, statistics, sys
-name, metric = sys.argv[1], sys.argv[2]
+name, metric, other = sys.argv[1], sys.argv[2], sys.argv[3]
 ratios = []
 for line in sys.stdin:
     p = json.loads(line)
-    ws, wss = p["ws"], p["wss"]
+    ws, b = p["a"], p["b"]
     line = []
-    for k, r in (("ws", ws), ("wss", wss)):
+    for k, r in (("ws", ws), (other, b)):
         lat = r.get("latency_us") or {}
-        line.append("%s %s=%s p50=%sus p99=%sus busy=%s%% loadgen=%s%%"
+        extra = ""
+        if r.get("bytes_per_delivery") is not None:
+            extra = " bytes/delivery=%s" % r["bytes_per_delivery"]
+        line.append("%s %s=%s p50=%sus p99=%sus busy=%s%% loadgen=%s%%%s"
                     % (k, metric, r.get(metric), lat.get("p50"), lat.get("p99"),
-                       r.get("server_core_busy_pct"), r.get("loadgen_cpu_pct")))
-    if ws.get(metric) and wss.get(metric):
-        ratios.append(wss[metric] / ws[metric])
-        line.append("wss/ws=%.3f" % ratios[-1])
+                       r.get("server_core_busy_pct"), r.get("loadgen_cpu_pct"), extra))
+    if ws.get(metric) and b.get(metric):
+        ratios.append(b[metric] / ws[metric])
+        line.append("%s/ws=%.3f" % (other, ratios[-1]))
     print("  %s: %s" % (name, "  ".join(line)))
 if ratios:
-    print(f"{name}: median wss/ws {metric} = {statistics.median(ratios):.3f} over {len(ratios)} pairs")
+    print(f"{name}: median {other}/ws {metric} = {statistics.median(ratios):.3f} over {len(ratios)} pairs")
 else:
     print(f"{name}: no result"); sys.exit(1)
-' "$name" "$metric"
+' "$name" "$metric" "$PAIR"
         return
     fi
     printf '%s\n' "${results[@]}" | python3 -c '
@@ -112,9 +133,9 @@ else:
 ' "$name" "$metric"
 }
 
-# pair PLAIN-JSON TLS-JSON: one line holding both.
+# pair PLAIN-JSON OTHER-JSON: one line holding both.
 pair() {
-    python3 -c 'import json,sys; print(json.dumps({"ws": json.loads(sys.argv[1] or "{}"), "wss": json.loads(sys.argv[2] or "{}")}))' "$1" "$2"
+    python3 -c 'import json,sys; print(json.dumps({"a": json.loads(sys.argv[1] or "{}"), "b": json.loads(sys.argv[2] or "{}")}))' "$1" "$2"
 }
 
 case $WHAT in echo|all)
@@ -126,6 +147,13 @@ case $WHAT in broadcast|all)
         run "fan-out 10k subs @${rate}/s" deliveries_per_sec --duration "$DURATION" --warmup 2 \
             broadcast --subscribers 10000 --rate "$rate"
     done ;;
+esac
+case $WHAT in deflate)
+    for rate in 10 100; do
+        run "1 KiB JSON to 10k subs @${rate}/s" server_core_busy_pct --duration "$DURATION" \
+            --warmup 2 broadcast --subscribers 10000 --rate "$rate" --size 1024
+    done
+    run "idle 10000" rss_per_conn_bytes --src-ips 4 connect --conns 10000 --rate 5000 --hold 3 ;;
 esac
 case $WHAT in idle|all)
     for n in 10000 19000; do

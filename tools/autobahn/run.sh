@@ -33,6 +33,12 @@
 #   REPORT_DIR     where the report goes      (default reports/autobahn, or
 #                                              reports/autobahn-tls with TLS=1)
 #   TLS, STAND_IN, DEFLATE  see above         (default 0; DEFLATE=1 writes reports/autobahn-deflate)
+#   JOBS           wstest processes run at once, each on a share of the cases, against the
+#                  one server (default 1; 2 with DEFLATE=1, where wstest, not the server, is
+#                  the bottleneck: its 216 compression cases take 6 minutes on one core).
+#                  Only with the default CASES; each share reports to REPORT_DIR/partN.
+#   PROFILE        cargo profile of the corecast it builds and runs (default release;
+#                  .ci/run passes test-release, which tools/test.sh has just built)
 #   CARGO_TARGET_DIR is honoured for the build.
 set -euo pipefail
 
@@ -46,8 +52,24 @@ exclude=${EXCLUDE:-'[]'}
 deflate=${DEFLATE:-0}
 if [ "$deflate" = 1 ]; then
     min_passed=${MIN_PASSED:-517}
+    jobs=${JOBS:-2}
 else
     min_passed=${MIN_PASSED:-301}
+    jobs=${JOBS:-1}
+fi
+# The shares of JOBS=2, split so both take about as long (per-case durations of a full run
+# with DEFLATE=1): the compression groups 12.* and 13.* are nearly all of the time.
+if [ "$jobs" != 1 ]; then
+    if [ "$jobs" != 2 ] || [ "$cases" != '["*"]' ]; then
+        echo "JOBS=$jobs: only JOBS=1, or JOBS=2 with the default CASES, is supported" >&2
+        exit 2
+    fi
+    # 2026-12-02, run in parallel: 12.1 27 s, 12.2 55 s, 12.3 66 s, 12.4 28 s, 12.5 44 s,
+    # each 13.x 25-32 s (13.* 199 s), 1.* to 11.* 15 s in all.
+    parts=('["1.*","2.*","3.*","4.*","5.*","6.*","7.*","9.*","10.*","12.2.*","12.3.*","12.4.*","12.5.*"]'
+           '["8.*","11.*","12.1.*","13.*"]')
+else
+    parts=("$cases")
 fi
 tls=${TLS:-0}
 stand_in=${STAND_IN:-0}
@@ -74,7 +96,7 @@ wstest="$venv/bin/wstest"
 
 # The build's own JSON messages name the executable, wherever the target directory is.
 build_corecast() {
-    cargo build --release --bin corecast --message-format=json-render-diagnostics \
+    cargo build --profile "${PROFILE:-release}" --bin corecast --message-format=json-render-diagnostics \
         | python3 -c '
 import json, sys
 exe = None
@@ -92,7 +114,7 @@ if [ "$stand_in" = 1 ]; then
     python3 -c 'import websockets.asyncio.server' 2>/dev/null \
         || { echo "the stand-in needs Python websockets: bash tools/install-test-deps.sh" >&2; exit 2; }
 else
-    echo "== cargo build --release --bin corecast"
+    echo "== cargo build --profile ${PROFILE:-release} --bin corecast"
     bin=$(build_corecast)
     [ -x "$bin" ] || { echo "build produced no corecast executable" >&2; exit 2; }
     if [ "$tls" = 1 ] && ! "$bin" --help | grep -q -- '--tls-cert'; then
@@ -171,8 +193,11 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 
-spec="$report_dir/fuzzingclient.json"
-python3 - "$spec" "$url" "$report_dir" "$cases" "$exclude" "$agent" <<'PY'
+# One fuzzingclient spec per share of the cases; with one share the report is REPORT_DIR
+# itself, otherwise REPORT_DIR/part1, part2.
+spec_for() {
+    local spec=$1 outdir=$2 part_cases=$3
+    python3 - "$spec" "$url" "$outdir" "$part_cases" "$exclude" "$agent" <<'PY'
 import json, sys
 spec, url, outdir, cases, exclude, agent = sys.argv[1:]
 with open(spec, "w") as f:
@@ -186,15 +211,37 @@ with open(spec, "w") as f:
         "exclude-agent-cases": {},
     }, f, indent=2)
 PY
+}
 
-echo "== wstest -m fuzzingclient against $url: cases $cases, excluding $exclude"
-ws_start=$(date +%s)
-# wstest exits 0 even when cases fail: the summary below is the verdict.
-if ! (cd "$report_dir" && "$wstest" -m fuzzingclient -s "$spec") > "$report_dir/wstest.log" 2>&1; then
-    echo "wstest itself failed; last lines of $report_dir/wstest.log:" >&2
-    tail -20 "$report_dir/wstest.log" >&2
-    exit 2
+part_dirs=()
+if [ "${#parts[@]}" = 1 ]; then
+    part_dirs=("$report_dir")
+else
+    for i in $(seq "${#parts[@]}"); do
+        mkdir -p "$report_dir/part$i"
+        part_dirs+=("$report_dir/part$i")
+    done
 fi
+
+echo "== wstest -m fuzzingclient against $url: cases $cases, excluding $exclude, $jobs at once"
+ws_start=$(date +%s)
+wstest_pids=()
+for i in "${!parts[@]}"; do
+    dir=${part_dirs[$i]}
+    spec_for "$dir/fuzzingclient.json" "$dir" "${parts[$i]}"
+    (cd "$dir" && exec "$wstest" -m fuzzingclient -s "$dir/fuzzingclient.json") > "$dir/wstest.log" 2>&1 &
+    wstest_pids+=($!)
+done
+# wstest exits 0 even when cases fail: the summary below is the verdict.
+wstest_failed=0
+for i in "${!wstest_pids[@]}"; do
+    if ! wait "${wstest_pids[$i]}"; then
+        echo "wstest itself failed; last lines of ${part_dirs[$i]}/wstest.log:" >&2
+        tail -20 "${part_dirs[$i]}/wstest.log" >&2
+        wstest_failed=1
+    fi
+done
+[ "$wstest_failed" = 0 ] || exit 2
 ws_secs=$(( $(date +%s) - ws_start ))
 
 echo "== stopping $agent (SIGTERM)"
@@ -211,10 +258,14 @@ if [ "$stand_in" = 1 ]; then
     echo "stand-in saw: $(tail -1 "$server_log")"
 fi
 
-echo "== report: $report_dir/index.html"
+if [ "${#parts[@]}" = 1 ]; then
+    echo "== report: $report_dir/index.html"
+else
+    echo "== reports: $(printf '%s/index.html ' "${part_dirs[@]}")"
+fi
 echo "duration: wstest ${ws_secs} s, whole run $(( $(date +%s) - started )) s"
 summary_status=0
-python3 "$here/summarise.py" "$report_dir/index.json" --min-passed "$min_passed" || summary_status=$?
+python3 "$here/summarise.py" "${part_dirs[@]/%//index.json}" --min-passed "$min_passed" || summary_status=$?
 if [ "$server_status" -ne 0 ]; then
     exit 3
 fi

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Summarise an Autobahn|Testsuite fuzzingclient report (index.json) for corecast.
 
-    python3 tools/autobahn/summarise.py reports/autobahn/index.json [--min-passed N]
+    python3 tools/autobahn/summarise.py reports/autobahn/index.json [MORE.json...] [--min-passed N]
+
+Several reports (run.sh's parallel parts, each a share of the cases against one server) are
+read as one: their cases are merged per agent.
 
 Verdict per case:
   passed   behavior is OK, NON-STRICT or INFORMATIONAL, and behaviorClose is OK or INFORMATIONAL
@@ -58,24 +61,34 @@ def short(value, limit=300):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("index", help="path to the report's index.json")
+    ap.add_argument("index", nargs="+", help="path to the report's index.json (or several)")
     ap.add_argument("--min-passed", type=int, default=0,
                     help="also fail when fewer than this many cases passed")
     args = ap.parse_args()
 
-    try:
-        with open(args.index) as f:
-            index = json.load(f)
-    except (OSError, ValueError) as e:
-        print("no usable report at %s: %s" % (args.index, e), file=sys.stderr)
-        print("0 passed, 0 failed, 0 skipped")
-        return 2
-    if not index:
-        print("report %s lists no agent" % args.index, file=sys.stderr)
-        print("0 passed, 0 failed, 0 skipped")
-        return 2
+    index = {}
+    # Where each case's own report file is: beside the index.json that listed it.
+    case_dir = {}
+    for path in args.index:
+        try:
+            with open(path) as f:
+                part = json.load(f)
+        except (OSError, ValueError) as e:
+            print("no usable report at %s: %s" % (path, e), file=sys.stderr)
+            print("0 passed, 0 failed, 0 skipped")
+            return 2
+        if not part:
+            print("report %s lists no agent" % path, file=sys.stderr)
+            print("0 passed, 0 failed, 0 skipped")
+            return 2
+        for agent, cases in part.items():
+            for case_id, entry in cases.items():
+                if case_id in index.get(agent, {}):
+                    print("case %s is in two reports" % case_id, file=sys.stderr)
+                    return 2
+                index.setdefault(agent, {})[case_id] = entry
+                case_dir[(agent, case_id)] = os.path.dirname(os.path.abspath(path))
 
-    report_dir = os.path.dirname(os.path.abspath(args.index))
     totals = collections.Counter()
     for agent, cases in sorted(index.items()):
         by_behavior = collections.Counter()
@@ -109,7 +122,7 @@ def main():
                 entry.get("remoteCloseCode")))
             if v != "failed":
                 continue
-            d = case_details(report_dir, entry)
+            d = case_details(case_dir[(agent, case_id)], entry)
             if d is None:
                 continue
             print("      case:     " + short(d.get("description", "")))
