@@ -37,11 +37,11 @@ pub const DEFAULT_MEMORY_SHARE_PERCENT: u64 = 75;
 pub const DEFAULT_HANDSHAKE_TIMEOUT_S: u64 = 10;
 /// permessage-deflate: below this, a message goes out uncompressed. `cargo bench --bench
 /// deflate` (2026-12-02): a 64-byte JSON message does not shrink at level 1, a 128-byte one
-/// by 5%, a 256-byte one by 34%; each attempt costs about 3 µs whatever the size (zlib's
+/// by 5%, a 256-byte one by 34%; each attempt costs at least 2 µs whatever the size (zlib's
 /// per-message reset), paid once per worker for a publish.
 pub const DEFAULT_DEFLATE_MIN_SIZE: usize = 128;
-/// permessage-deflate: zlib level. Same bench: a 1 KiB JSON document takes 6.6 µs to 392 B
-/// at level 1, 21 µs to 317 B at level 6; 16 KiB takes 56 µs (4.0x) against 216 µs (6.1x).
+/// permessage-deflate: zlib level. Same bench: a 1 KiB JSON document takes 3.0 µs to 392 B
+/// at level 1, 10.8 µs to 317 B at level 6; 16 KiB takes 23 µs (4.0x) against 150 µs (6.1x).
 pub const DEFAULT_DEFLATE_LEVEL: u32 = 1;
 /// How long a connection may stay silent before the server pings it.
 pub const DEFAULT_PING_INTERVAL_S: u64 = 30;
@@ -259,12 +259,12 @@ pub struct Args {
 
     /// With --permessage-deflate: messages shorter than this many bytes are sent
     /// uncompressed. JSON under about 128 bytes does not shrink, and each attempt costs
-    /// about 3 µs of a worker's time.
+    /// at least 2 µs of a worker's time.
     #[arg(long, env = "CORECAST_DEFLATE_MIN_SIZE", default_value_t = DEFAULT_DEFLATE_MIN_SIZE)]
     pub deflate_min_size: usize,
 
     /// With --permessage-deflate: zlib level, 1 (fastest) to 9 (smallest). Level 6 makes
-    /// JSON 20-35% smaller than level 1 for 3-4 times the CPU. Each published message is
+    /// JSON 20-35% smaller than level 1 for 3.5-6.5 times the CPU. Each published message is
     /// compressed once per worker, whatever its number of subscribers.
     #[arg(long, env = "CORECAST_DEFLATE_LEVEL", default_value_t = DEFAULT_DEFLATE_LEVEL,
           value_parser = clap::value_parser!(u32).range(1..=9))]
