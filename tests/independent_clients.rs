@@ -87,12 +87,16 @@ fn run_with_timeout(program: &str, args: &[&str]) -> (bool, String) {
     (status.is_some_and(|s| s.success()), report)
 }
 
+/// The script against a server without --permessage-deflate: the client offers it (both
+/// do by default), the server declines, and everything works uncompressed.
 fn run_client(program: &str, script: &str) {
     let server = common::start(common::config(2));
     let base = format!("ws://{}", server.local_addr());
-    let (ok, report) = run_with_timeout(program, &[script, &base]);
+    let (ok, report) = run_with_timeout(program, &[script, "--expect-deflate", "off", &base]);
+    let stats = server.stats();
     server.shutdown().expect("server shuts down cleanly");
     assert!(ok, "independent client failed:\n{report}");
+    assert_eq!(stats.deflate_upgrades, 0, "{stats:?}");
     print!("{report}");
 }
 
@@ -105,7 +109,10 @@ fn run_client_tls(program: &str, script: &str) {
     let server = common::start(cfg);
     let base = format!("wss://localhost:{}", server.local_addr().port());
     let ca = pki.arg("ca.pem");
-    let (ok, report) = run_with_timeout(program, &[script, "--ca", &ca, &base]);
+    let (ok, report) = run_with_timeout(
+        program,
+        &[script, "--ca", &ca, "--expect-deflate", "off", &base],
+    );
     let stats = server.stats();
     server.shutdown().expect("server shuts down cleanly");
     assert!(ok, "independent client failed over wss:\n{report}");
@@ -116,13 +123,14 @@ fn run_client_tls(program: &str, script: &str) {
 
 /// The same script against a server with --permessage-deflate: both clients offer it by
 /// default and compress what they send (Python every message, Node those of 1 KiB or more),
-/// so the server must inflate it.
+/// so the server must inflate it; with `--expect-deflate on` the scripts also publish a
+/// large and a tiny document across both workers and send a compression bomb.
 fn run_client_deflate(program: &str, script: &str) {
     let mut cfg = common::config(2);
     cfg.permessage_deflate = true;
     let server = common::start(cfg);
     let base = format!("ws://{}", server.local_addr());
-    let (ok, report) = run_with_timeout(program, &[script, &base]);
+    let (ok, report) = run_with_timeout(program, &[script, "--expect-deflate", "on", &base]);
     let stats = server.stats();
     server.shutdown().expect("server shuts down cleanly");
     assert!(
@@ -131,6 +139,10 @@ fn run_client_deflate(program: &str, script: &str) {
     );
     assert_eq!(stats.deflate_upgrades, stats.handshakes, "{stats:?}");
     assert!(stats.messages_inflated > 0, "{stats:?}");
+    // The 40 KB publish went out compressed, once per worker that had a subscriber.
+    assert!(stats.messages_compressed > 0, "{stats:?}");
+    // The bomb and the 70,000-byte message: each closed (1009) at the size limit.
+    assert!(stats.protocol_errors >= 2, "{stats:?}");
     print!("{report}");
 }
 

@@ -1,11 +1,16 @@
 #!/usr/bin/env node
 // Checks a running corecast server with an independent client: the `ws` package from npm.
 //
-//   node tests/clients/node_client.mjs [--echo-only] [--ca FILE] ws://127.0.0.1:PORT
+//   node tests/clients/node_client.mjs [--echo-only] [--ca FILE] [--expect-deflate on|off] ws://127.0.0.1:PORT
 //   node tests/clients/node_client.mjs --ca FILE wss://127.0.0.1:PORT
 //
 // Exercises /ws (subscribe, publish, broadcast, echo, error replies, unsubscribe) and /echo
 // (raw binary and text echo); --echo-only checks /echo alone (for a server that only echoes).
+// ws offers permessage-deflate on every connection and, where it is agreed, compresses the
+// messages it sends of 1 KiB or more. --expect-deflate on checks that each connection
+// negotiated it and adds the compression checks (a 40 KB document and a 1-byte one published
+// across both workers, and a compression bomb: 16 MiB of zeros in 16 KB, refused with 1009);
+// --expect-deflate off checks that the server declined the offer.
 // A wss:// URL is verified against the CA certificates in --ca FILE (default: the file named
 // by $CORECAST_CA_FILE, else Node's own CA list). Exits 0 when everything matched, 1 with a
 // message naming the first mismatch or a failed connection, 2 on bad usage or a missing `ws`
@@ -38,6 +43,9 @@ function check(cond, what) {
  *  CA to verify the server's certificate with, if one was given. */
 let connectOptions;
 
+/** 'on'/'off': what every connection must have negotiated (--expect-deflate); null: unchecked. */
+let expectDeflate = null;
+
 /** A connection whose incoming messages queue up until read with a timeout. */
 class Client {
   constructor(url, name) {
@@ -63,7 +71,19 @@ class Client {
     const c = new Client(url, name);
     await new Promise((resolve, reject) => {
       const t = setTimeout(() => reject(new Mismatch(`${name}: no handshake within ${TIMEOUT_MS} ms`)), TIMEOUT_MS);
-      c.ws.once('open', () => { clearTimeout(t); resolve(); });
+      c.ws.once('open', () => {
+        clearTimeout(t);
+        if (expectDeflate !== null) {
+          const want = expectDeflate === 'on' ? 'permessage-deflate' : '';
+          try {
+            check(c.ws.extensions === want, `${name}: extensions "${c.ws.extensions}" negotiated, expected "${want}"`);
+          } catch (e) {
+            reject(e);
+            return;
+          }
+        }
+        resolve();
+      });
       c.ws.once('error', (e) => { clearTimeout(t); reject(e); });
     });
     return c;
@@ -148,12 +168,13 @@ async function expectSilence(c, who) {
   check(extra === null, `${who}: unexpected message ${extra && extra.data.toString().slice(0, 200)}`);
 }
 
-/** [--echo-only] [--ca FILE] URL, or null on bad usage. */
+/** [--echo-only] [--ca FILE] [--expect-deflate on|off] URL, or null on bad usage. */
 function parseArgs(argv) {
-  const args = { echoOnly: false, ca: process.env.CORECAST_CA_FILE, url: null };
+  const args = { echoOnly: false, ca: process.env.CORECAST_CA_FILE, url: null, deflate: null };
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === '--echo-only') args.echoOnly = true;
     else if (argv[i] === '--ca' && i + 1 < argv.length) args.ca = argv[++i];
+    else if (argv[i] === '--expect-deflate' && ['on', 'off'].includes(argv[i + 1])) args.deflate = argv[++i];
     else if (args.url === null && /^wss?:\/\//.test(argv[i])) args.url = argv[i].replace(/\/+$/, '');
     else return null;
   }
@@ -163,9 +184,10 @@ function parseArgs(argv) {
 async function main() {
   const args = parseArgs(process.argv.slice(2));
   if (args === null) {
-    console.error('usage: node_client.mjs [--echo-only] [--ca FILE] ws[s]://HOST:PORT');
+    console.error('usage: node_client.mjs [--echo-only] [--ca FILE] [--expect-deflate on|off] ws[s]://HOST:PORT');
     return 2;
   }
+  expectDeflate = args.deflate;
   const base = args.url;
   if (base.startsWith('wss://')) {
     connectOptions = args.ca ? { ca: readFileSync(args.ca) } : {};
@@ -174,6 +196,7 @@ async function main() {
   if (!args.echoOnly) {
     await checkJsonProtocol(base);
     await checkCloseCodes(base);
+    if (expectDeflate === 'on') await checkCompression(base);
   }
   await checkRawEcho(base);
 
@@ -295,6 +318,38 @@ async function checkJsonProtocol(base) {
   } finally {
     for (const c of everyone) c.close();
   }
+}
+
+async function checkCompression(base) {
+  // Three subscribers (the server's workers take connections in turn, so both have some)
+  // get a 40 KB document, which the server sends compressed, and a 1-byte one, sent plain.
+  const subs = [];
+  try {
+    for (let i = 0; i < 3; i++) subs.push(await Client.open(`${base}/ws`, `zip subscriber ${i}`));
+    const publisher = await Client.open(`${base}/ws`, 'zip publisher');
+    subs.push(publisher);
+    for (let i = 0; i < 3; i++) {
+      subs[i].send({ op: 'subscribe', topic: 'node-zip', id: i });
+      expectFields(await subs[i].recvJson(`zip subscriber ${i}`), { op: 'ok', id: i }, `zip subscribe reply ${i}`);
+    }
+    const big = { rows: Array.from({ length: 800 }, (_, i) => ({ id: i, name: `row-${i}`, tags: ['a', 'b'], ok: i % 3 === 0 })) };
+    check(JSON.stringify(big).length > 40000, 'the large document is large');
+    for (const data of [big, 'x']) {
+      publisher.send({ op: 'publish', topic: 'node-zip', data });
+      for (let i = 0; i < 3; i++) {
+        expectFields(await subs[i].recvJson(`zip subscriber ${i}`), { op: 'message', topic: 'node-zip', data },
+          `compressed publish (${JSON.stringify(data).length} bytes) at subscriber ${i}`);
+      }
+    }
+  } finally {
+    for (const c of subs) c.close();
+  }
+  // A compression bomb: 16 MiB of zeros deflate to about 16 KB, far over the 64 KiB limit
+  // once inflated. The server stops inflating at the limit and closes with 1009.
+  const bomb = await Client.open(`${base}/ws`, 'compression bomb');
+  bomb.ws.send(Buffer.alloc(16 << 20), { binary: true });
+  const code = await closedWith(bomb, 'compression bomb');
+  check(code === 1009, `compression bomb: closed with ${code}, expected 1009`);
 }
 
 async function checkRawEcho(base) {

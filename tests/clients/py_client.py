@@ -1,11 +1,16 @@
 #!/usr/bin/env python3
 """Checks a running corecast server with an independent client: the `websockets` package.
 
-    python3 tests/clients/py_client.py [--echo-only] [--ca FILE] ws://127.0.0.1:PORT
+    python3 tests/clients/py_client.py [--echo-only] [--ca FILE] [--expect-deflate on|off] ws://127.0.0.1:PORT
     python3 tests/clients/py_client.py --ca FILE wss://127.0.0.1:PORT
 
 Exercises /ws (subscribe, publish, broadcast, echo, error replies, unsubscribe) and /echo
 (raw binary and text echo); --echo-only checks /echo alone (for a server that only echoes).
+websockets offers permessage-deflate on every connection and, where it is agreed, compresses
+every message it sends. --expect-deflate on checks that each connection negotiated it and
+adds the compression checks (a 40 KB document and a 1-byte one published across both
+workers, and a compression bomb: 16 MiB of zeros in 16 KB, which must be refused with 1009);
+--expect-deflate off checks that the server declined the offer.
 A wss:// URL is verified against the CA certificates in --ca FILE (default: the file named
 by $CORECAST_CA_FILE, else the machine's CA store). Exits 0 when everything matched, 1 with
 a message naming the first mismatch or a failed connection, 2 on bad usage or a missing
@@ -37,6 +42,18 @@ class Mismatch(Exception):
 
 
 checks = 0
+# "on"/"off": what every connection must have negotiated (--expect-deflate); None: unchecked.
+expect_deflate = None
+
+
+def open_ws(url, **kw):
+    """connect() with the test's timeout, checking the negotiated extensions when asked."""
+    ws = connect(url, open_timeout=TIMEOUT, **kw)
+    if expect_deflate is not None:
+        names = [e.name for e in ws.protocol.extensions]
+        want = ["permessage-deflate"] if expect_deflate == "on" else []
+        check(names == want, "%s: extensions %s negotiated, expected %s" % (url, names, want))
+    return ws
 
 
 def check(cond, what):
@@ -107,6 +124,8 @@ def parse_args():
     ap.add_argument("--ca", default=os.environ.get("CORECAST_CA_FILE"),
                     help="PEM CA certificates that a wss:// server's certificate must chain to "
                          "(default: $CORECAST_CA_FILE, else the machine's CA store)")
+    ap.add_argument("--expect-deflate", choices=["on", "off"],
+                    help="check that permessage-deflate was (on) or was not (off) negotiated")
     ap.add_argument("url", help="ws://HOST:PORT or wss://HOST:PORT")
     args = ap.parse_args()
     if not args.url.startswith(("ws://", "wss://")):
@@ -122,9 +141,13 @@ def main():
     if base.startswith("wss://"):
         tls["ssl"] = ssl.create_default_context(cafile=args.ca)
     started = time.monotonic()
+    global expect_deflate
+    expect_deflate = args.expect_deflate
     if not args.echo_only:
         check_json_protocol(base, tls)
         check_close_codes(base, tls)
+        if expect_deflate == "on":
+            check_compression(base, tls)
     check_raw_echo(base, tls)
     print("py_client (websockets %s): %d checks passed in %.2f s"
           % (websockets.__version__, checks, time.monotonic() - started))
@@ -134,7 +157,7 @@ def main():
 def check_json_protocol(base, tls):
     n_subs = 3
     with contextlib.ExitStack() as stack:
-        everyone = [stack.enter_context(connect(base + "/ws", open_timeout=TIMEOUT, **tls))
+        everyone = [stack.enter_context(open_ws(base + "/ws", **tls))
                     for _ in range(n_subs + 2)]
         subs = everyone[:n_subs]
         publisher, bystander = everyone[n_subs:]
@@ -214,12 +237,12 @@ def check_json_protocol(base, tls):
 
 def check_close_codes(base, tls):
     # The client closes with its own code: the server answers with the same one.
-    with connect(base + "/ws", open_timeout=TIMEOUT, **tls) as ws:
+    with open_ws(base + "/ws", **tls) as ws:
         ws.close(code=4000, reason="py bye")
         check(ws.protocol.close_rcvd is not None, "close 4000: no close frame came back")
         check(ws.protocol.close_rcvd.code == 4000, "close 4000: answered with %s" % ws.protocol.close_rcvd.code)
     # A message over the server's default --max-message-size (64 KiB): 1009.
-    with connect(base + "/ws", open_timeout=TIMEOUT, max_size=None, **tls) as ws:
+    with open_ws(base + "/ws", max_size=None, **tls) as ws:
         ws.send("x" * 70000)
         try:
             got = ws.recv(timeout=TIMEOUT)
@@ -230,9 +253,41 @@ def check_close_codes(base, tls):
                   % e.rcvd.code)
 
 
+def check_compression(base, tls):
+    # Three subscribers (the server's workers take connections in turn, so both have some)
+    # get a 40 KB document, which the server sends compressed, and a 1-byte one, sent plain.
+    with contextlib.ExitStack() as stack:
+        subs = [stack.enter_context(open_ws(base + "/ws", **tls)) for _ in range(3)]
+        publisher = stack.enter_context(open_ws(base + "/ws", **tls))
+        for i, ws in enumerate(subs):
+            send(ws, {"op": "subscribe", "topic": "py-zip", "id": i})
+            expect_fields(recv_json(ws, "zip subscriber %d" % i), {"op": "ok", "id": i},
+                          "zip subscribe reply %d" % i)
+        big = {"rows": [{"id": i, "name": "row-%d" % i, "tags": ["a", "b"], "ok": i % 3 == 0}
+                        for i in range(800)]}
+        check(len(json.dumps(big)) > 40000, "the large document is large")
+        for data in (big, "x"):
+            send(publisher, {"op": "publish", "topic": "py-zip", "data": data})
+            for i, ws in enumerate(subs):
+                expect_fields(recv_json(ws, "zip subscriber %d" % i),
+                              {"op": "message", "topic": "py-zip", "data": data},
+                              "compressed publish (%d bytes) at subscriber %d"
+                              % (len(json.dumps(data)), i))
+    # A compression bomb: 16 MiB of zeros deflate to about 16 KB, far over the 64 KiB limit
+    # once inflated. The server stops inflating at the limit and closes with 1009.
+    with open_ws(base + "/ws", max_size=None, **tls) as ws:
+        ws.send(b"\0" * (16 << 20), text=False)
+        try:
+            got = ws.recv(timeout=TIMEOUT)
+            raise Mismatch("compression bomb: got %r instead of a close" % got[:100])
+        except websockets.exceptions.ConnectionClosed as e:
+            check(e.rcvd is not None, "compression bomb: no close frame from the server")
+            check(e.rcvd.code == 1009, "compression bomb: closed with %s, expected 1009" % e.rcvd.code)
+
+
 def check_raw_echo(base, tls):
     # /echo: raw frames come back verbatim with their opcode
-    with connect(base + "/echo", open_timeout=TIMEOUT, **tls) as raw:
+    with open_ws(base + "/echo", **tls) as raw:
         blob = bytes(range(256)) * 16
         raw.send(blob)
         got = raw.recv(timeout=TIMEOUT)
