@@ -7,7 +7,9 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
 
+use common::process::Proc;
 use common::*;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 
@@ -242,4 +244,75 @@ fn bad_compressed_data_and_misplaced_rsv1_close_the_connection() {
     };
     assert_eq!(String::from_utf8(back).unwrap(), "héllo wörld ".repeat(100));
     server.shutdown().unwrap();
+}
+
+/// Opens `n` idle connections to `/ws`, offering `extensions` if given, as fast as the
+/// server answers (each reads its 101 and nothing more).
+fn open_idle(addr: SocketAddr, n: usize, extensions: Option<&str>) -> Vec<TcpStream> {
+    let offer = extensions.map_or(String::new(), |e| {
+        format!("Sec-WebSocket-Extensions: {e}\r\n")
+    });
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
+    );
+    (0..n)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(WATCHDOG)).unwrap();
+            s.write_all(request.as_bytes()).unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 512];
+            while !head.ends_with(b"\r\n\r\n") {
+                let got = s.read(&mut buf).unwrap();
+                assert!(got > 0, "closed during the upgrade");
+                head.extend_from_slice(&buf[..got]);
+            }
+            let head = String::from_utf8(head).unwrap();
+            assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+            assert_eq!(
+                head.contains("permessage-deflate"),
+                extensions.is_some(),
+                "{head}"
+            );
+            s
+        })
+        .collect()
+}
+
+/// The issue's target: a connection that negotiated permessage-deflate holds no compression
+/// state while idle, so it costs the server what a plain one does, within 64 bytes. Two
+/// servers with `--permessage-deflate`, one given plain clients, one deflate clients.
+#[test]
+fn an_idle_deflate_connection_costs_no_more_than_a_plain_one() {
+    const N: usize = 6000;
+    const WARM: usize = 200;
+    let per_conn = |offer: Option<&str>| {
+        let p = Proc::start(&["--workers", "2", "--permessage-deflate"]);
+        // One-time costs (slab, allocator arenas, scratch buffers) go in the baseline.
+        let warm = open_idle(p.addr, WARM, offer);
+        std::thread::sleep(Duration::from_millis(1500));
+        let base = p.rss();
+        let conns = open_idle(p.addr, N, offer);
+        p.wait_metric("corecast_handshakes_total", None, WATCHDOG, |v| {
+            v == (N + WARM) as f64
+        });
+        let deflated = p.metric("corecast_deflate_upgrades_total", None);
+        let want = if offer.is_some() { N + WARM } else { 0 };
+        assert_eq!(deflated, want as f64);
+        std::thread::sleep(Duration::from_millis(1500));
+        let bytes = p.rss().saturating_sub(base) as f64 / N as f64;
+        drop(conns);
+        drop(warm);
+        assert!(p.terminate().success());
+        bytes
+    };
+    let plain = per_conn(None);
+    let deflate = per_conn(Some(OFFER));
+    eprintln!("idle connection: {plain:.0} B plain, {deflate:.0} B with permessage-deflate");
+    assert!(plain < 512.0, "{plain} bytes per plain idle connection");
+    assert!(
+        deflate <= plain + 64.0,
+        "{deflate} bytes per idle deflate connection, {plain} per plain one"
+    );
 }
