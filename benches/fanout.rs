@@ -101,7 +101,7 @@ fn bench_fanout(c: &mut Criterion) {
     });
 
     // 100 topics x 100 subscribers, plus the hot topic that every connection follows.
-    let mut topics = Topics::default();
+    let mut topics = Topics::new(None);
     for key in 0..RECIPIENTS {
         topics.subscribe(&format!("topic-{}", key % 100), key);
         topics.subscribe(&topic, key);
@@ -131,7 +131,7 @@ fn bench_merge(c: &mut Criterion) {
     let a: Arc<str> = "a".into();
     let b_topic: Arc<str> = "b".into();
     let target = |i: usize, run: usize| {
-        if (i / run) % 2 == 0 {
+        if (i / run).is_multiple_of(2) {
             Target::Topic(a.clone())
         } else {
             Target::Topic(b_topic.clone())

@@ -8,19 +8,22 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use serde_json::value::RawValue;
 
+use crate::backplane::Link;
 use crate::codec::{self, Kind, MAX_SERVER_HEADER};
 use crate::protocol;
 use crate::worker::handle::{Msg, WorkerHandle};
 
-/// Every worker's queue, for fan-out. Cheap to clone; sending never blocks.
+/// Every worker's queue, for fan-out, and the backplane to the other nodes if there is one.
+/// Cheap to clone; sending never blocks.
 #[derive(Debug, Clone)]
 pub struct Bus {
     workers: Arc<[WorkerHandle]>,
+    backplane: Option<Arc<Link>>,
 }
 
 impl Bus {
-    pub fn new(workers: Arc<[WorkerHandle]>) -> Bus {
-        Bus { workers }
+    pub fn new(workers: Arc<[WorkerHandle]>, backplane: Option<Arc<Link>>) -> Bus {
+        Bus { workers, backplane }
     }
 
     /// How many workers a publish reaches.
@@ -28,8 +31,28 @@ impl Bus {
         self.workers.len()
     }
 
-    /// A publish from outside the workers (the admin API): queued to every worker.
+    /// The backplane, with `--redis`.
+    pub fn backplane(&self) -> Option<&Link> {
+        self.backplane.as_deref()
+    }
+
+    /// The backplane, shared, for whoever reports to it (a worker's topics, the task).
+    pub fn backplane_link(&self) -> Option<Arc<Link>> {
+        self.backplane.clone()
+    }
+
+    /// A publish from outside the workers (the admin API): queued to every worker, and
+    /// forwarded to the other nodes.
     pub fn publish(&self, d: Delivery) -> usize {
+        if let Some(b) = &self.backplane {
+            b.forward(&d);
+        }
+        self.deliver_remote(d)
+    }
+
+    /// A message from another node (through the backplane): queued to every worker, not
+    /// forwarded again.
+    pub fn deliver_remote(&self, d: Delivery) -> usize {
         for w in self.workers.iter() {
             w.send(Msg::Deliver(d.clone()));
         }
@@ -37,8 +60,12 @@ impl Bus {
     }
 
     /// A publish made on worker `me`: its own copy goes straight to `local` (delivered this
-    /// loop turn), the others through their queues.
+    /// loop turn), the others through their queues; the other nodes get it through the
+    /// backplane.
     pub fn publish_from(&self, me: usize, d: Delivery, local: &mut Vec<Delivery>) {
+        if let Some(b) = &self.backplane {
+            b.forward(&d);
+        }
         for (i, w) in self.workers.iter().enumerate() {
             if i != me {
                 w.send(Msg::Deliver(d.clone()));

@@ -43,6 +43,8 @@ pub const DEFAULT_DEFLATE_MIN_SIZE: usize = 128;
 /// permessage-deflate: zlib level. Same bench: a 1 KiB JSON document takes 3.0 µs to 392 B
 /// at level 1, 10.8 µs to 317 B at level 6; 16 KiB takes 23 µs (4.0x) against 150 µs (6.1x).
 pub const DEFAULT_DEFLATE_LEVEL: u32 = 1;
+/// The backplane's Redis channels start with this (`--redis-prefix`).
+pub const DEFAULT_REDIS_PREFIX: &str = "corecast";
 /// How long a connection may stay silent before the server pings it.
 pub const DEFAULT_PING_INTERVAL_S: u64 = 30;
 /// How long a connection may stay silent (even after pings) before it is closed.
@@ -112,6 +114,10 @@ pub struct Config {
     pub api_token: Option<String>,
     /// Period of the info-level stats line; `None` disables it.
     pub stats_interval: Option<Duration>,
+    /// The Redis backplane (`redis://HOST:PORT[/DB]`); `None`: a single node.
+    pub redis: Option<String>,
+    /// What the backplane's Redis channel names start with.
+    pub redis_prefix: String,
 }
 
 impl Default for Config {
@@ -142,6 +148,8 @@ impl Default for Config {
             admin_listen: None,
             api_token: None,
             stats_interval: None,
+            redis: None,
+            redis_prefix: DEFAULT_REDIS_PREFIX.into(),
         }
     }
 }
@@ -293,6 +301,18 @@ pub struct Args {
     /// 0 disables them.
     #[arg(long, env = "CORECAST_STATS_INTERVAL", default_value_t = 0)]
     pub stats_interval: u64,
+
+    /// Redis backplane, redis://[USER:PASSWORD@]HOST:PORT[/DB] (Redis 6 or later: RESP3):
+    /// publishes and broadcasts reach the subscribers of every corecast node using the same
+    /// Redis. Without it the node stands alone. Redis being down never stops local delivery:
+    /// the node retries, and counts what it could not forward.
+    #[arg(long, env = "CORECAST_REDIS", hide_env_values = true)]
+    pub redis: Option<String>,
+
+    /// With --redis: the prefix of the Redis channels (PREFIX:all, PREFIX:topic:NAME), so
+    /// that separate clusters can share one Redis.
+    #[arg(long, env = "CORECAST_REDIS_PREFIX", default_value = DEFAULT_REDIS_PREFIX)]
+    pub redis_prefix: String,
 }
 
 /// A flag combination that cannot work.
@@ -443,6 +463,8 @@ impl Args {
             api_token: self.api_token,
             stats_interval: (self.stats_interval > 0)
                 .then(|| Duration::from_secs(self.stats_interval)),
+            redis: self.redis,
+            redis_prefix: self.redis_prefix,
         })
     }
 }

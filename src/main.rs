@@ -44,6 +44,7 @@ fn run() -> Result<ExitCode, Failure> {
     let listen = cfg.listen;
     let server = Server::start(cfg).map_err(|e| match e {
         StartError::Tls(e) => Failure::Config(format!("cannot start: {e}")),
+        StartError::Backplane(e) => Failure::Config(format!("cannot start: {e}")),
         StartError::Io(e) => Failure::Runtime(format!("cannot start on {listen}: {e}")),
     })?;
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])

@@ -17,6 +17,7 @@ use mio::{Poll, Waker};
 use crate::acceptor::{self, Acceptor, ACCEPTOR_WAKER};
 use crate::admission;
 use crate::affinity;
+use crate::backplane;
 use crate::broadcast::Bus;
 use crate::config::{Config, DEFAULT_MEMORY_SHARE_PERCENT};
 use crate::conn::tls_config::{self, TlsConfigError};
@@ -40,6 +41,9 @@ pub enum StartError {
     /// configuration mistake (the binary exits 2, as for bad flags).
     #[error("TLS: {0}")]
     Tls(#[from] TlsConfigError),
+    /// `--redis` is not a usable Redis URL (exit 2 too).
+    #[error("{0}")]
+    Backplane(#[from] crate::backplane::OptionsError),
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -63,6 +67,10 @@ impl Server {
         // Before anything is bound: a bad certificate is the most likely mistake.
         let tls = match &cfg.tls {
             Some(files) => Some(tls_config::load(files)?),
+            None => None,
+        };
+        let backplane_opts = match &cfg.redis {
+            Some(url) => Some(backplane::Options::parse(url, &cfg.redis_prefix)?),
             None => None,
         };
         let listener = TcpListener::bind(cfg.listen)?;
@@ -115,11 +123,18 @@ impl Server {
             inboxes.push(inbox);
         }
         let workers: Arc<[WorkerHandle]> = handles.into();
+        let (link, backplane) = match backplane_opts {
+            Some(opts) => {
+                let (link, rx) = backplane::link();
+                (Some(link), Some((opts, rx)))
+            }
+            None => (None, None),
+        };
         let stats: Vec<Arc<Stats>> = (0..cfg.workers).map(|_| Arc::default()).collect();
         let shared = Arc::new(Shared {
             cfg: cfg.clone(),
             workers: workers.clone(),
-            bus: Bus::new(workers.clone()),
+            bus: Bus::new(workers.clone(), link.clone()),
             stats: stats.clone(),
             admission: admission.clone(),
             draining: AtomicBool::new(false),
@@ -132,7 +147,7 @@ impl Server {
         for (index, (poll, inbox)) in polls.into_iter().zip(inboxes).enumerate() {
             let st = stats[index].clone();
             let (bus, cfg, admission, exit_tx, memory, tls) = (
-                Bus::new(workers.clone()),
+                Bus::new(workers.clone(), link.clone()),
                 cfg.clone(),
                 admission.clone(),
                 exit_tx.clone(),
@@ -186,7 +201,7 @@ impl Server {
                 let _ = exit_tx.send(Exit::Acceptor { result });
             })?;
 
-        let control = Control::start(admin_listener, shared.clone(), control_exit)?;
+        let control = Control::start(admin_listener, shared.clone(), backplane, control_exit)?;
         let admin_addr = control.admin_addr();
         let scheme = if cfg.tls.is_some() { "wss" } else { "ws" };
         log::info!(
@@ -223,6 +238,11 @@ impl Server {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The Redis backplane's state and counters, with `--redis`.
+    pub fn backplane(&self) -> Option<&crate::backplane::Link> {
+        self.shared.bus.backplane()
     }
 
     /// Where the admin endpoint listens, if enabled.

@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use indexmap::IndexSet;
 
+use crate::backplane::Link;
+
 /// A table (of topics, or of one topic's subscribers) with more room than this shrinks once
 /// it is three quarters empty, so memory taken by a burst goes back when the burst leaves;
 /// halving at a quarter keeps shrinking amortised O(1) per removal.
@@ -15,6 +17,8 @@ const SHRINK_ABOVE: usize = 64;
 #[derive(Debug, Default)]
 pub struct Topics {
     map: HashMap<Arc<str>, Topic>,
+    /// Told when a topic appears on or leaves this worker (`--redis`: interest routing).
+    backplane: Option<Arc<Link>>,
 }
 
 #[derive(Debug)]
@@ -26,6 +30,13 @@ struct Topic {
 }
 
 impl Topics {
+    pub fn new(backplane: Option<Arc<Link>>) -> Topics {
+        Topics {
+            map: HashMap::new(),
+            backplane,
+        }
+    }
+
     /// Adds `key` to `topic`; returns the shared name to keep on the connection, or `None`
     /// if it was already subscribed.
     pub fn subscribe(&mut self, topic: &str, key: usize) -> Option<Arc<str>> {
@@ -38,6 +49,9 @@ impl Topics {
             subscribers: IndexSet::from([key]),
         };
         self.map.insert(name.clone(), t);
+        if let Some(b) = &self.backplane {
+            b.topic_added(&name);
+        }
         Some(name)
     }
 
@@ -48,7 +62,11 @@ impl Topics {
         };
         let removed = t.subscribers.swap_remove(&key);
         if t.subscribers.is_empty() {
-            self.map.remove(topic);
+            if let Some((name, _)) = self.map.remove_entry(topic) {
+                if let Some(b) = &self.backplane {
+                    b.topic_removed(&name);
+                }
+            }
             // A burst of subscriptions leaves a big table behind; give it back as it empties.
             if self.map.capacity() > SHRINK_ABOVE && self.map.len() < self.map.capacity() / 4 {
                 self.map.shrink_to(self.map.len() * 2);
@@ -80,7 +98,7 @@ mod tests {
 
     #[test]
     fn subscribe_unsubscribe_and_cleanup() {
-        let mut t = Topics::default();
+        let mut t = Topics::new(None);
         assert!(t.subscribe("a", 1).is_some());
         assert!(t.subscribe("a", 2).is_some());
         assert!(t.subscribe("a", 1).is_none(), "second subscribe is a no-op");
@@ -97,7 +115,7 @@ mod tests {
 
     #[test]
     fn tables_shrink_after_a_burst_leaves() {
-        let mut t = Topics::default();
+        let mut t = Topics::new(None);
         for i in 0..10_000 {
             t.subscribe(&format!("t{i}"), i);
             t.subscribe("hot", i);

@@ -656,6 +656,20 @@ fn every_metric_keeps_its_name_type_and_labels() {
     }
     add("admin_connections_refused_total", "counter", None);
     add("admin_request_timeouts_total", "counter", None);
+    for name in ["backplane_configured", "backplane_up"] {
+        add(name, "gauge", None);
+    }
+    for name in [
+        "backplane_forwarded_total",
+        "backplane_forward_failed_total",
+        "backplane_received_total",
+        "backplane_own_skipped_total",
+        "backplane_bad_envelopes_total",
+        "backplane_reconnects_total",
+    ] {
+        add(name, "counter", None);
+    }
+    add("backplane_channels", "gauge", None);
     assert_eq!(got, want);
     // The scrape itself is the one admin connection open.
     assert!(resp.body.contains("\ncorecast_admin_connections_open 1\n"));

@@ -45,7 +45,7 @@ fn random_frame_streams_never_panic_and_errors_map_to_rfc_codes() {
         // Bias towards plausible headers: masked, small lengths, real opcodes.
         if buf.len() > 2 {
             buf[1] |= 0x80;
-            if rng.next() % 2 == 0 {
+            if rng.next().is_multiple_of(2) {
                 buf[1] = 0x80 | (buf[1] & 0x3F);
             }
         }

@@ -2,8 +2,10 @@
 # Installs what the tests need beyond Rust: the Python `websockets` package
 # (tests/clients/requirements.txt) for the `python3` on PATH and the Node `ws` package
 # (tests/clients/package-lock.json) into tests/clients/node_modules, for
-# tests/independent_clients.rs; and the openssl CLI (Debian package `openssl`), which
-# tests/tls.rs uses to make RSA and SEC1 EC keys, the formats rcgen does not write.
+# tests/independent_clients.rs; the openssl CLI (Debian package `openssl`), which
+# tests/tls.rs uses to make RSA and SEC1 EC keys, the formats rcgen does not write; and
+# redis-server (Debian package `redis-server`, Redis 7), which tests/backplane.rs starts,
+# one per test (the package's own service is not needed and not started).
 # Idempotent and quiet: does nothing when all are already there at the pinned versions.
 #
 # Python: `pip install --user` into the user site (~/.local), which the `python3` the test
@@ -14,8 +16,17 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 clients="$repo/tests/clients"
 
-if ! command -v openssl >/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+apt_missing=()
+command -v openssl >/dev/null || apt_missing+=(openssl)
+[ -x /usr/bin/redis-server ] || command -v redis-server >/dev/null || apt_missing+=(redis-server)
+if [ "${#apt_missing[@]}" -gt 0 ]; then
+    apt-get update -qq
+    # policy-rc.d: no service is started by the install (the tests start their own).
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null
 fi
 
 want_py=$(sed -n 's/^websockets==//p' "$clients/requirements.txt")

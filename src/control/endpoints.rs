@@ -81,7 +81,12 @@ async fn route(ep: &Endpoints, req: Request<Incoming>) -> Reply {
             if ep.shared.draining.load(Ordering::Relaxed) {
                 text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
             } else {
-                text(StatusCode::OK, "text/plain", "ok\n")
+                match ep.shared.bus.backplane() {
+                    Some(b) if !b.is_up() => {
+                        text(StatusCode::OK, "text/plain", "ok; backplane down\n")
+                    }
+                    _ => text(StatusCode::OK, "text/plain", "ok\n"),
+                }
             }
         }
         (&Method::POST, "/publish") => publish(ep, req).await,

@@ -132,7 +132,24 @@ static FAMILIES: &[Family] = &[
     f("admin_connections_open", "Admin endpoint connections being served.", Read::Gauge(|r| r.admin.connections_open.load(Relaxed))),
     f("admin_connections_refused", "Admin endpoint connections refused (503) at the connection cap.", Read::Counter(|r| r.admin.connections_refused.load(Relaxed))),
     f("admin_request_timeouts", "Admin requests cut off at the head, body or write deadline.", Read::Counter(|r| r.admin.request_timeouts.load(Relaxed))),
+    f("backplane_configured", "1 with --redis.", Read::Gauge(|r| r.shared.bus.backplane().is_some().into())),
+    f("backplane_up", "1 while connected to Redis and subscribed (0 without --redis).", Read::Gauge(|r| bp(r, |s| s.up.load(Relaxed).into()))),
+    f("backplane_forwarded", "Publishes sent to the other nodes through Redis.", Read::Counter(|r| bp(r, |s| s.forwarded.load(Relaxed)))),
+    f("backplane_forward_failed", "Publishes not sent to the other nodes: queue full, Redis unreachable, or PUBLISH failed.", Read::Counter(|r| bp(r, |s| s.forward_failed.load(Relaxed)))),
+    f("backplane_received", "Messages from other nodes delivered to this node's workers.", Read::Counter(|r| bp(r, |s| s.received.load(Relaxed)))),
+    f("backplane_own_skipped", "Messages that came back from Redis to the node that sent them (not delivered twice).", Read::Counter(|r| bp(r, |s| s.own_skipped.load(Relaxed)))),
+    f("backplane_bad_envelopes", "Redis messages on corecast's channels that are not a version-1 envelope (dropped).", Read::Counter(|r| bp(r, |s| s.bad_envelopes.load(Relaxed)))),
+    f("backplane_reconnects", "Connections to Redis made after the first.", Read::Counter(|r| bp(r, |s| s.reconnects.load(Relaxed)))),
+    f("backplane_channels", "Redis channels subscribed right now.", Read::Gauge(|r| bp(r, |s| s.channels.load(Relaxed)))),
 ];
+
+/// A backplane figure, or zero without `--redis`.
+fn bp<T: Default>(r: &Reading, read: impl Fn(&crate::backplane::Stats) -> T) -> T {
+    r.shared
+        .bus
+        .backplane()
+        .map_or_else(T::default, |b| read(&b.stats))
+}
 
 fn saturate(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)

@@ -1,7 +1,7 @@
 //! The control plane: everything off the workers, on ONE thread, `corecast-control`, that
 //! runs a current-thread tokio runtime. It hosts the admin HTTP endpoint (`admin`,
-//! `endpoints`), the periodic stats line (`stats_line`) and the memory guard's sampler; the
-//! Redis backplane will be one more task spawned in [`Control::start`]. It reaches the workers only through their queues
+//! `endpoints`), the periodic stats line (`stats_line`), the memory guard's sampler and the
+//! Redis backplane (`crate::backplane`). It reaches the workers only through their queues
 //! (`WorkerHandle::send`), which never block, and no worker ever waits on it.
 
 pub mod admin;
@@ -76,6 +76,7 @@ impl Control {
     pub fn start(
         admin: Option<std::net::TcpListener>,
         shared: Arc<Shared>,
+        backplane: Option<(crate::backplane::Options, crate::backplane::Receivers)>,
         exits: crossbeam_channel::Sender<Exit>,
     ) -> io::Result<Control> {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -109,6 +110,16 @@ impl Control {
             rt.spawn(stats_line::run(shared.clone(), every, stopping.clone()));
         }
         rt.spawn(watch_memory(shared.clone(), stopping.clone()));
+        let mut backplane_task = None;
+        if let (Some((opts, rx)), Some(link)) = (backplane, shared.bus.backplane_link()) {
+            backplane_task = Some(rt.spawn(crate::backplane::run(
+                opts,
+                link,
+                rx,
+                shared.bus.clone(),
+                stopping.clone(),
+            )));
+        }
 
         let thread = std::thread::Builder::new()
             .name("corecast-control".into())
@@ -134,6 +145,9 @@ impl Control {
                         // gives connections a short grace.
                         let _ = stop_tx.send(true);
                         if let Some(t) = admin_task {
+                            let _ = t.await;
+                        }
+                        if let Some(t) = backplane_task {
                             let _ = t.await;
                         }
                     });

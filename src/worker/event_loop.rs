@@ -125,6 +125,7 @@ impl Worker {
             memory,
             tls,
         } = ctx;
+        let topics = Topics::new(bus.backplane_link());
         let deflate_level = cfg.deflate_level;
         let tls_in = if tls.is_some() {
             vec![0; READ_BUF]
@@ -141,7 +142,7 @@ impl Worker {
             stats,
             admission,
             memory,
-            topics: Topics::default(),
+            topics,
             rbuf: vec![0; READ_BUF],
             tls,
             tls_in,

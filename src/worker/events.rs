@@ -53,7 +53,12 @@ impl Worker {
             }
             Event::Health => {
                 bump(&self.stats.health_checks, 1);
-                let r = handshake::http_response(200, "OK", "", "ok");
+                // Local delivery works whatever Redis does: still 200, but say so.
+                let body = match self.bus.backplane() {
+                    Some(b) if !b.is_up() => "ok; backplane down",
+                    _ => "ok",
+                };
+                let r = handshake::http_response(200, "OK", "", body);
                 self.queue_raw(key, &r);
                 self.enter_closing(key);
             }

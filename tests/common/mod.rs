@@ -5,6 +5,7 @@
 
 pub mod pki;
 pub mod process;
+pub mod redis_server;
 pub mod tls;
 
 use std::io::{Read, Write};

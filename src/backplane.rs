@@ -1,0 +1,625 @@
+//! The Redis backplane (`--redis`): what makes several corecast nodes one server. A publish
+//! made on any node reaches the subscribers on every node through Redis pub/sub.
+//!
+//! Workers never touch the network here. A worker's publish is delivered locally at once
+//! (as without a backplane) and a copy of its frame goes into a bounded queue to the control
+//! thread ([`Link::forward`], which never blocks: a full queue drops and counts). The
+//! backplane task on the control thread PUBLISHes what it takes from that queue, in order,
+//! pipelined over one RESP3 connection, and receives the other nodes' messages as push
+//! frames on the same connection, in order, and hands each to every worker's queue
+//! ([`Bus::deliver_remote`]), framed once.
+//!
+//! Interest routing: a worker reports when a topic gains its first local subscriber on that
+//! worker and when it loses its last one ([`Link::topic_added`], [`Link::topic_removed`]).
+//! The backplane counts workers per topic and SUBSCRIBEs to the topic's channel while the
+//! count is above zero, UNSUBSCRIBEing [`UNSUBSCRIBE_DELAY`] after it falls to zero (so
+//! that churn does not turn into Redis commands). Broadcasts use one channel every node
+//! subscribes to.
+//!
+//! Envelope (the Redis message), version 1: `cc1 <node> <message>`, where `<node>` is the
+//! origin node's id as 16 lower-case hex digits and `<message>` is the JSON text
+//! subscribers receive (`{"op":"message",...}`), so the receiving node only adds a frame
+//! header. A node skips envelopes with its own id (it delivered those locally already) and
+//! counts, then drops, envelopes of another version or malformed ones.
+//!
+//! Faults: Redis unreachable at start or later is retried with capped exponential backoff
+//! ([`MIN_BACKOFF`] to [`MAX_BACKOFF`]); on each connection every live channel is
+//! subscribed again. Publishes taken from the queue while there is no connection, or in a
+//! pipeline that fails, are counted as failed, never retried (at most once, in order).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::time::Instant;
+
+use crate::broadcast::{Bus, Delivery, Target};
+use crate::codec::{self, Kind, MAX_SERVER_HEADER};
+
+/// Publishes waiting for the backplane task, across all workers: past this a publish is not
+/// forwarded (counted in `backplane_forward_failed`). At 1 KiB a message, 64 MiB at most.
+pub const QUEUE: usize = 65_536;
+/// Publishes sent to Redis in one pipeline at most.
+const BATCH: usize = 512;
+/// How long a topic's channel stays subscribed after its last local subscriber left.
+pub const UNSUBSCRIBE_DELAY: Duration = Duration::from_secs(2);
+/// First and longest wait between connection attempts.
+pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Connecting, and any one command, may take this long before the connection counts as
+/// broken.
+const TIMEOUT: Duration = Duration::from_secs(3);
+/// The envelope's version tag.
+const VERSION: &[u8] = b"cc1";
+
+/// Backplane counters, read by `/metrics`. Written by the control thread, except
+/// `forward_failed`, which a worker bumps when the queue is full.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Connected to Redis and subscribed.
+    pub up: AtomicBool,
+    /// Publishes sent to Redis (PUBLISH answered).
+    pub forwarded: AtomicU64,
+    /// Publishes not forwarded: queue full, no connection, or the PUBLISH failed.
+    pub forward_failed: AtomicU64,
+    /// Messages from other nodes handed to the workers.
+    pub received: AtomicU64,
+    /// Messages that came back from this node itself (skipped: already delivered).
+    pub own_skipped: AtomicU64,
+    /// Redis messages that are not a version-1 envelope (dropped).
+    pub bad_envelopes: AtomicU64,
+    /// Connections made after the first one.
+    pub reconnects: AtomicU64,
+    /// Redis channels subscribed right now (the broadcast channel included).
+    pub channels: AtomicI64,
+}
+
+/// What a publish sends to the backplane: the frame as local subscribers got it.
+#[derive(Debug)]
+struct Forward {
+    target: Target,
+    frame: Bytes,
+}
+
+#[derive(Debug)]
+enum Interest {
+    Added(Arc<str>),
+    Removed(Arc<str>),
+}
+
+/// The workers' side of the backplane: cheap to share, and nothing on it blocks.
+#[derive(Debug)]
+pub struct Link {
+    node: u64,
+    publish: mpsc::Sender<Forward>,
+    interest: mpsc::UnboundedSender<Interest>,
+    pub stats: Stats,
+}
+
+impl Link {
+    /// This node's id, as envelopes carry it.
+    pub fn node(&self) -> u64 {
+        self.node
+    }
+
+    /// Queues a local publish for the other nodes; a full queue drops it and counts.
+    pub fn forward(&self, d: &Delivery) {
+        let f = Forward {
+            target: d.target.clone(),
+            frame: d.frame.clone(),
+        };
+        if self.publish.try_send(f).is_err() {
+            self.stats.forward_failed.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A worker's first local subscriber of `topic` arrived.
+    pub fn topic_added(&self, topic: &Arc<str>) {
+        // Unbounded: one message per change of a worker's topic set, which a client can
+        // only cause by requests the worker reads at its own pace; the control thread
+        // takes them in microseconds.
+        let _ = self.interest.send(Interest::Added(topic.clone()));
+    }
+
+    /// A worker's last local subscriber of `topic` left.
+    pub fn topic_removed(&self, topic: &Arc<str>) {
+        let _ = self.interest.send(Interest::Removed(topic.clone()));
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.stats.up.load(Relaxed)
+    }
+}
+
+/// The backplane task's side, handed to the control thread.
+pub struct Receivers {
+    publish: mpsc::Receiver<Forward>,
+    interest: mpsc::UnboundedReceiver<Interest>,
+}
+
+impl std::fmt::Debug for Receivers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receivers").finish_non_exhaustive()
+    }
+}
+
+/// Where and how to reach Redis.
+#[derive(Debug, Clone)]
+pub struct Options {
+    info: redis::ConnectionInfo,
+    /// Channel names start with this and a colon.
+    pub prefix: String,
+    /// What the URL said, password removed, for logs.
+    pub shown: String,
+}
+
+/// Why `--redis` cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("--redis {url}: {why}")]
+pub struct OptionsError {
+    url: String,
+    why: String,
+}
+
+impl Options {
+    /// Reads `redis://[user:password@]host[:port][/db]` (also `rediss://` is refused: the
+    /// build has no TLS for Redis). RESP3 is always used: pub/sub and commands share one
+    /// connection.
+    pub fn parse(url: &str, prefix: &str) -> Result<Options, OptionsError> {
+        let err = |why: String| OptionsError {
+            url: url.to_owned(),
+            why,
+        };
+        if !url.starts_with("redis://") {
+            return Err(err("only redis://HOST:PORT[/DB] URLs are supported".into()));
+        }
+        let info = url.into_connection_info().map_err(|e| err(e.to_string()))?;
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let info = info.set_redis_settings(settings);
+        if prefix.is_empty() || prefix.contains(char::is_whitespace) {
+            return Err(err(format!(
+                "--redis-prefix {prefix:?} must be non-empty, without spaces"
+            )));
+        }
+        let shown = match url.rfind('@') {
+            Some(at) => format!("redis://***@{}", &url[at + 1..]),
+            None => url.to_owned(),
+        };
+        Ok(Options {
+            info,
+            prefix: prefix.to_owned(),
+            shown,
+        })
+    }
+}
+
+/// Makes the link the workers get and the receivers the backplane task takes.
+pub fn link() -> (Arc<Link>, Receivers) {
+    let (publish, publish_rx) = mpsc::channel(QUEUE);
+    let (interest, interest_rx) = mpsc::unbounded_channel();
+    let link = Arc::new(Link {
+        node: node_id(),
+        publish,
+        interest,
+        stats: Stats::default(),
+    });
+    (
+        link,
+        Receivers {
+            publish: publish_rx,
+            interest: interest_rx,
+        },
+    )
+}
+
+/// A random id, different for every process (and every restart).
+fn node_id() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: getrandom writes at most `b.len()` bytes into the buffer it is given.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    let mut id = u64::from_le_bytes(b);
+    if n != 8 {
+        // No entropy source: time and pid still tell processes apart.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        id = t ^ (u64::from(std::process::id()) << 40);
+    }
+    id.max(1)
+}
+
+/// The channel a target's messages travel on.
+fn channel(prefix: &str, target: &Target) -> String {
+    match target {
+        Target::All => format!("{prefix}:all"),
+        Target::Topic(t) => format!("{prefix}:topic:{t}"),
+    }
+}
+
+/// The target a channel name stands for, if it is one of ours.
+fn target_of(prefix: &str, channel: &[u8]) -> Option<Target> {
+    let rest = channel
+        .strip_prefix(prefix.as_bytes())?
+        .strip_prefix(b":")?;
+    if rest == b"all" {
+        return Some(Target::All);
+    }
+    let topic = std::str::from_utf8(rest.strip_prefix(b"topic:")?).ok()?;
+    Some(Target::Topic(Arc::from(topic)))
+}
+
+/// The envelope of a message from `node` whose subscribers' frame is `frame`.
+fn envelope(node: u64, frame: &[u8]) -> Vec<u8> {
+    let message = codec::server_payload(frame);
+    let mut e = Vec::with_capacity(VERSION.len() + 18 + message.len());
+    e.extend_from_slice(VERSION);
+    e.extend_from_slice(format!(" {node:016x} ").as_bytes());
+    e.extend_from_slice(message);
+    e
+}
+
+/// An envelope's origin node and message, or None if it is not a version-1 envelope.
+fn open_envelope(e: &[u8]) -> Option<(u64, &[u8])> {
+    let rest = e.strip_prefix(VERSION)?.strip_prefix(b" ")?;
+    if rest.len() < 17 || rest[16] != b' ' {
+        return None;
+    }
+    let hex = std::str::from_utf8(&rest[..16]).ok()?;
+    let node = u64::from_str_radix(hex, 16).ok()?;
+    Some((node, &rest[17..]))
+}
+
+/// A text frame around `message`, in one allocation.
+fn frame(message: &[u8]) -> Bytes {
+    let mut header = [0u8; MAX_SERVER_HEADER];
+    let n = codec::write_header(&mut header, Kind::Text, message.len());
+    let mut buf = Vec::with_capacity(n + message.len());
+    buf.extend_from_slice(&header[..n]);
+    buf.extend_from_slice(message);
+    Bytes::from(buf)
+}
+
+/// What the push handler needs: it runs inside the connection's driver, for every push.
+struct Inbound {
+    node: u64,
+    prefix: String,
+    bus: Bus,
+    link: Arc<Link>,
+    disconnected: Notify,
+}
+
+impl Inbound {
+    fn on_push(&self, p: PushInfo) {
+        match p.kind {
+            PushKind::Message => {
+                let (Some(redis::Value::BulkString(ch)), Some(redis::Value::BulkString(e))) =
+                    (p.data.first(), p.data.get(1))
+                else {
+                    self.link.stats.bad_envelopes.fetch_add(1, Relaxed);
+                    return;
+                };
+                let (Some(target), Some((node, message))) =
+                    (target_of(&self.prefix, ch), open_envelope(e))
+                else {
+                    self.link.stats.bad_envelopes.fetch_add(1, Relaxed);
+                    return;
+                };
+                if node == self.node {
+                    self.link.stats.own_skipped.fetch_add(1, Relaxed);
+                    return;
+                }
+                self.link.stats.received.fetch_add(1, Relaxed);
+                self.bus.deliver_remote(Delivery {
+                    target,
+                    frame: frame(message),
+                });
+            }
+            PushKind::Disconnection => self.disconnected.notify_one(),
+            _ => {}
+        }
+    }
+}
+
+/// The backplane task's state.
+struct Backplane {
+    opts: Options,
+    link: Arc<Link>,
+    inbound: Arc<Inbound>,
+    conn: Option<MultiplexedConnection>,
+    /// Workers holding each topic.
+    interest: HashMap<Arc<str>, usize>,
+    /// Topics no worker holds any more, and when to unsubscribe their channel.
+    leaving: HashMap<Arc<str>, Instant>,
+    /// Whether a connection was ever made (later ones count as reconnects).
+    connected_once: bool,
+    backoff: Duration,
+    next_attempt: Instant,
+    /// Failed attempts since the last connection, to log the first and then every tenth.
+    failures: u32,
+}
+
+/// Runs the backplane until `stopping`: connects (and reconnects), forwards publishes,
+/// follows interest. Never returns early; Redis being away is a state, not an error.
+pub async fn run(
+    opts: Options,
+    link: Arc<Link>,
+    rx: Receivers,
+    bus: Bus,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let Receivers {
+        mut publish,
+        mut interest,
+    } = rx;
+    let inbound = Arc::new(Inbound {
+        node: link.node,
+        prefix: opts.prefix.clone(),
+        bus,
+        link: link.clone(),
+        disconnected: Notify::new(),
+    });
+    let mut bp = Backplane {
+        opts,
+        link,
+        inbound: inbound.clone(),
+        conn: None,
+        interest: HashMap::new(),
+        leaving: HashMap::new(),
+        connected_once: false,
+        backoff: MIN_BACKOFF,
+        next_attempt: Instant::now(),
+        failures: 0,
+    };
+    log::info!(
+        "backplane: node {:016x}, Redis {} (channels {}:*)",
+        bp.link.node,
+        bp.opts.shown,
+        bp.opts.prefix
+    );
+    let mut ticks = tokio::time::interval(Duration::from_millis(250));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        let attempt_at = bp.next_attempt;
+        tokio::select! {
+            biased;
+            _ = crate::control::stopped(&mut stopping) => break,
+            _ = inbound.disconnected.notified(), if bp.conn.is_some() => {
+                bp.lost("Redis closed the connection");
+            }
+            _ = tokio::time::sleep_until(attempt_at), if bp.conn.is_none() => bp.connect().await,
+            Some(i) = interest.recv() => bp.on_interest(i).await,
+            n = publish.recv_many(&mut batch, BATCH) => {
+                if n == 0 {
+                    break; // every link is gone: the server is stopping
+                }
+                bp.forward(&mut batch).await;
+            }
+            _ = ticks.tick() => bp.unsubscribe_due().await,
+        }
+    }
+    bp.link.stats.up.store(false, Relaxed);
+}
+
+impl Backplane {
+    /// One connection attempt; on success every live channel is subscribed again.
+    async fn connect(&mut self) {
+        let inbound = self.inbound.clone();
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(TIMEOUT))
+            .set_response_timeout(Some(TIMEOUT))
+            .set_push_sender(move |p: PushInfo| {
+                inbound.on_push(p);
+                Ok::<(), std::convert::Infallible>(())
+            });
+        let attempt = async {
+            let client = redis::Client::open(self.opts.info.clone())?;
+            let mut conn = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            let mut channels = vec![channel(&self.opts.prefix, &Target::All)];
+            channels.extend(
+                self.interest
+                    .keys()
+                    .chain(self.leaving.keys())
+                    .map(|t| channel(&self.opts.prefix, &Target::Topic(t.clone()))),
+            );
+            conn.subscribe(&channels).await?;
+            Ok::<_, redis::RedisError>((conn, channels.len()))
+        };
+        match attempt.await {
+            Ok((conn, n)) => {
+                self.conn = Some(conn);
+                self.link.stats.channels.store(n as i64, Relaxed);
+                self.link.stats.up.store(true, Relaxed);
+                if self.connected_once {
+                    self.link.stats.reconnects.fetch_add(1, Relaxed);
+                    log::warn!(
+                        "backplane: reconnected to Redis {} ({n} channels subscribed again)",
+                        self.opts.shown
+                    );
+                } else {
+                    log::info!("backplane: connected to Redis {}", self.opts.shown);
+                }
+                self.connected_once = true;
+                self.backoff = MIN_BACKOFF;
+                self.failures = 0;
+            }
+            Err(e) => {
+                if self.failures.is_multiple_of(10) {
+                    log::warn!(
+                        "backplane: cannot reach Redis {} ({e}); serving local clients only, \
+                         retrying every {:?} at most",
+                        self.opts.shown,
+                        MAX_BACKOFF
+                    );
+                }
+                self.failures += 1;
+                self.next_attempt = Instant::now() + self.backoff;
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+
+    /// The connection broke: local delivery goes on, Redis is tried again soon.
+    fn lost(&mut self, why: &str) {
+        if self.conn.take().is_some() {
+            log::warn!(
+                "backplane: lost Redis {} ({why}); serving local clients only",
+                self.opts.shown
+            );
+        }
+        self.link.stats.up.store(false, Relaxed);
+        self.link.stats.channels.store(0, Relaxed);
+        self.next_attempt = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+
+    /// PUBLISHes a batch in one pipeline, in order.
+    async fn forward(&mut self, batch: &mut Vec<Forward>) {
+        let n = batch.len() as u64;
+        let Some(conn) = self.conn.as_mut() else {
+            self.link.stats.forward_failed.fetch_add(n, Relaxed);
+            batch.clear();
+            return;
+        };
+        let mut pipe = redis::pipe();
+        for f in batch.drain(..) {
+            pipe.cmd("PUBLISH")
+                .arg(channel(&self.opts.prefix, &f.target))
+                .arg(envelope(self.link.node, &f.frame))
+                .ignore();
+        }
+        match pipe.query_async::<()>(conn).await {
+            Ok(()) => {
+                self.link.stats.forwarded.fetch_add(n, Relaxed);
+            }
+            Err(e) => {
+                self.link.stats.forward_failed.fetch_add(n, Relaxed);
+                self.lost(&format!("PUBLISH failed: {e}"));
+            }
+        }
+    }
+
+    async fn on_interest(&mut self, i: Interest) {
+        match i {
+            Interest::Added(t) => {
+                let n = self.interest.entry(t.clone()).or_insert(0);
+                *n += 1;
+                // A topic still subscribed (leaving, or held by another worker) needs nothing.
+                if *n == 1 && self.leaving.remove(&t).is_none() {
+                    self.command(true, &t).await;
+                }
+            }
+            Interest::Removed(t) => {
+                if let Some(n) = self.interest.get_mut(&t) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.interest.remove(&t);
+                        self.leaving.insert(t, Instant::now() + UNSUBSCRIBE_DELAY);
+                    }
+                }
+            }
+        }
+    }
+
+    /// UNSUBSCRIBEs the channels whose delay has passed.
+    async fn unsubscribe_due(&mut self) {
+        if self.leaving.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let due: Vec<Arc<str>> = self
+            .leaving
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(t, _)| t.clone())
+            .collect();
+        for t in due {
+            self.leaving.remove(&t);
+            self.command(false, &t).await;
+        }
+    }
+
+    /// SUBSCRIBE (or UNSUBSCRIBE) a topic's channel on the current connection, if any; a
+    /// connection made later subscribes to every live topic anyway.
+    async fn command(&mut self, subscribe: bool, topic: &Arc<str>) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        let ch = channel(&self.opts.prefix, &Target::Topic(topic.clone()));
+        let r = if subscribe {
+            conn.subscribe(&ch).await
+        } else {
+            conn.unsubscribe(&ch).await
+        };
+        match r {
+            Ok(()) => {
+                let d = if subscribe { 1 } else { -1 };
+                self.link.stats.channels.fetch_add(d, Relaxed);
+            }
+            Err(e) => self.lost(&format!("SUBSCRIBE failed: {e}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_round_trip_and_refuse_other_versions() {
+        let d = crate::broadcast::encode(
+            Target::Topic("news".into()),
+            &serde_json::value::RawValue::from_string(r#"{"a":1}"#.into()).unwrap(),
+        );
+        let e = envelope(0xabc, &d.frame);
+        assert!(e.starts_with(b"cc1 0000000000000abc {\"op\":\"message\""));
+        let (node, message) = open_envelope(&e).unwrap();
+        assert_eq!(node, 0xabc);
+        assert_eq!(&frame(message)[..], &d.frame[..], "reframed as sent");
+        for bad in [
+            &b"cc2 0000000000000abc {}"[..],
+            b"cc1 abc {}",
+            b"cc1 000000000000zzzz {}",
+            b"cc1 0000000000000abc",
+            b"",
+        ] {
+            assert!(
+                open_envelope(bad).is_none(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn channel_names_map_back_to_targets() {
+        let t = Target::Topic("a:b c".into());
+        let ch = channel("cc", &t);
+        assert_eq!(ch, "cc:topic:a:b c");
+        assert!(matches!(target_of("cc", ch.as_bytes()), Some(Target::Topic(n)) if &*n == "a:b c"));
+        assert!(matches!(target_of("cc", b"cc:all"), Some(Target::All)));
+        assert!(target_of("cc", b"other:all").is_none());
+        assert!(target_of("cc", b"cc:topicx").is_none());
+        assert!(target_of("cc", b"ccc:all").is_none());
+    }
+
+    #[test]
+    fn options_need_a_redis_url_and_hide_the_password() {
+        let o = Options::parse("redis://user:secret@127.0.0.1:6379/2", "cc").unwrap();
+        assert_eq!(o.shown, "redis://***@127.0.0.1:6379/2");
+        assert!(!o.shown.contains("secret"));
+        assert!(Options::parse("http://127.0.0.1", "cc").is_err());
+        assert!(Options::parse("redis://127.0.0.1", "").is_err());
+        assert!(Options::parse("redis://127.0.0.1", "a b").is_err());
+    }
+}

@@ -1,0 +1,357 @@
+//! The Redis backplane (`--redis`) with a real redis-server per test: two corecast nodes act
+//! as one server (every publish reaches every node's subscribers once and in order), interest
+//! follows local subscribers, and Redis failing (down at start, killed mid-run, cutting off a
+//! node that fell behind) never stops local delivery and is recovered from and counted.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::process::Proc;
+use common::redis_server::{free_port, Redis};
+use common::*;
+use corecast::Server;
+use serde_json::json;
+
+fn node(redis_url: &str) -> Server {
+    let mut cfg = config(2);
+    cfg.redis = Some(redis_url.into());
+    start(cfg)
+}
+
+/// Polls `f` until it holds, failing the test after the watchdog.
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WATCHDOG;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn up(s: &Server) -> bool {
+    s.backplane().expect("started with --redis").is_up()
+}
+
+fn stat(s: &Server, read: impl Fn(&corecast::backplane::Stats) -> u64) -> u64 {
+    read(&s.backplane().expect("started with --redis").stats)
+}
+
+fn subscribe(c: &mut Client, topic: &str) {
+    send(c, json!({"op":"subscribe","topic":topic,"id":"s"}));
+    assert_eq!(recv(c), json!({"op":"ok","id":"s"}));
+}
+
+/// Subscribers of `channel` in Redis.
+fn numsub(r: &Redis, channel: &str) -> i64 {
+    let v: Vec<redis::Value> = r.cmd(&["PUBSUB", "NUMSUB", channel]);
+    match v.get(1) {
+        Some(redis::Value::Int(n)) => *n,
+        other => panic!("PUBSUB NUMSUB answered {other:?}"),
+    }
+}
+
+/// Nothing more arrives for `c`: an echo round trip comes back first, after a pause long
+/// enough for anything in flight through Redis to land.
+fn expect_nothing_more(c: &mut Client) {
+    std::thread::sleep(Duration::from_millis(300));
+    send(c, json!({"op":"echo","data":"marker"}));
+    assert_eq!(recv(c), json!({"op":"echo","data":"marker"}));
+}
+
+fn healthz(addr: std::net::SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WATCHDOG)).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let r = read_response(&mut s).unwrap();
+    assert_eq!(r.status, 200, "{}", r.head);
+    r.body.trim_end().to_owned()
+}
+
+#[test]
+fn a_publish_on_one_node_reaches_every_node_once_and_in_order() {
+    let r = Redis::start();
+    let a = node(&r.url());
+    let b = node(&r.url());
+    wait_for("both nodes connected", || up(&a) && up(&b));
+    let mut sub_a = connect(a.local_addr(), "/ws");
+    let mut sub_b = connect(b.local_addr(), "/ws");
+    subscribe(&mut sub_a, "news");
+    subscribe(&mut sub_b, "news");
+    // Both nodes now hold the topic, so both subscribed to its channel.
+    wait_for("both nodes on the topic's channel", || {
+        numsub(&r, "corecast:topic:news") == 2
+    });
+
+    let mut publisher = connect(a.local_addr(), "/ws");
+    const N: u64 = 300;
+    for seq in 0..N {
+        send(
+            &mut publisher,
+            json!({"op":"publish","topic":"news","data":{"seq":seq}}),
+        );
+    }
+    for (name, sub) in [("node A", &mut sub_a), ("node B", &mut sub_b)] {
+        for seq in 0..N {
+            let m = recv(sub);
+            assert_eq!(
+                m,
+                json!({"op":"message","topic":"news","data":{"seq":seq}}),
+                "{name}, message {seq}"
+            );
+        }
+        // Exactly once: A does not deliver the copy that comes back from Redis.
+        expect_nothing_more(sub);
+    }
+    wait_for("A's own messages back from Redis", || {
+        stat(&a, |s| {
+            s.own_skipped.load(std::sync::atomic::Ordering::Relaxed)
+        }) == N
+    });
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(stat(&a, |s| s.forwarded.load(Relaxed)), N);
+    assert_eq!(stat(&a, |s| s.forward_failed.load(Relaxed)), 0);
+    assert_eq!(stat(&b, |s| s.received.load(Relaxed)), N);
+    assert_eq!(stat(&b, |s| s.bad_envelopes.load(Relaxed)), 0);
+
+    // A broadcast from B reaches every /ws connection on both nodes once.
+    send(&mut sub_b, json!({"op":"broadcast","data":"all hands"}));
+    for c in [&mut sub_a, &mut sub_b, &mut publisher] {
+        assert_eq!(recv(c), json!({"op":"message","data":"all hands"}));
+        expect_nothing_more(c);
+    }
+    a.shutdown().unwrap();
+    b.shutdown().unwrap();
+}
+
+#[test]
+fn a_node_subscribes_to_a_topic_only_while_a_local_connection_holds_it() {
+    let r = Redis::start();
+    let a = node(&r.url());
+    wait_for("connected", || up(&a));
+    // The broadcast channel, always; no topic yet.
+    wait_for("the broadcast channel", || {
+        r.channels() == vec!["corecast:all".to_string()]
+    });
+    // Two subscribers, on the two workers (connections are dealt in turn).
+    let mut one = connect(a.local_addr(), "/ws");
+    let mut two = connect(a.local_addr(), "/ws");
+    subscribe(&mut one, "t");
+    subscribe(&mut two, "t");
+    wait_for("the topic's channel", || {
+        numsub(&r, "corecast:topic:t") == 1
+    });
+    // One leaves: the other still holds the topic, the channel stays.
+    send(&mut one, json!({"op":"unsubscribe","topic":"t","id":"u"}));
+    assert_eq!(recv(&mut one), json!({"op":"ok","id":"u"}));
+    std::thread::sleep(corecast::backplane::UNSUBSCRIBE_DELAY + Duration::from_millis(700));
+    assert_eq!(numsub(&r, "corecast:topic:t"), 1);
+    // The last one goes (by hanging up): the channel goes after the delay, not before.
+    drop(two);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        numsub(&r, "corecast:topic:t"),
+        1,
+        "unsubscribed before the delay"
+    );
+    wait_for("the channel dropped", || {
+        numsub(&r, "corecast:topic:t") == 0
+    });
+    // Back within the delay: no UNSUBSCRIBE/SUBSCRIBE churn, and it keeps working.
+    subscribe(&mut one, "t");
+    wait_for("the topic's channel again", || {
+        numsub(&r, "corecast:topic:t") == 1
+    });
+    send(&mut one, json!({"op":"unsubscribe","topic":"t","id":"u"}));
+    assert_eq!(recv(&mut one), json!({"op":"ok","id":"u"}));
+    subscribe(&mut one, "t");
+    std::thread::sleep(corecast::backplane::UNSUBSCRIBE_DELAY + Duration::from_millis(700));
+    assert_eq!(numsub(&r, "corecast:topic:t"), 1);
+    a.shutdown().unwrap();
+}
+
+#[test]
+fn with_redis_down_at_start_a_node_serves_locally_and_joins_when_redis_comes() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let a = node(&url);
+    let mut sub = connect(a.local_addr(), "/ws");
+    subscribe(&mut sub, "news");
+    let mut publisher = connect(a.local_addr(), "/ws");
+    send(
+        &mut publisher,
+        json!({"op":"publish","topic":"news","data":1,"id":"p"}),
+    );
+    assert_eq!(recv(&mut publisher), json!({"op":"ok","id":"p"}));
+    assert_eq!(
+        recv(&mut sub),
+        json!({"op":"message","topic":"news","data":1})
+    );
+    assert_eq!(healthz(a.local_addr()), "ok; backplane down");
+    // Not forwarded, and counted as such: never silently lost.
+    wait_for("the failed forward counted", || {
+        stat(&a, |s| s.forward_failed.load(Relaxed)) == 1
+    });
+    assert!(!up(&a));
+
+    let r = Redis::start_on(port, &[]);
+    let b = node(&r.url());
+    wait_for("A connected once Redis is there", || up(&a) && up(&b));
+    assert_eq!(healthz(a.local_addr()), "ok");
+    wait_for("A's topic subscribed", || {
+        numsub(&r, "corecast:topic:news") == 1
+    });
+    let mut pub_b = connect(b.local_addr(), "/ws");
+    send(&mut pub_b, json!({"op":"publish","topic":"news","data":2}));
+    assert_eq!(
+        recv(&mut sub),
+        json!({"op":"message","topic":"news","data":2})
+    );
+    assert_eq!(
+        stat(&a, |s| s.reconnects.load(Relaxed)),
+        0,
+        "a first connection"
+    );
+    a.shutdown().unwrap();
+    b.shutdown().unwrap();
+}
+
+#[test]
+fn after_redis_restarts_nodes_reconnect_resubscribe_and_count_the_gap() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let port = free_port();
+    let mut r = Redis::start_on(port, &[]);
+    let a = node(&r.url());
+    let b = node(&r.url());
+    wait_for("both connected", || up(&a) && up(&b));
+    let mut sub_b = connect(b.local_addr(), "/ws");
+    subscribe(&mut sub_b, "news");
+    wait_for("B on the channel", || {
+        numsub(&r, "corecast:topic:news") == 1
+    });
+    let mut pub_a = connect(a.local_addr(), "/ws");
+    send(
+        &mut pub_a,
+        json!({"op":"publish","topic":"news","data":"before"}),
+    );
+    assert_eq!(
+        recv(&mut sub_b),
+        json!({"op":"message","topic":"news","data":"before"})
+    );
+
+    r.kill();
+    wait_for("both nodes see Redis gone", || !up(&a) && !up(&b));
+    // Published while Redis is away: delivered on A (no local subscriber here), not
+    // forwarded, counted.
+    for i in 0..5 {
+        send(&mut pub_a, json!({"op":"publish","topic":"news","data":i}));
+    }
+    wait_for("the gap counted", || {
+        stat(&a, |s| s.forward_failed.load(Relaxed)) == 5
+    });
+    expect_nothing_more(&mut sub_b);
+
+    let r = Redis::start_on(port, &[]);
+    wait_for("both reconnected", || up(&a) && up(&b));
+    assert!(stat(&a, |s| s.reconnects.load(Relaxed)) >= 1);
+    assert!(stat(&b, |s| s.reconnects.load(Relaxed)) >= 1);
+    // B subscribed its live topic again on the new connection.
+    wait_for("B back on the channel", || {
+        numsub(&r, "corecast:topic:news") == 1
+    });
+    send(
+        &mut pub_a,
+        json!({"op":"publish","topic":"news","data":"after"}),
+    );
+    assert_eq!(
+        recv(&mut sub_b),
+        json!({"op":"message","topic":"news","data":"after"})
+    );
+    expect_nothing_more(&mut sub_b);
+    a.shutdown().unwrap();
+    b.shutdown().unwrap();
+}
+
+/// Redis closes a subscriber connection whose unread output passes its pub/sub buffer
+/// limit. A node that stops reading (SIGSTOP here) is cut off that way; once it runs again
+/// it must notice, reconnect, count it, and deliver again.
+#[test]
+fn a_node_cut_off_by_redis_output_buffer_limit_recovers_and_counts_it() {
+    let r = Redis::start_on(
+        free_port(),
+        &["--client-output-buffer-limit", "pubsub 256kb 128kb 1"],
+    );
+    // Room for the whole flood in the subscriber's queue: this test is about the backplane,
+    // not about the test's own reader being slow while it waits for metrics.
+    let p = Proc::start(&[
+        "--workers",
+        "1",
+        "--max-outbound-bytes",
+        "67108864",
+        "--redis",
+        &r.url(),
+    ]);
+    p.wait_metric("corecast_backplane_up", None, WATCHDOG, |v| v == 1.0);
+    let mut sub = connect(p.addr, "/ws");
+    send(&mut sub, json!({"op":"subscribe","topic":"flood","id":1}));
+    assert_eq!(recv(&mut sub), json!({"op":"ok","id":1}));
+    wait_for("the node on the channel", || {
+        numsub(&r, "corecast:topic:flood") == 1
+    });
+
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(p.pid() as i32, libc::SIGSTOP) }, 0);
+    // Another node's messages, 8 KiB each, 4 MiB in all: far past the limit for a reader
+    // that reads nothing.
+    let body = format!(
+        "cc1 00000000000000ff {{\"op\":\"message\",\"topic\":\"flood\",\"data\":\"{}\"}}",
+        "x".repeat(8 * 1024)
+    );
+    for _ in 0..512 {
+        let _: i64 = r.cmd(&["PUBLISH", "corecast:topic:flood", &body]);
+    }
+    wait_for("Redis to cut the node off", || {
+        numsub(&r, "corecast:topic:flood") == 0
+    });
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(p.pid() as i32, libc::SIGCONT) }, 0);
+
+    p.wait_metric("corecast_backplane_reconnects_total", None, WATCHDOG, |v| {
+        v >= 1.0
+    });
+    p.wait_metric("corecast_backplane_up", None, WATCHDOG, |v| v == 1.0);
+    wait_for("the node back on the channel", || {
+        numsub(&r, "corecast:topic:flood") == 1
+    });
+    // Whatever reached the node before the cut was delivered; now a fresh one arrives.
+    let fresh = "cc1 00000000000000ff {\"op\":\"message\",\"topic\":\"flood\",\"data\":\"fresh\"}";
+    let _: i64 = r.cmd(&["PUBLISH", "corecast:topic:flood", fresh]);
+    loop {
+        let m = recv(&mut sub);
+        if m["data"] == "fresh" {
+            break;
+        }
+        assert_eq!(m["topic"], "flood");
+    }
+    assert!(
+        p.log().iter().any(|l| l.contains("lost Redis")),
+        "{:?}",
+        p.log()
+    );
+    assert!(p.terminate().success());
+}
+
+#[test]
+fn a_bad_redis_url_is_refused_at_start_with_exit_2() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_corecast"))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "off"])
+        .args(["--redis", "http://127.0.0.1:6379"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--redis") && err.contains("redis://"), "{err}");
+}
