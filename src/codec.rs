@@ -21,6 +21,8 @@ pub const MAX_CONTROL_PAYLOAD: usize = 125;
 pub mod close_code {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
+    /// "Service Restart" (IANA registry): the server is restarting; reconnect.
+    pub const SERVICE_RESTART: u16 = 1012;
     pub const PROTOCOL_ERROR: u16 = 1002;
     pub const INVALID_PAYLOAD: u16 = 1007;
     pub const POLICY: u16 = 1008;

@@ -118,6 +118,9 @@ pub struct Config {
     pub redis: Option<String>,
     /// What the backplane's Redis channel names start with.
     pub redis_prefix: String,
+    /// SO_REUSEPORT on the WebSocket listener: several processes share the port, for
+    /// restarts without downtime; draining closes with 1012.
+    pub reuse_port: bool,
 }
 
 impl Default for Config {
@@ -150,6 +153,7 @@ impl Default for Config {
             stats_interval: None,
             redis: None,
             redis_prefix: DEFAULT_REDIS_PREFIX.into(),
+            reuse_port: false,
         }
     }
 }
@@ -313,6 +317,16 @@ pub struct Args {
     /// that separate clusters can share one Redis.
     #[arg(long, env = "CORECAST_REDIS_PREFIX", default_value = DEFAULT_REDIS_PREFIX)]
     pub redis_prefix: String,
+
+    /// Let several corecast processes listen on the same --listen address (SO_REUSEPORT),
+    /// for restarts that drop no client: start the new process (with its own
+    /// --admin-listen), wait for its /healthz, then SIGTERM the old one. On SIGTERM the old
+    /// process closes its listener at once, so new connections go to the new one; with
+    /// net.ipv4.tcp_migrate_req=1 (Linux 5.14+; corecast warns at start if it is off) the
+    /// connections still waiting in its accept queue move over instead of being reset. Its
+    /// clients are then closed with 1012 (service restart), spread over --drain-timeout.
+    #[arg(long, env = "CORECAST_REUSE_PORT")]
+    pub reuse_port: bool,
 }
 
 /// A flag combination that cannot work.
@@ -465,6 +479,7 @@ impl Args {
                 .then(|| Duration::from_secs(self.stats_interval)),
             redis: self.redis,
             redis_prefix: self.redis_prefix,
+            reuse_port: self.reuse_port,
         })
     }
 }

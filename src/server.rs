@@ -73,15 +73,20 @@ impl Server {
             Some(url) => Some(backplane::Options::parse(url, &cfg.redis_prefix)?),
             None => None,
         };
-        let listener = TcpListener::bind(cfg.listen)?;
-        // SAFETY: `listen` on a socket we own and that stays open; raising the backlog of an
-        // already listening socket is allowed on Linux.
-        if unsafe { libc::listen(listener.as_raw_fd(), BACKLOG) } != 0 {
-            log::warn!(
-                "raising the listen backlog failed: {}",
-                io::Error::last_os_error()
-            );
-        }
+        let listener = if cfg.reuse_port {
+            bind_reuse_port(cfg.listen)?
+        } else {
+            let l = TcpListener::bind(cfg.listen)?;
+            // SAFETY: `listen` on a socket we own and that stays open; raising the backlog of
+            // an already listening socket is allowed on Linux.
+            if unsafe { libc::listen(l.as_raw_fd(), BACKLOG) } != 0 {
+                log::warn!(
+                    "raising the listen backlog failed: {}",
+                    io::Error::last_os_error()
+                );
+            }
+            l
+        };
         let addr = listener.local_addr()?;
         let admin_listener = match cfg.admin_listen {
             Some(a) => Some(
@@ -278,6 +283,16 @@ impl Server {
     /// health checks, close every connection with 1001, wait for the clients to answer (up to
     /// the drain timeout), and join every thread. Returns the first thread failure, if any.
     pub fn shutdown(mut self) -> Result<(), ThreadError> {
+        if self.shared.cfg.reuse_port {
+            // A restart: close the listener before anything else, so that new connections
+            // go to the other process on the port (and, with tcp_migrate_req, so do those
+            // still in this one's accept queue) instead of being refused here.
+            acceptor::stop(&self.acceptor_waker, &self.stop);
+            if let Some(a) = self.acceptor.take() {
+                let _ = a.join();
+            }
+            log::info!("--reuse-port: listener closed, draining");
+        }
         // First, so that every publish acknowledged with 202 is in the workers' queues ahead
         // of the Msg::Shutdown below.
         if let Some(c) = &self.control {
@@ -312,6 +327,32 @@ impl Server {
         );
         first_err
     }
+}
+
+/// The WebSocket listener with SO_REUSEPORT (and SO_REUSEADDR), so that another corecast
+/// with `--reuse-port` can bind the same address. Warns when the kernel would reset the
+/// connections waiting in this listener's queue when it closes (`tcp_migrate_req` off).
+fn bind_reuse_port(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(BACKLOG)?;
+    match std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req") {
+        Ok(v) if v.trim() == "1" => {}
+        Ok(_) => log::warn!(
+            "--reuse-port: net.ipv4.tcp_migrate_req is 0, so connections still in this \
+             process's accept queue when it stops are reset, not handed to the next one \
+             (sysctl -w net.ipv4.tcp_migrate_req=1)"
+        ),
+        Err(_) => log::warn!(
+            "--reuse-port: this kernel has no net.ipv4.tcp_migrate_req (Linux 5.14+), so \
+             connections still in the accept queue when this process stops are reset"
+        ),
+    }
+    Ok(TcpListener::from_std(s.into()))
 }
 
 /// The global connection cap: `--max-connections`, or what the open-files limit leaves

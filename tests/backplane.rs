@@ -9,8 +9,9 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use common::process::free_port;
 use common::process::Proc;
-use common::redis_server::{free_port, Redis};
+use common::redis_server::Redis;
 use common::*;
 use corecast::Server;
 use serde_json::json;

@@ -5,7 +5,9 @@
 # tests/independent_clients.rs; the openssl CLI (Debian package `openssl`), which
 # tests/tls.rs uses to make RSA and SEC1 EC keys, the formats rcgen does not write; and
 # redis-server (Debian package `redis-server`, Redis 7), which tests/backplane.rs starts,
-# one per test (the package's own service is not needed and not started).
+# one per test (the package's own service is not needed and not started). It also turns on
+# net.ipv4.tcp_migrate_req (Linux 5.14+, per network namespace, needs root), which the
+# --reuse-port restart test in tests/restart.rs relies on, as a production host would.
 # Idempotent and quiet: does nothing when all are already there at the pinned versions.
 #
 # Python: `pip install --user` into the user site (~/.local), which the `python3` the test
@@ -45,4 +47,10 @@ want_ws=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["pack
 have_ws=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["version"])' "$clients/node_modules/ws/package.json" 2>/dev/null || true)
 if [ "$have_ws" != "$want_ws" ]; then
     npm ci --prefix "$clients" --no-audit --no-fund --loglevel=error >/dev/null
+fi
+
+migrate=/proc/sys/net/ipv4/tcp_migrate_req
+if [ -e "$migrate" ] && [ "$(cat "$migrate")" != 1 ]; then
+    echo 1 > "$migrate" 2>/dev/null \
+        || echo "warning: cannot set net.ipv4.tcp_migrate_req=1 (not root?): tests/restart.rs will fail" >&2
 fi

@@ -47,6 +47,9 @@ pub enum CloseReason {
     Idle,
     #[error("server shutting down")]
     Shutdown,
+    /// Shutting down for a restart (`--reuse-port`): another process takes over.
+    #[error("server restarting")]
+    Restart,
 }
 
 impl CloseReason {
@@ -61,6 +64,7 @@ impl CloseReason {
                 close_code::POLICY
             }
             CloseReason::Idle | CloseReason::Shutdown => close_code::GOING_AWAY,
+            CloseReason::Restart => close_code::SERVICE_RESTART,
         }
     }
 

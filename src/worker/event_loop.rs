@@ -176,6 +176,8 @@ impl Worker {
             // Wake at least once a second for timers.
             let timeout = if busy || !self.inbox.may_sleep() {
                 Some(Duration::ZERO)
+            } else if self.spreading() {
+                Some(super::drain::SPREAD_TICK)
             } else {
                 Some(Duration::from_millis(
                     1000 - self.started.elapsed().subsec_millis() as u64,

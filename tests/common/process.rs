@@ -19,7 +19,8 @@ pub struct Proc {
     log: Arc<Mutex<Vec<String>>>,
 }
 
-fn free_port() -> u16 {
+/// A port the kernel handed out and took back: free for the next moment.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -37,6 +38,16 @@ impl Proc {
     /// Like `start`, with the open-files limit (soft and hard) set to `nofile`.
     pub fn start_limited(args: &[&str], nofile: Option<u64>) -> Proc {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Proc::spawn(addr, args, nofile, args.contains(&"--tls-cert"))
+    }
+
+    /// Starts the binary listening on `addr` (which another process may share, with
+    /// `--reuse-port`), and waits until its own admin port answers health checks.
+    pub fn start_on(addr: SocketAddr, args: &[&str]) -> Proc {
+        Proc::spawn(addr, args, None, true)
+    }
+
+    fn spawn(addr: SocketAddr, args: &[&str], nofile: Option<u64>, probe_admin: bool) -> Proc {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_corecast"));
         cmd.args(["--listen", &addr.to_string()])
@@ -75,12 +86,9 @@ impl Proc {
             admin,
             log,
         };
-        // Over TLS the WebSocket port cannot answer a plain health check; the admin port can.
-        let probe = if args.contains(&"--tls-cert") {
-            admin
-        } else {
-            addr
-        };
+        // Over TLS the WebSocket port cannot answer a plain health check, and a shared port
+        // may answer from another process; the admin port is this process's own.
+        let probe = if probe_admin { admin } else { addr };
         let deadline = Instant::now() + WATCHDOG;
         loop {
             if let Ok(mut s) = TcpStream::connect(probe) {

@@ -24,11 +24,7 @@ fn binary() -> String {
     "redis-server".into()
 }
 
-/// A port the kernel handed out and took back: free for the next moment.
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
+pub use super::process::free_port;
 
 impl Redis {
     /// Starts redis-server on a free port and waits until it answers.
