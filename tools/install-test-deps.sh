@@ -5,7 +5,8 @@
 # tests/independent_clients.rs; the openssl CLI (Debian package `openssl`), which
 # tests/tls.rs uses to make RSA and SEC1 EC keys, the formats rcgen does not write; and
 # redis-server (Debian package `redis-server`, Redis 7), which tests/backplane.rs starts,
-# one per test (the package's own service is not needed and not started). It also turns on
+# one per test, and haproxy and nginx, which tests/load_balancers.rs runs with deploy/'s
+# configs (the packages' own services are not needed and not started). It also turns on
 # net.ipv4.tcp_migrate_req (Linux 5.14+, per network namespace, needs root), which the
 # --reuse-port restart test in tests/restart.rs relies on, as a production host would.
 # Idempotent and quiet: does nothing when all are already there at the pinned versions.
@@ -21,6 +22,8 @@ clients="$repo/tests/clients"
 apt_missing=()
 command -v openssl >/dev/null || apt_missing+=(openssl)
 [ -x /usr/bin/redis-server ] || command -v redis-server >/dev/null || apt_missing+=(redis-server)
+[ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null || apt_missing+=(haproxy)
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || apt_missing+=(nginx)
 if [ "${#apt_missing[@]}" -gt 0 ]; then
     apt-get update -qq
     # policy-rc.d: no service is started by the install (the tests start their own).
