@@ -28,7 +28,7 @@
 //! pipeline that fails, are counted as failed, never retried (at most once, in order).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,9 +41,13 @@ use tokio::time::Instant;
 use crate::broadcast::{Bus, Delivery, Target};
 use crate::codec::{self, Kind, MAX_SERVER_HEADER};
 
-/// Publishes waiting for the backplane task, across all workers: past this a publish is not
-/// forwarded (counted in `backplane_forward_failed`). At 1 KiB a message, 64 MiB at most.
+/// Publishes waiting for the backplane task, across all workers: past this many, or past
+/// [`QUEUE_BYTES`] of frames, a publish is not forwarded (counted in
+/// `backplane_forward_failed`). What fills it is Redis being slower than the publishers.
 pub const QUEUE: usize = 65_536;
+/// The memory the queued frames may hold, the batch being sent included (the frames are
+/// shared with local delivery, so this is memory they are kept alive for).
+pub const QUEUE_BYTES: usize = 64 << 20;
 /// Publishes sent to Redis in one pipeline at most.
 const BATCH: usize = 512;
 /// How long a topic's channel stays subscribed after its last local subscriber left.
@@ -97,6 +101,8 @@ enum Interest {
 pub struct Link {
     node: u64,
     publish: mpsc::Sender<Forward>,
+    /// Bytes of frames in `publish` (bounded by [`QUEUE_BYTES`]).
+    queued_bytes: AtomicUsize,
     interest: mpsc::UnboundedSender<Interest>,
     pub stats: Stats,
 }
@@ -109,11 +115,20 @@ impl Link {
 
     /// Queues a local publish for the other nodes; a full queue drops it and counts.
     pub fn forward(&self, d: &Delivery) {
+        let len = d.frame.len();
+        // Reserve the bytes first: two workers racing for the last room both check the sum.
+        let before = self.queued_bytes.fetch_add(len, Relaxed);
+        if before + len > QUEUE_BYTES {
+            self.queued_bytes.fetch_sub(len, Relaxed);
+            self.stats.forward_failed.fetch_add(1, Relaxed);
+            return;
+        }
         let f = Forward {
             target: d.target.clone(),
             frame: d.frame.clone(),
         };
         if self.publish.try_send(f).is_err() {
+            self.queued_bytes.fetch_sub(len, Relaxed);
             self.stats.forward_failed.fetch_add(1, Relaxed);
         }
     }
@@ -133,6 +148,11 @@ impl Link {
 
     pub fn is_up(&self) -> bool {
         self.stats.up.load(Relaxed)
+    }
+
+    /// Bytes of frames waiting to be forwarded.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.load(Relaxed)
     }
 }
 
@@ -208,6 +228,7 @@ pub fn link() -> (Arc<Link>, Receivers) {
     let link = Arc::new(Link {
         node: node_id(),
         publish,
+        queued_bytes: AtomicUsize::new(0),
         interest,
         stats: Stats::default(),
     });
@@ -396,7 +417,16 @@ pub async fn run(
                 bp.lost("Redis closed the connection");
             }
             _ = tokio::time::sleep_until(attempt_at), if bp.conn.is_none() => bp.connect().await,
-            Some(i) = interest.recv() => bp.on_interest(i).await,
+            Some(i) = interest.recv() => {
+                // Everything that is waiting, so that a burst of new topics is one SUBSCRIBE.
+                let mut new = Vec::new();
+                new.extend(bp.on_interest(i));
+                while new.len() < BATCH {
+                    let Ok(i) = interest.try_recv() else { break };
+                    new.extend(bp.on_interest(i));
+                }
+                bp.subscribe(new).await;
+            }
             n = publish.recv_many(&mut batch, BATCH) => {
                 if n == 0 {
                     break; // every link is gone: the server is stopping
@@ -486,9 +516,12 @@ impl Backplane {
     /// PUBLISHes a batch in one pipeline, in order.
     async fn forward(&mut self, batch: &mut Vec<Forward>) {
         let n = batch.len() as u64;
+        // The batch's frames count against the bound until the pipeline is done with them.
+        let bytes: usize = batch.iter().map(|f| f.frame.len()).sum();
         let Some(conn) = self.conn.as_mut() else {
             self.link.stats.forward_failed.fetch_add(n, Relaxed);
             batch.clear();
+            self.link.queued_bytes.fetch_sub(bytes, Relaxed);
             return;
         };
         let mut pipe = redis::pipe();
@@ -498,7 +531,9 @@ impl Backplane {
                 .arg(envelope(self.link.node, &f.frame))
                 .ignore();
         }
-        match pipe.query_async::<()>(conn).await {
+        let result = pipe.query_async::<()>(conn).await;
+        self.link.queued_bytes.fetch_sub(bytes, Relaxed);
+        match result {
             Ok(()) => {
                 self.link.stats.forwarded.fetch_add(n, Relaxed);
             }
@@ -509,15 +544,14 @@ impl Backplane {
         }
     }
 
-    async fn on_interest(&mut self, i: Interest) {
+    /// Counts a worker's report; returns the topic if its channel must now be subscribed.
+    fn on_interest(&mut self, i: Interest) -> Option<Arc<str>> {
         match i {
             Interest::Added(t) => {
                 let n = self.interest.entry(t.clone()).or_insert(0);
                 *n += 1;
                 // A topic still subscribed (leaving, or held by another worker) needs nothing.
-                if *n == 1 && self.leaving.remove(&t).is_none() {
-                    self.command(true, &t).await;
-                }
+                (*n == 1 && self.leaving.remove(&t).is_none()).then_some(t)
             }
             Interest::Removed(t) => {
                 if let Some(n) = self.interest.get_mut(&t) {
@@ -527,7 +561,32 @@ impl Backplane {
                         self.leaving.insert(t, Instant::now() + UNSUBSCRIBE_DELAY);
                     }
                 }
+                None
             }
+        }
+    }
+
+    /// SUBSCRIBEs the channels of `topics` in one command, if connected; a connection made
+    /// later subscribes to every live topic anyway.
+    async fn subscribe(&mut self, topics: Vec<Arc<str>>) {
+        if topics.is_empty() {
+            return;
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        let channels: Vec<String> = topics
+            .into_iter()
+            .map(|t| channel(&self.opts.prefix, &Target::Topic(t)))
+            .collect();
+        match conn.subscribe(&channels).await {
+            Ok(()) => {
+                self.link
+                    .stats
+                    .channels
+                    .fetch_add(channels.len() as i64, Relaxed);
+            }
+            Err(e) => self.lost(&format!("SUBSCRIBE failed: {e}")),
         }
     }
 
@@ -543,30 +602,28 @@ impl Backplane {
             .filter(|(_, at)| **at <= now)
             .map(|(t, _)| t.clone())
             .collect();
-        for t in due {
-            self.leaving.remove(&t);
-            self.command(false, &t).await;
+        if due.is_empty() {
+            // UNSUBSCRIBE with no channel would drop every subscription.
+            return;
         }
-    }
-
-    /// SUBSCRIBE (or UNSUBSCRIBE) a topic's channel on the current connection, if any; a
-    /// connection made later subscribes to every live topic anyway.
-    async fn command(&mut self, subscribe: bool, topic: &Arc<str>) {
+        for t in &due {
+            self.leaving.remove(t);
+        }
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
-        let ch = channel(&self.opts.prefix, &Target::Topic(topic.clone()));
-        let r = if subscribe {
-            conn.subscribe(&ch).await
-        } else {
-            conn.unsubscribe(&ch).await
-        };
-        match r {
+        let channels: Vec<String> = due
+            .into_iter()
+            .map(|t| channel(&self.opts.prefix, &Target::Topic(t)))
+            .collect();
+        match conn.unsubscribe(&channels).await {
             Ok(()) => {
-                let d = if subscribe { 1 } else { -1 };
-                self.link.stats.channels.fetch_add(d, Relaxed);
+                self.link
+                    .stats
+                    .channels
+                    .fetch_sub(channels.len() as i64, Relaxed);
             }
-            Err(e) => self.lost(&format!("SUBSCRIBE failed: {e}")),
+            Err(e) => self.lost(&format!("UNSUBSCRIBE failed: {e}")),
         }
     }
 }

@@ -670,6 +670,7 @@ fn every_metric_keeps_its_name_type_and_labels() {
         add(name, "counter", None);
     }
     add("backplane_channels", "gauge", None);
+    add("backplane_queue_bytes", "gauge", None);
     assert_eq!(got, want);
     // The scrape itself is the one admin connection open.
     assert!(resp.body.contains("\ncorecast_admin_connections_open 1\n"));

@@ -356,3 +356,70 @@ fn a_bad_redis_url_is_refused_at_start_with_exit_2() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--redis") && err.contains("redis://"), "{err}");
 }
+
+/// Redis stalls (SIGSTOP: it accepts nothing and answers nothing) while a client publishes
+/// 140 MiB: the node still delivers every message locally at once (its workers never wait on
+/// Redis), holds at most 64 MiB of frames for forwarding, drops and counts the rest, and
+/// reconnects once Redis runs again.
+#[test]
+fn a_stalled_redis_never_blocks_local_delivery_and_the_forward_queue_is_bounded() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let r = Redis::start();
+    let mut cfg = config(1);
+    cfg.redis = Some(r.url());
+    // Room for the whole burst in the local subscriber's queue.
+    cfg.max_outbound_bytes = 256 << 20;
+    let a = start(cfg);
+    wait_for("connected", || up(&a));
+    let mut sub = connect(a.local_addr(), "/ws");
+    subscribe(&mut sub, "big");
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(r.pid() as i32, libc::SIGSTOP) }, 0);
+
+    const N: usize = 2400;
+    let data = "y".repeat(60 * 1024);
+    let reader = std::thread::spawn(move || {
+        for i in 0..N {
+            let m = recv(&mut sub);
+            assert_eq!(m["data"]["i"], i, "message {i}");
+        }
+        sub
+    });
+    let mut publisher = connect(a.local_addr(), "/ws");
+    let link = a.backplane().unwrap();
+    let mut peak = 0;
+    for i in 0..N {
+        send(
+            &mut publisher,
+            json!({"op":"publish","topic":"big","data":{"i":i,"pad":data}}),
+        );
+        peak = peak.max(link.queued_bytes());
+    }
+    let mut sub = reader
+        .join()
+        .expect("every message delivered locally, in order");
+    // 140 MiB against a 64 MiB bound (the batch being sent included): what did not fit was
+    // refused at once and counted, not held, and before any Redis timeout (3 s) could fail
+    // a batch.
+    let failed_at_once = stat(&a, |s| s.forward_failed.load(Relaxed));
+    let fit = corecast::backplane::QUEUE_BYTES / (60 * 1024);
+    assert!(
+        failed_at_once as usize >= N - fit - 1,
+        "{failed_at_once} of {N} refused at once; at most {fit} fit"
+    );
+    assert!(
+        peak <= corecast::backplane::QUEUE_BYTES,
+        "{peak} bytes queued for Redis"
+    );
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(r.pid() as i32, libc::SIGCONT) }, 0);
+    wait_for("every publish accounted for", || {
+        stat(&a, |s| {
+            s.forward_failed.load(Relaxed) + s.forwarded.load(Relaxed)
+        }) == N as u64
+    });
+    wait_for("up again", || up(&a));
+    assert_eq!(link.queued_bytes(), 0);
+    expect_nothing_more(&mut sub);
+    a.shutdown().unwrap();
+}

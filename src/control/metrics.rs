@@ -141,6 +141,7 @@ static FAMILIES: &[Family] = &[
     f("backplane_bad_envelopes", "Redis messages on corecast's channels that are not a version-1 envelope (dropped).", Read::Counter(|r| bp(r, |s| s.bad_envelopes.load(Relaxed)))),
     f("backplane_reconnects", "Connections to Redis made after the first.", Read::Counter(|r| bp(r, |s| s.reconnects.load(Relaxed)))),
     f("backplane_channels", "Redis channels subscribed right now.", Read::Gauge(|r| bp(r, |s| s.channels.load(Relaxed)))),
+    f("backplane_queue_bytes", "Bytes of publishes waiting to be forwarded to Redis (bounded at 64 MiB).", Read::Gauge(|r| r.shared.bus.backplane().map_or(0, |b| saturate(b.queued_bytes() as u64)))),
 ];
 
 /// A backplane figure, or zero without `--redis`.
