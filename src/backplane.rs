@@ -135,9 +135,12 @@ impl Link {
 
     /// A worker's first local subscriber of `topic` arrived.
     pub fn topic_added(&self, topic: &Arc<str>) {
-        // Unbounded: one message per change of a worker's topic set, which a client can
-        // only cause by requests the worker reads at its own pace; the control thread
-        // takes them in microseconds.
+        // Unbounded, but bounded in time: one message per change of a worker's topic set,
+        // which a client causes only by requests the worker reads at its own pace. The
+        // task takes them in batches of 512 per SUBSCRIBE round trip, faster than a worker
+        // can make them, except while a SUBSCRIBE waits on a stalled Redis: at most the
+        // 3 s command timeout's worth, after which the connection is dropped and they only
+        // update the counts until the next connection subscribes what is live.
         let _ = self.interest.send(Interest::Added(topic.clone()));
     }
 
