@@ -569,9 +569,15 @@ impl Backplane {
         }
     }
 
-    /// SUBSCRIBEs the channels of `topics` in one command, if connected; a connection made
-    /// later subscribes to every live topic anyway.
+    /// SUBSCRIBEs the channels of `topics`.
     async fn subscribe(&mut self, topics: Vec<Arc<str>>) {
+        self.channel_command(true, topics).await;
+    }
+
+    /// SUBSCRIBEs (or UNSUBSCRIBEs) the channels of `topics` in one command, if connected; a
+    /// connection made later subscribes to every live topic anyway. Never with no channel:
+    /// UNSUBSCRIBE with none would drop every subscription.
+    async fn channel_command(&mut self, subscribe: bool, topics: Vec<Arc<str>>) {
         if topics.is_empty() {
             return;
         }
@@ -582,14 +588,17 @@ impl Backplane {
             .into_iter()
             .map(|t| channel(&self.opts.prefix, &Target::Topic(t)))
             .collect();
-        match conn.subscribe(&channels).await {
+        let (result, what, sign) = if subscribe {
+            (conn.subscribe(&channels).await, "SUBSCRIBE", 1)
+        } else {
+            (conn.unsubscribe(&channels).await, "UNSUBSCRIBE", -1)
+        };
+        match result {
             Ok(()) => {
-                self.link
-                    .stats
-                    .channels
-                    .fetch_add(channels.len() as i64, Relaxed);
+                let n = channels.len() as i64;
+                self.link.stats.channels.fetch_add(sign * n, Relaxed);
             }
-            Err(e) => self.lost(&format!("SUBSCRIBE failed: {e}")),
+            Err(e) => self.lost(&format!("{what} failed: {e}")),
         }
     }
 
@@ -605,29 +614,10 @@ impl Backplane {
             .filter(|(_, at)| **at <= now)
             .map(|(t, _)| t.clone())
             .collect();
-        if due.is_empty() {
-            // UNSUBSCRIBE with no channel would drop every subscription.
-            return;
-        }
         for t in &due {
             self.leaving.remove(t);
         }
-        let Some(conn) = self.conn.as_mut() else {
-            return;
-        };
-        let channels: Vec<String> = due
-            .into_iter()
-            .map(|t| channel(&self.opts.prefix, &Target::Topic(t)))
-            .collect();
-        match conn.unsubscribe(&channels).await {
-            Ok(()) => {
-                self.link
-                    .stats
-                    .channels
-                    .fetch_sub(channels.len() as i64, Relaxed);
-            }
-            Err(e) => self.lost(&format!("UNSUBSCRIBE failed: {e}")),
-        }
+        self.channel_command(false, due).await;
     }
 }
 

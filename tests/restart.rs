@@ -14,6 +14,18 @@ use std::time::{Duration, Instant};
 use common::process::{free_port, Proc};
 use common::*;
 
+/// The kernel moves a closing SO_REUSEPORT listener's queued connections to another
+/// listener of the port only with this on.
+fn assert_migrate_req_on() {
+    let migrate = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req")
+        .expect("Linux 5.14+ has net.ipv4.tcp_migrate_req");
+    assert_eq!(
+        migrate.trim(),
+        "1",
+        "set net.ipv4.tcp_migrate_req=1 (tools/install-test-deps.sh does, as root)"
+    );
+}
+
 /// One connect and upgrade; what went wrong, if anything.
 fn connect_once(addr: SocketAddr) -> Result<(), String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
@@ -43,13 +55,7 @@ fn connect_once(addr: SocketAddr) -> Result<(), String> {
 
 #[test]
 fn a_restart_with_reuse_port_refuses_or_resets_no_connection() {
-    let migrate = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req")
-        .expect("Linux 5.14+ has net.ipv4.tcp_migrate_req");
-    assert_eq!(
-        migrate.trim(),
-        "1",
-        "set net.ipv4.tcp_migrate_req=1 (tools/install-test-deps.sh does, as root)"
-    );
+    assert_migrate_req_on();
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let old = Proc::start_on(
         addr,
@@ -148,13 +154,7 @@ fn without_reuse_port_a_second_process_cannot_take_the_port() {
 #[test]
 fn connections_queued_on_a_closing_listener_move_to_corecast() {
     use socket2::{Domain, Protocol, Socket, Type};
-    let migrate = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req")
-        .expect("Linux 5.14+ has net.ipv4.tcp_migrate_req");
-    assert_eq!(
-        migrate.trim(),
-        "1",
-        "set net.ipv4.tcp_migrate_req=1 (tools/install-test-deps.sh does, as root)"
-    );
+    assert_migrate_req_on();
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let closing = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
     closing.set_reuse_address(true).unwrap();
