@@ -317,11 +317,16 @@ struct Inbound {
     prefix: String,
     bus: Bus,
     link: Arc<Link>,
+    /// Which connection is the current one: each attempt takes the next number.
+    generation: AtomicU64,
+    /// The connection whose driver last reported a disconnection.
+    dropped: AtomicU64,
     disconnected: Notify,
 }
 
 impl Inbound {
-    fn on_push(&self, p: PushInfo) {
+    /// A push on connection `generation`.
+    fn on_push(&self, generation: u64, p: PushInfo) {
         match p.kind {
             PushKind::Message => {
                 let (Some(redis::Value::BulkString(ch)), Some(redis::Value::BulkString(e))) =
@@ -346,7 +351,10 @@ impl Inbound {
                     frame: frame(message),
                 });
             }
-            PushKind::Disconnection => self.disconnected.notify_one(),
+            PushKind::Disconnection => {
+                self.dropped.store(generation, Relaxed);
+                self.disconnected.notify_one();
+            }
             _ => {}
         }
     }
@@ -388,6 +396,8 @@ pub async fn run(
         prefix: opts.prefix.clone(),
         bus,
         link: link.clone(),
+        generation: AtomicU64::new(0),
+        dropped: AtomicU64::new(0),
         disconnected: Notify::new(),
     });
     let mut bp = Backplane {
@@ -417,7 +427,11 @@ pub async fn run(
             biased;
             _ = crate::control::stopped(&mut stopping) => break,
             _ = inbound.disconnected.notified(), if bp.conn.is_some() => {
-                bp.lost("Redis closed the connection");
+                // A connection dropped earlier (by us, after a failed command) may report
+                // its end later, or have left a wake-up behind: only the current one counts.
+                if inbound.dropped.load(Relaxed) == inbound.generation.load(Relaxed) {
+                    bp.lost("Redis closed the connection");
+                }
             }
             _ = tokio::time::sleep_until(attempt_at), if bp.conn.is_none() => bp.connect().await,
             Some(i) = interest.recv() => {
@@ -446,11 +460,12 @@ impl Backplane {
     /// One connection attempt; on success every live channel is subscribed again.
     async fn connect(&mut self) {
         let inbound = self.inbound.clone();
+        let generation = inbound.generation.fetch_add(1, Relaxed) + 1;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
             .set_response_timeout(Some(TIMEOUT))
             .set_push_sender(move |p: PushInfo| {
-                inbound.on_push(p);
+                inbound.on_push(generation, p);
                 Ok::<(), std::convert::Infallible>(())
             });
         let attempt = async {

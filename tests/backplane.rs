@@ -421,5 +421,10 @@ fn a_stalled_redis_never_blocks_local_delivery_and_the_forward_queue_is_bounded(
     wait_for("up again", || up(&a));
     assert_eq!(link.queued_bytes(), 0);
     expect_nothing_more(&mut sub);
+    // And it stays up: no reconnecting over and over once Redis answers again.
+    let reconnects = stat(&a, |s| s.reconnects.load(Relaxed));
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(up(&a));
+    assert_eq!(stat(&a, |s| s.reconnects.load(Relaxed)), reconnects);
     a.shutdown().unwrap();
 }
