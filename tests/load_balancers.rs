@@ -5,14 +5,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::process::{free_port, Proc};
+use common::process::{collect_lines, free_port, Proc};
 use common::redis_server::Redis;
 use common::*;
 use corecast::Server;
@@ -72,14 +71,7 @@ impl Balancer {
                     "cannot run {which} ({e}): install it with `bash tools/install-test-deps.sh`"
                 )
             });
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let log = collect_lines(child.stderr.take().unwrap());
         let b = Balancer {
             child,
             front,

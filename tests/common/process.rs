@@ -19,6 +19,18 @@ pub struct Proc {
     log: Arc<Mutex<Vec<String>>>,
 }
 
+/// Collects a child's stderr, line by line, as it comes (read on a thread of its own).
+pub fn collect_lines(stderr: std::process::ChildStderr) -> Arc<Mutex<Vec<String>>> {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    log
+}
+
 /// A port the kernel handed out and took back: free for the next moment.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -72,14 +84,7 @@ impl Proc {
             }
         }
         let mut child = cmd.spawn().expect("start corecast");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let log = collect_lines(child.stderr.take().unwrap());
         let p = Proc {
             child,
             addr,
