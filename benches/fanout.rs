@@ -101,7 +101,7 @@ fn bench_fanout(c: &mut Criterion) {
     });
 
     // 100 topics x 100 subscribers, plus the hot topic that every connection follows.
-    let mut topics = Topics::new(None);
+    let mut topics = Topics::new(0, None);
     for key in 0..RECIPIENTS {
         topics.subscribe(&format!("topic-{}", key % 100), key);
         topics.subscribe(&topic, key);

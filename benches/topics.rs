@@ -26,7 +26,7 @@ fn names() -> Vec<String> {
 }
 
 fn full(names: &[String]) -> Topics {
-    let mut t = Topics::new(None);
+    let mut t = Topics::new(0, None);
     for key in 0..SUBSCRIBERS {
         t.subscribe(&names[key % TOPICS], key);
     }

@@ -14,7 +14,9 @@
 //! The backplane counts workers per topic and SUBSCRIBEs to the topic's channel while the
 //! count is above zero, UNSUBSCRIBEing [`UNSUBSCRIBE_DELAY`] after it falls to zero (so
 //! that churn does not turn into Redis commands). Broadcasts use one channel every node
-//! subscribes to.
+//! subscribes to. The reports share a bounded queue ([`INTEREST_QUEUE`]); a worker whose
+//! report does not fit stops reporting changes and sends its whole topic set instead as
+//! soon as there is room ([`Link::resync`]), which replaces everything it said before.
 //!
 //! Envelope (the Redis message), version 1: `cc1 <node> <message>`, where `<node>` is the
 //! origin node's id as 16 lower-case hex digits and `<message>` is the JSON text
@@ -27,7 +29,7 @@
 //! subscribed again. Publishes taken from the queue while there is no connection, or in a
 //! pipeline that fails, are counted as failed, never retried (at most once, in order).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +50,11 @@ pub const QUEUE: usize = 65_536;
 /// The memory the queued frames may hold, the batch being sent included (the frames are
 /// shared with local delivery, so this is memory they are kept alive for).
 pub const QUEUE_BYTES: usize = 64 << 20;
+/// Reports of interest (a worker's topic set changed) waiting for the backplane task, across
+/// all workers. Past this, a worker resends its whole set later instead (counted in
+/// `backplane_interest_overflows`). What fills it is a client churning topics while a
+/// SUBSCRIBE waits on a stalled Redis.
+pub const INTEREST_QUEUE: usize = 16_384;
 /// Publishes sent to Redis in one pipeline at most.
 const BATCH: usize = 512;
 /// How long a topic's channel stays subscribed after its last local subscriber left.
@@ -81,6 +88,11 @@ pub struct Stats {
     pub reconnects: AtomicU64,
     /// Redis channels subscribed right now (the broadcast channel included).
     pub channels: AtomicI64,
+    /// Reports of interest that did not fit in the queue (each makes its worker resend its
+    /// whole topic set).
+    pub interest_overflows: AtomicU64,
+    /// Whole topic sets received from workers after an overflow.
+    pub interest_resyncs: AtomicU64,
 }
 
 /// What a publish sends to the backplane: the frame as local subscribers got it.
@@ -90,10 +102,13 @@ struct Forward {
     frame: Bytes,
 }
 
+/// A worker's report (the first field is its index).
 #[derive(Debug)]
 enum Interest {
-    Added(Arc<str>),
-    Removed(Arc<str>),
+    Added(usize, Arc<str>),
+    Removed(usize, Arc<str>),
+    /// Every topic the worker holds, replacing whatever it reported before.
+    Resync(usize, Vec<Arc<str>>),
 }
 
 /// The workers' side of the backplane: cheap to share, and nothing on it blocks.
@@ -103,7 +118,7 @@ pub struct Link {
     publish: mpsc::Sender<Forward>,
     /// Bytes of frames in `publish` (bounded by [`QUEUE_BYTES`]).
     queued_bytes: AtomicUsize,
-    interest: mpsc::UnboundedSender<Interest>,
+    interest: mpsc::Sender<Interest>,
     pub stats: Stats,
 }
 
@@ -142,20 +157,45 @@ impl Link {
         }
     }
 
-    /// A worker's first local subscriber of `topic` arrived.
-    pub fn topic_added(&self, topic: &Arc<str>) {
-        // Unbounded, but bounded in time: one message per change of a worker's topic set,
-        // which a client causes only by requests the worker reads at its own pace. The
-        // task takes them in batches of 512 per SUBSCRIBE round trip, faster than a worker
-        // can make them, except while a SUBSCRIBE waits on a stalled Redis: at most the
-        // 3 s command timeout's worth, after which the connection is dropped and they only
-        // update the counts until the next connection subscribes what is live.
-        let _ = self.interest.send(Interest::Added(topic.clone()));
+    /// Worker `worker`'s first local subscriber of `topic` arrived. False if the report
+    /// did not fit: the worker must [`resync`](Link::resync) before it reports again.
+    pub fn topic_added(&self, worker: usize, topic: &Arc<str>) -> bool {
+        self.report(Interest::Added(worker, topic.clone()))
     }
 
-    /// A worker's last local subscriber of `topic` left.
-    pub fn topic_removed(&self, topic: &Arc<str>) {
-        let _ = self.interest.send(Interest::Removed(topic.clone()));
+    /// Worker `worker`'s last local subscriber of `topic` left. False as for
+    /// [`topic_added`](Link::topic_added).
+    pub fn topic_removed(&self, worker: usize, topic: &Arc<str>) -> bool {
+        self.report(Interest::Removed(worker, topic.clone()))
+    }
+
+    fn report(&self, i: Interest) -> bool {
+        match self.interest.try_send(i) {
+            // Closed: the task is gone (the server is stopping); nobody to tell.
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.stats.interest_overflows.fetch_add(1, Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Sends worker `worker`'s whole topic set (made by `topics`, called only if there is
+    /// room), replacing what it reported before. False if the queue is still full.
+    pub fn resync(&self, worker: usize, topics: impl FnOnce() -> Vec<Arc<str>>) -> bool {
+        match self.interest.try_reserve() {
+            Ok(permit) => {
+                permit.send(Interest::Resync(worker, topics()));
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(())) => true,
+            Err(mpsc::error::TrySendError::Full(())) => false,
+        }
+    }
+
+    /// Reports of interest waiting for the backplane task (at most [`INTEREST_QUEUE`]).
+    pub fn interest_queued(&self) -> usize {
+        self.interest.max_capacity() - self.interest.capacity()
     }
 
     pub fn is_up(&self) -> bool {
@@ -171,7 +211,7 @@ impl Link {
 /// The backplane task's side, handed to the control thread.
 pub struct Receivers {
     publish: mpsc::Receiver<Forward>,
-    interest: mpsc::UnboundedReceiver<Interest>,
+    interest: mpsc::Receiver<Interest>,
 }
 
 impl std::fmt::Debug for Receivers {
@@ -236,7 +276,7 @@ impl Options {
 /// Makes the link the workers get and the receivers the backplane task takes.
 pub fn link() -> (Arc<Link>, Receivers) {
     let (publish, publish_rx) = mpsc::channel(QUEUE);
-    let (interest, interest_rx) = mpsc::unbounded_channel();
+    let (interest, interest_rx) = mpsc::channel(INTEREST_QUEUE);
     let link = Arc::new(Link {
         node: node_id(),
         publish,
@@ -375,6 +415,8 @@ struct Backplane {
     link: Arc<Link>,
     inbound: Arc<Inbound>,
     conn: Option<MultiplexedConnection>,
+    /// The topics each worker holds, by worker index, as it reported them.
+    held: Vec<HashSet<Arc<str>>>,
     /// Workers holding each topic.
     interest: HashMap<Arc<str>, usize>,
     /// Topics no worker holds any more, and when to unsubscribe their channel.
@@ -414,6 +456,7 @@ pub async fn run(
         link,
         inbound: inbound.clone(),
         conn: None,
+        held: Vec::new(),
         interest: HashMap::new(),
         leaving: HashMap::new(),
         connected_once: false,
@@ -444,13 +487,15 @@ pub async fn run(
             }
             _ = tokio::time::sleep_until(attempt_at), if bp.conn.is_none() => bp.connect().await,
             Some(i) = interest.recv() => {
-                // Everything that is waiting, so that a burst of new topics is one SUBSCRIBE.
+                // What is waiting (up to a batch), so that a burst of new topics is one
+                // SUBSCRIBE.
                 let mut new = Vec::new();
-                new.extend(bp.on_interest(i));
-                while new.len() < BATCH {
+                bp.on_interest(i, &mut new);
+                for _ in 1..BATCH {
                     let Ok(i) = interest.try_recv() else { break };
-                    new.extend(bp.on_interest(i));
+                    bp.on_interest(i, &mut new);
                 }
+                bp.shrink();
                 bp.subscribe(new).await;
             }
             n = publish.recv_many(&mut batch, BATCH) => {
@@ -571,24 +616,68 @@ impl Backplane {
         }
     }
 
-    /// Counts a worker's report; returns the topic if its channel must now be subscribed.
-    fn on_interest(&mut self, i: Interest) -> Option<Arc<str>> {
+    /// Counts a worker's report; adds to `new` the topics whose channels must now be
+    /// subscribed.
+    fn on_interest(&mut self, i: Interest, new: &mut Vec<Arc<str>>) {
+        let w = match &i {
+            Interest::Added(w, _) | Interest::Removed(w, _) | Interest::Resync(w, _) => *w,
+        };
+        if self.held.len() <= w {
+            self.held.resize_with(w + 1, HashSet::new);
+        }
         match i {
-            Interest::Added(t) => {
-                let n = self.interest.entry(t.clone()).or_insert(0);
-                *n += 1;
-                // A topic still subscribed (leaving, or held by another worker) needs nothing.
-                (*n == 1 && self.leaving.remove(&t).is_none()).then_some(t)
-            }
-            Interest::Removed(t) => {
-                if let Some(n) = self.interest.get_mut(&t) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.interest.remove(&t);
-                        self.leaving.insert(t, Instant::now() + UNSUBSCRIBE_DELAY);
-                    }
+            Interest::Added(_, t) => {
+                if self.held[w].insert(t.clone()) {
+                    new.extend(self.gained(t));
                 }
-                None
+            }
+            Interest::Removed(_, t) => {
+                if self.held[w].remove(&t) {
+                    self.lost_one(t);
+                }
+            }
+            Interest::Resync(_, topics) => {
+                self.link.stats.interest_resyncs.fetch_add(1, Relaxed);
+                let now: HashSet<Arc<str>> = topics.into_iter().collect();
+                let before = std::mem::replace(&mut self.held[w], now);
+                let gone: Vec<_> = before.difference(&self.held[w]).cloned().collect();
+                let came: Vec<_> = self.held[w].difference(&before).cloned().collect();
+                for t in gone {
+                    self.lost_one(t);
+                }
+                for t in came {
+                    new.extend(self.gained(t));
+                }
+            }
+        }
+    }
+
+    /// One more worker holds `t`; returns it if its channel must now be subscribed.
+    fn gained(&mut self, t: Arc<str>) -> Option<Arc<str>> {
+        let n = self.interest.entry(t.clone()).or_insert(0);
+        *n += 1;
+        // A topic still subscribed (leaving, or held by another worker) needs nothing.
+        (*n == 1 && self.leaving.remove(&t).is_none()).then_some(t)
+    }
+
+    /// One worker fewer holds `t`; with none left, its channel leaves after the delay.
+    fn lost_one(&mut self, t: Arc<str>) {
+        if let Some(n) = self.interest.get_mut(&t) {
+            *n -= 1;
+            if *n == 0 {
+                self.interest.remove(&t);
+                self.leaving.insert(t, Instant::now() + UNSUBSCRIBE_DELAY);
+            }
+        }
+    }
+
+    /// Gives back the room a burst of topics took, once it has gone.
+    fn shrink(&mut self) {
+        shrink_map(&mut self.interest);
+        shrink_map(&mut self.leaving);
+        for h in &mut self.held {
+            if h.capacity() > SHRINK_ABOVE && h.len() < h.capacity() / 4 {
+                h.shrink_to(h.len() * 2);
             }
         }
     }
@@ -641,7 +730,17 @@ impl Backplane {
         for t in &due {
             self.leaving.remove(t);
         }
+        shrink_map(&mut self.leaving);
         self.channel_command(false, due).await;
+    }
+}
+
+/// Tables with more room than this shrink once three quarters empty (as a worker's topics do).
+const SHRINK_ABOVE: usize = 64;
+
+fn shrink_map<V>(m: &mut HashMap<Arc<str>, V>) {
+    if m.capacity() > SHRINK_ABOVE && m.len() < m.capacity() / 4 {
+        m.shrink_to(m.len() * 2);
     }
 }
 

@@ -19,6 +19,10 @@ pub struct Topics {
     map: HashMap<Arc<str>, Topic>,
     /// Told when a topic appears on or leaves this worker (`--redis`: interest routing).
     backplane: Option<Arc<Link>>,
+    /// This worker's index, as the backplane knows it.
+    worker: usize,
+    /// A report did not fit in the backplane's queue: the next one is the whole topic set.
+    resync: bool,
 }
 
 #[derive(Debug)]
@@ -30,10 +34,43 @@ struct Topic {
 }
 
 impl Topics {
-    pub fn new(backplane: Option<Arc<Link>>) -> Topics {
+    pub fn new(worker: usize, backplane: Option<Arc<Link>>) -> Topics {
         Topics {
             map: HashMap::new(),
             backplane,
+            worker,
+            resync: false,
+        }
+    }
+
+    /// Tells the backplane that `name` appeared (or left) here. Once a report has not fit,
+    /// changes are not reported one by one until the whole set has been sent instead.
+    fn report(&mut self, name: &Arc<str>, added: bool) {
+        let Some(b) = &self.backplane else {
+            return;
+        };
+        if self.resync {
+            return self.resync_backplane();
+        }
+        let fit = if added {
+            b.topic_added(self.worker, name)
+        } else {
+            b.topic_removed(self.worker, name)
+        };
+        self.resync = !fit;
+    }
+
+    /// Sends the backplane this worker's whole topic set if a report did not fit and there
+    /// is room now. Called every loop turn; costs nothing unless a resync is due.
+    pub fn resync_backplane(&mut self) {
+        if !self.resync {
+            return;
+        }
+        let (Some(b), map) = (&self.backplane, &self.map) else {
+            return;
+        };
+        if b.resync(self.worker, || map.keys().cloned().collect()) {
+            self.resync = false;
         }
     }
 
@@ -49,9 +86,7 @@ impl Topics {
             subscribers: IndexSet::from([key]),
         };
         self.map.insert(name.clone(), t);
-        if let Some(b) = &self.backplane {
-            b.topic_added(&name);
-        }
+        self.report(&name, true);
         Some(name)
     }
 
@@ -63,9 +98,7 @@ impl Topics {
         let removed = t.subscribers.swap_remove(&key);
         if t.subscribers.is_empty() {
             if let Some((name, _)) = self.map.remove_entry(topic) {
-                if let Some(b) = &self.backplane {
-                    b.topic_removed(&name);
-                }
+                self.report(&name, false);
             }
             // A burst of subscriptions leaves a big table behind; give it back as it empties.
             if self.map.capacity() > SHRINK_ABOVE && self.map.len() < self.map.capacity() / 4 {
@@ -98,7 +131,7 @@ mod tests {
 
     #[test]
     fn subscribe_unsubscribe_and_cleanup() {
-        let mut t = Topics::new(None);
+        let mut t = Topics::new(0, None);
         assert!(t.subscribe("a", 1).is_some());
         assert!(t.subscribe("a", 2).is_some());
         assert!(t.subscribe("a", 1).is_none(), "second subscribe is a no-op");
@@ -115,7 +148,7 @@ mod tests {
 
     #[test]
     fn tables_shrink_after_a_burst_leaves() {
-        let mut t = Topics::new(None);
+        let mut t = Topics::new(0, None);
         for i in 0..10_000 {
             t.subscribe(&format!("t{i}"), i);
             t.subscribe("hot", i);

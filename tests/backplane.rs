@@ -434,3 +434,119 @@ fn a_stalled_redis_never_blocks_local_delivery_and_the_forward_queue_is_bounded(
     assert_eq!(stat(&a, |s| s.reconnects.load(Relaxed)), reconnects);
     a.shutdown().unwrap();
 }
+
+/// A client churns topics faster than a stalled Redis lets the backplane follow. The
+/// workers' reports of interest wait in a bounded queue; what does not fit is counted, and
+/// each worker then resends its whole topic set, so once Redis runs again the node is
+/// subscribed to exactly the topics its clients hold and delivers on them. The test fails
+/// with an unbounded queue (nothing overflows) and with overflowing reports dropped but no
+/// resync (kept topics that did not fit are never subscribed).
+#[test]
+fn churning_topics_against_a_stalled_redis_overflows_the_interest_queue_and_resyncs() {
+    use corecast::backplane::INTEREST_QUEUE;
+    use std::sync::atomic::Ordering::Relaxed;
+    let r = Redis::start();
+    let mut cfg = config(2);
+    cfg.redis = Some(r.url());
+    cfg.max_subscriptions = 10_000;
+    let a = start(cfg);
+    wait_for("connected", || up(&a));
+    let link = a.backplane().unwrap();
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(r.pid() as i32, libc::SIGSTOP) }, 0);
+    // The backplane task now waits on a SUBSCRIBE that Redis will not answer.
+    let mut first = connect(a.local_addr(), "/ws");
+    subscribe(&mut first, "first");
+
+    // Two churning clients, one on each worker. Each subscribes to and unsubscribes from
+    // 20,000 topics (40,000 reports), keeping every 100th.
+    const CHURN: usize = 20_000;
+    let mut expected = vec![
+        "corecast:all".to_string(),
+        "corecast:topic:first".to_string(),
+    ];
+    let mut churners = Vec::new();
+    for name in ["a", "b"] {
+        let mut s = raw_upgraded(a.local_addr(), "/ws");
+        let mut requests = Vec::new();
+        let mut kept = Vec::new();
+        for i in 0..CHURN {
+            let topic = format!("{name}{i}");
+            let sub = json!({"op":"subscribe","topic":topic}).to_string();
+            requests.extend(masked(0x81, sub.as_bytes()));
+            if i % 100 == 0 {
+                expected.push(format!("corecast:topic:{topic}"));
+                kept.push(topic);
+            } else {
+                let unsub = json!({"op":"unsubscribe","topic":topic}).to_string();
+                requests.extend(masked(0x81, unsub.as_bytes()));
+            }
+        }
+        let replies = CHURN * 2 - kept.len();
+        let mut reader = s.try_clone().unwrap();
+        let acks = std::thread::spawn(move || {
+            for n in 0..replies {
+                let (op, body) = raw_frame(&mut reader);
+                assert_eq!(
+                    (op, body.as_slice()),
+                    (1, &br#"{"op":"ok"}"#[..]),
+                    "reply {n}"
+                );
+            }
+        });
+        s.write_all(&requests).unwrap();
+        churners.push((s, acks, kept));
+    }
+    let mut peak = 0;
+    for (_, acks, _) in &churners {
+        while !acks.is_finished() {
+            peak = peak.max(link.interest_queued());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let mut kept_topics = Vec::new();
+    let mut sockets = Vec::new();
+    for (s, acks, kept) in churners {
+        acks.join().expect("every request answered");
+        kept_topics.push(kept);
+        sockets.push(s);
+    }
+    let overflows = stat(&a, |s| s.interest_overflows.load(Relaxed));
+    assert!(
+        overflows > 0,
+        "80,000 reports against a stalled Redis and a queue of {INTEREST_QUEUE}: none overflowed"
+    );
+    assert!(peak <= INTEREST_QUEUE, "{peak} reports queued");
+
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(r.pid() as i32, libc::SIGCONT) }, 0);
+    expected.sort();
+    wait_for("Redis channels = the topics clients hold", || {
+        up(&a) && r.channels() == expected
+    });
+    assert!(stat(&a, |s| s.interest_resyncs.load(Relaxed)) > 0);
+    assert_eq!(link.interest_queued(), 0);
+
+    // And delivery from another node works on a kept topic of each churning client.
+    let b = node(&r.url());
+    wait_for("B connected", || up(&b));
+    let mut publisher = connect(b.local_addr(), "/ws");
+    for (s, kept) in sockets.iter_mut().zip(&kept_topics) {
+        let topic = kept.last().unwrap();
+        send(
+            &mut publisher,
+            json!({"op":"publish","topic":topic,"data":"through Redis"}),
+        );
+        let (op, body) = raw_frame(s);
+        let m: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (op, m),
+            (
+                1,
+                json!({"op":"message","topic":topic,"data":"through Redis"})
+            )
+        );
+    }
+    a.shutdown().unwrap();
+    b.shutdown().unwrap();
+}

@@ -142,6 +142,9 @@ static FAMILIES: &[Family] = &[
     f("backplane_reconnects", "Connections to Redis made after the first.", Read::Counter(|r| bp(r, |s| s.reconnects.load(Relaxed)))),
     f("backplane_channels", "Redis channels subscribed right now.", Read::Gauge(|r| bp(r, |s| s.channels.load(Relaxed)))),
     f("backplane_queue_bytes", "Bytes of publishes waiting to be forwarded to Redis (bounded at 64 MiB).", Read::Gauge(|r| r.shared.bus.backplane().map_or(0, |b| saturate(b.queued_bytes() as u64)))),
+    f("backplane_interest_queued", "Reports of workers' topic changes waiting for the backplane (bounded at 16,384).", Read::Gauge(|r| r.shared.bus.backplane().map_or(0, |b| saturate(b.interest_queued() as u64)))),
+    f("backplane_interest_overflows", "Reports of topic changes that did not fit in the backplane's queue (the worker resends its whole topic set instead).", Read::Counter(|r| bp(r, |s| s.interest_overflows.load(Relaxed)))),
+    f("backplane_interest_resyncs", "Whole topic sets resent by workers after an overflow.", Read::Counter(|r| bp(r, |s| s.interest_resyncs.load(Relaxed)))),
 ];
 
 /// A backplane figure, or zero without `--redis`.

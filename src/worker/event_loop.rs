@@ -125,7 +125,7 @@ impl Worker {
             memory,
             tls,
         } = ctx;
-        let topics = Topics::new(bus.backplane_link());
+        let topics = Topics::new(index, bus.backplane_link());
         let deflate_level = cfg.deflate_level;
         let tls_in = if tls.is_some() {
             vec![0; READ_BUF]
@@ -223,6 +223,7 @@ impl Worker {
             self.advance_drain();
             self.flush_dirty();
             self.run_timers();
+            self.topics.resync_backplane();
             #[cfg(debug_assertions)]
             self.check_invariants();
             if self.drain_done() {
