@@ -80,6 +80,9 @@ pub struct Stats {
     pub forward_failed: AtomicU64,
     /// Messages from other nodes handed to the workers.
     pub received: AtomicU64,
+    /// Messages from other nodes dropped: the workers were [`crate::broadcast::OUTSIDE_BYTES`]
+    /// behind.
+    pub received_dropped: AtomicU64,
     /// Messages that came back from this node itself (skipped: already delivered).
     pub own_skipped: AtomicU64,
     /// Redis messages that are not a version-1 envelope (dropped).
@@ -394,11 +397,15 @@ impl Inbound {
                     self.link.stats.own_skipped.fetch_add(1, Relaxed);
                     return;
                 }
-                self.link.stats.received.fetch_add(1, Relaxed);
-                self.bus.deliver_remote(Delivery {
+                let d = Delivery {
                     target,
                     frame: frame(message),
-                });
+                };
+                if self.bus.deliver_remote(d) {
+                    self.link.stats.received.fetch_add(1, Relaxed);
+                } else {
+                    self.link.stats.received_dropped.fetch_add(1, Relaxed);
+                }
             }
             PushKind::Disconnection => {
                 self.dropped.store(generation, Relaxed);

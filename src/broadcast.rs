@@ -3,6 +3,7 @@
 //! the admin API. Runs on the publishing thread (encode, send) and on every worker (merge
 //! before delivery).
 
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -13,17 +14,30 @@ use crate::codec::{self, Kind, MAX_SERVER_HEADER};
 use crate::protocol;
 use crate::worker::handle::{Msg, WorkerHandle};
 
+/// The memory that deliveries from outside the workers (the admin API, other nodes through
+/// the backplane) may hold in the workers' queues, counting a frame once per worker. Past
+/// it such a delivery is refused: the admin API answers 503, a message from another node is
+/// dropped and counted. What fills it is a publisher outside this node's workers, which
+/// nothing else slows down, faster than the workers deliver.
+pub const OUTSIDE_BYTES: usize = 64 << 20;
+
 /// Every worker's queue, for fan-out, and the backplane to the other nodes if there is one.
 /// Cheap to clone; sending never blocks.
 #[derive(Debug, Clone)]
 pub struct Bus {
     workers: Arc<[WorkerHandle]>,
     backplane: Option<Arc<Link>>,
+    /// Bytes queued from outside the workers and not yet taken by them.
+    outside: Arc<AtomicUsize>,
 }
 
 impl Bus {
     pub fn new(workers: Arc<[WorkerHandle]>, backplane: Option<Arc<Link>>) -> Bus {
-        Bus { workers, backplane }
+        Bus {
+            workers,
+            backplane,
+            outside: Arc::new(AtomicUsize::new(0)),
+        }
     }
 
     /// How many workers a publish reaches.
@@ -42,21 +56,62 @@ impl Bus {
     }
 
     /// A publish from outside the workers (the admin API): queued to every worker, and
-    /// forwarded to the other nodes.
-    pub fn publish(&self, d: Delivery) -> usize {
+    /// forwarded to the other nodes. `None` if the workers are [`OUTSIDE_BYTES`] behind (then
+    /// it goes nowhere).
+    pub fn publish(&self, d: Delivery) -> Option<usize> {
+        if !self.reserve_outside(d.frame.len()) {
+            return None;
+        }
         if let Some(b) = &self.backplane {
             b.forward(&d);
         }
-        self.deliver_remote(d)
+        Some(self.queue_outside(d))
     }
 
     /// A message from another node (through the backplane): queued to every worker, not
-    /// forwarded again.
-    pub fn deliver_remote(&self, d: Delivery) -> usize {
+    /// forwarded again. False if the workers are [`OUTSIDE_BYTES`] behind (it is dropped).
+    pub fn deliver_remote(&self, d: Delivery) -> bool {
+        if !self.reserve_outside(d.frame.len()) {
+            return false;
+        }
+        self.queue_outside(d);
+        true
+    }
+
+    /// Takes room for one copy of a `len`-byte frame per worker, never past the bound.
+    fn reserve_outside(&self, len: usize) -> bool {
+        let want = len * self.workers.len();
+        let mut held = self.outside.load(Relaxed);
+        loop {
+            if held + want > OUTSIDE_BYTES {
+                return false;
+            }
+            match self
+                .outside
+                .compare_exchange_weak(held, held + want, Relaxed, Relaxed)
+            {
+                Ok(_) => return true,
+                Err(now) => held = now,
+            }
+        }
+    }
+
+    fn queue_outside(&self, d: Delivery) -> usize {
         for w in self.workers.iter() {
-            w.send(Msg::Deliver(d.clone()));
+            w.send(Msg::DeliverOutside(d.clone()));
         }
         self.workers.len()
+    }
+
+    /// A worker took a delivery from outside off its queue: its room is free again (the
+    /// frame lives on only in connections' bounded output queues).
+    pub fn outside_taken(&self, d: &Delivery) {
+        self.outside.fetch_sub(d.frame.len(), Relaxed);
+    }
+
+    /// Bytes of deliveries from outside waiting in the workers' queues.
+    pub fn outside_queued(&self) -> usize {
+        self.outside.load(Relaxed)
     }
 
     /// A publish made on worker `me`: its own copy goes straight to `local` (delivered this

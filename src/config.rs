@@ -102,6 +102,8 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// Negotiate permessage-deflate (RFC 7692) when a client offers it.
     pub permessage_deflate: bool,
+    /// Serve the web console (`GET /` without an upgrade) and `GET /stats.json`.
+    pub console: bool,
     /// Published messages shorter than this go out uncompressed.
     pub deflate_min_size: usize,
     /// zlib compression level, 1 (fastest) to 9.
@@ -145,6 +147,7 @@ impl Default for Config {
             max_memory: None,
             allowed_origins: Vec::new(),
             permessage_deflate: false,
+            console: true,
             deflate_min_size: DEFAULT_DEFLATE_MIN_SIZE,
             deflate_level: DEFAULT_DEFLATE_LEVEL,
             tls: None,
@@ -268,6 +271,13 @@ pub struct Args {
     /// takeover both ways, so a connection holds no compression state between messages.
     #[arg(long, env = "CORECAST_PERMESSAGE_DEFLATE")]
     pub permessage_deflate: bool,
+
+    /// Do not serve the web console (a plain GET of / on the WebSocket listener) nor its
+    /// live figures (GET /stats.json): both answer 404. Upgrades on / are unaffected. The
+    /// console shows counters only (no secrets, no client addresses), to whoever reaches
+    /// the listener.
+    #[arg(long, env = "CORECAST_NO_CONSOLE")]
+    pub no_console: bool,
 
     /// With --permessage-deflate: messages shorter than this many bytes are sent
     /// uncompressed. JSON under about 128 bytes does not shrink, and each attempt costs
@@ -467,6 +477,7 @@ impl Args {
             max_memory: self.max_memory,
             allowed_origins: self.allowed_origins,
             permessage_deflate: self.permessage_deflate,
+            console: !self.no_console,
             deflate_min_size: self.deflate_min_size,
             deflate_level: self.deflate_level,
             tls: match (self.tls_cert, self.tls_key) {

@@ -43,15 +43,27 @@ pub enum Outcome {
         status: u16,
         reason: &'static str,
     },
-    /// A plain HTTP health check (`/healthz`); the worker answers it and closes.
+    /// A plain HTTP GET the worker answers itself, then closes.
+    Page(Page),
+}
+
+/// What a plain (not upgraded) GET on the WebSocket listener asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Page {
+    /// `/healthz`.
     Health,
+    /// `/` without an upgrade: the web console (unless `--no-console`).
+    Console,
+    /// `/stats.json`: the console's live figures (unless `--no-console`).
+    Stats,
 }
 
 /// Parses the request head at the start of `buf`. If `allowed_origins` is non-empty, the
 /// request's `Origin` must be one of them (browsers always send it; other clients may not,
 /// and are refused too when the list is set).
-/// With `deflate`, a permessage-deflate offer is accepted if one can be (RFC 7692).
-pub fn parse(buf: &[u8], allowed_origins: &[String], deflate: bool) -> Outcome {
+/// With `deflate`, a permessage-deflate offer is accepted if one can be (RFC 7692). With
+/// `console`, a GET of `/` without an upgrade and of `/stats.json` are pages (404 without).
+pub fn parse(buf: &[u8], allowed_origins: &[String], deflate: bool, console: bool) -> Outcome {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let consumed = match req.parse(buf) {
@@ -87,10 +99,18 @@ pub fn parse(buf: &[u8], allowed_origins: &[String], deflate: bool) -> Outcome {
         return reject(400, "Bad Request", reason, "");
     }
     let path = origin_form(req.path.unwrap_or("/"));
+    let plain_get = req.method == Some("GET")
+        && !req
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("upgrade"));
     let endpoint = match path.split('?').next().unwrap_or("") {
+        "/" if plain_get && console => return Outcome::Page(Page::Console),
+        "/" if plain_get => return reject(404, "Not Found", "console disabled", ""),
         "/ws" | "/" => Endpoint::Json,
         "/echo" => Endpoint::Echo,
-        "/healthz" => return Outcome::Health,
+        "/healthz" => return Outcome::Page(Page::Health),
+        "/stats.json" if console => return Outcome::Page(Page::Stats),
         _ => return reject(404, "Not Found", "unknown path", ""),
     };
     if !allowed_origins.is_empty() {
@@ -252,12 +272,25 @@ pub fn http_response(status: u16, phrase: &str, extra_headers: &str, body: &str)
     .into_bytes()
 }
 
+/// A 200 carrying `body` as it is, of `content_type`, not to be cached (it is live).
+pub fn http_ok(content_type: &str, extra_headers: &str, body: &[u8]) -> Vec<u8> {
+    let mut r = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n\
+         Connection: close\r\n{extra_headers}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn p(buf: &[u8]) -> Outcome {
-        parse(buf, &[], false)
+        parse(buf, &[], false, true)
     }
 
     const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -273,7 +306,7 @@ mod tests {
         let bytes = match o {
             Outcome::Upgrade { response, .. } | Outcome::Reject { response, .. } => response,
             Outcome::Partial => return "partial".into(),
-            Outcome::Health => return "health".into(),
+            Outcome::Page(p) => return format!("{p:?}"),
         };
         String::from_utf8_lossy(&bytes[..12]).into_owned()
     }
@@ -309,7 +342,7 @@ mod tests {
              Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\
              Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
         );
-        let answer = |buf: &[u8], on: bool| match parse(buf, &[], on) {
+        let answer = |buf: &[u8], on: bool| match parse(buf, &[], on, true) {
             Outcome::Upgrade {
                 response, deflate, ..
             } => (String::from_utf8(response).unwrap(), deflate),
@@ -381,6 +414,32 @@ mod tests {
     }
 
     #[test]
+    fn plain_gets_of_the_console_and_its_stats_are_pages_unless_disabled() {
+        let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let on = |r: &str| parse(r.as_bytes(), &[], false, true);
+        let off = |r: &str| parse(r.as_bytes(), &[], false, false);
+        assert_eq!(on(&get("/")), Outcome::Page(Page::Console));
+        assert_eq!(on(&get("/?x=1")), Outcome::Page(Page::Console));
+        assert_eq!(on(&get("/stats.json")), Outcome::Page(Page::Stats));
+        assert_eq!(status(&off(&get("/"))), "HTTP/1.1 404");
+        assert_eq!(status(&off(&get("/stats.json"))), "HTTP/1.1 404");
+        assert_eq!(off(&get("/healthz")), Outcome::Page(Page::Health));
+        // An upgrade on / is the JSON protocol, console or not.
+        for o in [on(&upgrade("/", "13")), off(&upgrade("/", "13"))] {
+            assert!(matches!(
+                o,
+                Outcome::Upgrade {
+                    endpoint: Endpoint::Json,
+                    ..
+                }
+            ));
+        }
+        // A POST to / is not the page.
+        let post = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(status(&on(post)), "HTTP/1.1 426");
+    }
+
+    #[test]
     fn refusals_carry_the_right_status() {
         assert_eq!(status(&p(upgrade("/ws", "8").as_bytes())), "HTTP/1.1 426");
         let plain = b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n";
@@ -444,19 +503,30 @@ mod tests {
             upgrade("/ws", "13").replacen("Host: x\r\n", &format!("Host: x\r\nOrigin: {o}\r\n"), 1)
         };
         assert!(matches!(
-            parse(with("https://app.example").as_bytes(), &allowed, false),
+            parse(
+                with("https://app.example").as_bytes(),
+                &allowed,
+                false,
+                true
+            ),
             Outcome::Upgrade { .. }
         ));
         assert_eq!(
             status(&parse(
                 with("https://evil.example").as_bytes(),
                 &allowed,
-                false
+                false,
+                true
             )),
             "HTTP/1.1 403"
         );
         assert_eq!(
-            status(&parse(upgrade("/ws", "13").as_bytes(), &allowed, false)),
+            status(&parse(
+                upgrade("/ws", "13").as_bytes(),
+                &allowed,
+                false,
+                true
+            )),
             "HTTP/1.1 403"
         );
     }

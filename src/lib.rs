@@ -10,6 +10,7 @@ pub mod broadcast;
 pub mod codec;
 pub mod config;
 pub mod conn;
+pub mod console;
 pub mod control;
 pub mod exit;
 pub mod fdlimit;

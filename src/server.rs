@@ -144,15 +144,18 @@ impl Server {
             admission: admission.clone(),
             draining: AtomicBool::new(false),
             api_publishes: AtomicU64::new(0),
+            api_publishes_refused: AtomicU64::new(0),
             started: Instant::now(),
             memory: memory.clone(),
+            console: Arc::default(),
         });
 
         let mut threads = Vec::new();
         for (index, (poll, inbox)) in polls.into_iter().zip(inboxes).enumerate() {
             let st = stats[index].clone();
+            let console = shared.console.clone();
             let (bus, cfg, admission, exit_tx, memory, tls) = (
-                Bus::new(workers.clone(), link.clone()),
+                shared.bus.clone(),
                 cfg.clone(),
                 admission.clone(),
                 exit_tx.clone(),
@@ -174,6 +177,7 @@ impl Server {
                         admission,
                         memory,
                         tls,
+                        console,
                     };
                     let worker = Worker::new(index, poll, inbox, ctx);
                     let result = exit::guarded(|| worker.run());
@@ -248,6 +252,11 @@ impl Server {
     /// The Redis backplane's state and counters, with `--redis`.
     pub fn backplane(&self) -> Option<&crate::backplane::Link> {
         self.shared.bus.backplane()
+    }
+
+    /// Bytes of publishes from outside the workers (admin API, backplane) in their queues.
+    pub fn outside_queued(&self) -> usize {
+        self.shared.bus.outside_queued()
     }
 
     /// Where the admin endpoint listens, if enabled.

@@ -8,6 +8,7 @@ use std::time::Instant;
 use crate::admission;
 use crate::broadcast::Bus;
 use crate::config::Config;
+use crate::console::Console;
 use crate::memory;
 use crate::stats::{Snapshot, Stats};
 use crate::worker::handle::WorkerHandle;
@@ -25,9 +26,13 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// Messages accepted through the admin publish API.
     pub api_publishes: AtomicU64,
+    /// Admin publishes refused because the workers were too far behind (503).
+    pub api_publishes_refused: AtomicU64,
     pub started: Instant,
     /// Resident memory against `--max-memory`.
     pub memory: Arc<memory::Guard>,
+    /// The web console's figures (`/stats.json`), refreshed by the control thread.
+    pub console: Arc<Console>,
 }
 
 impl Shared {

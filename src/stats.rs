@@ -17,6 +17,8 @@ macro_rules! counters {
             $($(#[$gdoc])* pub $gauge: AtomicI64,)*
             /// Failed handshakes by HTTP status answered (see [`HANDSHAKE_STATUSES`]).
             pub handshake_failures_by: [AtomicU64; HANDSHAKE_STATUSES.len()],
+            /// How long this worker's event-loop turns take.
+            pub turns: Turns,
         }
 
         /// A plain copy of counters, summed over workers.
@@ -85,6 +87,8 @@ counters! {
     handshake_failures,
     /// Plain HTTP health checks answered on the WebSocket listener.
     health_checks,
+    /// Console pages and `/stats.json` answered on the WebSocket listener.
+    console_requests,
     /// Data messages received (after reassembly).
     messages_in,
     /// Data messages queued for sending: replies and deliveries.
@@ -152,6 +156,117 @@ counters! {
     }
 }
 
+/// Buckets of [`Turns`]: bucket `i` counts turns of at most 2^i µs (1 µs to about 1 s),
+/// the last one the longer turns.
+pub const TURN_BUCKETS: usize = 22;
+
+/// The upper bound of turn bucket `i`, in microseconds (infinite for the last).
+pub fn turn_bound_us(i: usize) -> f64 {
+    if i + 1 >= TURN_BUCKETS {
+        f64::INFINITY
+    } else {
+        (1u64 << i) as f64
+    }
+}
+
+/// A histogram of one worker's event-loop turn times: from the moment `epoll_wait` returns
+/// to the end of the turn's work (time asleep is not in it), and when the turn in progress
+/// began. A saturated core shows as long turns; a stalled one as a turn that has been
+/// running for long. Written by its worker alone: three relaxed stores per turn.
+#[derive(Debug, Default)]
+pub struct Turns {
+    buckets: [AtomicU64; TURN_BUCKETS],
+    sum_ns: AtomicU64,
+    /// When the turn in progress began, in µs after [`epoch`] plus one; 0 between turns.
+    running_since: AtomicU64,
+}
+
+/// The instant turn start times are counted from (the first use of it).
+pub fn epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+fn since_epoch_us(at: std::time::Instant) -> u64 {
+    at.saturating_duration_since(epoch()).as_micros() as u64 + 1
+}
+
+impl Turns {
+    /// A turn begins at `at`.
+    pub fn begin(&self, at: std::time::Instant) {
+        self.running_since.store(since_epoch_us(at), Relaxed);
+    }
+
+    /// How long the turn in progress has been running at `now` (zero between turns).
+    pub fn running(&self, now: std::time::Instant) -> std::time::Duration {
+        match self.running_since.load(Relaxed) {
+            0 => std::time::Duration::ZERO,
+            since => std::time::Duration::from_micros(since_epoch_us(now).saturating_sub(since)),
+        }
+    }
+
+    /// The turn that began last took `took`.
+    pub fn record(&self, took: std::time::Duration) {
+        self.running_since.store(0, Relaxed);
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let us = ns.div_ceil(1000);
+        let i = if us <= 1 {
+            0
+        } else {
+            ((64 - (us - 1).leading_zeros()) as usize).min(TURN_BUCKETS - 1)
+        };
+        bump(&self.buckets[i], 1);
+        bump(&self.sum_ns, ns);
+    }
+
+    pub fn read(&self) -> TurnCounts {
+        TurnCounts {
+            buckets: std::array::from_fn(|i| self.buckets[i].load(Relaxed)),
+            sum_ns: self.sum_ns.load(Relaxed),
+        }
+    }
+}
+
+/// A copy of [`Turns`], or the difference of two copies (the turns of an interval).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TurnCounts {
+    /// Turns per bucket (not cumulative).
+    pub buckets: [u64; TURN_BUCKETS],
+    pub sum_ns: u64,
+}
+
+impl TurnCounts {
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+
+    /// The turns since `earlier`.
+    pub fn since(&self, earlier: &TurnCounts) -> TurnCounts {
+        TurnCounts {
+            buckets: std::array::from_fn(|i| self.buckets[i].wrapping_sub(earlier.buckets[i])),
+            sum_ns: self.sum_ns.wrapping_sub(earlier.sum_ns),
+        }
+    }
+
+    /// The upper bound (µs) of the bucket holding quantile `q` (0 to 1); `None` without
+    /// turns. The last bucket, unbounded, reads as twice the one before it.
+    pub fn quantile_us(&self, q: f64) -> Option<u64> {
+        let n = self.count();
+        if n == 0 {
+            return None;
+        }
+        let rank = ((q * n as f64).ceil() as u64).clamp(1, n);
+        let mut seen = 0;
+        for (i, c) in self.buckets.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Some(1u64 << i);
+            }
+        }
+        Some(1u64 << (TURN_BUCKETS - 1))
+    }
+}
+
 /// Adds `n` to a counter that only the calling thread writes.
 #[inline]
 pub fn bump(c: &AtomicU64, n: u64) {
@@ -162,4 +277,44 @@ pub fn bump(c: &AtomicU64, n: u64) {
 #[inline]
 pub fn gauge(c: &AtomicI64, delta: i64) {
     c.store(c.load(Relaxed) + delta, Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn turns_land_in_power_of_two_buckets_and_quantiles_read_them() {
+        let t = Turns::default();
+        let start = t.read();
+        for us in [0, 1, 2, 3, 4, 5, 1000] {
+            t.record(Duration::from_micros(us));
+        }
+        t.record(Duration::from_secs(5));
+        let d = t.read().since(&start);
+        // 0 and 1 µs | 2 | 3, 4 | 5 | 1000 (<= 1024) | 5 s in the last bucket
+        assert_eq!(&d.buckets[..4], &[2, 1, 2, 1]);
+        assert_eq!(d.buckets[10], 1);
+        assert_eq!(d.buckets[TURN_BUCKETS - 1], 1);
+        assert_eq!(d.count(), 8);
+        assert_eq!(d.quantile_us(0.5), Some(4));
+        assert_eq!(d.quantile_us(0.99), Some(1 << (TURN_BUCKETS - 1)));
+        assert_eq!(d.sum_ns, 5_000_000_000 + 1_015_000);
+        assert_eq!(TurnCounts::default().quantile_us(0.5), None);
+        assert!(turn_bound_us(TURN_BUCKETS - 1).is_infinite());
+        assert_eq!(turn_bound_us(3), 8.0);
+    }
+
+    #[test]
+    fn a_turn_in_progress_reads_as_running_until_recorded() {
+        let t = Turns::default();
+        let now = std::time::Instant::now();
+        assert_eq!(t.running(now), Duration::ZERO);
+        t.begin(now);
+        let later = now + Duration::from_millis(1500);
+        assert_eq!(t.running(later).as_millis(), 1500);
+        t.record(Duration::from_millis(1500));
+        assert_eq!(t.running(later), Duration::ZERO);
+    }
 }

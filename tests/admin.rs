@@ -548,7 +548,7 @@ type Sample = (String, &'static str, Vec<(String, String)>);
 
 #[test]
 fn every_metric_keeps_its_name_type_and_labels() {
-    use prometheus_parse::Value::{Counter, Gauge};
+    use prometheus_parse::Value::{Counter, Gauge, Histogram};
     let server = start(admin_config(2));
     let admin = server.admin_addr().unwrap();
     let resp = exchange(admin, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -565,6 +565,7 @@ fn every_metric_keeps_its_name_type_and_labels() {
             let kind = match s.value {
                 Counter(_) => "counter",
                 Gauge(_) => "gauge",
+                Histogram(_) => "histogram",
                 _ => "other",
             };
             let mut labels: Vec<(String, String)> = s
@@ -585,6 +586,16 @@ fn every_metric_keeps_its_name_type_and_labels() {
     add("connections_open", "gauge", None);
     add("worker_connections_open", "gauge", Some(("worker", "0")));
     add("worker_connections_open", "gauge", Some(("worker", "1")));
+    // prometheus-parse reads a histogram's _sum and _count as samples of their own, in
+    // place, and lists its buckets as one histogram sample after everything else.
+    for w in ["0", "1"] {
+        add("worker_loop_turn_seconds_sum", "other", Some(("worker", w)));
+        add(
+            "worker_loop_turn_seconds_count",
+            "other",
+            Some(("worker", w)),
+        );
+    }
     add("connections_accepted_total", "counter", None);
     for r in [
         "max_connections",
@@ -611,12 +622,14 @@ fn every_metric_keeps_its_name_type_and_labels() {
     }
     for name in [
         "health_checks_total",
+        "console_requests_total",
         "messages_in_total",
         "messages_out_total",
         "bytes_in_total",
         "bytes_out_total",
         "publishes_total",
         "api_publishes_total",
+        "api_publishes_refused_total",
         "deliveries_total",
         "slow_consumer_dropped_total",
         "slow_consumer_closed_total",
@@ -640,6 +653,7 @@ fn every_metric_keeps_its_name_type_and_labels() {
     for name in [
         "connections_held",
         "outbound_queued_bytes",
+        "outside_queued_bytes",
         "outbound_memory_bytes",
         "tls_memory_bytes",
         "inbound_memory_bytes",
@@ -663,6 +677,7 @@ fn every_metric_keeps_its_name_type_and_labels() {
         "backplane_forwarded_total",
         "backplane_forward_failed_total",
         "backplane_received_total",
+        "backplane_received_dropped_total",
         "backplane_own_skipped_total",
         "backplane_bad_envelopes_total",
         "backplane_reconnects_total",
@@ -671,6 +686,19 @@ fn every_metric_keeps_its_name_type_and_labels() {
     }
     add("backplane_channels", "gauge", None);
     add("backplane_queue_bytes", "gauge", None);
+    add("backplane_interest_queued", "gauge", None);
+    add("backplane_interest_overflows_total", "counter", None);
+    add("backplane_interest_resyncs_total", "counter", None);
+    add(
+        "worker_loop_turn_seconds",
+        "histogram",
+        Some(("worker", "0")),
+    );
+    add(
+        "worker_loop_turn_seconds",
+        "histogram",
+        Some(("worker", "1")),
+    );
     assert_eq!(got, want);
     // The scrape itself is the one admin connection open.
     assert!(resp.body.contains("\ncorecast_admin_connections_open 1\n"));
@@ -719,4 +747,79 @@ fn a_client_that_never_reads_its_responses_is_dropped_at_the_write_stall_bound()
     drop(s);
     writer.join().unwrap();
     server.shutdown().unwrap();
+}
+
+/// A publisher on the admin API outruns the worker (each publish costs it a compression for
+/// a permessage-deflate subscriber): what the workers have not taken is bounded at
+/// OUTSIDE_BYTES; past it a publish is answered 503 ("behind") and counted, and every one
+/// answered 202 is delivered, in order.
+#[test]
+fn admin_publishes_beyond_the_workers_pace_are_refused_with_503_not_queued() {
+    use corecast::broadcast::OUTSIDE_BYTES;
+    let mut cfg = admin_config(1);
+    cfg.permessage_deflate = true;
+    cfg.max_outbound_bytes = 256 << 20;
+    let server = start(cfg);
+    let admin = server.admin_addr().unwrap();
+    let deflate = deflate_reader(server.local_addr(), "wide");
+    let mut plain = connect(server.local_addr(), "/ws");
+    send(&mut plain, json!({"op":"subscribe","topic":"wide","id":1}));
+    assert_eq!(recv(&mut plain), json!({"op":"ok","id":1}));
+    let reader = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        loop {
+            let m = recv(&mut plain);
+            if m["data"] == "end" {
+                return seen;
+            }
+            seen.push(m["data"]["seq"].as_u64().unwrap());
+        }
+    });
+
+    // 4,000 publishes of 60 KiB (234 MiB) on one keep-alive connection.
+    const N: u64 = 4000;
+    let pad = slow_to_compress(60 * 1024);
+    let mut s = open(admin);
+    let (mut accepted, mut refused, mut peak) = (0u64, 0u64, 0);
+    for seq in 0..N {
+        let body = json!({"topic":"wide","data":{"seq":seq,"pad":pad}}).to_string();
+        s.write_all(&post("/publish", "", body.as_bytes())).unwrap();
+        let resp = read_response(&mut s).unwrap();
+        match resp.status {
+            202 => accepted += 1,
+            503 => {
+                let err: serde_json::Value = serde_json::from_str(&resp.body).unwrap();
+                assert_eq!(err["code"], "behind", "{}", resp.body);
+                refused += 1;
+            }
+            other => panic!("{other}: {}", resp.body),
+        }
+        peak = peak.max(server.outside_queued());
+    }
+    assert!(
+        refused > 0,
+        "{N} publishes of 60 KiB outran a compressing worker, none refused"
+    );
+    assert!(peak <= OUTSIDE_BYTES, "{peak} bytes queued for the worker");
+    let metrics = exchange(admin, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").body;
+    assert!(
+        metrics.contains(&format!("corecast_api_publishes_refused_total {refused}\n")),
+        "{metrics}"
+    );
+    let deadline = Instant::now() + WATCHDOG;
+    while server.outside_queued() > 0 {
+        assert!(Instant::now() < deadline, "the worker never caught up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let end = post("/publish", "", br#"{"topic":"wide","data":"end"}"#);
+    assert_eq!(exchange(admin, &end).status, 202);
+    let seen = reader.join().expect("the plain subscriber read to the end");
+    assert_eq!(
+        seen.len() as u64,
+        accepted,
+        "every accepted publish was delivered"
+    );
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "in order");
+    server.shutdown().unwrap();
+    deflate.join().unwrap();
 }

@@ -550,3 +550,86 @@ fn churning_topics_against_a_stalled_redis_overflows_the_interest_queue_and_resy
     a.shutdown().unwrap();
     b.shutdown().unwrap();
 }
+
+/// Another node publishes faster than this node's worker can deliver (each message costs it
+/// a compression for a permessage-deflate subscriber). Messages from Redis wait in the
+/// workers' queues up to OUTSIDE_BYTES; past that they are dropped and counted, never
+/// buffered without bound, and every message counted as received is delivered, in order.
+#[test]
+fn messages_from_other_nodes_beyond_the_workers_pace_are_bounded_dropped_and_counted() {
+    use corecast::broadcast::OUTSIDE_BYTES;
+    use std::sync::atomic::Ordering::Relaxed;
+    let r = Redis::start();
+    let mut cfg = config(1);
+    cfg.redis = Some(r.url());
+    cfg.permessage_deflate = true;
+    cfg.max_outbound_bytes = 256 << 20;
+    let a = start(cfg);
+    let b = node(&r.url());
+    wait_for("both connected", || up(&a) && up(&b));
+    let deflate = deflate_reader(a.local_addr(), "wide");
+    let mut plain = connect(a.local_addr(), "/ws");
+    subscribe(&mut plain, "wide");
+    wait_for("A on the channel", || {
+        numsub(&r, "corecast:topic:wide") == 1
+    });
+
+    // 2,400 messages of 60 KiB (140 MiB) of text that compresses slowly.
+    const N: u64 = 2400;
+    let pad = slow_to_compress(60 * 1024);
+    let reader = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        loop {
+            let m = recv(&mut plain);
+            if m["data"] == "end" {
+                return (plain, seen);
+            }
+            seen.push(m["data"]["seq"].as_u64().unwrap());
+        }
+    });
+    let mut publisher = connect(b.local_addr(), "/ws");
+    let mut peak = 0;
+    for seq in 0..N {
+        send(
+            &mut publisher,
+            json!({"op":"publish","topic":"wide","data":{"seq":seq,"pad":pad}}),
+        );
+        peak = peak.max(a.outside_queued());
+    }
+    let forwarded = |s: &Server| {
+        stat(s, |s| {
+            s.forwarded.load(Relaxed) + s.forward_failed.load(Relaxed)
+        })
+    };
+    wait_for("B done forwarding", || forwarded(&b) == N);
+    let sent = stat(&b, |s| s.forwarded.load(Relaxed));
+    wait_for("A took every message from Redis", || {
+        peak = peak.max(a.outside_queued());
+        stat(&a, |s| {
+            s.received.load(Relaxed) + s.received_dropped.load(Relaxed)
+        }) == sent
+    });
+    let received = stat(&a, |s| s.received.load(Relaxed));
+    let dropped = stat(&a, |s| s.received_dropped.load(Relaxed));
+    assert!(
+        dropped > 0,
+        "{sent} messages of 60 KiB outran a compressing worker, and none was dropped"
+    );
+    assert!(peak <= OUTSIDE_BYTES, "{peak} bytes queued for the worker");
+    // The end marker, once everything before it is through.
+    wait_for("the worker caught up", || a.outside_queued() == 0);
+    send(
+        &mut publisher,
+        json!({"op":"publish","topic":"wide","data":"end"}),
+    );
+    let (_plain, seen) = reader.join().expect("the plain subscriber read to the end");
+    assert_eq!(
+        seen.len() as u64,
+        received,
+        "every message received was delivered"
+    );
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "in order");
+    a.shutdown().unwrap();
+    b.shutdown().unwrap();
+    deflate.join().unwrap();
+}

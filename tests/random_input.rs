@@ -98,7 +98,7 @@ fn random_http_and_json_never_panic() {
         } else {
             rng.bytes(200)
         };
-        match handshake::parse(&req, &[], false) {
+        match handshake::parse(&req, &[], false, true) {
             Outcome::Upgrade {
                 response, consumed, ..
             } => {
@@ -106,7 +106,7 @@ fn random_http_and_json_never_panic() {
                 assert!(response.starts_with(b"HTTP/1.1 101"));
             }
             Outcome::Reject { response, .. } => assert!(response.starts_with(b"HTTP/1.1 ")),
-            Outcome::Partial | Outcome::Health => {}
+            Outcome::Partial | Outcome::Page(_) => {}
         }
     }
     let samples = [

@@ -6,7 +6,7 @@
 
 use crate::codec::{self, close_code, CloseFrameError, Decoded, FrameError, Kind};
 use crate::config::Config;
-use crate::handshake::{self, Endpoint, Outcome};
+use crate::handshake::{self, Endpoint, Outcome, Page};
 use crate::message::{self, Fragmented, MessageError, MessageKind, Step};
 
 use super::deflate::{Agreed, InflateError, Inflater};
@@ -99,8 +99,8 @@ pub enum Event<'b> {
         status: u16,
         reason: &'static str,
     },
-    /// A plain HTTP health check: answer it and close.
-    Health,
+    /// A plain HTTP GET of a page (health check, console, stats): answer it and close.
+    Page(Page),
     /// A whole message that lies in one frame, unmasked in place.
     Message {
         kind: MessageKind,
@@ -198,7 +198,12 @@ impl Machine {
     }
 
     fn upgrade<'b>(&mut self, buf: &'b [u8], cfg: &Config) -> (usize, Event<'b>) {
-        match handshake::parse(buf, &cfg.allowed_origins, cfg.permessage_deflate) {
+        match handshake::parse(
+            buf,
+            &cfg.allowed_origins,
+            cfg.permessage_deflate,
+            cfg.console,
+        ) {
             Outcome::Partial => (0, Event::NeedMore),
             Outcome::Upgrade {
                 endpoint,
@@ -210,9 +215,9 @@ impl Machine {
                 self.deflate = deflate;
                 (consumed, Event::Upgraded { endpoint, response })
             }
-            Outcome::Health => {
+            Outcome::Page(page) => {
                 self.close();
-                (buf.len(), Event::Health)
+                (buf.len(), Event::Page(page))
             }
             Outcome::Reject {
                 response,
@@ -367,7 +372,10 @@ mod tests {
         assert_eq!(m.phase(), Phase::Closing);
         let mut h = Machine::new();
         let mut req = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
-        assert!(matches!(h.next(&mut req, &cfg()).1, Event::Health));
+        assert!(matches!(
+            h.next(&mut req, &cfg()).1,
+            Event::Page(Page::Health)
+        ));
         assert_eq!(h.phase(), Phase::Closing);
     }
 

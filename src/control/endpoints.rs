@@ -46,6 +46,8 @@ pub enum PublishError {
     Json(#[from] serde_json::Error),
     #[error("{0}")]
     Topic(&'static str),
+    #[error("the workers are {} MiB of publishes behind; retry later", crate::broadcast::OUTSIDE_BYTES >> 20)]
+    Behind,
 }
 
 /// Answers one request. `both_lengths` is the connection's framing scanner's verdict: hyper
@@ -162,6 +164,12 @@ async fn publish(ep: &Endpoints, req: Request<Incoming>) -> Reply {
             let json = format!("{{\"queued_workers\":{n}}}");
             text(StatusCode::ACCEPTED, "application/json", json)
         }
+        Err(e @ PublishError::Behind) => {
+            ep.shared
+                .api_publishes_refused
+                .fetch_add(1, Ordering::Relaxed);
+            error_code(StatusCode::SERVICE_UNAVAILABLE, "behind", &e.to_string())
+        }
         Err(e) => error(StatusCode::BAD_REQUEST, &e.to_string()),
     }
 }
@@ -188,7 +196,10 @@ fn publish_now(shared: &Shared, body: &[u8]) -> Result<usize, PublishError> {
             Target::Topic(Arc::from(&*t))
         }
     };
-    let n = shared.bus.publish(broadcast::encode(target, req.data));
+    let n = shared
+        .bus
+        .publish(broadcast::encode(target, req.data))
+        .ok_or(PublishError::Behind)?;
     shared.api_publishes.fetch_add(1, Ordering::Relaxed);
     Ok(n)
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
@@ -18,7 +18,7 @@ use prometheus_client::registry::Registry;
 
 use crate::memory;
 use crate::shared::Shared;
-use crate::stats::{Snapshot, HANDSHAKE_STATUSES};
+use crate::stats::{turn_bound_us, Snapshot, TurnCounts, HANDSHAKE_STATUSES};
 
 /// The `Content-Type` of what [`Metrics::render`] returns.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -57,6 +57,8 @@ enum Read {
     Counters(&'static str, fn(&Reading) -> Labelled<u64>),
     /// One gauge sample per value of the named label.
     Gauges(&'static str, fn(&Reading) -> Labelled<i64>),
+    /// One histogram of loop-turn seconds per value of the named label.
+    Turns(&'static str, fn(&Reading) -> Labelled<TurnCounts>),
 }
 
 /// One metric family. `name` has neither the `corecast_` prefix nor, for counters, the
@@ -78,6 +80,9 @@ static FAMILIES: &[Family] = &[
     f("worker_connections_open", "Connections open per worker.", Read::Gauges("worker", |r| {
         r.shared.stats.iter().enumerate().map(|(i, s)| (i.to_string().into(), s.open.load(Relaxed))).collect()
     })),
+    f("worker_loop_turn_seconds", "Event-loop turn times per worker, from epoll_wait returning to the end of the turn's work (time asleep excluded); power-of-two buckets from 1 µs.", Read::Turns("worker", |r| {
+        r.shared.stats.iter().enumerate().map(|(i, s)| (i.to_string().into(), s.turns.read())).collect()
+    })),
     f("connections_accepted", "Connections handed to workers.", Read::Counter(|r| r.totals.accepted)),
     f("connections_rejected", "Connections refused at accept, by reason.", Read::Counters("reason", |r| {
         let a = &r.shared.admission;
@@ -94,12 +99,14 @@ static FAMILIES: &[Family] = &[
         HANDSHAKE_STATUSES.iter().zip(r.totals.handshake_failures_by).map(|((_, l), v)| ((*l).into(), v)).collect()
     })),
     f("health_checks", "Plain HTTP /healthz requests on the WebSocket listener.", Read::Counter(|r| r.totals.health_checks)),
+    f("console_requests", "Console pages and /stats.json answered on the WebSocket listener.", Read::Counter(|r| r.totals.console_requests)),
     f("messages_in", "Data messages received.", Read::Counter(|r| r.totals.messages_in)),
     f("messages_out", "Data messages queued for sending (replies and deliveries).", Read::Counter(|r| r.totals.messages_out)),
     f("bytes_in", "Bytes read from client sockets.", Read::Counter(|r| r.totals.bytes_in)),
     f("bytes_out", "Bytes written to client sockets.", Read::Counter(|r| r.totals.bytes_out)),
     f("publishes", "Publish and broadcast requests from WebSocket clients.", Read::Counter(|r| r.totals.publishes)),
     f("api_publishes", "Messages accepted by the admin publish API.", Read::Counter(|r| r.shared.api_publishes.load(Relaxed))),
+    f("api_publishes_refused", "Admin publishes refused with 503 because the workers were 64 MiB of outside publishes behind.", Read::Counter(|r| r.shared.api_publishes_refused.load(Relaxed))),
     f("deliveries", "Messages queued to subscribers.", Read::Counter(|r| r.totals.deliveries)),
     f("slow_consumer_dropped", "Messages dropped because a subscriber's outbound queue was full.", Read::Counter(|r| r.totals.dropped)),
     f("slow_consumer_closed", "Connections closed (1008) for being slow consumers.", Read::Counter(|r| r.totals.slow_closes)),
@@ -119,6 +126,7 @@ static FAMILIES: &[Family] = &[
     f("messages_inflated", "Compressed (permessage-deflate) messages received and inflated.", Read::Counter(|r| r.totals.messages_inflated)),
     f("connections_held", "Connections whose input is held back by backpressure right now.", Read::Gauge(|r| r.totals.held)),
     f("outbound_queued_bytes", "Bytes queued for sending, not yet taken by the kernel.", Read::Gauge(|r| r.totals.queued_bytes)),
+    f("outside_queued_bytes", "Bytes of publishes from outside the workers (admin API, other nodes) waiting in the workers' queues, once per worker (bounded at 64 MiB).", Read::Gauge(|r| saturate(r.shared.bus.outside_queued() as u64))),
     f("outbound_memory_bytes", "Memory held by outbound queues (what --max-outbound-bytes bounds).", Read::Gauge(|r| r.totals.outbound_memory)),
     f("tls_memory_bytes", "Memory in TLS connections' own buffers (a half-received record, ciphertext not yet sent).", Read::Gauge(|r| r.totals.tls_memory)),
     f("inbound_memory_bytes", "Memory held for partial frames, fragmented messages and held-back input.", Read::Gauge(|r| r.totals.inbound_memory)),
@@ -137,6 +145,7 @@ static FAMILIES: &[Family] = &[
     f("backplane_forwarded", "Publishes sent to the other nodes through Redis.", Read::Counter(|r| bp(r, |s| s.forwarded.load(Relaxed)))),
     f("backplane_forward_failed", "Publishes not sent to the other nodes: queue full, Redis unreachable, or PUBLISH failed.", Read::Counter(|r| bp(r, |s| s.forward_failed.load(Relaxed)))),
     f("backplane_received", "Messages from other nodes delivered to this node's workers.", Read::Counter(|r| bp(r, |s| s.received.load(Relaxed)))),
+    f("backplane_received_dropped", "Messages from other nodes dropped because this node's workers were 64 MiB of them behind.", Read::Counter(|r| bp(r, |s| s.received_dropped.load(Relaxed)))),
     f("backplane_own_skipped", "Messages that came back from Redis to the node that sent them (not delivered twice).", Read::Counter(|r| bp(r, |s| s.own_skipped.load(Relaxed)))),
     f("backplane_bad_envelopes", "Redis messages on corecast's channels that are not a version-1 envelope (dropped).", Read::Counter(|r| bp(r, |s| s.bad_envelopes.load(Relaxed)))),
     f("backplane_reconnects", "Connections to Redis made after the first.", Read::Counter(|r| bp(r, |s| s.reconnects.load(Relaxed)))),
@@ -209,6 +218,7 @@ impl Collector for Scrape {
             let kind = match fam.read {
                 Read::Counter(_) | Read::Counters(..) => MetricType::Counter,
                 Read::Gauge(_) | Read::Seconds(_) | Read::Gauges(..) => MetricType::Gauge,
+                Read::Turns(..) => MetricType::Histogram,
             };
             let mut m = encoder.encode_descriptor(fam.name, fam.help, None, kind)?;
             match fam.read {
@@ -225,6 +235,23 @@ impl Collector for Scrape {
                     for (value, n) in read(&r) {
                         let labels = [(label, value)];
                         ConstGauge::new(n).encode(m.encode_family(&labels)?)?;
+                    }
+                }
+                Read::Turns(label, read) => {
+                    for (value, t) in read(&r) {
+                        let labels = [(label, value)];
+                        let buckets: Vec<(f64, u64)> = t
+                            .buckets
+                            .iter()
+                            .enumerate()
+                            .map(|(i, n)| (turn_bound_us(i) / 1e6, *n))
+                            .collect();
+                        m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+                            t.sum_ns as f64 / 1e9,
+                            t.count(),
+                            &buckets,
+                            None,
+                        )?;
                     }
                 }
             }

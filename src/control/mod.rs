@@ -110,6 +110,13 @@ impl Control {
             rt.spawn(stats_line::run(shared.clone(), every, stopping.clone()));
         }
         rt.spawn(watch_memory(shared.clone(), stopping.clone()));
+        if shared.cfg.console {
+            rt.spawn(crate::console::run(
+                shared.clone(),
+                shared.console.clone(),
+                stopping.clone(),
+            ));
+        }
         let mut backplane_task = None;
         if let (Some((opts, rx)), Some(link)) = (backplane, shared.bus.backplane_link()) {
             backplane_task = Some(rt.spawn(crate::backplane::run(

@@ -21,6 +21,7 @@ use crate::broadcast::{Bus, Delivery};
 use crate::config::Config;
 use crate::conn::deflate::{Deflater, Inflater};
 use crate::conn::{Conn, Tls, Transport};
+use crate::console::Console;
 use crate::memory;
 use crate::stats::{bump, gauge, Stats};
 use crate::timer::{Entry, Wheel};
@@ -56,6 +57,8 @@ pub struct Worker {
     pub(super) rbuf: Vec<u8>,
     /// The TLS configuration new connections get; `None`: plain ws.
     pub(super) tls: Option<Arc<rustls::ServerConfig>>,
+    /// The console's figures, served on `/stats.json`.
+    pub(super) console: Arc<Console>,
     /// Shared by TLS connections: ciphertext as it is read (`READ_BUF`), and plaintext
     /// gathered for encryption (a batch). Empty without TLS.
     pub(super) tls_in: Vec<u8>,
@@ -103,6 +106,7 @@ pub struct Context {
     pub memory: Arc<memory::Guard>,
     /// The TLS configuration new connections get; `None`: plain ws.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub console: Arc<Console>,
 }
 
 /// What a readiness event said about the peer, beyond readability.
@@ -124,6 +128,7 @@ impl Worker {
             admission,
             memory,
             tls,
+            console,
         } = ctx;
         let topics = Topics::new(index, bus.backplane_link());
         let deflate_level = cfg.deflate_level;
@@ -145,6 +150,7 @@ impl Worker {
             topics,
             rbuf: vec![0; READ_BUF],
             tls,
+            console,
             tls_in,
             tls_out: Vec::new(),
             scratch: Vec::with_capacity(1024),
@@ -189,7 +195,9 @@ impl Worker {
                 Err(e) => return Err(e),
             }
             self.inbox.awake();
-            self.tick = self.started.elapsed().as_secs() as u32;
+            let woke = Instant::now();
+            self.stats.turns.begin(woke);
+            self.tick = woke.duration_since(self.started).as_secs() as u32;
 
             ready.clear();
             for ev in events.iter() {
@@ -226,6 +234,7 @@ impl Worker {
             self.topics.resync_backplane();
             #[cfg(debug_assertions)]
             self.check_invariants();
+            self.stats.turns.record(woke.elapsed());
             if self.drain_done() {
                 break;
             }
@@ -255,6 +264,10 @@ impl Worker {
         while let Ok(msg) = self.inbox.msgs.try_recv() {
             match msg {
                 Msg::Deliver(d) => self.pending.push(d),
+                Msg::DeliverOutside(d) => {
+                    self.bus.outside_taken(&d);
+                    self.pending.push(d);
+                }
                 Msg::Shutdown => self.begin_shutdown(),
                 Msg::Fence => self.on_fence(),
                 Msg::Tls(cfg) => {

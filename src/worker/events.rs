@@ -13,8 +13,9 @@ use super::Worker;
 use crate::broadcast::{self, Target};
 use crate::codec::{self, Kind};
 use crate::conn::{CloseReason, Event, NEVER};
+use crate::console;
 use crate::handler::{self, Effect, Reply, Session};
-use crate::handshake::{self, Endpoint};
+use crate::handshake::{self, Endpoint, Page};
 use crate::message::MessageKind;
 use crate::outbound::CONTROL_ALLOWANCE;
 use crate::stats::{self, bump, gauge};
@@ -51,14 +52,27 @@ impl Worker {
                 self.queue_raw(key, &response);
                 self.enter_closing(key);
             }
-            Event::Health => {
-                bump(&self.stats.health_checks, 1);
-                // Local delivery works whatever Redis does: still 200, but say so.
-                let body = match self.bus.backplane() {
-                    Some(b) if !b.is_up() => "ok; backplane down",
-                    _ => "ok",
+            Event::Page(page) => {
+                let r = match page {
+                    Page::Health => {
+                        bump(&self.stats.health_checks, 1);
+                        // Local delivery works whatever Redis does: still 200, but say so.
+                        let body = match self.bus.backplane() {
+                            Some(b) if !b.is_up() => "ok; backplane down",
+                            _ => "ok",
+                        };
+                        handshake::http_response(200, "OK", "", body)
+                    }
+                    Page::Console => {
+                        bump(&self.stats.console_requests, 1);
+                        let html = "text/html; charset=utf-8";
+                        handshake::http_ok(html, console::PAGE_HEADERS, console::PAGE)
+                    }
+                    Page::Stats => {
+                        bump(&self.stats.console_requests, 1);
+                        handshake::http_ok("application/json", "", &self.console.stats())
+                    }
                 };
-                let r = handshake::http_response(200, "OK", "", body);
                 self.queue_raw(key, &r);
                 self.enter_closing(key);
             }

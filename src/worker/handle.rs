@@ -24,8 +24,11 @@ pub const CONN_QUEUE: usize = 1024;
 /// Messages between threads other than new sockets.
 #[derive(Debug)]
 pub enum Msg {
-    /// A frame for this worker's subscribers.
+    /// A frame for this worker's subscribers, from another worker.
     Deliver(Delivery),
+    /// The same from outside the workers (admin API, backplane): its bytes count against
+    /// [`crate::broadcast::OUTSIDE_BYTES`] until taken.
+    DeliverOutside(Delivery),
     /// Stop reading clients, confirm the last deliveries with a `Fence` to every worker, close
     /// every connection with 1001 once all fences are in, and exit once they are gone or the
     /// deadline passes.

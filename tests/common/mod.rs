@@ -181,3 +181,44 @@ pub fn read_response(s: &mut TcpStream) -> std::io::Result<HttpResponse> {
     resp.body = String::from_utf8_lossy(&body).into_owned();
     Ok(resp)
 }
+
+/// Opens a /ws connection that offers permessage-deflate, subscribes to `topic` and reads (and
+/// throws away) everything it is sent, on its own thread: each publish to `topic` then costs
+/// its worker a compression.
+pub fn deflate_reader(addr: SocketAddr, topic: &str) -> std::thread::JoinHandle<()> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WATCHDOG)).unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+          Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.contains("permessage-deflate"), "{head}");
+    let sub = serde_json::json!({"op":"subscribe","topic":topic}).to_string();
+    s.write_all(&masked(0x81, sub.as_bytes())).unwrap();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+    })
+}
+
+/// `len` pseudo-random lower-case letters: text that DEFLATE shrinks little, and slowly.
+pub fn slow_to_compress(len: usize) -> String {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'a' + (x % 26) as u8)
+        })
+        .collect()
+}
