@@ -96,7 +96,8 @@ struct Stats<'a> {
     workers: usize,
     interval_s: f64,
     draining: bool,
-    /// As of the newest sample: connections open (handshaking ones included).
+    /// As of the newest sample: WebSocket connections open (upgraded; plain HTTP requests
+    /// such as this one, and handshakes in progress, are not counted).
     connections: i64,
     totals: Totals,
     samples: &'a VecDeque<Sample>,
@@ -126,7 +127,7 @@ pub async fn run(shared: Arc<Shared>, console: Arc<Console>, mut stopping: watch
             workers: shared.stats.len(),
             interval_s: EVERY.as_secs_f64(),
             draining: shared.draining.load(Relaxed),
-            connections: t.open,
+            connections: t.websockets,
             totals: Totals {
                 messages_in: t.messages_in,
                 messages_out: t.messages_out,
@@ -164,8 +165,12 @@ fn sample(shared: &Shared, (then, before, turns_before): &Reading, now: &Reading
         t: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),
-        connections: after.open,
-        worker_connections: shared.stats.iter().map(|s| s.open.load(Relaxed)).collect(),
+        connections: after.websockets,
+        worker_connections: shared
+            .stats
+            .iter()
+            .map(|s| s.websockets.load(Relaxed))
+            .collect(),
         messages_in_per_s: rate(after.messages_in, before.messages_in),
         messages_out_per_s: rate(after.messages_out, before.messages_out),
         deliveries_per_s: rate(after.deliveries, before.deliveries),

@@ -436,7 +436,7 @@ mod tests {
         }
         // A POST to / is not the page.
         let post = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
-        assert_eq!(status(&on(post)), "HTTP/1.1 426");
+        assert_eq!(status(&on(post)), "HTTP/1.1 405");
     }
 
     #[test]

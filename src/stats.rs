@@ -142,6 +142,8 @@ counters! {
     gauges {
     /// Connections currently open on this worker (handshaking ones included).
     open,
+    /// Of those, the upgraded ones: WebSockets.
+    websockets,
     /// Bytes queued for sending and not yet taken by the kernel.
     queued_bytes,
     /// Memory held by outbound queues (what `--max-outbound-bytes` bounds).

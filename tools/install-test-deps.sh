@@ -6,7 +6,11 @@
 # tests/tls.rs uses to make RSA and SEC1 EC keys, the formats rcgen does not write; and
 # redis-server (Debian package `redis-server`, Redis 7), which tests/backplane.rs starts,
 # one per test, and haproxy and nginx, which tests/load_balancers.rs runs with deploy/'s
-# configs (the packages' own services are not needed and not started). It also turns on
+# configs (the packages' own services are not needed and not started); Debian's chromium
+# (with the DejaVu fonts for legible screenshots) and the Node `playwright-core` package
+# (tests/browser/package-lock.json) into tests/browser/node_modules, for the web console's
+# browser test, tools/browser-test.sh (playwright drives /usr/bin/chromium: it never
+# downloads a browser of its own). It also turns on
 # net.ipv4.tcp_migrate_req (Linux 5.14+, per network namespace, needs root), which the
 # --reuse-port restart test in tests/restart.rs relies on, as a production host would.
 # Idempotent and quiet: does nothing when all are already there at the pinned versions.
@@ -18,12 +22,15 @@
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 clients="$repo/tests/clients"
+browser="$repo/tests/browser"
 
 apt_missing=()
 command -v openssl >/dev/null || apt_missing+=(openssl)
 [ -x /usr/bin/redis-server ] || command -v redis-server >/dev/null || apt_missing+=(redis-server)
 [ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null || apt_missing+=(haproxy)
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || apt_missing+=(nginx)
+[ -x /usr/bin/chromium ] || apt_missing+=(chromium)
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || apt_missing+=(fonts-dejavu-core)
 if [ "${#apt_missing[@]}" -gt 0 ]; then
     apt-get update -qq
     # policy-rc.d: no service is started by the install (the tests start their own).
@@ -50,6 +57,12 @@ want_ws=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["pack
 have_ws=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["version"])' "$clients/node_modules/ws/package.json" 2>/dev/null || true)
 if [ "$have_ws" != "$want_ws" ]; then
     npm ci --prefix "$clients" --no-audit --no-fund --loglevel=error >/dev/null
+fi
+
+want_pw=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["packages"]["node_modules/playwright-core"]["version"])' "$browser/package-lock.json")
+have_pw=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["version"])' "$browser/node_modules/playwright-core/package.json" 2>/dev/null || true)
+if [ "$have_pw" != "$want_pw" ]; then
+    npm ci --prefix "$browser" --no-audit --no-fund --loglevel=error >/dev/null
 fi
 
 migrate=/proc/sys/net/ipv4/tcp_migrate_req

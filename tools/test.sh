@@ -7,8 +7,14 @@
 #   tools/test.sh [extra cargo test arguments...]
 #
 # Every apt, pip and npm package a test needs is installed by tools/install-test-deps.sh,
-# which does nothing when they are already there.
+# which does nothing when they are already there. Then, with no arguments, the web
+# console's browser test (tools/browser-test.sh: Debian's chromium driven by playwright-core).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash tools/install-test-deps.sh
-exec cargo test --workspace --profile test-release "$@"
+cargo test --workspace --profile test-release "$@"
+# The web console in a real (headless) Chromium; it needs the browser, so it is not a cargo
+# test. Skipped when arguments pick particular cargo tests.
+if [ "$#" -eq 0 ]; then
+    bash tools/browser-test.sh
+fi

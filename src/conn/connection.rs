@@ -60,6 +60,8 @@ pub struct Conn {
     /// Closing, with everything (the close frame included) written: the write side is shut
     /// and the connection waits for the peer's EOF or its deadline.
     pub shut: bool,
+    /// The upgrade completed: this is a WebSocket (counted in the `websockets` gauge).
+    pub upgraded: bool,
 }
 
 impl Conn {
@@ -81,6 +83,7 @@ impl Conn {
             write_interest: false,
             input_ready: false,
             shut: false,
+            upgraded: false,
         }
     }
 

@@ -77,6 +77,7 @@ const fn f(name: &'static str, help: &'static str, read: Read) -> Family {
 #[rustfmt::skip]
 static FAMILIES: &[Family] = &[
     f("connections_open", "Connections open (handshaking ones included).", Read::Gauge(|r| r.totals.open)),
+    f("websockets_open", "WebSocket connections open (upgrade completed).", Read::Gauge(|r| r.totals.websockets)),
     f("worker_connections_open", "Connections open per worker.", Read::Gauges("worker", |r| {
         r.shared.stats.iter().enumerate().map(|(i, s)| (i.to_string().into(), s.open.load(Relaxed))).collect()
     })),

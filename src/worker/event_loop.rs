@@ -109,6 +109,10 @@ pub struct Context {
     pub console: Arc<Console>,
 }
 
+/// Bytes of deliveries a turn takes from the worker's queue at most (and at least one
+/// delivery); the rest waits for the next turn, which then comes at once.
+const INBOX_BYTES_PER_TURN: usize = 1 << 20;
+
 /// What a readiness event said about the peer, beyond readability.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Hangup {
@@ -261,10 +265,21 @@ impl Worker {
         while let Ok((sock, ip)) = self.inbox.conns.try_recv() {
             self.add_conn(sock, ip);
         }
-        while let Ok(msg) = self.inbox.msgs.try_recv() {
+        // Deliveries are taken up to a budget per turn, so that a backlog (other workers or
+        // nodes publishing faster than this one delivers) is worked off over several turns
+        // with this worker's sockets served between them, not in one turn that starves them.
+        let mut taken = 0;
+        while taken < INBOX_BYTES_PER_TURN {
+            let Ok(msg) = self.inbox.msgs.try_recv() else {
+                break;
+            };
             match msg {
-                Msg::Deliver(d) => self.pending.push(d),
+                Msg::Deliver(d) => {
+                    taken += d.frame.len();
+                    self.pending.push(d);
+                }
                 Msg::DeliverOutside(d) => {
+                    taken += d.frame.len();
                     self.bus.outside_taken(&d);
                     self.pending.push(d);
                 }
@@ -329,6 +344,9 @@ impl Worker {
         }
         log::trace!("worker {}: conn {key} dropped: {why}", self.index);
         gauge(&self.stats.open, -1);
+        if conn.upgraded {
+            gauge(&self.stats.websockets, -1);
+        }
         gauge(&self.stats.queued_bytes, -(conn.out.len() as i64));
         gauge(&self.stats.outbound_memory, -(conn.out.cost() as i64));
         gauge(&self.stats.inbound_memory, -(conn.inbound_cost() as i64));

@@ -28,6 +28,8 @@ impl Worker {
             Event::NeedMore | Event::Discarded => {}
             Event::Upgraded { response, .. } => {
                 self.conns[key].last_rx = now;
+                self.conns[key].upgraded = true;
+                gauge(&self.stats.websockets, 1);
                 self.queue_raw(key, &response);
                 let ping_at = now + self.cfg.ping_interval.as_secs() as u32;
                 self.set_deadline(key, ping_at);

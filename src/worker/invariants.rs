@@ -46,5 +46,11 @@ impl Worker {
         assert_eq!(s.held.load(Relaxed), held, "held gauge");
         assert_eq!(s.tls_memory.load(Relaxed), tls, "TLS memory gauge");
         assert_eq!(s.open.load(Relaxed), self.conns.len() as i64, "open gauge");
+        let upgraded = self.conns.iter().filter(|(_, c)| c.upgraded).count();
+        assert_eq!(
+            s.websockets.load(Relaxed),
+            upgraded as i64,
+            "websockets gauge"
+        );
     }
 }
