@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The web console's real-browser test: builds corecast (profile test-release), then drives
+# The web console's real-browser test: builds corecast (profile test-release) unless
+# CORECAST_BIN names one already built, then drives
 # src/console/index.html in Debian's headless Chromium through playwright-core
 # (tests/browser/console.test.mjs). Screenshots of each step go to target/browser-test/
 # (or $CONSOLE_TEST_OUT).
@@ -18,7 +19,14 @@ if [ ! -x "$chromium" ]; then
     exit 1
 fi
 
-cargo build --profile test-release --bin corecast
+# tools/test.sh passes the corecast `cargo test` has just built: a `cargo build` would build
+# it again (45 s), with the features the dev-dependencies do not add.
+if [ -z "${CORECAST_BIN:-}" ]; then
+    cargo build --profile test-release --bin corecast
+elif [ ! -x "$CORECAST_BIN" ]; then
+    echo "error: CORECAST_BIN=$CORECAST_BIN is not an executable" >&2
+    exit 1
+fi
 
 browser=tests/browser
 if [ ! -d "$browser/node_modules/playwright-core" ] \

@@ -16,5 +16,6 @@ cargo test --workspace --profile test-release "$@"
 # The web console in a real (headless) Chromium; it needs the browser, so it is not a cargo
 # test. Skipped when arguments pick particular cargo tests.
 if [ "$#" -eq 0 ]; then
-    bash tools/browser-test.sh
+    CORECAST_BIN=${CORECAST_BIN:-${CARGO_TARGET_DIR:-target}/test-release/corecast} \
+        bash tools/browser-test.sh
 fi

@@ -37,8 +37,9 @@
 #                  one server (default 1; 2 with DEFLATE=1, where wstest, not the server, is
 #                  the bottleneck: its 216 compression cases take 6 minutes on one core).
 #                  Only with the default CASES; each share reports to REPORT_DIR/partN.
-#   PROFILE        cargo profile of the corecast it builds and runs (default release;
-#                  .ci/run passes test-release, which tools/test.sh has just built)
+#   PROFILE        cargo profile of the corecast it builds and runs (default release)
+#   CORECAST_BIN   a corecast already built, run instead of building one (.ci/run passes
+#                  the one tools/test.sh's `cargo test` has just built)
 #   CARGO_TARGET_DIR is honoured for the build.
 set -euo pipefail
 
@@ -114,8 +115,12 @@ if [ "$stand_in" = 1 ]; then
     python3 -c 'import websockets.asyncio.server' 2>/dev/null \
         || { echo "the stand-in needs Python websockets: bash tools/install-test-deps.sh" >&2; exit 2; }
 else
-    echo "== cargo build --profile ${PROFILE:-release} --bin corecast"
-    bin=$(build_corecast)
+    if [ -n "${CORECAST_BIN:-}" ]; then
+        bin=$CORECAST_BIN
+    else
+        echo "== cargo build --profile ${PROFILE:-release} --bin corecast"
+        bin=$(build_corecast)
+    fi
     [ -x "$bin" ] || { echo "build produced no corecast executable" >&2; exit 2; }
     if [ "$tls" = 1 ] && ! "$bin" --help | grep -q -- '--tls-cert'; then
         echo "this corecast has no --tls-cert: the server's TLS has not landed, so TLS=1 cannot run" >&2
