@@ -1,15 +1,11 @@
 //! RFC 6455 frame decoding and encoding over byte slices; no I/O. Runs on worker threads.
 //!
-//! The decoder works in place on the worker's read buffer: it parses one header with
-//! tungstenite's `FrameHeader::parse`, applies the RFC's rules that depend only on that one
-//! frame (masking, reserved bits, control-frame limits, size limits), unmasks the payload where
-//! it lies and hands back its range. Rules that span frames (fragmentation, UTF-8 across
-//! fragments) belong to `message.rs`.
-
-use std::io::Cursor;
-
-use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
-use tungstenite::protocol::frame::FrameHeader;
+//! The decoder works in place on the worker's read buffer: it parses one header straight off
+//! the slice, applies the RFC's rules that depend only on that one frame (masking, reserved
+//! bits and opcodes, control-frame limits, size limits), unmasks the payload where it lies
+//! and hands back its range. Rules that span frames (fragmentation, UTF-8 across fragments)
+//! belong to `message.rs`. tungstenite is kept for the handshake only: its `FrameHeader::parse`
+//! reads through a `Cursor` and `io::Read`, which cost 3% of a core on the echo profile.
 
 /// The longest server frame header: 2 bytes, plus 8 for a 64-bit length; no mask.
 pub const MAX_SERVER_HEADER: usize = 10;
@@ -121,38 +117,44 @@ pub fn decode_with(
     max_frame: usize,
     rsv1_allowed: bool,
 ) -> Result<Decoded, FrameError> {
-    let mut cursor = Cursor::new(&*buf);
-    let (header, len) = match FrameHeader::parse(&mut cursor) {
-        Ok(Some(parsed)) => parsed,
-        Ok(None) => return Ok(Decoded::Incomplete { need: 0 }),
-        // The only error `parse` reports on a slice is a reserved opcode.
-        Err(_) => return Err(FrameError::ReservedOpcode),
+    let Some(&[b0, b1]) = buf.get(..2) else {
+        return Ok(Decoded::Incomplete { need: 0 });
     };
-    let header_len = cursor.position() as usize;
-    let kind = match header.opcode {
-        OpCode::Data(Data::Continue) => Kind::Continuation,
-        OpCode::Data(Data::Text) => Kind::Text,
-        OpCode::Data(Data::Binary) => Kind::Binary,
-        OpCode::Control(Control::Close) => Kind::Close,
-        OpCode::Control(Control::Ping) => Kind::Ping,
-        OpCode::Control(Control::Pong) => Kind::Pong,
-        OpCode::Data(Data::Reserved(_)) | OpCode::Control(Control::Reserved(_)) => {
-            return Err(FrameError::ReservedOpcode)
-        }
+    // Everything but the length is in the first two bytes: refuse a bad frame before its
+    // length or mask arrives.
+    let fin = b0 & 0x80 != 0;
+    let kind = match b0 & 0x0F {
+        0x0 => Kind::Continuation,
+        0x1 => Kind::Text,
+        0x2 => Kind::Binary,
+        0x8 => Kind::Close,
+        0x9 => Kind::Ping,
+        0xA => Kind::Pong,
+        _ => return Err(FrameError::ReservedOpcode),
     };
+    let rsv1 = b0 & 0x40 != 0;
     let rsv1_ok = rsv1_allowed && matches!(kind, Kind::Text | Kind::Binary);
-    if (header.rsv1 && !rsv1_ok) || header.rsv2 || header.rsv3 {
+    if (rsv1 && !rsv1_ok) || b0 & 0x30 != 0 {
         return Err(FrameError::ReservedBits);
     }
-    let Some(mask) = header.mask else {
+    if b1 & 0x80 == 0 {
         return Err(FrameError::Unmasked);
-    };
-    if kind.is_control() && (!header.is_final || len > MAX_CONTROL_PAYLOAD as u64) {
+    }
+    let short = b1 & 0x7F;
+    if kind.is_control() && (!fin || short as usize > MAX_CONTROL_PAYLOAD) {
         return Err(FrameError::BadControl);
     }
-    if len > max_frame as u64 {
+    let Some((len, header_len)) = payload_len(buf) else {
+        return Ok(Decoded::Incomplete { need: 0 });
+    };
+    // RFC 6455 §5.2: the top bit of a 64-bit length must be 0.
+    if len > max_frame as u64 || len >> 63 != 0 {
         return Err(FrameError::TooBig(len));
     }
+    let Some(mask) = buf.get(header_len - 4..header_len) else {
+        return Ok(Decoded::Incomplete { need: 0 });
+    };
+    let mask: [u8; 4] = mask.try_into().expect("four bytes");
     let total = header_len + len as usize;
     if buf.len() < total {
         return Ok(Decoded::Incomplete { need: total });
@@ -162,22 +164,43 @@ pub fn decode_with(
     Ok(Decoded::Frame {
         frame: Frame {
             kind,
-            fin: header.is_final,
-            rsv1: header.rsv1,
+            fin,
+            rsv1,
             payload,
         },
         used: total,
     })
 }
 
+/// The payload length of the (client) frame at the start of `buf` and the length of its
+/// header, the 4-byte mask included when the mask bit is set; `None` until the length field
+/// is complete. The 16- and 64-bit forms are read as they are: a peer that spends more bytes
+/// than it needs on a length breaks no rule a receiver must enforce, and one with the top
+/// bit set is past any frame size limit.
+fn payload_len(buf: &[u8]) -> Option<(u64, usize)> {
+    let b1 = *buf.get(1)?;
+    let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
+    Some(match b1 & 0x7F {
+        126 => (
+            u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as u64,
+            4 + mask,
+        ),
+        127 => (
+            u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?),
+            10 + mask,
+        ),
+        n => (n as u64, 2 + mask),
+    })
+}
+
 /// The total length (header and payload) of the frame starting at `buf`, once its header is
 /// complete; `None` while it is not. Checks nothing else: `decode` does.
 pub fn frame_len(buf: &[u8]) -> Option<usize> {
-    let mut cursor = Cursor::new(buf);
-    match FrameHeader::parse(&mut cursor) {
-        Ok(Some((_, len))) => Some(cursor.position() as usize + usize::try_from(len).ok()?),
-        _ => None,
+    let (len, header_len) = payload_len(buf)?;
+    if buf.len() < header_len {
+        return None;
     }
+    header_len.checked_add(usize::try_from(len).ok()?)
 }
 
 /// XORs `data` with the 4-byte client mask, eight bytes at a time where it can.
@@ -407,6 +430,88 @@ mod tests {
             Err(FrameError::TooBig(2000))
         );
         assert_eq!(FrameError::TooBig(1).close_code(), close_code::TOO_BIG);
+    }
+
+    #[test]
+    fn a_bad_frame_is_refused_on_its_first_two_bytes() {
+        for (first, second, want) in [
+            (0x81u8, 0x05u8, FrameError::Unmasked),
+            (0x83, 0x85, FrameError::ReservedOpcode),
+            (0xA1, 0x85, FrameError::ReservedBits),
+            (0x09, 0x80, FrameError::BadControl),
+            (0x89, 0xFE, FrameError::BadControl),
+        ] {
+            let mut two = [first, second];
+            assert_eq!(decode(&mut two, 1024), Err(want), "{first:#x} {second:#x}");
+        }
+        // A 64-bit length with its top bit set is past any limit.
+        let mut huge = [0x82u8, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 1];
+        assert_eq!(
+            decode(&mut huge, usize::MAX),
+            Err(FrameError::TooBig(0x8000_0000_0000_0001))
+        );
+    }
+
+    /// The parser agrees with tungstenite's (which it replaced) on every first byte and every
+    /// length form, masked and not: same opcode, bits, length and header length.
+    #[test]
+    fn header_fields_match_tungstenite_for_every_first_byte() {
+        use std::io::Cursor;
+        use tungstenite::protocol::frame::FrameHeader;
+        let lengths: [&[u8]; 6] = [
+            &[0x00],
+            &[0x7D],
+            &[0x7E, 0x01, 0x00],
+            &[0x7E, 0xFF, 0xFF],
+            &[0x7F, 0, 0, 0, 0, 0, 1, 0, 0],
+            &[0x7F, 0, 0, 0, 1, 0, 0, 0, 0],
+        ];
+        for b0 in 0..=255u8 {
+            for len in lengths {
+                for masked in [false, true] {
+                    let mut h = vec![b0, len[0] | if masked { 0x80 } else { 0 }];
+                    h.extend_from_slice(&len[1..]);
+                    if masked {
+                        h.extend_from_slice(&[1, 2, 3, 4]);
+                    }
+                    let mut c = Cursor::new(&h[..]);
+                    let theirs = FrameHeader::parse(&mut c);
+                    let (ours_len, ours_hl) = payload_len(&h).expect("complete");
+                    assert_eq!(
+                        frame_len(&h),
+                        usize::try_from(ours_len).ok().map(|l| l + ours_hl)
+                    );
+                    let Ok(Some((th, tlen))) = theirs else {
+                        continue;
+                    };
+                    assert_eq!((ours_len, ours_hl), (tlen, c.position() as usize), "{h:?}");
+                    let mut buf = h.clone();
+                    match decode_with(&mut buf, usize::MAX, true) {
+                        Ok(Decoded::Incomplete { need }) => {
+                            assert_eq!(need, ours_hl + ours_len as usize, "{h:?}")
+                        }
+                        Ok(Decoded::Frame { frame, .. }) => {
+                            assert_eq!(frame.fin, th.is_final, "{h:?}");
+                            assert_eq!(frame.rsv1, th.rsv1, "{h:?}");
+                            assert_eq!(frame.kind.opcode(), u8::from(th.opcode), "{h:?}");
+                        }
+                        Err(e) => {
+                            let reserved_op = matches!(b0 & 0x0F, 3..=7 | 0xB..=0xF);
+                            let why = match e {
+                                FrameError::Unmasked => !masked,
+                                FrameError::ReservedOpcode => reserved_op,
+                                FrameError::ReservedBits => {
+                                    th.rsv2 || th.rsv3 || (th.rsv1 && !matches!(b0 & 0x0F, 1 | 2))
+                                }
+                                FrameError::BadControl => b0 & 0x08 != 0,
+                                FrameError::TooBig(_) => false,
+                            };
+                            assert!(why, "{h:?}: refused with {e:?}");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

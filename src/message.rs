@@ -84,7 +84,9 @@ pub fn feed(
                 MessageKind::Binary
             };
             if fin {
-                if kind == MessageKind::Text && !compressed && std::str::from_utf8(payload).is_err()
+                if kind == MessageKind::Text
+                    && !compressed
+                    && simdutf8::basic::from_utf8(payload).is_err()
                 {
                     return Err(MessageError::InvalidUtf8);
                 }
@@ -121,7 +123,7 @@ impl Fragmented {
         if self.kind == MessageKind::Binary || self.compressed {
             return Ok(());
         }
-        match std::str::from_utf8(&self.data[self.checked..]) {
+        match simdutf8::compat::from_utf8(&self.data[self.checked..]) {
             Ok(_) => {
                 self.checked = self.data.len();
                 Ok(())

@@ -299,7 +299,7 @@ impl Machine {
         out: &mut Vec<u8>,
     ) -> Result<(), CloseReason> {
         let err = match inflater.inflate(data, cfg.max_message_size, out) {
-            Ok(()) if kind == MessageKind::Text && std::str::from_utf8(out).is_err() => {
+            Ok(()) if kind == MessageKind::Text && simdutf8::basic::from_utf8(out).is_err() => {
                 MessageError::InvalidUtf8
             }
             Ok(()) => return Ok(()),
