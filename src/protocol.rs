@@ -63,6 +63,19 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValu
     <&RawValue>::deserialize(d).map(Some)
 }
 
+/// The string a raw JSON value holds, borrowed from the message when it has no escapes (the
+/// usual case: serde itself would copy every `Cow<str>` into a `String`); `None` if it is not
+/// a string. The value was checked to be JSON when the envelope was read, so an unescaped
+/// string between its quotes is already what it means.
+fn json_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let s = raw.get().trim_matches([' ', '\t', '\n', '\r']);
+    let inner = s.strip_prefix('"')?.strip_suffix('"')?;
+    if !inner.contains('\\') {
+        return Some(Cow::Borrowed(inner));
+    }
+    serde_json::from_str::<String>(s).ok().map(Cow::Owned)
+}
+
 /// Decodes one text message.
 pub fn decode(text: &str) -> Result<Request<'_>, BadRequest<'_>> {
     // serde would also read a struct from an array (`[op, id, ...]`); only objects are requests.
@@ -92,17 +105,14 @@ pub fn decode(text: &str) -> Result<Request<'_>, BadRequest<'_>> {
     }
     let op: Cow<'_, str> = match env.op {
         None => return Err(bad(id, "missing field \"op\"")),
-        Some(raw) => {
-            serde_json::from_str(raw.get()).map_err(|_| bad(id, "\"op\" must be a string"))?
-        }
+        Some(raw) => json_str(raw).ok_or_else(|| bad(id, "\"op\" must be a string"))?,
     };
     let data = || env.data.ok_or_else(|| bad(id, "missing field \"data\""));
     let topic = || -> Result<Cow<'_, str>, BadRequest<'_>> {
         let raw = env
             .topic
             .ok_or_else(|| bad(id, "missing field \"topic\""))?;
-        let t: Cow<'_, str> =
-            serde_json::from_str(raw.get()).map_err(|_| bad(id, "\"topic\" must be a string"))?;
+        let t = json_str(raw).ok_or_else(|| bad(id, "\"topic\" must be a string"))?;
         check_topic(&t).map_err(|m| bad(id, m))?;
         Ok(t)
     };
@@ -202,6 +212,26 @@ pub fn message(out: &mut Vec<u8>, topic: Option<&str>, data: &RawValue) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_string_without_escapes_is_borrowed_and_one_with_them_decoded() {
+        fn raw(t: &str) -> &RawValue {
+            serde_json::from_str(t).unwrap()
+        }
+        let plain = raw(r#""news""#);
+        assert!(matches!(json_str(plain), Some(Cow::Borrowed("news"))));
+        let escaped = raw(r#""a\"b\u00e9""#);
+        assert_eq!(json_str(escaped).as_deref(), Some("a\"bé"));
+        assert!(matches!(json_str(escaped), Some(Cow::Owned(_))));
+        for not_a_string in ["1", "null", "[\"a\"]", "{\"a\":1}", "true"] {
+            assert_eq!(json_str(raw(not_a_string)), None, "{not_a_string}");
+        }
+        // Whitespace around a field's value is not part of the string.
+        let req = decode("{ \"op\" :\t\"echo\" , \"data\": 1 }")
+            .map_err(|b| b.message)
+            .unwrap();
+        assert!(matches!(req, Request::Echo { .. }));
+    }
 
     fn err_of(text: &str) -> (Option<String>, String) {
         match decode(text) {

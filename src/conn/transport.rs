@@ -3,7 +3,7 @@
 //! a plain connection pays nothing for it) runs rustls between the socket and the rest.
 //! Runs on the connection's worker thread.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 
 use mio::net::TcpStream;
 
@@ -60,6 +60,21 @@ impl Transport {
             Transport::Plain(s) => Ok(out.flush(s)?),
             Transport::Tls(t) => contained(|| t.flush(out, scratch)),
         }
+    }
+
+    /// Writes `buf` straight to a plain socket: the bytes taken (0 when the send buffer is
+    /// full). `None` for TLS, which must encrypt through `flush`.
+    pub fn write_plain(&mut self, buf: &[u8]) -> Option<io::Result<usize>> {
+        let Transport::Plain(s) = self else {
+            return None;
+        };
+        Some(loop {
+            match s.write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(0),
+                other => break other,
+            }
+        })
     }
 
     /// Memory the transport itself holds (TLS: ciphertext not yet taken by the socket, a

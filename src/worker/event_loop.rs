@@ -65,6 +65,14 @@ pub struct Worker {
     pub(super) tls_out: Vec<u8>,
     /// Where JSON replies are built before being framed.
     pub(super) scratch: Vec<u8>,
+    /// The cork: while a plain connection's input is handled, the frames it is answered with
+    /// are gathered here instead of in its own queue, and written with one `write` when its
+    /// input is done. Only what the socket does not take is copied into the connection's
+    /// queue, so a connection that keeps up costs no allocation per reply (uWebSockets corks
+    /// the same way). Kept between connections, shrunk to `CORK_KEEP` after a large batch.
+    pub(super) cork: Vec<u8>,
+    /// The connection the cork is gathering for, while its input is being handled.
+    pub(super) corked: Option<usize>,
     /// permessage-deflate: the worker's one inflater, reset per message, and where a
     /// message is inflated to (up to --max-message-size; shrunk after a large one).
     pub(super) inflater: Inflater,
@@ -108,6 +116,9 @@ pub struct Context {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub console: Arc<Console>,
 }
+
+/// Capacity of the cork kept between connections (see `Worker::cork`).
+pub(super) const CORK_KEEP: usize = 64 * 1024;
 
 /// Bytes of deliveries a turn takes from the worker's queue at most (and at least one
 /// delivery); the rest waits for the next turn, which then comes at once.
@@ -158,6 +169,8 @@ impl Worker {
             tls_in,
             tls_out: Vec::new(),
             scratch: Vec::with_capacity(1024),
+            cork: Vec::with_capacity(CORK_KEEP),
+            corked: None,
             inflater: Inflater::default(),
             inflated: Vec::new(),
             deflater: Deflater::new(deflate_level),

@@ -283,15 +283,18 @@ impl Worker {
     /// control allowance are not sent (a peer flooding pings gets pongs only while its output
     /// drains; RFC 6455 §5.5.3 lets a pong answer only the latest ping).
     pub(super) fn queue_frame(&mut self, key: usize, kind: Kind, payload: &[u8]) {
-        let conn = &mut self.conns[key];
         let len = codec::MAX_SERVER_HEADER + payload.len();
         if matches!(kind, Kind::Ping | Kind::Pong)
-            && conn.out.cost() + len > self.cfg.max_outbound_bytes + CONTROL_ALLOWANCE
+            && self.out_cost(key) + len > self.cfg.max_outbound_bytes + CONTROL_ALLOWANCE
         {
             bump(&self.stats.control_dropped, 1);
             return;
         }
-        let out = &mut conn.out;
+        if self.corks(key) {
+            codec::encode_into(&mut self.cork, kind, payload);
+            return;
+        }
+        let out = &mut self.conns[key].out;
         let (len0, cost0) = (out.len(), out.cost());
         out.append(len, |t| codec::encode_into(t, kind, payload));
         gauge(&self.stats.queued_bytes, (out.len() - len0) as i64);
@@ -302,7 +305,18 @@ impl Worker {
         self.mark_dirty(key);
     }
 
-    fn queue_raw(&mut self, key: usize, bytes: &[u8]) {
+    /// Whether output for `key` goes into the cork: it is gathering for `key`, and the
+    /// connection's own queue is empty (or the cork already holds some of its output, which
+    /// everything after must follow).
+    fn corks(&self, key: usize) -> bool {
+        self.corked == Some(key) && (!self.cork.is_empty() || self.conns[key].out.is_empty())
+    }
+
+    pub(super) fn queue_raw(&mut self, key: usize, bytes: &[u8]) {
+        if self.corks(key) {
+            self.cork.extend_from_slice(bytes);
+            return;
+        }
         let out = &mut self.conns[key].out;
         let cost0 = out.cost();
         out.append(bytes.len(), |t| t.extend_from_slice(bytes));

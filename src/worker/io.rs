@@ -4,7 +4,7 @@
 
 use mio::{Interest, Token};
 
-use super::event_loop::Hangup;
+use super::event_loop::{Hangup, CORK_KEEP};
 use super::Worker;
 use crate::codec;
 use crate::conn::{Event, Input, Phase, TransportError, NEVER};
@@ -25,6 +25,65 @@ impl Worker {
     /// arrive in one event, and edge-triggered epoll reports that once), so then it reads
     /// on to EOF or the error.
     pub(super) fn on_readable(&mut self, key: usize, hup: Hangup) {
+        // Replies to a plain connection are corked while its input is handled.
+        let plain = self.conns.get(key).is_some_and(|c| !c.transport.is_tls());
+        if plain {
+            self.corked = Some(key);
+        }
+        self.read_conn(key, hup);
+        if plain {
+            self.uncork(key);
+        }
+    }
+
+    /// Writes what the cork gathered for `key` with one `write`; what the socket does not
+    /// take goes into the connection's own queue, flushed (with WRITABLE interest) at the end
+    /// of the turn.
+    fn uncork(&mut self, key: usize) {
+        self.corked = None;
+        if self.cork.is_empty() {
+            return;
+        }
+        let mut cork = std::mem::take(&mut self.cork);
+        if let Some(conn) = self.conns.get_mut(key) {
+            let res = if conn.out.is_empty() {
+                conn.transport.write_plain(&cork).unwrap_or(Ok(0))
+            } else {
+                Ok(0)
+            };
+            match res {
+                Ok(written) => {
+                    bump(&self.stats.bytes_out, written as u64);
+                    let rest = &cork[written..];
+                    if !rest.is_empty() {
+                        self.queue_raw(key, rest);
+                    }
+                    let conn = &self.conns[key];
+                    if conn.is_held() || conn.machine.phase() == Phase::Closing {
+                        // Their flush lets held input go, or ends the write side.
+                        self.mark_dirty(key);
+                    }
+                }
+                Err(e) => self.on_transport_error(key, e.into()),
+            }
+        }
+        cork.clear();
+        cork.shrink_to(CORK_KEEP);
+        self.cork = cork;
+    }
+
+    /// Bytes waiting to go out to `key`: its queue's memory, and the cork's while it gathers
+    /// for it.
+    pub(super) fn out_cost(&self, key: usize) -> usize {
+        let cork = if self.corked == Some(key) {
+            self.cork.len()
+        } else {
+            0
+        };
+        self.conns[key].out.cost() + cork
+    }
+
+    fn read_conn(&mut self, key: usize, hup: Hangup) {
         let quiesced = self.quiesced();
         let Some(conn) = self.conns.get_mut(key) else {
             return;
@@ -250,9 +309,9 @@ impl Worker {
 
     /// The connection's replies have taken its output over its bound (and it is not closing).
     fn over_bound(&self, key: usize) -> bool {
-        self.conns
-            .get(key)
-            .is_some_and(|c| c.machine.is_open() && c.out.cost() >= self.cfg.max_outbound_bytes)
+        self.conns.get(key).is_some_and(|c| {
+            c.machine.is_open() && self.out_cost(key) >= self.cfg.max_outbound_bytes
+        })
     }
 
     /// Stops reading from a connection whose output is over its bound: TCP's window then
