@@ -134,21 +134,9 @@ impl Link {
     /// Queues a local publish for the other nodes; a full queue drops it and counts.
     pub fn forward(&self, d: &Delivery) {
         let len = d.frame.len();
-        // Reserve the bytes, never past the bound, even for a moment (the gauge reads it):
-        // workers racing for the last room each see the other's reservation.
-        let mut held = self.queued_bytes.load(Relaxed);
-        loop {
-            if held + len > QUEUE_BYTES {
-                self.stats.forward_failed.fetch_add(1, Relaxed);
-                return;
-            }
-            match self
-                .queued_bytes
-                .compare_exchange_weak(held, held + len, Relaxed, Relaxed)
-            {
-                Ok(_) => break,
-                Err(now) => held = now,
-            }
+        if !crate::budget::try_reserve(&self.queued_bytes, len, QUEUE_BYTES) {
+            self.stats.forward_failed.fetch_add(1, Relaxed);
+            return;
         }
         let f = Forward {
             target: d.target.clone(),

@@ -80,20 +80,7 @@ impl Bus {
 
     /// Takes room for one copy of a `len`-byte frame per worker, never past the bound.
     fn reserve_outside(&self, len: usize) -> bool {
-        let want = len * self.workers.len();
-        let mut held = self.outside.load(Relaxed);
-        loop {
-            if held + want > OUTSIDE_BYTES {
-                return false;
-            }
-            match self
-                .outside
-                .compare_exchange_weak(held, held + want, Relaxed, Relaxed)
-            {
-                Ok(_) => return true,
-                Err(now) => held = now,
-            }
-        }
+        crate::budget::try_reserve(&self.outside, len * self.workers.len(), OUTSIDE_BYTES)
     }
 
     fn queue_outside(&self, d: Delivery) -> usize {

@@ -7,6 +7,7 @@ pub mod admission;
 pub mod affinity;
 pub mod backplane;
 pub mod broadcast;
+pub mod budget;
 pub mod codec;
 pub mod config;
 pub mod conn;
