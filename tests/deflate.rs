@@ -15,28 +15,6 @@ use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 
 const OFFER: &str = "permessage-deflate; client_max_window_bits";
 
-/// A raw upgrade that offers `extensions`; returns the socket and the response head.
-fn upgrade(addr: SocketAddr, path: &str, extensions: &str) -> (TcpStream, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(WATCHDOG)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Extensions: {extensions}\r\n\r\n"
-    )
-    .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    (s, head)
-}
-
 /// `data` as one message without context: compressed, sync-flushed, tail removed.
 fn deflate(data: &[u8]) -> Vec<u8> {
     let mut c = Compress::new(Compression::new(6), false);
@@ -97,13 +75,13 @@ fn deflate_server(workers: usize) -> corecast::Server {
 #[test]
 fn negotiation_answers_with_no_context_takeover_or_not_at_all() {
     let server = deflate_server(1);
-    let (_s, head) = upgrade(server.local_addr(), "/ws", OFFER);
+    let (_s, head) = upgrade_offering(server.local_addr(), "/ws", OFFER);
     assert!(head.to_ascii_lowercase().contains(
         "sec-websocket-extensions: permessage-deflate; server_no_context_takeover; \
          client_no_context_takeover\r\n"
     ));
     // An offer corecast cannot honour (an 8-bit window) is declined, not fatal.
-    let (mut s, head) = upgrade(
+    let (mut s, head) = upgrade_offering(
         server.local_addr(),
         "/ws",
         "permessage-deflate; server_max_window_bits=8",
@@ -116,7 +94,7 @@ fn negotiation_answers_with_no_context_takeover_or_not_at_all() {
 
     // Without the flag, the offer is ignored and the connection works uncompressed.
     let server = start(config(1));
-    let (mut s, head) = upgrade(server.local_addr(), "/ws", OFFER);
+    let (mut s, head) = upgrade_offering(server.local_addr(), "/ws", OFFER);
     assert!(!head.to_ascii_lowercase().contains("extensions"), "{head}");
     s.write_all(&masked(0x81, br#"{"op":"echo","data":2}"#))
         .unwrap();
@@ -132,7 +110,9 @@ fn negotiation_answers_with_no_context_takeover_or_not_at_all() {
 fn a_publish_is_compressed_once_per_worker_and_shared_by_its_deflate_subscribers() {
     let server = deflate_server(1);
     let addr = server.local_addr();
-    let mut zipped_subs: Vec<TcpStream> = (0..5).map(|_| upgrade(addr, "/ws", OFFER).0).collect();
+    let mut zipped_subs: Vec<TcpStream> = (0..5)
+        .map(|_| upgrade_offering(addr, "/ws", OFFER).0)
+        .collect();
     let mut plain = raw_upgraded(addr, "/ws");
     let req = br#"{"op":"subscribe","topic":"doc"}"#;
     for s in &mut zipped_subs {
@@ -180,14 +160,14 @@ fn a_compression_bomb_is_stopped_at_the_message_limit() {
     cfg.max_message_size = 64 * 1024;
     cfg.max_frame_size = 64 * 1024;
     let server = start(cfg);
-    let (mut s, _) = upgrade(server.local_addr(), "/echo", OFFER);
+    let (mut s, _) = upgrade_offering(server.local_addr(), "/echo", OFFER);
     // 50 MB of zeros in about 50 KB.
     let bomb = deflate(&vec![0u8; 50 << 20]);
     assert!(bomb.len() < 64 * 1024, "{}", bomb.len());
     s.write_all(&masked(0xC2, &bomb)).unwrap();
     assert_eq!(close_code(&mut s), 1009);
     // Inflating just under the limit is fine.
-    let (mut s, _) = upgrade(server.local_addr(), "/echo", OFFER);
+    let (mut s, _) = upgrade_offering(server.local_addr(), "/echo", OFFER);
     let fits = vec![b'a'; 60 * 1024];
     s.write_all(&masked(0xC1, &deflate(&fits))).unwrap();
     let (first, payload) = raw_frame_bits(&mut s);
@@ -226,12 +206,12 @@ fn bad_compressed_data_and_misplaced_rsv1_close_the_connection() {
         (masked(0xA1, b"x"), 1002, "RSV2"),
     ];
     for (bytes, code, what) in cases {
-        let (mut s, _) = upgrade(addr, "/echo", OFFER);
+        let (mut s, _) = upgrade_offering(addr, "/echo", OFFER);
         s.write_all(&bytes).unwrap();
         assert_eq!(close_code(&mut s), code, "{what}");
     }
     // Fragmented and compressed, done right: echoed whole.
-    let (mut s, _) = upgrade(addr, "/echo", OFFER);
+    let (mut s, _) = upgrade_offering(addr, "/echo", OFFER);
     let z = deflate("héllo wörld ".repeat(100).as_bytes());
     let (a, b) = z.split_at(z.len() / 2);
     s.write_all(&[masked(0x41, a), masked(0x80, b)].concat())

@@ -182,16 +182,16 @@ pub fn read_response(s: &mut TcpStream) -> std::io::Result<HttpResponse> {
     Ok(resp)
 }
 
-/// Opens a /ws connection that offers permessage-deflate, subscribes to `topic` and reads (and
-/// throws away) everything it is sent, on its own thread: each publish to `topic` then costs
-/// its worker a compression.
-pub fn deflate_reader(addr: SocketAddr, topic: &str) -> std::thread::JoinHandle<()> {
+/// A raw upgrade offering `extensions` (`Sec-WebSocket-Extensions`); returns the socket and
+/// the 101 response head, for a test that then speaks frames by hand.
+pub fn upgrade_offering(addr: SocketAddr, path: &str, extensions: &str) -> (TcpStream, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(WATCHDOG)).unwrap();
-    s.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-          Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n",
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Extensions: {extensions}\r\n\r\n"
     )
     .unwrap();
     let mut head = Vec::new();
@@ -201,6 +201,15 @@ pub fn deflate_reader(addr: SocketAddr, topic: &str) -> std::thread::JoinHandle<
         head.push(byte[0]);
     }
     let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    (s, head)
+}
+
+/// Opens a /ws connection that offers permessage-deflate, subscribes to `topic` and reads (and
+/// throws away) everything it is sent, on its own thread: each publish to `topic` then costs
+/// its worker a compression.
+pub fn deflate_reader(addr: SocketAddr, topic: &str) -> std::thread::JoinHandle<()> {
+    let (mut s, head) = upgrade_offering(addr, "/ws", "permessage-deflate");
     assert!(head.contains("permessage-deflate"), "{head}");
     let sub = serde_json::json!({"op":"subscribe","topic":topic}).to_string();
     s.write_all(&masked(0x81, sub.as_bytes())).unwrap();
