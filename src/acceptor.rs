@@ -85,7 +85,8 @@ impl Acceptor {
                             refuse(sock, Refusal::Memory, self.tls);
                             continue;
                         }
-                        if let Err(why) = self.gate.admit(&self.shared.admission, peer.ip()) {
+                        let client = admission::Peer::of(peer.ip());
+                        if let Err(why) = self.gate.admit(&self.shared.admission, client) {
                             log::debug!("refused {peer}: {why:?}");
                             refuse(sock, why, self.tls);
                             continue;
@@ -96,8 +97,8 @@ impl Acceptor {
                         }
                         let workers = &self.shared.workers;
                         let n = workers.len();
-                        if let Err(_sock) = workers[next % n].send_conn(sock, peer.ip()) {
-                            self.shared.admission.release(peer.ip());
+                        if let Err(_sock) = workers[next % n].send_conn(sock, client) {
+                            self.shared.admission.release(client);
                             log::error!("worker {} is gone; connection dropped", next % n);
                         }
                         next = next.wrapping_add(1);

@@ -4,12 +4,33 @@
 //! The acceptor alone decides admission, so the per-IP table is a plain map it owns. Workers
 //! report closed connections' addresses over a channel that the acceptor drains before each
 //! decision; the global count is one atomic shared by all.
+//!
+//! A client is counted by its IPv4 address or, for IPv6, by its /64 prefix: one host is
+//! usually given a whole /64, so counting single IPv6 addresses would let it open as many
+//! connections as it has addresses. The key is one word, so a connection carries it in 8
+//! bytes instead of an `IpAddr`'s 17.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use crossbeam_channel::{Receiver, Sender};
+
+/// Whom the per-IP limit counts a connection against: an IPv4 address (an IPv4-mapped
+/// IPv6 one included), or an IPv6 /64 prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Peer(u64);
+
+impl Peer {
+    pub fn of(ip: IpAddr) -> Peer {
+        match ip.to_canonical() {
+            // Bit 32 set: no IPv4 key equals a /64 prefix in use (those below 0:2:: lie in
+            // the reserved ::/8).
+            IpAddr::V4(v4) => Peer(1 << 32 | u32::from(v4) as u64),
+            IpAddr::V6(v6) => Peer((u128::from(v6) >> 64) as u64),
+        }
+    }
+}
 
 /// Why a connection was refused at accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +54,7 @@ pub struct Shared {
     max_total: usize,
     /// 0 = no per-IP limit (then no addresses are reported back at all).
     max_per_ip: usize,
-    released: Sender<IpAddr>,
+    released: Sender<Peer>,
     pub refused_full: AtomicU64,
     pub refused_per_ip: AtomicU64,
     pub refused_memory: AtomicU64,
@@ -43,8 +64,8 @@ pub struct Shared {
 /// The acceptor's side: the per-IP table.
 #[derive(Debug)]
 pub struct Gate {
-    per_ip: HashMap<IpAddr, u32>,
-    released: Receiver<IpAddr>,
+    per_ip: HashMap<Peer, u32>,
+    released: Receiver<Peer>,
 }
 
 pub fn new(max_total: usize, max_per_ip: usize) -> (Shared, Gate) {
@@ -69,10 +90,10 @@ pub fn new(max_total: usize, max_per_ip: usize) -> (Shared, Gate) {
 
 impl Shared {
     /// Called by a worker when a connection it was handed ends, whatever its state.
-    pub fn release(&self, ip: IpAddr) {
+    pub fn release(&self, peer: Peer) {
         self.open.fetch_sub(1, Relaxed);
         if self.max_per_ip > 0 {
-            let _ = self.released.send(ip);
+            let _ = self.released.send(peer);
         }
     }
 
@@ -87,9 +108,9 @@ impl Shared {
 }
 
 impl Gate {
-    /// Admits a new connection from `ip`, or says why not. An admitted connection must be
+    /// Admits a new connection from `peer`, or says why not. An admitted connection must be
     /// released exactly once.
-    pub fn admit(&mut self, shared: &Shared, ip: IpAddr) -> Result<(), Refusal> {
+    pub fn admit(&mut self, shared: &Shared, peer: Peer) -> Result<(), Refusal> {
         while let Ok(gone) = self.released.try_recv() {
             if let Some(n) = self.per_ip.get_mut(&gone) {
                 *n -= 1;
@@ -103,7 +124,7 @@ impl Gate {
             return Err(Refusal::Full);
         }
         if shared.max_per_ip > 0 {
-            let n = self.per_ip.entry(ip).or_insert(0);
+            let n = self.per_ip.entry(peer).or_insert(0);
             if *n as usize >= shared.max_per_ip {
                 shared.refused_per_ip.fetch_add(1, Relaxed);
                 return Err(Refusal::PerIp);
@@ -122,8 +143,8 @@ mod tests {
     #[test]
     fn global_and_per_ip_limits_and_release() {
         let (shared, mut gate) = new(3, 2);
-        let a: IpAddr = "127.0.0.1".parse().unwrap();
-        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let a = Peer::of("127.0.0.1".parse().unwrap());
+        let b = Peer::of("127.0.0.2".parse().unwrap());
         assert_eq!(gate.admit(&shared, a), Ok(()));
         assert_eq!(gate.admit(&shared, a), Ok(()));
         assert_eq!(gate.admit(&shared, a), Err(Refusal::PerIp));
@@ -138,5 +159,22 @@ mod tests {
         );
         assert_eq!(shared.refused_full.load(Relaxed), 1);
         assert_eq!(shared.refused_per_ip.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn ipv6_counts_per_64_and_mapped_ipv4_as_ipv4() {
+        let p = |s: &str| Peer::of(s.parse().unwrap());
+        assert_eq!(p("2001:db8:1:2::1"), p("2001:db8:1:2:ffff::9"));
+        assert_ne!(p("2001:db8:1:2::1"), p("2001:db8:1:3::1"));
+        assert_eq!(p("::ffff:10.0.0.1"), p("10.0.0.1"));
+        assert_ne!(p("10.0.0.1"), p("10.0.0.2"));
+        assert_ne!(p("::1"), p("0.0.0.1"));
+        let (shared, mut gate) = new(10, 1);
+        assert_eq!(gate.admit(&shared, p("2001:db8::1")), Ok(()));
+        assert_eq!(
+            gate.admit(&shared, p("2001:db8::2")),
+            Err(Refusal::PerIp),
+            "a second address of the same /64 is the same client"
+        );
     }
 }

@@ -24,7 +24,6 @@ pub mod protocol;
 pub mod server;
 pub mod shared;
 pub mod stats;
-pub mod timer;
 pub mod topics;
 pub mod worker;
 

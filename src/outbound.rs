@@ -12,7 +12,9 @@
 //! The bound is on [`Outbound::cost`], the memory the queue holds: shared segments count
 //! their length plus [`SEG_OVERHEAD`], the tail its capacity. Writing is O(bytes written):
 //! whole segments are popped and the tail is consumed by moving an offset, never by shifting
-//! the bytes that remain. An empty `Outbound` owns no heap memory.
+//! the bytes that remain. An empty `Outbound` is one word and owns no heap memory: the
+//! queue's own fields (72 bytes) live in a box that exists only while output is pending,
+//! not charged to the bound.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
@@ -60,7 +62,7 @@ pub enum Flushed {
     Blocked,
 }
 
-/// How the tail will make room for more bytes: see [`Outbound::plan`].
+/// How the tail will make room for more bytes: see [`Queue::plan`].
 #[derive(Debug, Clone, Copy)]
 struct Plan {
     /// Seal the unsent tail into a segment first, and start a new one.
@@ -76,8 +78,88 @@ struct Seg {
     cost: u32,
 }
 
+/// One connection's unsent output. `None` while there is none, so that an idle connection
+/// carries one word for it.
 #[derive(Debug, Default)]
-pub struct Outbound {
+pub struct Outbound(Option<Box<Queue>>);
+
+/// What an empty queue answers for the read-only questions.
+static EMPTY: Queue = Queue::new();
+
+impl Outbound {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// Unsent bytes.
+    pub fn len(&self) -> usize {
+        self.get().len()
+    }
+
+    /// Memory held, the quantity the connection's bound applies to.
+    pub fn cost(&self) -> usize {
+        self.get().cost()
+    }
+
+    /// Whether a frame of `len` bytes can be queued with the queue's memory staying within
+    /// `limit`.
+    pub fn fits(&self, len: usize, limit: usize) -> bool {
+        self.get().fits(len, limit)
+    }
+
+    /// Queues a broadcast frame if the queue's memory stays within `limit`. An empty queue
+    /// always takes it, so a message that passed the size limit is never refused to a reader
+    /// that is keeping up.
+    pub fn push_shared(&mut self, frame: &Bytes, limit: usize) -> Queued {
+        self.queue().push_shared(frame, limit)
+    }
+
+    /// Appends bytes of this connection's own (a reply, a control frame); see
+    /// [`Queue::append`].
+    pub fn append(&mut self, hint: usize, write: impl FnOnce(&mut Vec<u8>)) {
+        self.queue().append(hint, write);
+        self.drop_if_empty();
+    }
+
+    /// Writes as much as the socket takes; see [`Queue::flush`].
+    pub fn flush<W: Write>(&mut self, w: &mut W) -> io::Result<Flushed> {
+        let Some(q) = self.0.as_mut() else {
+            return Ok(Flushed::Empty);
+        };
+        let r = q.flush(w);
+        self.drop_if_empty();
+        r
+    }
+
+    /// Moves up to `max` bytes from the front of the queue into `dst`; see
+    /// [`Queue::take_front`].
+    pub fn take_front(&mut self, dst: &mut Vec<u8>, max: usize) -> usize {
+        let Some(q) = self.0.as_mut() else {
+            return 0;
+        };
+        let n = q.take_front(dst, max);
+        self.drop_if_empty();
+        n
+    }
+
+    fn get(&self) -> &Queue {
+        self.0.as_deref().unwrap_or(&EMPTY)
+    }
+
+    fn queue(&mut self) -> &mut Queue {
+        self.0.get_or_insert_with(Box::default)
+    }
+
+    fn drop_if_empty(&mut self) {
+        if self.0.as_ref().is_some_and(|q| q.is_empty()) {
+            self.0 = None;
+        }
+    }
+}
+
+/// The queue itself, boxed by [`Outbound`] while it holds anything.
+#[derive(Debug, Default)]
+struct Queue {
     /// Frozen segments, oldest first.
     segs: VecDeque<Seg>,
     /// Bytes of `segs[0]` already written.
@@ -101,24 +183,35 @@ pub fn cost_of(len: usize) -> usize {
     }
 }
 
-impl Outbound {
-    pub fn is_empty(&self) -> bool {
+impl Queue {
+    const fn new() -> Self {
+        Queue {
+            segs: VecDeque::new(),
+            head_written: 0,
+            tail: Vec::new(),
+            tail_written: 0,
+            len: 0,
+            cost: 0,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Unsent bytes.
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.len as usize
     }
 
     /// Memory held, the quantity the connection's bound applies to.
-    pub fn cost(&self) -> usize {
+    fn cost(&self) -> usize {
         self.cost as usize
     }
 
     /// Whether a frame of `len` bytes can be queued with the queue's memory staying within
     /// `limit`.
-    pub fn fits(&self, len: usize, limit: usize) -> bool {
+    fn fits(&self, len: usize, limit: usize) -> bool {
         if self.shares(len) {
             let seal = if self.tail_unsent() > 0 {
                 SEG_OVERHEAD
@@ -134,7 +227,7 @@ impl Outbound {
     /// Queues a broadcast frame if the queue's memory stays within `limit`. An empty queue
     /// always takes it, so a message that passed the size limit is never refused to a reader
     /// that is keeping up.
-    pub fn push_shared(&mut self, frame: &Bytes, limit: usize) -> Queued {
+    fn push_shared(&mut self, frame: &Bytes, limit: usize) -> Queued {
         let limit = if self.is_empty() { usize::MAX } else { limit };
         if self.shares(frame.len()) {
             if !self.fits(frame.len(), limit) {
@@ -160,7 +253,7 @@ impl Outbound {
     /// Appends bytes of this connection's own (a reply, a control frame) to the tail, with
     /// room for about `hint` bytes; `write` appends them. Not refused: the caller bounds
     /// replies by no longer reading from a connection whose queue is over its bound.
-    pub fn append(&mut self, hint: usize, write: impl FnOnce(&mut Vec<u8>)) {
+    fn append(&mut self, hint: usize, write: impl FnOnce(&mut Vec<u8>)) {
         let plan = self
             .plan(hint, usize::MAX)
             .expect("an unlimited plan always exists");
@@ -257,7 +350,7 @@ impl Outbound {
     /// Writes as much as the socket takes, in as few syscalls as it can: one `writev` per
     /// round, and another round only if the previous one was written completely (which means
     /// the iovec cap, not the socket, stopped it).
-    pub fn flush<W: Write>(&mut self, w: &mut W) -> io::Result<Flushed> {
+    fn flush<W: Write>(&mut self, w: &mut W) -> io::Result<Flushed> {
         while self.len > 0 {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let mut n = 0;
@@ -305,7 +398,7 @@ impl Outbound {
 
     /// Moves up to `max` bytes from the front of the queue into `dst` (for a transport that
     /// must transform them, as TLS encrypts them, before they can be written).
-    pub fn take_front(&mut self, dst: &mut Vec<u8>, max: usize) -> usize {
+    fn take_front(&mut self, dst: &mut Vec<u8>, max: usize) -> usize {
         let start = dst.len();
         let mut left = max.min(self.len());
         for (i, seg) in self.segs.iter().enumerate() {
@@ -410,7 +503,7 @@ mod tests {
         }
     }
 
-    fn reply(o: &mut Outbound, bytes: &[u8]) {
+    fn reply(o: &mut Queue, bytes: &[u8]) {
         o.append(bytes.len(), |t| t.extend_from_slice(bytes));
     }
 
@@ -423,7 +516,7 @@ mod tests {
     }
 
     /// The accounting invariant: `cost` is what the queue holds.
-    fn check_cost(o: &Outbound) {
+    fn check_cost(o: &Queue) {
         let segs: usize = o.segs.iter().map(|s| s.cost as usize).sum();
         assert_eq!(o.cost(), segs + o.tail.capacity());
         let unsent: usize = o.segs.iter().map(|s| s.data.len()).sum::<usize>()
@@ -434,8 +527,31 @@ mod tests {
     }
 
     #[test]
-    fn keeps_order_between_replies_and_shared_frames_and_uses_one_writev() {
+    fn an_empty_outbound_is_one_word_and_lets_its_box_go_when_drained() {
+        assert_eq!(std::mem::size_of::<Outbound>(), 8);
         let mut o = Outbound::default();
+        assert_eq!(o.push_shared(&Bytes::from_static(b"abc"), 0), Queued::Ok);
+        reply_to(&mut o, b"def");
+        assert_eq!((o.len(), o.is_empty()), (6, false));
+        let mut w = writer(4);
+        assert_eq!(o.flush(&mut w).unwrap(), Flushed::Blocked);
+        assert_eq!(o.len(), 2);
+        assert!(o.0.is_some());
+        let mut dst = Vec::new();
+        assert_eq!(o.take_front(&mut dst, 100), 2);
+        assert_eq!(dst, b"ef");
+        assert!(o.0.is_none(), "a drained queue keeps no box");
+        assert_eq!((o.len(), o.cost()), (0, 0));
+        assert_eq!(o.flush(&mut w).unwrap(), Flushed::Empty);
+    }
+
+    fn reply_to(o: &mut Outbound, bytes: &[u8]) {
+        o.append(bytes.len(), |t| t.extend_from_slice(bytes));
+    }
+
+    #[test]
+    fn keeps_order_between_replies_and_shared_frames_and_uses_one_writev() {
+        let mut o = Queue::default();
         let big = Bytes::from(vec![b'S'; SHARE_MIN]);
         let small = Bytes::from_static(b"small");
         reply(&mut o, b"a");
@@ -465,7 +581,7 @@ mod tests {
 
     #[test]
     fn resumes_after_partial_writes() {
-        let mut o = Outbound::default();
+        let mut o = Queue::default();
         let shared = Bytes::from(vec![7u8; 2000]);
         for _ in 0..3 {
             o.push_shared(&shared, 1 << 20);
@@ -491,7 +607,7 @@ mod tests {
 
     #[test]
     fn the_bound_counts_memory_and_never_refuses_into_an_empty_queue() {
-        let mut o = Outbound::default();
+        let mut o = Queue::default();
         let big = Bytes::from(vec![0u8; 5000]);
         assert_eq!(o.push_shared(&big, 100), Queued::Ok, "empty queue takes it");
         assert_eq!(o.cost(), 5000 + SEG_OVERHEAD);
@@ -499,7 +615,7 @@ mod tests {
             o.push_shared(&Bytes::from_static(b"x"), 5000),
             Queued::OverLimit
         );
-        let mut o = Outbound::default();
+        let mut o = Queue::default();
         let frame = Bytes::from(vec![1u8; 100]);
         let mut taken = 0;
         while o.push_shared(&frame, 10_000) == Queued::Ok {
@@ -519,7 +635,7 @@ mod tests {
 
     #[test]
     fn a_long_backlog_costs_close_to_its_bytes_and_drains_in_linear_time() {
-        let mut o = Outbound::default();
+        let mut o = Queue::default();
         for i in 0..100_000u32 {
             reply(&mut o, &i.to_le_bytes()[..3]);
         }
@@ -555,7 +671,7 @@ mod tests {
         // a second).
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut o = Outbound::default();
+            let mut o = Queue::default();
             let reply = vec![5u8; 60_000];
             for _ in 0..(256 << 20) / reply.len() {
                 o.append(reply.len(), |t| t.extend_from_slice(&reply));
@@ -579,7 +695,7 @@ mod tests {
 
     #[test]
     fn take_front_moves_bytes_in_order_across_segments_and_the_tail() {
-        let mut o = Outbound::default();
+        let mut o = Queue::default();
         let big = Bytes::from(vec![b'B'; SHARE_MIN]);
         reply(&mut o, b"ab");
         o.push_shared(&big, 1 << 20);
@@ -597,7 +713,7 @@ mod tests {
 
     #[test]
     fn more_segments_than_iovecs_take_extra_rounds_only_when_needed() {
-        let mut o = Outbound::default();
+        let mut o = Queue::default();
         let shared = Bytes::from(vec![b'x'; SHARE_MIN]);
         for _ in 0..(MAX_IOVECS * 2 + 5) {
             o.push_shared(&shared, 1 << 30);
@@ -610,7 +726,7 @@ mod tests {
 
     #[test]
     fn a_large_reply_gets_exact_capacity_and_a_sealed_tail_keeps_its_offset() {
-        let mut o = Outbound::default();
+        let mut o = Queue::default();
         reply(&mut o, &[1; 10]);
         let mut w = writer(4);
         assert_eq!(o.flush(&mut w).unwrap(), Flushed::Blocked);

@@ -157,7 +157,7 @@ case $WHAT in deflate)
     run "idle 10000" rss_per_conn_bytes --src-ips 4 connect --conns 10000 --rate 5000 --hold 3 ;;
 esac
 case $WHAT in idle|all)
-    for n in 10000 19000; do
+    for n in 10000 19500; do
         run "idle ${n}" rss_per_conn_bytes --src-ips 4 connect --conns "$n" --rate 5000 --hold 3
     done ;;
 esac

@@ -6,7 +6,6 @@
 //! output, once -> run due timers. So however many messages a turn produces, each
 //! connection costs one `writev`.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +23,6 @@ use crate::conn::{Conn, Tls, Transport};
 use crate::console::Console;
 use crate::memory;
 use crate::stats::{bump, gauge, Stats};
-use crate::timer::{Entry, Wheel};
 use crate::topics::Topics;
 
 /// Token of the worker's waker; slab keys never reach it.
@@ -89,10 +87,11 @@ pub struct Worker {
     /// Connections to read again without an event: they hit the per-turn read cap, or their
     /// held input was let go.
     pub(super) retry: Vec<usize>,
-    pub(super) wheel: Wheel,
-    pub(super) due: Vec<Entry>,
+    /// The last tick whose deadlines were handled.
+    pub(super) swept: u32,
+    /// Keys whose deadline came, gathered by the sweep.
+    pub(super) due: Vec<usize>,
     started: Instant,
-    next_generation: u32,
     /// Whole seconds since `started`, read once per loop turn.
     tick: u32,
     /// Set once shutdown began: the instant by which the worker exits regardless.
@@ -179,10 +178,9 @@ impl Worker {
             over: Vec::new(),
             dirty: Vec::new(),
             retry: Vec::new(),
-            wheel: Wheel::new(0),
+            swept: 0,
             due: Vec::new(),
             started: Instant::now(),
-            next_generation: 0,
             tick: 0,
             drain_deadline: None,
             drain: Drain::No,
@@ -275,8 +273,8 @@ impl Worker {
     }
 
     fn take_inbox(&mut self) {
-        while let Ok((sock, ip)) = self.inbox.conns.try_recv() {
-            self.add_conn(sock, ip);
+        while let Ok((sock, peer)) = self.inbox.conns.try_recv() {
+            self.add_conn(sock, peer);
         }
         // Deliveries are taken up to a budget per turn, so that a backlog (other workers or
         // nodes publishing faster than this one delivers) is worked off over several turns
@@ -310,10 +308,10 @@ impl Worker {
         }
     }
 
-    fn add_conn(&mut self, mut sock: TcpStream, ip: IpAddr) {
+    fn add_conn(&mut self, mut sock: TcpStream, peer: admission::Peer) {
         bump(&self.stats.accepted, 1);
         if self.drain_deadline.is_some() {
-            self.admission.release(ip);
+            self.admission.release(peer);
             return;
         }
         let now = self.now();
@@ -325,7 +323,7 @@ impl Worker {
             .register(&mut sock, Token(key), Interest::READABLE)
         {
             log::warn!("worker {}: registering a socket failed: {e}", self.index);
-            self.admission.release(ip);
+            self.admission.release(peer);
             return;
         }
         let transport = match &self.tls {
@@ -334,13 +332,12 @@ impl Worker {
                 Ok(t) => Transport::Tls(Box::new(t)),
                 Err(e) => {
                     log::warn!("worker {}: cannot start TLS: {e}", self.index);
-                    self.admission.release(ip);
+                    self.admission.release(peer);
                     return;
                 }
             },
         };
-        self.next_generation = self.next_generation.wrapping_add(1);
-        entry.insert(Conn::new(transport, ip, self.next_generation, now));
+        entry.insert(Conn::new(transport, peer, now));
         gauge(&self.stats.open, 1);
         let deadline = now + self.cfg.handshake_timeout.as_secs() as u32;
         self.set_deadline(key, deadline);
@@ -368,7 +365,7 @@ impl Worker {
             gauge(&self.stats.held, -1);
         }
         bump(&self.stats.closed, 1);
-        self.admission.release(conn.ip);
+        self.admission.release(conn.peer);
         // Dropping the socket closes it, which also takes it out of the epoll set.
     }
 }

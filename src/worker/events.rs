@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use thin_vec::ThinVec;
+
 use serde_json::value::RawValue;
 
 use super::timers::CLOSE_TIMEOUT;
@@ -259,7 +261,7 @@ impl Worker {
         let conn = &mut self.conns[key];
         let freed = conn.inbound_cost();
         conn.machine.close();
-        conn.inbuf = Vec::new();
+        conn.inbuf = ThinVec::new();
         conn.partial_since = NEVER;
         conn.input_ready = false;
         gauge(&self.stats.inbound_memory, -(freed as i64));

@@ -7,7 +7,6 @@
 //! and wakes only if it was true. The SeqCst fences order each side's store before its load,
 //! so at least one of them sees the other's write.
 
-use std::net::IpAddr;
 use std::sync::atomic::{fence, AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
 
@@ -15,6 +14,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::net::TcpStream;
 use mio::Waker;
 
+use crate::admission::Peer;
 use crate::broadcast::Delivery;
 
 /// New sockets waiting for a worker; when full, the acceptor waits, and the kernel's accept
@@ -46,7 +46,7 @@ pub enum Msg {
 /// How to reach one worker. Cheap to share; the sending side of everything.
 #[derive(Debug)]
 pub struct WorkerHandle {
-    conns: Sender<(TcpStream, IpAddr)>,
+    conns: Sender<(TcpStream, Peer)>,
     msgs: Sender<Msg>,
     waker: Waker,
     asleep: Arc<AtomicBool>,
@@ -55,7 +55,7 @@ pub struct WorkerHandle {
 /// The worker's own ends of its channels.
 #[derive(Debug)]
 pub struct Inbox {
-    pub conns: Receiver<(TcpStream, IpAddr)>,
+    pub conns: Receiver<(TcpStream, Peer)>,
     pub msgs: Receiver<Msg>,
     asleep: Arc<AtomicBool>,
 }
@@ -85,8 +85,8 @@ pub fn channel(waker: Waker) -> (WorkerHandle, Inbox) {
 impl WorkerHandle {
     /// Hands a new socket over, waiting while the worker's queue is full. Gives the socket
     /// back if the worker has exited.
-    pub fn send_conn(&self, sock: TcpStream, ip: IpAddr) -> Result<(), TcpStream> {
-        let r = match self.conns.try_send((sock, ip)) {
+    pub fn send_conn(&self, sock: TcpStream, peer: Peer) -> Result<(), TcpStream> {
+        let r = match self.conns.try_send((sock, peer)) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(conn)) => {
                 // The worker is busy (it has a wake pending); make sure, then wait for room.

@@ -3,6 +3,7 @@
 //! per loop turn.
 
 use mio::{Interest, Token};
+use thin_vec::ThinVec;
 
 use super::event_loop::{Hangup, CORK_KEEP};
 use super::Worker;
@@ -190,27 +191,27 @@ impl Worker {
         let used = self.process(key, &mut data[rest..]);
         let left = &data[rest + used..];
         if !left.is_empty() && self.conns.contains(key) {
-            self.put_inbuf(key, left.to_vec());
+            self.put_inbuf(key, ThinVec::from(left));
         }
         self.note_partial(key, now);
     }
 
     /// Takes the connection's input buffer out (to be handled while the connection is
     /// borrowed elsewhere), and its memory off the gauge.
-    fn take_inbuf(&mut self, key: usize) -> Vec<u8> {
+    fn take_inbuf(&mut self, key: usize) -> ThinVec<u8> {
         let buf = std::mem::take(&mut self.conns[key].inbuf);
         gauge(&self.stats.inbound_memory, -(buf.capacity() as i64));
         buf
     }
 
-    fn put_inbuf(&mut self, key: usize, buf: Vec<u8>) {
+    fn put_inbuf(&mut self, key: usize, buf: ThinVec<u8>) {
         gauge(&self.stats.inbound_memory, buf.capacity() as i64);
         self.conns[key].inbuf = buf;
     }
 
     /// Puts back what `process` left of `buf`, in a buffer no larger than it needs, or frees
     /// it. Returns false if the connection is gone.
-    fn put_back(&mut self, key: usize, mut buf: Vec<u8>, used: usize) -> bool {
+    fn put_back(&mut self, key: usize, mut buf: ThinVec<u8>, used: usize) -> bool {
         let Some(conn) = self.conns.get(key) else {
             return false;
         };
@@ -221,7 +222,7 @@ impl Worker {
             buf.drain(..used);
         }
         if buf.capacity() > buf.len() * 2 + SHRINK_SLACK {
-            buf = buf.as_slice().to_vec();
+            buf = ThinVec::from(buf.as_slice());
         }
         self.put_inbuf(key, buf);
         true

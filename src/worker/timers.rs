@@ -1,77 +1,70 @@
-//! A connection's deadlines, on the worker's timer wheel: handshake, ping and idle, partial
-//! message, backpressure, and the closing handshake. Runs on the connection's worker.
+//! A connection's deadlines: handshake, ping and idle, partial message, backpressure, and
+//! the closing handshake. Runs on the connection's worker.
 //!
-//! Each connection has at most one current wheel entry, for its earliest deadline; activity
-//! never touches the wheel (`last_rx` moves, and the entry, when it fires, works out what is
-//! due and when to look next).
+//! A connection carries one deadline, the tick (whole second) at which it must next be
+//! looked at; activity never touches it (`last_rx` moves, and the check, when it comes,
+//! works out what is due and when to look next). Once per tick the worker sweeps its slab
+//! for deadlines that have come. There is no timer structure beside the slab, so an idle
+//! connection costs its 4-byte deadline and nothing more; the sweep reads every
+//! connection's entry once a second (about 30 µs per 10,000 here), the price uSockets also
+//! pays with its per-loop timeout sweep.
 
 use super::Worker;
 use crate::codec::Kind;
 use crate::conn::{CloseReason, Phase, NEVER};
 use crate::stats::{self, bump};
-use crate::timer::Entry;
 
 /// Seconds a closing connection waits for the peer's close or EOF before it is dropped.
 pub(super) const CLOSE_TIMEOUT: u32 = 2;
 
+/// A due list that grew past this many keys is freed once empty.
+const DUE_KEEP: usize = 1024;
+
 impl Worker {
-    /// Moves a connection's timer earlier if needed; later deadlines are picked up lazily
-    /// when the current entry fires.
+    /// Sets the tick at which the connection is next looked at (earlier or later).
     pub(super) fn set_deadline(&mut self, key: usize, at: u32) {
-        let conn = &mut self.conns[key];
-        conn.deadline = at;
-        if at < conn.timer_at {
-            conn.timer_at = at;
-            let entry = Entry {
-                key,
-                generation: conn.generation,
-                at,
-            };
-            self.wheel.schedule(entry);
-        }
+        self.conns[key].deadline = at;
     }
 
-    /// Makes sure the connection's timer runs by `at`, keeping an earlier deadline.
+    /// Makes sure the connection is looked at by `at`, keeping an earlier deadline.
     pub(super) fn arm(&mut self, key: usize, at: u32) {
         if at < self.conns[key].deadline {
             self.set_deadline(key, at);
         }
     }
 
+    /// Once per tick: handles every connection whose deadline has come.
     pub(super) fn run_timers(&mut self) {
         let now = self.now();
-        if (now as u64) <= self.wheel.now() {
+        if now <= self.swept {
             return;
         }
+        self.swept = now;
         let mut due = std::mem::take(&mut self.due);
-        self.wheel.advance(now as u64, &mut due);
-        for entry in due.drain(..) {
-            self.on_timer(entry, now);
+        due.extend(
+            self.conns
+                .iter()
+                .filter(|(_, c)| c.deadline <= now)
+                .map(|(k, _)| k),
+        );
+        for &key in &due {
+            self.on_deadline(key, now);
         }
-        if due.capacity() > crate::timer::SHRINK_ABOVE {
+        due.clear();
+        if due.capacity() > DUE_KEEP {
             due = Vec::new();
         }
         self.due = due;
     }
 
-    fn on_timer(&mut self, entry: Entry, now: u32) {
-        let key = entry.key;
+    fn on_deadline(&mut self, key: usize, now: u32) {
         let Some(conn) = self.conns.get_mut(key) else {
-            return;
+            return; // closed by an earlier deadline in this sweep
         };
-        if conn.generation != entry.generation || conn.timer_at != entry.at {
-            return; // stale: the key was reused, or an earlier entry replaced this one
-        }
-        if entry.at > now {
-            self.wheel.schedule(entry); // a deadline more than a lap out came round early
-            return;
-        }
-        conn.timer_at = u32::MAX;
         if conn.deadline > now {
-            let at = conn.deadline;
-            self.set_deadline(key, at);
             return;
         }
+        conn.deadline = NEVER;
         match conn.machine.phase() {
             Phase::Handshake => {
                 bump(&self.stats.timeouts, 1);
