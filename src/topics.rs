@@ -112,6 +112,12 @@ impl Topics {
         removed
     }
 
+    /// The shared name of `topic` if it has subscribers here: a publish to it then names
+    /// its target with a refcount bump instead of a new allocation.
+    pub fn name(&self, topic: &str) -> Option<Arc<str>> {
+        self.map.get(topic).map(|t| t.name.clone())
+    }
+
     pub fn subscribers(&self, topic: &str) -> Option<&IndexSet<usize>> {
         self.map.get(topic).map(|t| &t.subscribers)
     }

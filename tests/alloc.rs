@@ -1,6 +1,7 @@
 //! Heap allocations on the worker threads per message, counted by this test's own global
-//! allocator: after warm-up, an echoed message (raw and JSON) must cost none. Publishing
-//! is measured and printed (`cargo test --test alloc -- --nocapture`).
+//! allocator: after warm-up, an echoed message (raw and JSON) must cost none, and so must a
+//! delivery to a subscriber that keeps up; a publish costs a few, whatever its audience.
+//! The figures are printed (`cargo test --test alloc -- --nocapture`).
 //!
 //! Only allocations made on threads named `corecast-w*` (the workers) are counted; the test's
 //! client threads, the acceptor and the control thread allocate as they like.
@@ -67,6 +68,13 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// The count is process-wide, so the tests take turns: one server's workers at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Round trips of `depth` messages in flight at once (so that replies are batched as under
 /// load); returns the worker allocations per message over the `rounds` after `warm` ones.
 fn per_message(
@@ -101,6 +109,7 @@ fn per_message(
 
 #[test]
 fn an_echoed_message_costs_the_worker_no_allocation() {
+    let _turn = serial();
     let server = start(config(1));
     let addr = server.local_addr();
 
@@ -126,5 +135,72 @@ fn an_echoed_message_costs_the_worker_no_allocation() {
     assert_eq!(raw_text, 0.0, "raw text echo allocates");
     assert_eq!(raw_binary, 0.0, "raw binary echo allocates");
     assert_eq!(json_echo, 0.0, "JSON echo allocates");
+    server.shutdown().unwrap();
+}
+
+/// Worker allocations per published message with `subs` subscribers on the same worker as
+/// the publisher, each reading every message; after warm-up.
+fn per_publish(addr: std::net::SocketAddr, topic: &str, subs: usize) -> f64 {
+    let mut readers: Vec<Client> = (0..subs)
+        .map(|_| {
+            let mut c = connect(addr, "/ws");
+            let req = json!({"op":"subscribe","topic":topic}).to_string();
+            c.send(Message::text(req)).expect("subscribe");
+            match c.read().expect("ok") {
+                Message::Text(t) => assert!(t.contains(r#""op":"ok""#), "{t}"),
+                other => panic!("unexpected {other:?}"),
+            }
+            c
+        })
+        .collect();
+    let mut publisher = connect(addr, "/ws");
+    let msg = Message::text(json!({"op":"publish","topic":topic,"data":{"n":1}}).to_string());
+    let depth = 8;
+    let mut round = |publisher: &mut Client| {
+        for _ in 0..depth {
+            publisher.write(msg.clone()).expect("publish");
+        }
+        publisher.flush().expect("flush");
+        for r in readers.iter_mut() {
+            for _ in 0..depth {
+                match r.read().expect("delivery") {
+                    Message::Text(_) => {}
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+    };
+    for _ in 0..50 {
+        round(&mut publisher);
+    }
+    let before = WORKER_ALLOCS.load(Relaxed);
+    let rounds = 300;
+    for _ in 0..rounds {
+        round(&mut publisher);
+    }
+    let n = WORKER_ALLOCS.load(Relaxed) - before;
+    n as f64 / (depth * rounds) as f64
+}
+
+#[test]
+fn a_delivery_to_a_subscriber_that_keeps_up_costs_no_allocation() {
+    let _turn = serial();
+    let server = start(config(1));
+    let addr = server.local_addr();
+    let few = per_publish(addr, "alloc-few", 5);
+    let many = per_publish(addr, "alloc-many", 50);
+    let per_delivery = (many - few) / 45.0;
+    eprintln!(
+        "worker allocations per publish: {few:.3} with 5 subscribers, {many:.3} with 50 \
+         ({per_delivery:.4} per delivery)"
+    );
+    // What a publish costs once (the encoded frame and its shared handle) does not depend on
+    // the audience; a delivery must add nothing. Queueing a frame per subscriber costs its
+    // queue's allocations, which this difference would show ten times over.
+    assert!(
+        many - few < 0.1,
+        "deliveries allocate: {few:.3} per publish with 5 subscribers, {many:.3} with 50"
+    );
+    assert!(few <= 4.0, "a publish costs {few:.3} allocations");
     server.shutdown().unwrap();
 }

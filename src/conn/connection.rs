@@ -45,9 +45,10 @@ pub struct Conn {
     /// ([`NEVER`] while reading normally). While held, the socket is not read: TCP's window
     /// then stops the client, and the server buffers nothing more for it.
     pub held_since: u32,
-    /// Tick at which the current partial frame or fragmented message began ([`NEVER`] when
-    /// input is on a message boundary); bounds how long a half-sent message may pin memory.
-    pub partial_since: u32,
+    /// This turn's deliveries staged for this connection (see `Worker::staged`): 1 + the
+    /// index of the latest, 0 for none. Nonzero only while `out` is empty and the
+    /// connection is in the dirty list.
+    pub staged: u32,
     /// In the worker's dirty list (flush at the end of this loop turn).
     pub dirty: bool,
     /// Registered for WRITABLE; true only while output is pending after a short write.
@@ -74,7 +75,7 @@ impl Conn {
             last_rx: now,
             deadline: NEVER,
             held_since: NEVER,
-            partial_since: NEVER,
+            staged: 0,
             dirty: false,
             write_interest: false,
             input_ready: false,

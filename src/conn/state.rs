@@ -135,6 +135,13 @@ pub struct Machine {
     deflate: Option<Agreed>,
     /// A fragmented message in progress (only while its frames arrive).
     partial: Option<Box<Fragmented>>,
+    /// Tick at which the current partial frame or fragmented message began ([`NEVER`] on a
+    /// message boundary); bounds how long a half-sent message may pin memory. Kept and
+    /// read by the worker (a partial frame lies in its buffer, not here); it lives here
+    /// because the machine's padding has room for it.
+    ///
+    /// [`NEVER`]: super::NEVER
+    pub partial_since: u32,
 }
 
 impl Default for Machine {
@@ -149,6 +156,7 @@ impl Machine {
             phase: Phase::Handshake,
             deflate: None,
             partial: None,
+            partial_since: super::NEVER,
         }
     }
 

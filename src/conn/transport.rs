@@ -77,6 +77,21 @@ impl Transport {
         })
     }
 
+    /// Writes `bufs` straight to a plain socket with one `writev`: the bytes taken (0 when
+    /// the send buffer is full). `None` for TLS.
+    pub fn writev_plain(&mut self, bufs: &[io::IoSlice<'_>]) -> Option<io::Result<usize>> {
+        let Transport::Plain(s) = self else {
+            return None;
+        };
+        Some(loop {
+            match s.write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(0),
+                other => break other,
+            }
+        })
+    }
+
     /// Memory the transport itself holds (TLS: ciphertext not yet taken by the socket, a
     /// partial record received).
     pub fn cost(&self) -> usize {

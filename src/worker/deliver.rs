@@ -1,5 +1,13 @@
-//! This worker's share of every publish: deliveries queued during the turn go into their
-//! recipients' bounded outbound queues, merged per audience. Runs on each worker.
+//! This worker's share of every publish: deliveries queued during the turn go to their
+//! recipients, merged per audience. Runs on each worker.
+//!
+//! A plain connection with nothing queued gets its share *staged*: a handle to the shared
+//! bytes in the worker's list, written by its end-of-turn flush straight from those bytes,
+//! so a reader that keeps up costs a refcount bump per delivery and no allocation. Only
+//! what its socket does not take goes into its bounded outbound queue, where every other
+//! recipient's share goes at once (TLS ones, and those with a backlog).
+
+use std::io::{self, IoSlice};
 
 use bytes::Bytes;
 
@@ -9,7 +17,7 @@ use crate::config::SlowConsumer;
 use crate::conn::deflate::{self, ZippedRun};
 use crate::conn::{CloseReason, Conn};
 use crate::memory;
-use crate::outbound::Queued;
+use crate::outbound::{Queued, MAX_IOVECS};
 use crate::stats::{bump, gauge};
 
 impl Worker {
@@ -39,10 +47,12 @@ impl Worker {
             let mut zipped: Zipped = Default::default();
             let deflater = &mut self.deflater;
             let zscratch = &mut self.zscratch;
+            let staged = &mut self.staged;
             let mut offer = |key: usize, conn: &mut Conn, dirty: &mut Vec<usize>| {
                 let (len0, cost0) = (conn.out.len(), conn.out.cost());
-                let taken = match conn.machine.deflate() {
-                    None => offer_run(conn, run.len(), |i| &run[i].frame, merged.as_ref(), limit),
+                let to = Recipient { conn, staged };
+                let taken = match to.conn.machine.deflate() {
+                    None => offer_run(to, run.len(), |i| &run[i].frame, merged.as_ref(), limit),
                     Some(a) => {
                         let z = zipped[slot(a.window_bits)].get_or_insert_with(|| {
                             let z = deflater.zip_run(
@@ -54,7 +64,7 @@ impl Worker {
                             tally.compressed += z.compressed;
                             z
                         });
-                        offer_run(conn, run.len(), |i| &z.frames[i], z.merged.as_ref(), limit)
+                        offer_run(to, run.len(), |i| &z.frames[i], z.merged.as_ref(), limit)
                     }
                 };
                 tally.delivered += taken as u64;
@@ -122,13 +132,17 @@ impl Worker {
             };
             let from = run.len() - missed as usize;
             let (len0, cost0) = (conn.out.len(), conn.out.cost());
-            let taken = match conn.machine.deflate() {
-                None => offer_run(conn, missed as usize, |i| &run[from + i].frame, None, limit),
+            let to = Recipient {
+                conn,
+                staged: &mut self.staged,
+            };
+            let taken = match to.conn.machine.deflate() {
+                None => offer_run(to, missed as usize, |i| &run[from + i].frame, None, limit),
                 Some(a) => {
                     let z = zipped[slot(a.window_bits)]
                         .as_ref()
                         .expect("compressed in the first pass over the run");
-                    offer_run(conn, missed as usize, |i| &z.frames[from + i], None, limit)
+                    offer_run(to, missed as usize, |i| &z.frames[from + i], None, limit)
                 }
             };
             tally.delivered += taken as u64;
@@ -158,6 +172,116 @@ impl Worker {
 /// Deliveries kept in the pending list's capacity between turns.
 const PENDING_KEEP: usize = 1024;
 
+/// Entries kept in the staged list's capacity between turns.
+const STAGED_KEEP: usize = 16 * 1024;
+
+/// One staged delivery (see `Worker::staged`).
+#[derive(Debug)]
+pub(super) struct Staged {
+    frame: Bytes,
+    /// 1 + the index of the connection's previous staged entry; 0 for none.
+    prev: u32,
+    /// Bytes staged for the connection so far, this entry's included (its bound).
+    total: usize,
+}
+
+impl Worker {
+    /// Writes the frames staged for `key` with one `writev` (another only if the iovec cap,
+    /// not the socket, stopped the first); what the socket does not take is queued, in
+    /// order, in its outbound queue. Returns whether the socket was full (then there is no
+    /// point writing more now); the caller handles an error as the transport's.
+    pub(super) fn write_staged(&mut self, key: usize) -> io::Result<bool> {
+        self.unstage_into(key, true)
+    }
+
+    /// Moves the frames staged for `key` into its outbound queue unwritten: something is
+    /// about to be queued after them (a close frame, say), which must follow them.
+    pub(super) fn unstage(&mut self, key: usize) {
+        // Without writing there is no error to get.
+        let _ = self.unstage_into(key, false);
+    }
+
+    fn unstage_into(&mut self, key: usize, write: bool) -> io::Result<bool> {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return Ok(false);
+        };
+        if conn.staged == 0 {
+            return Ok(false);
+        }
+        debug_assert!(conn.out.is_empty(), "conn {key}: staged behind a queue");
+        let chain = &mut self.chain;
+        chain.clear();
+        let mut at = std::mem::take(&mut conn.staged);
+        while at != 0 {
+            chain.push(at - 1);
+            at = self.staged[at as usize - 1].prev;
+        }
+        chain.reverse();
+        let frame = |i: usize| &self.staged[chain[i] as usize].frame;
+        // Entries before `i` are written, and `off` bytes of entry `i`.
+        let (mut i, mut off) = (0, 0);
+        let mut written_total = 0;
+        let mut full = false;
+        while write && i < chain.len() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut n = 0;
+            let mut offered = 0;
+            while n < MAX_IOVECS && i + n < chain.len() {
+                let f = frame(i + n);
+                let s = if n == 0 { &f[off..] } else { &f[..] };
+                slices[n] = IoSlice::new(s);
+                offered += s.len();
+                n += 1;
+            }
+            let mut written = match conn.transport.writev_plain(&slices[..n]) {
+                Some(r) => r?,
+                None => 0, // not staged for TLS; queue it all
+            };
+            written_total += written;
+            let short = written < offered;
+            while written > 0 {
+                let left = frame(i).len() - off;
+                if written >= left {
+                    written -= left;
+                    (i, off) = (i + 1, 0);
+                } else {
+                    off += written;
+                    written = 0;
+                }
+            }
+            if short {
+                full = true;
+                break;
+            }
+        }
+        let (len0, cost0) = (conn.out.len(), conn.out.cost());
+        for j in i..chain.len() {
+            let f = frame(j);
+            if j == i && off > 0 {
+                conn.out.push_shared(&f.slice(off..), usize::MAX);
+            } else {
+                conn.out.push_shared(f, usize::MAX);
+            }
+        }
+        bump(&self.stats.bytes_out, written_total as u64);
+        gauge(&self.stats.queued_bytes, (conn.out.len() - len0) as i64);
+        gauge(
+            &self.stats.outbound_memory,
+            conn.out.cost() as i64 - cost0 as i64,
+        );
+        Ok(full)
+    }
+
+    /// After the turn's flush: every staged frame has been written or queued; let the
+    /// handles go.
+    pub(super) fn end_staging(&mut self) {
+        self.staged.clear();
+        if self.staged.capacity() > STAGED_KEEP {
+            self.staged = Vec::new();
+        }
+    }
+}
+
 /// What one delivery pass changed, applied to the counters once at its end.
 #[derive(Default)]
 struct Tally {
@@ -176,15 +300,61 @@ fn slot(bits: u8) -> usize {
         as usize
 }
 
-/// Queues a run of `n` messages (`frame(i)`) to one recipient: the merged frame if it fits
-/// whole, otherwise each message in turn until one does not. Returns how many were queued.
+/// Stages `f` for `conn`, after what is staged for it already.
+fn stage(conn: &mut Conn, staged: &mut Vec<Staged>, f: &Bytes) {
+    let before = match conn.staged {
+        0 => 0,
+        at => staged[at as usize - 1].total,
+    };
+    staged.push(Staged {
+        frame: f.clone(),
+        prev: conn.staged,
+        total: before + f.len(),
+    });
+    conn.staged = staged.len() as u32;
+}
+
+/// A recipient of a run, and the worker's staged list it may be staged in.
+struct Recipient<'c> {
+    conn: &'c mut Conn,
+    staged: &'c mut Vec<Staged>,
+}
+
+/// Gives a run of `n` messages (`frame(i)`) to one recipient: the merged frame if it fits
+/// whole, otherwise each message in turn until one does not. Returns how many it took.
+/// Staged for a plain connection with nothing queued, queued otherwise; the bound is the
+/// same (a recipient with nothing staged or queued takes any one message).
 fn offer_run<'a>(
-    conn: &mut Conn,
+    to: Recipient<'_>,
     n: usize,
     frame: impl Fn(usize) -> &'a Bytes,
     merged: Option<&Bytes>,
     limit: usize,
 ) -> usize {
+    let Recipient { conn, staged } = to;
+    if conn.out.is_empty() && !conn.transport.is_tls() {
+        let held = |conn: &Conn, staged: &[Staged]| match conn.staged {
+            0 => 0,
+            at => staged[at as usize - 1].total,
+        };
+        if let Some(m) = merged {
+            if held(conn, staged) + m.len() <= limit {
+                stage(conn, staged, m);
+                return n;
+            }
+        }
+        let mut taken = 0;
+        for i in 0..n {
+            let f = frame(i);
+            let before = held(conn, staged);
+            if before > 0 && before + f.len() > limit {
+                break;
+            }
+            stage(conn, staged, f);
+            taken += 1;
+        }
+        return taken;
+    }
     if let Some(m) = merged {
         // Checked here, not left to `push_shared`: an empty queue takes any one message, but
         // a run is many.

@@ -80,6 +80,13 @@ pub struct Worker {
     pub(super) zscratch: Vec<u8>,
     /// Deliveries for this worker's connections, queued during the turn.
     pub(super) pending: Vec<Delivery>,
+    /// Shared frames delivered this turn to plain connections with nothing queued: their
+    /// end-of-turn flush writes them straight from the shared bytes, so a reader that keeps
+    /// up costs no queue and no allocation per delivery. Each entry links to the previous
+    /// one for the same connection; emptied after the flush.
+    pub(super) staged: Vec<super::deliver::Staged>,
+    /// Where a connection's staged entries are gathered for its `writev`.
+    pub(super) chain: Vec<u32>,
     /// Recipients a delivery run did not fit, with how many of its messages they missed.
     pub(super) over: Vec<(usize, u32)>,
     /// Connections with output to flush at the end of the turn.
@@ -176,6 +183,8 @@ impl Worker {
             zscratch: Vec::new(),
             pending: Vec::new(),
             over: Vec::new(),
+            staged: Vec::new(),
+            chain: Vec::new(),
             dirty: Vec::new(),
             retry: Vec::new(),
             swept: 0,
@@ -245,6 +254,7 @@ impl Worker {
             self.deliver();
             self.advance_drain();
             self.flush_dirty();
+            self.end_staging();
             self.run_timers();
             self.topics.resync_backplane();
             #[cfg(debug_assertions)]

@@ -205,7 +205,11 @@ impl Worker {
                 }
             }
             Effect::Publish { topic, data } => {
-                self.publish(Target::Topic(Arc::from(&*topic)), data)
+                let name = self
+                    .topics
+                    .name(&topic)
+                    .unwrap_or_else(|| Arc::from(&*topic));
+                self.publish(Target::Topic(name), data)
             }
             Effect::Broadcast(data) => self.publish(Target::All, data),
         }
@@ -262,7 +266,7 @@ impl Worker {
         let freed = conn.inbound_cost();
         conn.machine.close();
         conn.inbuf = ThinVec::new();
-        conn.partial_since = NEVER;
+        conn.machine.partial_since = NEVER;
         conn.input_ready = false;
         gauge(&self.stats.inbound_memory, -(freed as i64));
         let was_held = conn.is_held();
@@ -296,6 +300,7 @@ impl Worker {
             codec::encode_into(&mut self.cork, kind, payload);
             return;
         }
+        self.unstage(key);
         let out = &mut self.conns[key].out;
         let (len0, cost0) = (out.len(), out.cost());
         out.append(len, |t| codec::encode_into(t, kind, payload));
@@ -319,6 +324,7 @@ impl Worker {
             self.cork.extend_from_slice(bytes);
             return;
         }
+        self.unstage(key);
         let out = &mut self.conns[key].out;
         let cost0 = out.cost();
         out.append(bytes.len(), |t| t.extend_from_slice(bytes));

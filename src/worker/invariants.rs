@@ -13,6 +13,7 @@ impl Worker {
         for (key, c) in self.conns.iter() {
             let pending = !c.out.is_empty() || c.transport.has_pending();
             assert_eq!(c.dirty, self.dirty.contains(&key), "conn {key} dirty flag");
+            assert_eq!(c.staged, 0, "conn {key} has staged frames after the flush");
             assert!(
                 !c.write_interest || pending,
                 "conn {key} WRITABLE for nothing"
@@ -31,6 +32,7 @@ impl Worker {
             inbound += c.inbound_cost() as i64;
             held += c.is_held() as i64;
         }
+        assert!(self.staged.is_empty(), "staged list not emptied");
         let s = &self.stats;
         assert_eq!(s.queued_bytes.load(Relaxed), queued, "queued-bytes gauge");
         assert_eq!(

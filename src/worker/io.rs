@@ -239,9 +239,9 @@ impl Worker {
         }
         let mid_message = !conn.inbuf.is_empty() || conn.machine.in_message();
         if !mid_message {
-            conn.partial_since = NEVER;
-        } else if conn.partial_since == NEVER {
-            conn.partial_since = now;
+            conn.machine.partial_since = NEVER;
+        } else if conn.machine.partial_since == NEVER {
+            conn.machine.partial_since = now;
             let at = now + self.cfg.message_timeout.as_secs() as u32;
             self.arm(key, at);
         }
@@ -347,8 +347,8 @@ impl Worker {
         conn.input_ready = true;
         // The client was not silent or slow while we were not reading: restart its clocks.
         conn.last_rx = now;
-        if conn.partial_since != NEVER {
-            conn.partial_since = now;
+        if conn.machine.partial_since != NEVER {
+            conn.machine.partial_since = now;
         }
         gauge(&self.stats.held, -1);
         self.retry.push(key);
@@ -381,9 +381,19 @@ impl Worker {
     /// lets held input go once the output drains to half its bound, and ends the write side
     /// of a closing connection once everything is out.
     pub(super) fn flush(&mut self, key: usize) {
+        let full = match self.write_staged(key) {
+            Ok(full) => full,
+            Err(e) => return self.on_transport_error(key, e.into()),
+        };
         let conn = &mut self.conns[key];
         let (len0, cost0, tls0) = (conn.out.len(), conn.out.cost(), conn.transport.cost());
-        let res = conn.transport.flush(&mut conn.out, &mut self.tls_out);
+        let res = if full {
+            // What the socket did not take of the staged frames is queued; it will not take
+            // more now.
+            Ok(Flushed::Blocked)
+        } else {
+            conn.transport.flush(&mut conn.out, &mut self.tls_out)
+        };
         let written = len0 - conn.out.len();
         bump(&self.stats.bytes_out, written as u64);
         gauge(&self.stats.queued_bytes, -(written as i64));

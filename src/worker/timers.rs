@@ -91,7 +91,8 @@ impl Worker {
         let partial_until = if held {
             NEVER
         } else {
-            conn.partial_since
+            conn.machine
+                .partial_since
                 .saturating_add(self.cfg.message_timeout.as_secs() as u32)
         };
         if now >= held_until {
@@ -108,7 +109,7 @@ impl Worker {
             log::debug!(
                 "worker {}: conn {key} took over {} s to send a message",
                 self.index,
-                now - conn.partial_since
+                now - conn.machine.partial_since
             );
             return self.begin_close(key, CloseReason::MessageTimeout);
         }
