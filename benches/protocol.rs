@@ -1,7 +1,7 @@
 //! JSON envelope hot paths: `protocol::decode` on typical requests and reply encoding.
 //!
 //! * `decode/*`: one text message through `protocol::decode` (envelope parse into borrowed
-//!   `RawValue`s, then op dispatch and field checks). The requests are the ones clients send
+//!   `Raw` values, then op dispatch and field checks). The requests are the ones clients send
 //!   most: echo, subscribe, publish with a ~100-byte object, broadcast, plus two that fail
 //!   (unknown op, malformed JSON) since error paths format messages. Throughput is input bytes.
 //! * `reply/*`: `protocol::ok`, `echo`, `error` and `message` into one reused `Vec` cleared
@@ -9,9 +9,8 @@
 
 use std::hint::black_box;
 
-use corecast::protocol::{self, Request};
+use corecast::protocol::{self, Raw, Request};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use serde_json::value::RawValue;
 
 const DATA_100B: &str =
     r#"{"user":"u-12345","seq":987654,"price":101.25,"tags":["a","b","c"],"note":"hello world"}"#;
@@ -76,30 +75,30 @@ fn bench_decode(c: &mut Criterion) {
 }
 
 fn bench_reply(c: &mut Criterion) {
-    let id = RawValue::from_string("\"req-42\"".to_owned()).unwrap();
-    let small = RawValue::from_string("\"hello\"".to_owned()).unwrap();
-    let data = RawValue::from_string(DATA_100B.to_owned()).unwrap();
+    let id = Raw::new("\"req-42\"").unwrap();
+    let small = Raw::new("\"hello\"").unwrap();
+    let data = Raw::new(DATA_100B).unwrap();
     let mut g = c.benchmark_group("reply");
     let mut out = Vec::with_capacity(512);
 
     g.bench_function("ok", |b| {
         b.iter(|| {
             out.clear();
-            protocol::ok(&mut out, black_box(Some(&*id)));
+            protocol::ok(&mut out, black_box(Some(id)));
             black_box(out.len());
         })
     });
     g.bench_function("echo_small", |b| {
         b.iter(|| {
             out.clear();
-            protocol::echo(&mut out, black_box(Some(&*id)), black_box(&small));
+            protocol::echo(&mut out, black_box(Some(id)), black_box(small));
             black_box(out.len());
         })
     });
     g.bench_function("echo_100B", |b| {
         b.iter(|| {
             out.clear();
-            protocol::echo(&mut out, black_box(Some(&*id)), black_box(&data));
+            protocol::echo(&mut out, black_box(Some(id)), black_box(data));
             black_box(out.len());
         })
     });
@@ -108,7 +107,7 @@ fn bench_reply(c: &mut Criterion) {
             out.clear();
             protocol::error(
                 &mut out,
-                black_box(Some(&*id)),
+                black_box(Some(id)),
                 black_box("bad_request"),
                 black_box("missing field \"topic\""),
             );
@@ -118,7 +117,7 @@ fn bench_reply(c: &mut Criterion) {
     g.bench_function("message_topic_100B", |b| {
         b.iter(|| {
             out.clear();
-            protocol::message(&mut out, black_box(Some("prices.eurusd")), black_box(&data));
+            protocol::message(&mut out, black_box(Some("prices.eurusd")), black_box(data));
             black_box(out.len());
         })
     });

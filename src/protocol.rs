@@ -1,10 +1,11 @@
 //! The JSON wire protocol: request decoding and reply encoding; no I/O. Runs on worker threads.
 //!
-//! Every field is first taken as a `RawValue` borrowed from the frame, so a request with a
+//! Every field is first taken as a [`Raw`] value borrowed from the frame, so a request with a
 //! wrong-typed field still yields its `id` for the error reply, and `data` is forwarded byte
 //! for byte without being parsed into a tree and printed again.
 
 use std::borrow::Cow;
+use std::fmt;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -12,37 +13,82 @@ use serde_json::value::RawValue;
 /// Longest topic name accepted, in bytes.
 pub const MAX_TOPIC_LEN: usize = 256;
 
+/// The text of one JSON value, borrowed from the message it came in: already validated as
+/// exactly one JSON value, with no whitespace around it, so it can be written into a reply
+/// as it is. The only ways to make one check that (or take a `RawValue`, which serde_json
+/// checked), so holding a `Raw` is the proof.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Raw<'a>(&'a str);
+
+impl<'a> Raw<'a> {
+    /// `text` as a `Raw` if it is exactly one JSON value with no whitespace around it; `None`
+    /// otherwise. For values built outside a request (tests, benches); a request's fields
+    /// come from [`decode`].
+    pub fn new(text: &'a str) -> Option<Raw<'a>> {
+        let v: &RawValue = serde_json::from_str(text).ok()?;
+        (v.get().len() == text.len()).then_some(Raw(text))
+    }
+
+    /// The value's JSON text.
+    pub fn get(self) -> &'a str {
+        self.0
+    }
+}
+
+/// serde_json validated a `RawValue` when it read it, and keeps no whitespace around it.
+impl<'a> From<&'a RawValue> for Raw<'a> {
+    fn from(v: &'a RawValue) -> Raw<'a> {
+        Raw(v.get())
+    }
+}
+
+impl fmt::Debug for Raw<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Raw({})", self.0)
+    }
+}
+
 /// A decoded client request. `id` is echoed verbatim in the reply.
 #[derive(Debug)]
 pub enum Request<'a> {
     Echo {
-        id: Option<&'a RawValue>,
-        data: &'a RawValue,
+        id: Option<Raw<'a>>,
+        data: Raw<'a>,
     },
     Subscribe {
-        id: Option<&'a RawValue>,
+        id: Option<Raw<'a>>,
         topic: Cow<'a, str>,
     },
     Unsubscribe {
-        id: Option<&'a RawValue>,
+        id: Option<Raw<'a>>,
         topic: Cow<'a, str>,
     },
     Publish {
-        id: Option<&'a RawValue>,
+        id: Option<Raw<'a>>,
         topic: Cow<'a, str>,
-        data: &'a RawValue,
+        data: Raw<'a>,
     },
     Broadcast {
-        id: Option<&'a RawValue>,
-        data: &'a RawValue,
+        id: Option<Raw<'a>>,
+        data: Raw<'a>,
     },
 }
 
 /// A request that cannot be served; the connection stays open.
 #[derive(Debug)]
 pub struct BadRequest<'a> {
-    pub id: Option<&'a RawValue>,
+    pub id: Option<Raw<'a>>,
     pub message: Cow<'static, str>,
+}
+
+/// The envelope's four members as serde's derived [`Envelope`] reads them: `None` when absent,
+/// and for `op`, `id` and `topic` also when `null`; `data` keeps a `null` as a value.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Fields<'a> {
+    op: Option<Raw<'a>>,
+    id: Option<Raw<'a>>,
+    topic: Option<Raw<'a>>,
+    data: Option<Raw<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -67,7 +113,7 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValu
 /// usual case: serde itself would copy every `Cow<str>` into a `String`); `None` if it is not
 /// a string. The value was checked to be JSON when the envelope was read, so an unescaped
 /// string between its quotes is already what it means.
-fn json_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+fn json_str(raw: Raw<'_>) -> Option<Cow<'_, str>> {
     let s = raw.get().trim_matches([' ', '\t', '\n', '\r']);
     let inner = s.strip_prefix('"')?.strip_suffix('"')?;
     if !inner.contains('\\') {
@@ -78,6 +124,14 @@ fn json_str(raw: &RawValue) -> Option<Cow<'_, str>> {
 
 /// Decodes one text message.
 pub fn decode(text: &str) -> Result<Request<'_>, BadRequest<'_>> {
+    decode_with(text, envelope_by_serde)
+}
+
+/// Decodes one text message with `read` taking the envelope's members from an object.
+fn decode_with<'a>(
+    text: &'a str,
+    read: impl FnOnce(&'a str) -> Result<Fields<'a>, BadRequest<'a>>,
+) -> Result<Request<'a>, BadRequest<'a>> {
     // serde would also read a struct from an array (`[op, id, ...]`); only objects are requests.
     match text.trim_start().as_bytes().first() {
         Some(b'{') => {}
@@ -87,15 +141,8 @@ pub fn decode(text: &str) -> Result<Request<'_>, BadRequest<'_>> {
         }
         Some(_) => return Err(bad(None, "malformed JSON: expected a value")),
     }
-    let env: Envelope<'_> = serde_json::from_str(text).map_err(|e| BadRequest {
-        id: None,
-        message: if e.is_data() {
-            "expected a JSON object".into()
-        } else {
-            format!("malformed JSON: {e}").into()
-        },
-    })?;
-    // `"id": null` deserializes as absent; an id that is an object or array is refused so that
+    let env = read(text)?;
+    // `"id": null` reads as absent; an id that is an object or array is refused so that
     // replies stay cheap to match on the client side.
     let id = env.id;
     if let Some(raw) = id {
@@ -136,6 +183,25 @@ pub fn decode(text: &str) -> Result<Request<'_>, BadRequest<'_>> {
     })
 }
 
+/// The envelope's members as serde_json reads them into [`Envelope`], with the error message
+/// its refusal has always given.
+fn envelope_by_serde(text: &str) -> Result<Fields<'_>, BadRequest<'_>> {
+    let env: Envelope<'_> = serde_json::from_str(text).map_err(|e| BadRequest {
+        id: None,
+        message: if e.is_data() {
+            "expected a JSON object".into()
+        } else {
+            format!("malformed JSON: {e}").into()
+        },
+    })?;
+    Ok(Fields {
+        op: env.op.map(Raw::from),
+        id: env.id.map(Raw::from),
+        topic: env.topic.map(Raw::from),
+        data: env.data.map(Raw::from),
+    })
+}
+
 /// The rules for a topic name, shared by the WebSocket and HTTP publish paths.
 pub fn check_topic(t: &str) -> Result<(), &'static str> {
     if t.is_empty() || t.len() > MAX_TOPIC_LEN {
@@ -147,7 +213,7 @@ pub fn check_topic(t: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-fn bad<'a>(id: Option<&'a RawValue>, message: &'static str) -> BadRequest<'a> {
+fn bad<'a>(id: Option<Raw<'a>>, message: &'static str) -> BadRequest<'a> {
     BadRequest {
         id,
         message: message.into(),
@@ -159,7 +225,7 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
     serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
 }
 
-fn write_id(out: &mut Vec<u8>, id: Option<&RawValue>) {
+fn write_id(out: &mut Vec<u8>, id: Option<Raw<'_>>) {
     if let Some(id) = id {
         out.extend_from_slice(b",\"id\":");
         out.extend_from_slice(id.get().as_bytes());
@@ -167,14 +233,14 @@ fn write_id(out: &mut Vec<u8>, id: Option<&RawValue>) {
 }
 
 /// `{"op":"ok","id":..}`
-pub fn ok(out: &mut Vec<u8>, id: Option<&RawValue>) {
+pub fn ok(out: &mut Vec<u8>, id: Option<Raw<'_>>) {
     out.extend_from_slice(b"{\"op\":\"ok\"");
     write_id(out, id);
     out.push(b'}');
 }
 
 /// `{"op":"echo","id":..,"data":..}`
-pub fn echo(out: &mut Vec<u8>, id: Option<&RawValue>, data: &RawValue) {
+pub fn echo(out: &mut Vec<u8>, id: Option<Raw<'_>>, data: Raw<'_>) {
     out.extend_from_slice(b"{\"op\":\"echo\"");
     write_id(out, id);
     out.extend_from_slice(b",\"data\":");
@@ -184,7 +250,7 @@ pub fn echo(out: &mut Vec<u8>, id: Option<&RawValue>, data: &RawValue) {
 
 /// `{"op":"error","id":..,"code":..,"message":..}`; `id` is `null` when the request had none
 /// or could not be read.
-pub fn error(out: &mut Vec<u8>, id: Option<&RawValue>, code: &str, message: &str) {
+pub fn error(out: &mut Vec<u8>, id: Option<Raw<'_>>, code: &str, message: &str) {
     out.extend_from_slice(b"{\"op\":\"error\",\"id\":");
     match id {
         Some(id) => out.extend_from_slice(id.get().as_bytes()),
@@ -198,7 +264,7 @@ pub fn error(out: &mut Vec<u8>, id: Option<&RawValue>, code: &str, message: &str
 }
 
 /// `{"op":"message","topic":..,"data":..}`, or without `topic` for a broadcast.
-pub fn message(out: &mut Vec<u8>, topic: Option<&str>, data: &RawValue) {
+pub fn message(out: &mut Vec<u8>, topic: Option<&str>, data: Raw<'_>) {
     out.extend_from_slice(b"{\"op\":\"message\"");
     if let Some(t) = topic {
         out.extend_from_slice(b",\"topic\":");
@@ -215,8 +281,8 @@ mod tests {
 
     #[test]
     fn a_string_without_escapes_is_borrowed_and_one_with_them_decoded() {
-        fn raw(t: &str) -> &RawValue {
-            serde_json::from_str(t).unwrap()
+        fn raw(t: &str) -> Raw<'_> {
+            Raw::new(t).unwrap()
         }
         let plain = raw(r#""news""#);
         assert!(matches!(json_str(plain), Some(Cow::Borrowed("news"))));
@@ -308,20 +374,15 @@ mod tests {
 
     #[test]
     fn replies_are_valid_json() {
-        let raw = |s: &str| RawValue::from_string(s.to_owned()).unwrap();
+        let raw = |s| Raw::new(s).unwrap();
         let id = raw("\"r1\"");
         let mut out = Vec::new();
-        error(
-            &mut out,
-            Some(&id),
-            "bad_request",
-            "quote \" and \n newline",
-        );
+        error(&mut out, Some(id), "bad_request", "quote \" and \n newline");
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["id"], "r1");
         assert_eq!(v["message"], "quote \" and \n newline");
         out.clear();
-        message(&mut out, Some("t\"x"), &raw("[1,{\"a\":2}]"));
+        message(&mut out, Some("t\"x"), raw("[1,{\"a\":2}]"));
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(
             v,
@@ -331,7 +392,7 @@ mod tests {
         ok(&mut out, None);
         assert_eq!(out, br#"{"op":"ok"}"#);
         out.clear();
-        echo(&mut out, Some(&raw("5")), &raw("\"hi\""));
+        echo(&mut out, Some(raw("5")), raw("\"hi\""));
         assert_eq!(out, br#"{"op":"echo","id":5,"data":"hi"}"#);
     }
 }
