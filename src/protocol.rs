@@ -11,6 +11,8 @@ use std::fmt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+#[cfg(test)]
+mod differential;
 mod scan;
 
 /// Longest topic name accepted, in bytes.
