@@ -4,6 +4,10 @@
 //!   `Raw` values, then op dispatch and field checks). The requests are the ones clients send
 //!   most: echo, subscribe, publish with a ~100-byte object, broadcast, plus two that fail
 //!   (unknown op, malformed JSON) since error paths format messages. Throughput is input bytes.
+//! * `envelope/*`: the same publish with flat `data` (an object of scalars) and with nested
+//!   `data` (objects and arrays inside it), through `decode` (the envelope scanner) and
+//!   through `decode_by_serde` (serde_json reading the envelope, as before the scanner; it
+//!   allocates once for the nested one).
 //! * `reply/*`: `protocol::ok`, `echo`, `error` and `message` into one reused `Vec` cleared
 //!   before each call, as a worker appends replies to a connection's outbound tail.
 
@@ -74,6 +78,34 @@ fn bench_decode(c: &mut Criterion) {
     g.finish();
 }
 
+const FLAT: &str = r#"{"op":"publish","id":4,"topic":"prices.eurusd","data":{"user":"u-12345","seq":987654,"price":101.25,"note":"hello world"}}"#;
+const NESTED: &str = r#"{"op":"publish","id":4,"topic":"prices.eurusd","data":{"user":{"id":"u-12345","seq":987654},"quotes":[[101.25,101.27],[101.24,101.28]],"note":"hello"}}"#;
+
+fn bench_envelope(c: &mut Criterion) {
+    let mut g = c.benchmark_group("envelope");
+    type Decode = fn(&str) -> Result<Request<'_>, protocol::BadRequest<'_>>;
+    let paths: [(&str, Decode); 2] = [
+        ("scanner", protocol::decode),
+        ("serde_json", protocol::decode_by_serde),
+    ];
+    for (shape, text) in [("flat", FLAT), ("nested", NESTED)] {
+        g.throughput(Throughput::Bytes(text.len() as u64));
+        for (path, decode) in paths {
+            assert!(
+                matches!(decode(text), Ok(Request::Publish { .. })),
+                "{shape}"
+            );
+            g.bench_function(format!("{shape}_{path}"), |b| {
+                b.iter(|| {
+                    let r = decode(black_box(text));
+                    black_box(&r);
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
 fn bench_reply(c: &mut Criterion) {
     let id = Raw::new("\"req-42\"").unwrap();
     let small = Raw::new("\"hello\"").unwrap();
@@ -124,5 +156,5 @@ fn bench_reply(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_decode, bench_reply);
+criterion_group!(benches, bench_decode, bench_envelope, bench_reply);
 criterion_main!(benches);

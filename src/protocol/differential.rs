@@ -10,7 +10,7 @@
 use std::panic;
 
 use super::scan::{self, Refusal, MAX_OPEN};
-use super::{decode, decode_with, envelope_by_serde, BadRequest, Fields, Raw, Request};
+use super::{decode, decode_by_serde, envelope_by_serde, BadRequest, Fields, Raw, Request};
 
 #[derive(Debug, Default)]
 struct Tally {
@@ -49,7 +49,7 @@ fn check(text: &str, tally: &mut Tally) {
     }
     let new = panic::catch_unwind(|| describe(decode(text)))
         .unwrap_or_else(|_| panic!("decode panicked on {text:?}"));
-    let old = describe(decode_with(text, envelope_by_serde));
+    let old = describe(decode_by_serde(text));
     assert_eq!(
         new, old,
         "decode differs from the serde_json path on {text:?}"
