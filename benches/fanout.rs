@@ -29,16 +29,16 @@ use std::sync::Arc;
 use corecast::broadcast::{self, Delivery, Target};
 use corecast::config::DEFAULT_MAX_OUTBOUND;
 use corecast::outbound::{Flushed, Outbound, Queued};
+use corecast::protocol::Raw;
 use corecast::topics::Topics;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use serde_json::value::RawValue;
 
 const RECIPIENTS: usize = 10_000;
 const DATA_100B: &str =
     r#"{"user":"u-12345","seq":987654,"price":101.25,"tags":["a","b","c"],"note":"hello world!!"}"#;
 
-fn data() -> Box<RawValue> {
-    RawValue::from_string(DATA_100B.to_owned()).unwrap()
+fn data() -> Raw<'static> {
+    Raw::new(DATA_100B).unwrap()
 }
 
 fn fresh_outbounds() -> Vec<Outbound> {
@@ -52,7 +52,7 @@ fn bench_fanout(c: &mut Criterion) {
 
     g.throughput(Throughput::Elements(1));
     g.bench_function("encode_100B", |b| {
-        b.iter(|| broadcast::encode(Target::Topic(topic.clone()), black_box(&data)))
+        b.iter(|| broadcast::encode(Target::Topic(topic.clone()), black_box(data)))
     });
 
     g.throughput(Throughput::Elements(RECIPIENTS as u64));
@@ -60,7 +60,7 @@ fn bench_fanout(c: &mut Criterion) {
         b.iter_batched_ref(
             fresh_outbounds,
             |outs| {
-                let d = broadcast::encode(Target::All, black_box(&data));
+                let d = broadcast::encode(Target::All, black_box(data));
                 for o in outs.iter_mut() {
                     let q = o.push_shared(&d.frame, DEFAULT_MAX_OUTBOUND);
                     debug_assert_eq!(q, Queued::Ok);
@@ -70,12 +70,13 @@ fn bench_fanout(c: &mut Criterion) {
         )
     });
 
-    let big = RawValue::from_string(format!("\"{}\"", "x".repeat(2000))).unwrap();
+    let big_text = format!("\"{}\"", "x".repeat(2000));
+    let big = Raw::new(&big_text).unwrap();
     let mut outs = fresh_outbounds();
     g.bench_function("push_flush_10k_sink_2k", |b| {
         let mut sink = io::sink();
         b.iter(|| {
-            let d = broadcast::encode(Target::All, black_box(&big));
+            let d = broadcast::encode(Target::All, black_box(big));
             for o in outs.iter_mut() {
                 o.push_shared(&d.frame, DEFAULT_MAX_OUTBOUND);
             }
@@ -89,7 +90,7 @@ fn bench_fanout(c: &mut Criterion) {
     g.bench_function("push_flush_10k_sink", |b| {
         let mut sink = io::sink();
         b.iter(|| {
-            let d = broadcast::encode(Target::All, black_box(&data));
+            let d = broadcast::encode(Target::All, black_box(data));
             for o in outs.iter_mut() {
                 o.push_shared(&d.frame, DEFAULT_MAX_OUTBOUND);
             }
@@ -110,7 +111,7 @@ fn bench_fanout(c: &mut Criterion) {
         b.iter_batched_ref(
             fresh_outbounds,
             |outs| {
-                let d = broadcast::encode(Target::Topic(topic.clone()), black_box(&data));
+                let d = broadcast::encode(Target::Topic(topic.clone()), black_box(data));
                 let Target::Topic(t) = &d.target else {
                     unreachable!()
                 };
@@ -146,7 +147,7 @@ fn bench_merge(c: &mut Criterion) {
     g.throughput(Throughput::Elements(64));
     for (name, run) in cases {
         let pending: Vec<Delivery> = (0..64)
-            .map(|i| broadcast::encode(target(i, run), &data))
+            .map(|i| broadcast::encode(target(i, run), data))
             .collect();
         g.bench_function(name, |b| {
             b.iter(|| {

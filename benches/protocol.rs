@@ -1,17 +1,20 @@
 //! JSON envelope hot paths: `protocol::decode` on typical requests and reply encoding.
 //!
 //! * `decode/*`: one text message through `protocol::decode` (envelope parse into borrowed
-//!   `RawValue`s, then op dispatch and field checks). The requests are the ones clients send
+//!   `Raw` values, then op dispatch and field checks). The requests are the ones clients send
 //!   most: echo, subscribe, publish with a ~100-byte object, broadcast, plus two that fail
 //!   (unknown op, malformed JSON) since error paths format messages. Throughput is input bytes.
+//! * `envelope/*`: the same publish with flat `data` (an object of scalars) and with nested
+//!   `data` (objects and arrays inside it), through `decode` (the envelope scanner) and
+//!   through `decode_by_serde` (serde_json reading the envelope, as before the scanner; it
+//!   allocates once for the nested one).
 //! * `reply/*`: `protocol::ok`, `echo`, `error` and `message` into one reused `Vec` cleared
 //!   before each call, as a worker appends replies to a connection's outbound tail.
 
 use std::hint::black_box;
 
-use corecast::protocol::{self, Request};
+use corecast::protocol::{self, Raw, Request};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use serde_json::value::RawValue;
 
 const DATA_100B: &str =
     r#"{"user":"u-12345","seq":987654,"price":101.25,"tags":["a","b","c"],"note":"hello world"}"#;
@@ -75,31 +78,59 @@ fn bench_decode(c: &mut Criterion) {
     g.finish();
 }
 
+const FLAT: &str = r#"{"op":"publish","id":4,"topic":"prices.eurusd","data":{"user":"u-12345","seq":987654,"price":101.25,"note":"hello world"}}"#;
+const NESTED: &str = r#"{"op":"publish","id":4,"topic":"prices.eurusd","data":{"user":{"id":"u-12345","seq":987654},"quotes":[[101.25,101.27],[101.24,101.28]],"note":"hello"}}"#;
+
+fn bench_envelope(c: &mut Criterion) {
+    let mut g = c.benchmark_group("envelope");
+    type Decode = fn(&str) -> Result<Request<'_>, protocol::BadRequest<'_>>;
+    let paths: [(&str, Decode); 2] = [
+        ("scanner", protocol::decode),
+        ("serde_json", protocol::decode_by_serde),
+    ];
+    for (shape, text) in [("flat", FLAT), ("nested", NESTED)] {
+        g.throughput(Throughput::Bytes(text.len() as u64));
+        for (path, decode) in paths {
+            assert!(
+                matches!(decode(text), Ok(Request::Publish { .. })),
+                "{shape}"
+            );
+            g.bench_function(format!("{shape}_{path}"), |b| {
+                b.iter(|| {
+                    let r = decode(black_box(text));
+                    black_box(&r);
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
 fn bench_reply(c: &mut Criterion) {
-    let id = RawValue::from_string("\"req-42\"".to_owned()).unwrap();
-    let small = RawValue::from_string("\"hello\"".to_owned()).unwrap();
-    let data = RawValue::from_string(DATA_100B.to_owned()).unwrap();
+    let id = Raw::new("\"req-42\"").unwrap();
+    let small = Raw::new("\"hello\"").unwrap();
+    let data = Raw::new(DATA_100B).unwrap();
     let mut g = c.benchmark_group("reply");
     let mut out = Vec::with_capacity(512);
 
     g.bench_function("ok", |b| {
         b.iter(|| {
             out.clear();
-            protocol::ok(&mut out, black_box(Some(&*id)));
+            protocol::ok(&mut out, black_box(Some(id)));
             black_box(out.len());
         })
     });
     g.bench_function("echo_small", |b| {
         b.iter(|| {
             out.clear();
-            protocol::echo(&mut out, black_box(Some(&*id)), black_box(&small));
+            protocol::echo(&mut out, black_box(Some(id)), black_box(small));
             black_box(out.len());
         })
     });
     g.bench_function("echo_100B", |b| {
         b.iter(|| {
             out.clear();
-            protocol::echo(&mut out, black_box(Some(&*id)), black_box(&data));
+            protocol::echo(&mut out, black_box(Some(id)), black_box(data));
             black_box(out.len());
         })
     });
@@ -108,7 +139,7 @@ fn bench_reply(c: &mut Criterion) {
             out.clear();
             protocol::error(
                 &mut out,
-                black_box(Some(&*id)),
+                black_box(Some(id)),
                 black_box("bad_request"),
                 black_box("missing field \"topic\""),
             );
@@ -118,12 +149,12 @@ fn bench_reply(c: &mut Criterion) {
     g.bench_function("message_topic_100B", |b| {
         b.iter(|| {
             out.clear();
-            protocol::message(&mut out, black_box(Some("prices.eurusd")), black_box(&data));
+            protocol::message(&mut out, black_box(Some("prices.eurusd")), black_box(data));
             black_box(out.len());
         })
     });
     g.finish();
 }
 
-criterion_group!(benches, bench_decode, bench_reply);
+criterion_group!(benches, bench_decode, bench_envelope, bench_reply);
 criterion_main!(benches);

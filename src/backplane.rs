@@ -747,7 +747,7 @@ mod tests {
     fn envelopes_round_trip_and_refuse_other_versions() {
         let d = crate::broadcast::encode(
             Target::Topic("news".into()),
-            &serde_json::value::RawValue::from_string(r#"{"a":1}"#.into()).unwrap(),
+            crate::protocol::Raw::new(r#"{"a":1}"#).unwrap(),
         );
         let e = envelope(0xabc, &d.frame);
         assert!(e.starts_with(b"cc1 0000000000000abc {\"op\":\"message\""));

@@ -7,11 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use serde_json::value::RawValue;
 
 use crate::backplane::Link;
 use crate::codec::{self, Kind, MAX_SERVER_HEADER};
-use crate::protocol;
+use crate::protocol::{self, Raw};
 use crate::worker::handle::{Msg, WorkerHandle};
 
 /// The memory that deliveries from outside the workers (the admin API, other nodes through
@@ -164,7 +163,7 @@ pub struct Delivery {
 /// Builds the `message` frame for `data` once: the JSON is written after room left for the
 /// largest header, and the header is then written right before it, so the frame is one
 /// allocation with no copy.
-pub fn encode(target: Target, data: &RawValue) -> Delivery {
+pub fn encode(target: Target, data: Raw<'_>) -> Delivery {
     let topic = match &target {
         Target::All => None,
         Target::Topic(t) => Some(&**t),
@@ -209,15 +208,15 @@ pub fn merge(run: &[Delivery]) -> Bytes {
 mod tests {
     use super::*;
 
-    fn raw(s: &str) -> Box<RawValue> {
-        RawValue::from_string(s.to_owned()).unwrap()
+    fn raw(s: &str) -> Raw<'_> {
+        Raw::new(s).unwrap()
     }
 
     #[test]
     fn encodes_a_complete_text_frame_for_every_header_size() {
         for len in [1usize, 100, 200, 70_000] {
-            let data = raw(&format!("\"{}\"", "x".repeat(len)));
-            let d = encode(Target::Topic("news".into()), &data);
+            let data = format!("\"{}\"", "x".repeat(len));
+            let d = encode(Target::Topic("news".into()), raw(&data));
             let f = &d.frame;
             assert_eq!(f[0], 0x81);
             let (hlen, plen) = match f[1] {
@@ -233,7 +232,7 @@ mod tests {
             assert_eq!(v["topic"], "news");
             assert_eq!(v["data"].as_str().unwrap().len(), len);
         }
-        let b = encode(Target::All, &raw("1"));
+        let b = encode(Target::All, raw("1"));
         assert_eq!(&b.frame[2..], br#"{"op":"message","data":1}"#);
     }
 
@@ -241,10 +240,10 @@ mod tests {
     fn runs_are_neighbours_with_the_same_audience() {
         let a: Arc<str> = "a".into();
         let pending = vec![
-            encode(Target::Topic(a.clone()), &raw("1")),
-            encode(Target::Topic(a.clone()), &raw("2")),
-            encode(Target::All, &raw("3")),
-            encode(Target::Topic("a".into()), &raw("4")),
+            encode(Target::Topic(a.clone()), raw("1")),
+            encode(Target::Topic(a.clone()), raw("2")),
+            encode(Target::All, raw("3")),
+            encode(Target::Topic("a".into()), raw("4")),
         ];
         assert_eq!(run_end(&pending, 0), 2);
         assert_eq!(run_end(&pending, 2), 3);

@@ -5,9 +5,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use serde_json::value::RawValue;
-
-use crate::protocol::{self, Request};
+use crate::protocol::{self, Raw, Request};
 
 /// What the handler needs to know about the connection that sent the request.
 #[derive(Debug, Clone, Copy)]
@@ -26,10 +24,10 @@ pub enum Effect<'a> {
     /// Deliver `data` to the topic's subscribers on every worker.
     Publish {
         topic: Cow<'a, str>,
-        data: &'a RawValue,
+        data: Raw<'a>,
     },
     /// Deliver `data` to every JSON connection on every worker.
-    Broadcast(&'a RawValue),
+    Broadcast(Raw<'a>),
 }
 
 /// What was written as the reply.
@@ -87,7 +85,7 @@ pub fn binary(out: &mut Vec<u8>) -> Reply {
 }
 
 /// `ok` for a publish or broadcast only if it carried an id.
-fn ack(out: &mut Vec<u8>, id: Option<&RawValue>) -> Reply {
+fn ack(out: &mut Vec<u8>, id: Option<Raw<'_>>) -> Reply {
     if id.is_none() {
         return Reply::None;
     }

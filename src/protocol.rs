@@ -1,48 +1,106 @@
 //! The JSON wire protocol: request decoding and reply encoding; no I/O. Runs on worker threads.
 //!
-//! Every field is first taken as a `RawValue` borrowed from the frame, so a request with a
+//! Every field is first taken as a [`Raw`] value borrowed from the frame, so a request with a
 //! wrong-typed field still yields its `id` for the error reply, and `data` is forwarded byte
-//! for byte without being parsed into a tree and printed again.
+//! for byte without being parsed into a tree and printed again. The envelope is read by our
+//! own scanner (`scan`), which allocates nothing; serde_json reads only what it refuses.
 
 use std::borrow::Cow;
+use std::fmt;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+#[cfg(test)]
+mod differential;
+mod scan;
+
 /// Longest topic name accepted, in bytes.
 pub const MAX_TOPIC_LEN: usize = 256;
+
+/// The text of one JSON value, borrowed from the message it came in: already validated as
+/// exactly one JSON value, with no whitespace around it, so it can be written into a reply
+/// as it is. The only ways to make one check that (or take a `RawValue`, which serde_json
+/// checked), so holding a `Raw` is the proof.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Raw<'a>(&'a str);
+
+impl<'a> Raw<'a> {
+    /// `text` as a `Raw` if it is exactly one JSON value with no whitespace around it; `None`
+    /// otherwise. For values built outside a request (tests, benches); a request's fields
+    /// come from [`decode`].
+    pub fn new(text: &'a str) -> Option<Raw<'a>> {
+        match scan::one_value(text) {
+            Ok(()) => Some(Raw(text)),
+            Err(scan::Refusal::Invalid) => None,
+            // Nested past what the scanner follows: serde_json decides, as for a request.
+            Err(scan::Refusal::TooDeep) => {
+                let v: &RawValue = serde_json::from_str(text).ok()?;
+                (v.get().len() == text.len()).then_some(Raw(text))
+            }
+        }
+    }
+
+    /// The value's JSON text.
+    pub fn get(self) -> &'a str {
+        self.0
+    }
+}
+
+/// serde_json validated a `RawValue` when it read it, and keeps no whitespace around it.
+impl<'a> From<&'a RawValue> for Raw<'a> {
+    fn from(v: &'a RawValue) -> Raw<'a> {
+        Raw(v.get())
+    }
+}
+
+impl fmt::Debug for Raw<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Raw({})", self.0)
+    }
+}
 
 /// A decoded client request. `id` is echoed verbatim in the reply.
 #[derive(Debug)]
 pub enum Request<'a> {
     Echo {
-        id: Option<&'a RawValue>,
-        data: &'a RawValue,
+        id: Option<Raw<'a>>,
+        data: Raw<'a>,
     },
     Subscribe {
-        id: Option<&'a RawValue>,
+        id: Option<Raw<'a>>,
         topic: Cow<'a, str>,
     },
     Unsubscribe {
-        id: Option<&'a RawValue>,
+        id: Option<Raw<'a>>,
         topic: Cow<'a, str>,
     },
     Publish {
-        id: Option<&'a RawValue>,
+        id: Option<Raw<'a>>,
         topic: Cow<'a, str>,
-        data: &'a RawValue,
+        data: Raw<'a>,
     },
     Broadcast {
-        id: Option<&'a RawValue>,
-        data: &'a RawValue,
+        id: Option<Raw<'a>>,
+        data: Raw<'a>,
     },
 }
 
 /// A request that cannot be served; the connection stays open.
 #[derive(Debug)]
 pub struct BadRequest<'a> {
-    pub id: Option<&'a RawValue>,
+    pub id: Option<Raw<'a>>,
     pub message: Cow<'static, str>,
+}
+
+/// The envelope's four members as serde's derived [`Envelope`] reads them: `None` when absent,
+/// and for `op`, `id` and `topic` also when `null`; `data` keeps a `null` as a value.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Fields<'a> {
+    op: Option<Raw<'a>>,
+    id: Option<Raw<'a>>,
+    topic: Option<Raw<'a>>,
+    data: Option<Raw<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -67,7 +125,7 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValu
 /// usual case: serde itself would copy every `Cow<str>` into a `String`); `None` if it is not
 /// a string. The value was checked to be JSON when the envelope was read, so an unescaped
 /// string between its quotes is already what it means.
-fn json_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+fn json_str(raw: Raw<'_>) -> Option<Cow<'_, str>> {
     let s = raw.get().trim_matches([' ', '\t', '\n', '\r']);
     let inner = s.strip_prefix('"')?.strip_suffix('"')?;
     if !inner.contains('\\') {
@@ -76,8 +134,31 @@ fn json_str(raw: &RawValue) -> Option<Cow<'_, str>> {
     serde_json::from_str::<String>(s).ok().map(Cow::Owned)
 }
 
-/// Decodes one text message.
+/// Decodes one text message. Allocates nothing unless the request is refused, nests past
+/// 127 brackets (`scan::MAX_OPEN`), or has escapes in a string it needs as text (`op`, `topic`).
 pub fn decode(text: &str) -> Result<Request<'_>, BadRequest<'_>> {
+    // The scanner accepts what serde_json accepts and gives the same slices, but without
+    // serde_json's scratch stack for nested values (an allocation per request whose `data`
+    // nests). What it refuses goes to serde_json: for malformed input that is the error
+    // message clients have always had, and input nested past the scanner's fixed stack is
+    // read there as before.
+    decode_with(text, |t| {
+        scan::envelope(t).or_else(|_| envelope_by_serde(t))
+    })
+}
+
+/// [`decode`] as it was before the scanner, serde_json reading every envelope: for the
+/// protocol bench's comparison, not for serving.
+#[doc(hidden)]
+pub fn decode_by_serde(text: &str) -> Result<Request<'_>, BadRequest<'_>> {
+    decode_with(text, envelope_by_serde)
+}
+
+/// Decodes one text message with `read` taking the envelope's members from an object.
+fn decode_with<'a>(
+    text: &'a str,
+    read: impl FnOnce(&'a str) -> Result<Fields<'a>, BadRequest<'a>>,
+) -> Result<Request<'a>, BadRequest<'a>> {
     // serde would also read a struct from an array (`[op, id, ...]`); only objects are requests.
     match text.trim_start().as_bytes().first() {
         Some(b'{') => {}
@@ -87,15 +168,8 @@ pub fn decode(text: &str) -> Result<Request<'_>, BadRequest<'_>> {
         }
         Some(_) => return Err(bad(None, "malformed JSON: expected a value")),
     }
-    let env: Envelope<'_> = serde_json::from_str(text).map_err(|e| BadRequest {
-        id: None,
-        message: if e.is_data() {
-            "expected a JSON object".into()
-        } else {
-            format!("malformed JSON: {e}").into()
-        },
-    })?;
-    // `"id": null` deserializes as absent; an id that is an object or array is refused so that
+    let env = read(text)?;
+    // `"id": null` reads as absent; an id that is an object or array is refused so that
     // replies stay cheap to match on the client side.
     let id = env.id;
     if let Some(raw) = id {
@@ -136,6 +210,26 @@ pub fn decode(text: &str) -> Result<Request<'_>, BadRequest<'_>> {
     })
 }
 
+/// The envelope's members as serde_json reads them into [`Envelope`], with the error message
+/// its refusal has always given. The path for what the scanner refuses, and the reference
+/// it is tested against.
+fn envelope_by_serde(text: &str) -> Result<Fields<'_>, BadRequest<'_>> {
+    let env: Envelope<'_> = serde_json::from_str(text).map_err(|e| BadRequest {
+        id: None,
+        message: if e.is_data() {
+            "expected a JSON object".into()
+        } else {
+            format!("malformed JSON: {e}").into()
+        },
+    })?;
+    Ok(Fields {
+        op: env.op.map(Raw::from),
+        id: env.id.map(Raw::from),
+        topic: env.topic.map(Raw::from),
+        data: env.data.map(Raw::from),
+    })
+}
+
 /// The rules for a topic name, shared by the WebSocket and HTTP publish paths.
 pub fn check_topic(t: &str) -> Result<(), &'static str> {
     if t.is_empty() || t.len() > MAX_TOPIC_LEN {
@@ -147,7 +241,7 @@ pub fn check_topic(t: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-fn bad<'a>(id: Option<&'a RawValue>, message: &'static str) -> BadRequest<'a> {
+fn bad<'a>(id: Option<Raw<'a>>, message: &'static str) -> BadRequest<'a> {
     BadRequest {
         id,
         message: message.into(),
@@ -159,7 +253,7 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
     serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
 }
 
-fn write_id(out: &mut Vec<u8>, id: Option<&RawValue>) {
+fn write_id(out: &mut Vec<u8>, id: Option<Raw<'_>>) {
     if let Some(id) = id {
         out.extend_from_slice(b",\"id\":");
         out.extend_from_slice(id.get().as_bytes());
@@ -167,14 +261,14 @@ fn write_id(out: &mut Vec<u8>, id: Option<&RawValue>) {
 }
 
 /// `{"op":"ok","id":..}`
-pub fn ok(out: &mut Vec<u8>, id: Option<&RawValue>) {
+pub fn ok(out: &mut Vec<u8>, id: Option<Raw<'_>>) {
     out.extend_from_slice(b"{\"op\":\"ok\"");
     write_id(out, id);
     out.push(b'}');
 }
 
 /// `{"op":"echo","id":..,"data":..}`
-pub fn echo(out: &mut Vec<u8>, id: Option<&RawValue>, data: &RawValue) {
+pub fn echo(out: &mut Vec<u8>, id: Option<Raw<'_>>, data: Raw<'_>) {
     out.extend_from_slice(b"{\"op\":\"echo\"");
     write_id(out, id);
     out.extend_from_slice(b",\"data\":");
@@ -184,7 +278,7 @@ pub fn echo(out: &mut Vec<u8>, id: Option<&RawValue>, data: &RawValue) {
 
 /// `{"op":"error","id":..,"code":..,"message":..}`; `id` is `null` when the request had none
 /// or could not be read.
-pub fn error(out: &mut Vec<u8>, id: Option<&RawValue>, code: &str, message: &str) {
+pub fn error(out: &mut Vec<u8>, id: Option<Raw<'_>>, code: &str, message: &str) {
     out.extend_from_slice(b"{\"op\":\"error\",\"id\":");
     match id {
         Some(id) => out.extend_from_slice(id.get().as_bytes()),
@@ -198,7 +292,7 @@ pub fn error(out: &mut Vec<u8>, id: Option<&RawValue>, code: &str, message: &str
 }
 
 /// `{"op":"message","topic":..,"data":..}`, or without `topic` for a broadcast.
-pub fn message(out: &mut Vec<u8>, topic: Option<&str>, data: &RawValue) {
+pub fn message(out: &mut Vec<u8>, topic: Option<&str>, data: Raw<'_>) {
     out.extend_from_slice(b"{\"op\":\"message\"");
     if let Some(t) = topic {
         out.extend_from_slice(b",\"topic\":");
@@ -215,8 +309,8 @@ mod tests {
 
     #[test]
     fn a_string_without_escapes_is_borrowed_and_one_with_them_decoded() {
-        fn raw(t: &str) -> &RawValue {
-            serde_json::from_str(t).unwrap()
+        fn raw(t: &str) -> Raw<'_> {
+            Raw::new(t).unwrap()
         }
         let plain = raw(r#""news""#);
         assert!(matches!(json_str(plain), Some(Cow::Borrowed("news"))));
@@ -308,20 +402,15 @@ mod tests {
 
     #[test]
     fn replies_are_valid_json() {
-        let raw = |s: &str| RawValue::from_string(s.to_owned()).unwrap();
+        let raw = |s| Raw::new(s).unwrap();
         let id = raw("\"r1\"");
         let mut out = Vec::new();
-        error(
-            &mut out,
-            Some(&id),
-            "bad_request",
-            "quote \" and \n newline",
-        );
+        error(&mut out, Some(id), "bad_request", "quote \" and \n newline");
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["id"], "r1");
         assert_eq!(v["message"], "quote \" and \n newline");
         out.clear();
-        message(&mut out, Some("t\"x"), &raw("[1,{\"a\":2}]"));
+        message(&mut out, Some("t\"x"), raw("[1,{\"a\":2}]"));
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(
             v,
@@ -331,7 +420,289 @@ mod tests {
         ok(&mut out, None);
         assert_eq!(out, br#"{"op":"ok"}"#);
         out.clear();
-        echo(&mut out, Some(&raw("5")), &raw("\"hi\""));
+        echo(&mut out, Some(raw("5")), raw("\"hi\""));
         assert_eq!(out, br#"{"op":"echo","id":5,"data":"hi"}"#);
+    }
+
+    /// The scanner's verdict on `text`, the four members' texts on acceptance, after checking
+    /// that serde_json's envelope gives the same verdict (the rules are serde_json's).
+    fn scanned(text: &str) -> Result<[Option<&str>; 4], scan::Refusal> {
+        let ours = scan::envelope(text);
+        let theirs = envelope_by_serde(text);
+        if ours != Err(scan::Refusal::TooDeep) {
+            assert_eq!(ours.is_ok(), theirs.is_ok(), "{text:?}: {ours:?}");
+        }
+        ours.map(|f| [f.op, f.id, f.topic, f.data].map(|r| r.map(Raw::get)))
+    }
+
+    fn accepted(text: &str) -> bool {
+        scanned(text).is_ok()
+    }
+
+    /// `data` set to `value`, in an otherwise valid echo.
+    fn with_data(value: &str) -> String {
+        format!(r#"{{"op":"echo","data":{value}}}"#)
+    }
+
+    #[test]
+    fn strings_need_well_formed_escapes_and_no_control_characters() {
+        let good = r#""\"\\\/\b\f\n\r\t\u00e9\u00E9\u0000 é 😀 日本""#;
+        assert_eq!(scanned(&with_data(good)).unwrap()[3], Some(good));
+        assert!(accepted(&with_data("\"a\u{7f}b\"")));
+        for bad in [
+            r#""\x""#,
+            r#""\'""#,
+            r#""\u12""#,
+            r#""\u12G4""#,
+            r#""\u""#,
+            r#""\""#,
+            "\"abc",
+            "\"a\u{1}b\"",
+            "\"a\tb\"",
+            "\"a\nb\"",
+            "\"a\u{1f}b\"",
+        ] {
+            assert_eq!(
+                scanned(&with_data(bad)),
+                Err(scan::Refusal::Invalid),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn surrogates_must_pair_in_a_member_name_but_not_in_a_skipped_string() {
+        // serde_json decodes a field name into a `str`, and skips every other string.
+        assert!(accepted(r#"{"\ud83d\ude00":1}"#));
+        assert!(accepted(r#"{"\uD83D\uDE00":1}"#));
+        for bad in [
+            r#"{"\ud800":1}"#,
+            r#"{"\udc00":1}"#,
+            r#"{"\udfff\ud800":1}"#,
+            r#"{"\ud800\u0041":1}"#,
+            r#"{"\ud800\ud800":1}"#,
+            r#"{"\ud800\n":1}"#,
+            r#"{"\ud800x":1}"#,
+        ] {
+            assert!(!accepted(bad), "{bad}");
+        }
+        assert!(accepted(&with_data(r#""\ud800""#)));
+        assert!(accepted(&with_data(r#""\udc00\ud800x""#)));
+        assert!(accepted(&with_data(r#"{"\ud800":"\udfff"}"#)));
+        assert!(accepted(r#"{"x":"\ud800","op":"echo","data":1}"#));
+        // Accepted as JSON, but no string: what `op` must be.
+        assert_eq!(
+            err_of(r#"{"op":"\ud800","data":1}"#).1,
+            "\"op\" must be a string"
+        );
+    }
+
+    #[test]
+    fn numbers_follow_the_json_grammar_at_any_size() {
+        for good in [
+            "0",
+            "-0",
+            "1",
+            "-10",
+            "1.5",
+            "-0.0e+00",
+            "1e5",
+            "1E-5",
+            "1e+5",
+            "123456789012345678901234567890123456789",
+            "1e999999999999999",
+            "0.000001",
+        ] {
+            assert_eq!(scanned(&with_data(good)).unwrap()[3], Some(good), "{good}");
+        }
+        for bad in [
+            "01",
+            "-01",
+            "00",
+            "1.",
+            ".5",
+            "1.e5",
+            "-",
+            "--1",
+            "+1",
+            "1e",
+            "1e+",
+            "1e-",
+            "0x1",
+            "1_000",
+            "NaN",
+            "Infinity",
+            "-Infinity",
+            "1 2",
+            "1.5.5",
+        ] {
+            assert!(!accepted(&with_data(bad)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn literals_are_spelled_out_in_lower_case() {
+        assert!(accepted(&with_data("[true,false,null]")));
+        for bad in ["tru", "nul", "nulll", "True", "NULL", "falsey", "t", "nan"] {
+            assert!(!accepted(&with_data(bad)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_json_whitespace_separates_tokens() {
+        let spaced = " \t\n\r{ \t\n\r\"op\" \t\n\r: \t\n\r\"echo\" \t\n\r, \"data\" : [ 1 , { \"a\" : 2 } ] } \t\n\r";
+        assert_eq!(
+            scanned(spaced).unwrap(),
+            [Some("\"echo\""), None, None, Some("[ 1 , { \"a\" : 2 } ]")]
+        );
+        for other in ["\u{b}", "\u{c}", "\u{a0}", "\u{feff}", "\u{2003}"] {
+            let text = format!("{{{other}\"op\":\"echo\",\"data\":1}}");
+            assert!(!accepted(&text), "{other:?}");
+            // The refusal is serde_json's, word for word.
+            assert!(err_of(&text).1.starts_with("malformed JSON: "), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn nesting_is_followed_up_to_the_limit_and_handed_to_serde_json_past_it() {
+        let nested = |n: usize| with_data(&format!("{}{}", "[".repeat(n), "]".repeat(n)));
+        let most = scan::MAX_OPEN as usize - 1; // the envelope is one bracket
+        assert!(scanned(&nested(most)).is_ok());
+        let objects = with_data(&format!("{}1{}", "{\"a\":".repeat(most), "}".repeat(most)));
+        assert!(scanned(&objects).is_ok());
+        for deeper in [most + 1, most + 2, 1000] {
+            assert_eq!(scanned(&nested(deeper)), Err(scan::Refusal::TooDeep));
+            // serde_json sets no limit on a value it skips, so such a request is served as
+            // it always was.
+            assert!(
+                matches!(decode(&nested(deeper)), Ok(Request::Echo { .. })),
+                "{deeper}"
+            );
+        }
+        for bad in [
+            "[}",
+            "{]",
+            "[1}]",
+            "{\"a\":1]}",
+            "{\"a\"}",
+            "{1:2}",
+            "[1,]",
+            "[,1]",
+            "]",
+            "[[]",
+        ] {
+            assert!(!accepted(&with_data(bad)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_four_members_come_back_as_slices_and_others_are_validated_and_ignored() {
+        let text =
+            r#"{"x":[1,{"y":null}],"data":{"n":[1,2,3]},"topic":"t","id":7,"op":"publish","x":2}"#;
+        let got = scanned(text).unwrap();
+        assert_eq!(
+            got,
+            [
+                Some("\"publish\""),
+                Some("7"),
+                Some("\"t\""),
+                Some(r#"{"n":[1,2,3]}"#)
+            ]
+        );
+        // Borrowed from the message itself.
+        let data = scan::envelope(text).unwrap().data.unwrap().get();
+        assert!(text.as_bytes().as_ptr_range().contains(&data.as_ptr()));
+        assert_eq!(scanned("{}").unwrap(), [None; 4]);
+        assert!(!accepted(r#"{"x":[1,],"op":"echo","data":1}"#));
+        assert!(!accepted(r#"{"op":"echo","data":1,"x":tru}"#));
+        // Members inside `data` are not the envelope's.
+        assert_eq!(scanned(r#"{"data":{"op":"x","op":"y"}}"#).unwrap()[0], None);
+    }
+
+    #[test]
+    fn a_repeated_member_is_refused_where_the_derived_struct_refuses_it() {
+        for text in [
+            r#"{"op":"echo","op":"echo","data":1}"#,
+            r#"{"op":"echo","data":1,"id":1,"id":2}"#,
+            r#"{"id":null,"id":1,"op":"echo","data":1}"#,
+            r#"{"op":"echo","data":1,"topic":"a","topic":"a"}"#,
+            r#"{"op":"echo","data":null,"data":null}"#,
+            r#"{"op":"echo","o\u0070":"echo","data":1}"#,
+        ] {
+            assert_eq!(scanned(text), Err(scan::Refusal::Invalid), "{text}");
+            // serde's "duplicate field" is a data error, which has always read like this.
+            assert_eq!(
+                err_of(text),
+                (None, "expected a JSON object".into()),
+                "{text}"
+            );
+        }
+        assert!(accepted(r#"{"x":1,"x":2,"op":"echo","data":1}"#));
+    }
+
+    #[test]
+    fn member_names_match_once_their_escapes_are_decoded() {
+        assert_eq!(
+            scanned(r#"{"o\u0070":"echo","d\u0061ta":1,"\u0069d":3,"t\u006Fpic":"t"}"#).unwrap(),
+            [Some("\"echo\""), Some("3"), Some("\"t\""), Some("1")]
+        );
+        assert_eq!(scanned(r#"{"\u006f\u0070":1}"#).unwrap()[0], Some("1"));
+        for other in [
+            r#"{"op\u0000":1}"#,
+            r#"{"Op":1}"#,
+            r#"{"\/op":1}"#,
+            r#"{"o\/p":1}"#,
+            r#"{"opo":1}"#,
+            r#"{"o":1}"#,
+            r#"{"":1}"#,
+            r#"{"topics":1}"#,
+            "{\"\u{e9}\":1}",
+        ] {
+            assert_eq!(scanned(other).unwrap(), [None; 4], "{other}");
+        }
+        assert!(!accepted(r#"{"o\p":1}"#));
+        assert!(!accepted("{\"o\tp\":1}"));
+    }
+
+    #[test]
+    fn only_whitespace_may_follow_the_object() {
+        assert!(accepted("{} \t\n\r"));
+        for bad in ["{}x", "{}{}", "{},", "{}}", "{} 1", "{}\u{0}"] {
+            assert_eq!(scanned(bad), Err(scan::Refusal::Invalid), "{bad:?}");
+        }
+        assert!(err_of(r#"{"op":"echo","data":1} x"#)
+            .1
+            .starts_with("malformed JSON: trailing characters"));
+    }
+
+    #[test]
+    fn a_null_id_is_absent_and_a_null_data_is_present() {
+        assert_eq!(
+            scanned(r#"{"op":null,"id":null,"topic":null,"data":null}"#).unwrap(),
+            [None, None, None, Some("null")]
+        );
+        match decode(r#"{"op":"echo","id":null,"data":null}"#) {
+            Ok(Request::Echo { id: None, data }) => assert_eq!(data.get(), "null"),
+            r => panic!("{r:?}"),
+        }
+        assert_eq!(err_of(r#"{"op":null,"data":1}"#).1, "missing field \"op\"");
+        assert_eq!(
+            err_of(r#"{"op":"subscribe","topic":null}"#).1,
+            "missing field \"topic\""
+        );
+    }
+
+    #[test]
+    fn a_raw_is_exactly_one_json_value() {
+        for good in ["1", "\"a\"", "[1,{\"a\":null}]", "null", "{}"] {
+            assert_eq!(Raw::new(good).map(Raw::get), Some(good));
+        }
+        for bad in ["", " 1", "1 ", "1 2", "[1", "nul", "\"\\x\""] {
+            assert_eq!(Raw::new(bad), None, "{bad:?}");
+        }
+        // Deeper than the scanner follows: serde_json's verdict.
+        let deep = format!("{}{}", "[".repeat(300), "]".repeat(300));
+        assert!(Raw::new(&deep).is_some());
+        assert!(Raw::new(&deep[1..]).is_none());
     }
 }

@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 use super::admin::BODY_DEADLINE;
 use super::metrics::{AdminStats, Metrics, CONTENT_TYPE};
 use crate::broadcast::{self, Target};
-use crate::protocol;
+use crate::protocol::{self, Raw};
 use crate::shared::Shared;
 use crate::stats::bump;
 
@@ -198,7 +198,7 @@ fn publish_now(shared: &Shared, body: &[u8]) -> Result<usize, PublishError> {
     };
     let n = shared
         .bus
-        .publish(broadcast::encode(target, req.data))
+        .publish(broadcast::encode(target, Raw::from(req.data)))
         .ok_or(PublishError::Behind)?;
     shared.api_publishes.fetch_add(1, Ordering::Relaxed);
     Ok(n)

@@ -5,8 +5,6 @@ use std::sync::Arc;
 
 use thin_vec::ThinVec;
 
-use serde_json::value::RawValue;
-
 use super::timers::CLOSE_TIMEOUT;
 
 /// Capacity of the inflate buffer kept between messages; after a larger message it is freed.
@@ -20,6 +18,7 @@ use crate::handler::{self, Effect, Reply, Session};
 use crate::handshake::{self, Endpoint, Page};
 use crate::message::MessageKind;
 use crate::outbound::CONTROL_ALLOWANCE;
+use crate::protocol::Raw;
 use crate::stats::{self, bump, gauge};
 
 impl Worker {
@@ -236,7 +235,7 @@ impl Worker {
 
     /// Encodes the message once and puts it on the bus: this worker's copy is delivered this
     /// turn, the other workers' through their queues.
-    fn publish(&mut self, target: Target, data: &RawValue) {
+    fn publish(&mut self, target: Target, data: Raw<'_>) {
         bump(&self.stats.publishes, 1);
         let d = broadcast::encode(target, data);
         self.bus.publish_from(self.index, d, &mut self.pending);
