@@ -1,6 +1,6 @@
 //! Broadcast fan-out: encode one message once, queue it to 10,000 connections' outbound buffers.
 //!
-//! Mirrors `worker::dispatch::deliver` without sockets: `broadcast::encode` of a ~100-byte
+//! Mirrors `worker::deliver` without sockets: `broadcast::encode` of a ~100-byte
 //! JSON `data`, then `Outbound::push_shared` per recipient under the default outbound limit:
 //! a copy into the recipient's own buffer, since the frame is below `SHARE_MIN`. The
 //! `_2k` variant publishes a ~2 KB frame, which is shared (a refcount bump plus a `VecDeque`

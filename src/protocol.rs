@@ -216,8 +216,10 @@ fn decode_with<'a>(
 fn envelope_by_serde(text: &str) -> Result<Fields<'_>, BadRequest<'_>> {
     let env: Envelope<'_> = serde_json::from_str(text).map_err(|e| BadRequest {
         id: None,
+        // An object is all the derived envelope asks for (its members are raw values of any
+        // type), so its only data error is a member given twice.
         message: if e.is_data() {
-            "expected a JSON object".into()
+            format!("repeated member: {e}").into()
         } else {
             format!("malformed JSON: {e}").into()
         },
@@ -630,11 +632,11 @@ mod tests {
             r#"{"op":"echo","o\u0070":"echo","data":1}"#,
         ] {
             assert_eq!(scanned(text), Err(scan::Refusal::Invalid), "{text}");
-            // serde's "duplicate field" is a data error, which has always read like this.
-            assert_eq!(
-                err_of(text),
-                (None, "expected a JSON object".into()),
-                "{text}"
+            let (id, message) = err_of(text);
+            assert_eq!(id, None, "{text}");
+            assert!(
+                message.starts_with("repeated member: duplicate field `"),
+                "{text}: {message}"
             );
         }
         assert!(accepted(r#"{"x":1,"x":2,"op":"echo","data":1}"#));
