@@ -5,29 +5,33 @@
 //! report closed connections' addresses over a channel that the acceptor drains before each
 //! decision; the global count is one atomic shared by all.
 //!
-//! A client is counted by its IPv4 address or, for IPv6, by its /64 prefix: one host is
-//! usually given a whole /64, so counting single IPv6 addresses would let it open as many
-//! connections as it has addresses. The key is one word, so a connection carries it in 8
-//! bytes instead of an `IpAddr`'s 17.
+//! Addresses travel as one-word [`Peer`] keys, so that a connection carries 8 bytes for its
+//! address instead of an `IpAddr`'s 17.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::OnceLock;
 
 use crossbeam_channel::{Receiver, Sender};
 
-/// Whom the per-IP limit counts a connection against: an IPv4 address (an IPv4-mapped
-/// IPv6 one included), or an IPv6 /64 prefix.
+/// The address the per-IP limit counts a connection against, in one word: an IPv4 address
+/// itself (an IPv4-mapped IPv6 one included), an IPv6 address as a 63-bit hash keyed per
+/// process. The top bit tells the two apart, so an IPv6 key can only equal another IPv6
+/// key, with a chance of 2^-63 per pair that an outsider cannot steer (the key is random).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Peer(u64);
 
 impl Peer {
     pub fn of(ip: IpAddr) -> Peer {
         match ip.to_canonical() {
-            // Bit 32 set: no IPv4 key equals a /64 prefix in use (those below 0:2:: lie in
-            // the reserved ::/8).
-            IpAddr::V4(v4) => Peer(1 << 32 | u32::from(v4) as u64),
-            IpAddr::V6(v6) => Peer((u128::from(v6) >> 64) as u64),
+            IpAddr::V4(v4) => Peer(u32::from(v4) as u64),
+            IpAddr::V6(v6) => {
+                static KEY: OnceLock<RandomState> = OnceLock::new();
+                let h = KEY.get_or_init(RandomState::new).hash_one(v6.octets());
+                Peer(h | 1 << 63)
+            }
         }
     }
 }
@@ -162,19 +166,18 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_counts_per_64_and_mapped_ipv4_as_ipv4() {
+    fn every_address_is_its_own_peer_and_mapped_ipv4_is_ipv4() {
         let p = |s: &str| Peer::of(s.parse().unwrap());
-        assert_eq!(p("2001:db8:1:2::1"), p("2001:db8:1:2:ffff::9"));
-        assert_ne!(p("2001:db8:1:2::1"), p("2001:db8:1:3::1"));
+        assert_eq!(p("2001:db8:1:2::1"), p("2001:db8:1:2::1"));
+        assert_ne!(p("2001:db8:1:2::1"), p("2001:db8:1:2::2"));
+        assert_ne!(p("fe80::1"), p("fe80::2"));
         assert_eq!(p("::ffff:10.0.0.1"), p("10.0.0.1"));
         assert_ne!(p("10.0.0.1"), p("10.0.0.2"));
         assert_ne!(p("::1"), p("0.0.0.1"));
+        assert_ne!(p("::"), p("0.0.0.0"));
         let (shared, mut gate) = new(10, 1);
         assert_eq!(gate.admit(&shared, p("2001:db8::1")), Ok(()));
-        assert_eq!(
-            gate.admit(&shared, p("2001:db8::2")),
-            Err(Refusal::PerIp),
-            "a second address of the same /64 is the same client"
-        );
+        assert_eq!(gate.admit(&shared, p("2001:db8::2")), Ok(()));
+        assert_eq!(gate.admit(&shared, p("2001:db8::1")), Err(Refusal::PerIp));
     }
 }

@@ -111,7 +111,9 @@ impl Outbound {
     /// always takes it, so a message that passed the size limit is never refused to a reader
     /// that is keeping up.
     pub fn push_shared(&mut self, frame: &Bytes, limit: usize) -> Queued {
-        self.queue().push_shared(frame, limit)
+        let r = self.queue().push_shared(frame, limit);
+        self.drop_if_empty();
+        r
     }
 
     /// Appends bytes of this connection's own (a reply, a control frame); see
@@ -262,9 +264,10 @@ impl Queue {
 
     /// Whether a broadcast frame of `len` bytes is queued by reference rather than copied:
     /// a large one always; a small one only into an empty queue, which the end of the turn
-    /// most likely flushes whole (the fan-out fast path: a refcount bump, no copy, no
-    /// allocation of a buffer). Behind a backlog small frames are copied, so that a long
-    /// queue costs its bytes and not a handle per message.
+    /// most likely flushes whole (a refcount bump, no copy; for a plain connection that
+    /// keeps up the worker stages the frame instead and no queue exists at all). Behind a
+    /// backlog small frames are copied, so that a long queue costs its bytes and not a
+    /// handle per message.
     fn shares(&self, len: usize) -> bool {
         len >= SHARE_MIN || self.is_empty()
     }

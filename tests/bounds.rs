@@ -20,9 +20,10 @@ use tungstenite::Message;
 
 const MIB: u64 = 1 << 20;
 
-/// Writes `frame` over and over for `secs`, never reading; stops early once the server stops
-/// taking bytes (TCP then blocks the writer, which the write timeout turns into an exit).
-fn flood(mut s: TcpStream, frame: Vec<u8>, secs: u64) -> (TcpStream, usize) {
+/// Writes `frame` over and over, never reading, until `stop` is set or `secs` pass (while the
+/// server does not read, TCP blocks the writer, and the write timeout makes it look at
+/// `stop` again); stops early if the server drops the connection.
+fn flood(mut s: TcpStream, frame: Vec<u8>, stop: &AtomicBool, secs: u64) -> (TcpStream, usize) {
     s.set_write_timeout(Some(Duration::from_millis(500)))
         .unwrap();
     let mut batch = Vec::new();
@@ -31,7 +32,7 @@ fn flood(mut s: TcpStream, frame: Vec<u8>, secs: u64) -> (TcpStream, usize) {
     }
     let until = Instant::now() + Duration::from_secs(secs);
     let mut sent = 0;
-    while Instant::now() < until {
+    while Instant::now() < until && !stop.load(Ordering::Relaxed) {
         match s.write(&batch) {
             Ok(n) => sent += n,
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
@@ -71,18 +72,28 @@ fn clients_that_send_requests_and_never_read_are_held_back_then_closed() {
             ),
         ),
     ];
+    let stop = Arc::new(AtomicBool::new(false));
     let floods: Vec<_> = requests
         .into_iter()
         .map(|(what, frame)| {
             let s = raw_upgraded(p.addr, "/ws");
             set_int_opt(&s, libc::SOL_SOCKET, libc::SO_RCVBUF, 4096);
-            (what, std::thread::spawn(move || flood(s, frame, 4)))
+            let stop = stop.clone();
+            // Until all four are held: on a loaded machine, filling the socket buffers and
+            // the bound can take a while.
+            (what, std::thread::spawn(move || flood(s, frame, &stop, 40)))
         })
         .collect();
 
     // While they flood: every one of them gets held, the server stays small, and a normal
     // client is served at once.
-    p.wait_metric("corecast_connections_held", None, WATCHDOG, |v| v == 4.0);
+    p.wait_metric(
+        "corecast_connections_held",
+        None,
+        Duration::from_secs(40),
+        |v| v == 4.0,
+    );
+    stop.store(true, Ordering::Relaxed);
     let mut normal = connect(p.addr, "/ws");
     for i in 0..20 {
         let t = Instant::now();

@@ -142,6 +142,61 @@ fn publish_reaches_subscribers_on_every_worker_and_no_one_else() {
     server.shutdown().unwrap();
 }
 
+/// Publishes alternating between two topics arrive whole and in order at a subscriber of
+/// both and at a subscriber of one, small and large alike: each publish is its own run, so
+/// a turn gives the same connection many runs (the first staged, small ones behind it
+/// queued, large ones staged up to a writev's worth; see worker/deliver.rs).
+#[test]
+fn interleaved_topics_arrive_in_publish_order() {
+    let server = start(config(1));
+    let addr = server.local_addr();
+    let mut both = connect(addr, "/ws");
+    let mut one = connect(addr, "/ws");
+    for (c, topics) in [(&mut both, &["a", "b"][..]), (&mut one, &["a"][..])] {
+        for t in topics {
+            send(c, json!({"op":"subscribe","topic":t}));
+            assert_eq!(recv(c), json!({"op":"ok"}));
+        }
+    }
+    for size in [8, 2000] {
+        let pad = "p".repeat(size);
+        let n = 600;
+        // One write, so that the server reads many publishes per turn.
+        let mut publisher = connect(addr, "/ws");
+        for i in 0..n {
+            let t = if i % 3 == 0 { "b" } else { "a" };
+            publisher
+                .write(Message::text(
+                    json!({"op":"publish","topic":t,"data":[i, pad]}).to_string(),
+                ))
+                .unwrap();
+        }
+        publisher.flush().unwrap();
+        for i in 0..n {
+            let t = if i % 3 == 0 { "b" } else { "a" };
+            let m = recv(&mut both);
+            assert_eq!(
+                (m["topic"].as_str(), &m["data"][0]),
+                (Some(t), &json!(i)),
+                "{size}"
+            );
+            assert_eq!(m["data"][1].as_str().map(str::len), Some(size));
+        }
+        for i in (0..n).filter(|i| i % 3 != 0) {
+            let m = recv(&mut one);
+            assert_eq!(
+                (m["topic"].as_str(), &m["data"][0]),
+                (Some("a"), &json!(i)),
+                "{size}"
+            );
+        }
+    }
+    let s = server.stats();
+    assert_eq!(s.deliveries, 2 * (600 + 400), "{s:?}");
+    assert_eq!(s.dropped, 0, "{s:?}");
+    server.shutdown().unwrap();
+}
+
 #[test]
 fn unsubscribe_stops_delivery() {
     let server = start(config(2));

@@ -106,9 +106,10 @@ mod tests {
     #[test]
     fn an_idle_connection_stays_small() {
         // The slab stores `Conn` inline, and it is all an idle connection costs in user
-        // space (deadlines are swept, not kept in a timer structure): it must stay within
-        // the 128 bytes of RSS per idle connection the README's figures promise.
+        // space (deadlines are swept, not kept in a timer structure): with the slab's
+        // growth slack it must stay within the 128 bytes of RSS per idle connection that
+        // issue 15 set and the README reports. A field added here must find room.
         let size = std::mem::size_of::<Conn>();
-        assert!(size <= 96, "Conn grew to {size} bytes");
+        assert!(size <= 88, "Conn grew to {size} bytes");
     }
 }

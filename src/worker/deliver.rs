@@ -5,7 +5,9 @@
 //! bytes in the worker's list, written by its end-of-turn flush straight from those bytes,
 //! so a reader that keeps up costs a refcount bump per delivery and no allocation. Only
 //! what its socket does not take goes into its bounded outbound queue, where every other
-//! recipient's share goes at once (TLS ones, and those with a backlog).
+//! recipient's share goes at once (TLS ones, and those with a backlog), and so do small
+//! frames behind a staged one (the queue copies them into one buffer, one iovec for all).
+//! The bound and the order are the queue's either way.
 
 use std::io::{self, IoSlice};
 
@@ -17,14 +19,15 @@ use crate::config::SlowConsumer;
 use crate::conn::deflate::{self, ZippedRun};
 use crate::conn::{CloseReason, Conn};
 use crate::memory;
-use crate::outbound::{Queued, MAX_IOVECS};
+use crate::outbound::{cost_of, Queued, MAX_IOVECS, SHARE_MIN};
 use crate::stats::{bump, gauge};
 
 impl Worker {
-    /// Appends this turn's deliveries to their recipients' outbound queues. Consecutive
-    /// messages for the same audience are merged into one buffer first, so each recipient
-    /// gets one segment per run; a recipient whose bound cannot take the whole run gets the
-    /// messages one by one, as many as fit, and the slow-consumer policy for the rest.
+    /// Gives this turn's deliveries to their recipients (staged or queued, see the module
+    /// header). Consecutive messages for the same audience are merged into one buffer
+    /// first, so each recipient gets one segment per run; a recipient whose bound cannot
+    /// take the whole run gets the messages one by one, as many as fit, and the
+    /// slow-consumer policy for the rest.
     pub(super) fn deliver(&mut self) {
         if self.pending.is_empty() {
             return;
@@ -181,27 +184,42 @@ pub(super) struct Staged {
     frame: Bytes,
     /// 1 + the index of the connection's previous staged entry; 0 for none.
     prev: u32,
-    /// Bytes staged for the connection so far, this entry's included (its bound).
+    /// Entries staged for the connection so far, this one included (at most `MAX_IOVECS`,
+    /// so that one `writev` takes them all).
+    count: u32,
+    /// What the connection's staged frames would cost queued (`outbound::cost_of`), this
+    /// one's included: the bound applies to it as to the queue.
     total: usize,
 }
 
+/// The staged entries of a connection whose latest is `last` (1-based), oldest first, into
+/// `idx`; returns how many.
+fn chain_of(mut last: u32, staged: &[Staged], idx: &mut [u32; MAX_IOVECS]) -> usize {
+    let n = match last {
+        0 => 0,
+        at => staged[at as usize - 1].count as usize,
+    };
+    for slot in idx[..n].iter_mut().rev() {
+        *slot = last - 1;
+        last = staged[*slot as usize].prev;
+    }
+    n
+}
+
+/// Moves what is staged for `conn` into its queue, in order, unwritten.
+fn spill(conn: &mut Conn, staged: &[Staged]) {
+    let mut idx = [0; MAX_IOVECS];
+    let n = chain_of(std::mem::take(&mut conn.staged), staged, &mut idx);
+    for &i in &idx[..n] {
+        conn.out.push_shared(&staged[i as usize].frame, usize::MAX);
+    }
+}
+
 impl Worker {
-    /// Writes the frames staged for `key` with one `writev` (another only if the iovec cap,
-    /// not the socket, stopped the first); what the socket does not take is queued, in
-    /// order, in its outbound queue. Returns whether the socket was full (then there is no
-    /// point writing more now); the caller handles an error as the transport's.
+    /// Writes the frames staged for `key` with one `writev`; what the socket does not take
+    /// is queued, in order, in its outbound queue. Returns whether the socket was full (then
+    /// there is no point writing more now); the caller handles an error as the transport's.
     pub(super) fn write_staged(&mut self, key: usize) -> io::Result<bool> {
-        self.unstage_into(key, true)
-    }
-
-    /// Moves the frames staged for `key` into its outbound queue unwritten: something is
-    /// about to be queued after them (a close frame, say), which must follow them.
-    pub(super) fn unstage(&mut self, key: usize) {
-        // Without writing there is no error to get.
-        let _ = self.unstage_into(key, false);
-    }
-
-    fn unstage_into(&mut self, key: usize, write: bool) -> io::Result<bool> {
         let Some(conn) = self.conns.get_mut(key) else {
             return Ok(false);
         };
@@ -209,67 +227,57 @@ impl Worker {
             return Ok(false);
         }
         debug_assert!(conn.out.is_empty(), "conn {key}: staged behind a queue");
-        let chain = &mut self.chain;
-        chain.clear();
-        let mut at = std::mem::take(&mut conn.staged);
-        while at != 0 {
-            chain.push(at - 1);
-            at = self.staged[at as usize - 1].prev;
+        let mut idx = [0; MAX_IOVECS];
+        let n = chain_of(std::mem::take(&mut conn.staged), &self.staged, &mut idx);
+        let frame = |i: usize| &self.staged[idx[i] as usize].frame;
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        let mut offered = 0;
+        for (i, slice) in slices[..n].iter_mut().enumerate() {
+            *slice = IoSlice::new(frame(i));
+            offered += frame(i).len();
         }
-        chain.reverse();
-        let frame = |i: usize| &self.staged[chain[i] as usize].frame;
-        // Entries before `i` are written, and `off` bytes of entry `i`.
-        let (mut i, mut off) = (0, 0);
-        let mut written_total = 0;
-        let mut full = false;
-        while write && i < chain.len() {
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let mut n = 0;
-            let mut offered = 0;
-            while n < MAX_IOVECS && i + n < chain.len() {
-                let f = frame(i + n);
-                let s = if n == 0 { &f[off..] } else { &f[..] };
-                slices[n] = IoSlice::new(s);
-                offered += s.len();
-                n += 1;
-            }
-            let mut written = match conn.transport.writev_plain(&slices[..n]) {
-                Some(r) => r?,
-                None => 0, // not staged for TLS; queue it all
-            };
-            written_total += written;
-            let short = written < offered;
-            while written > 0 {
-                let left = frame(i).len() - off;
-                if written >= left {
-                    written -= left;
-                    (i, off) = (i + 1, 0);
-                } else {
-                    off += written;
-                    written = 0;
-                }
-            }
-            if short {
-                full = true;
-                break;
-            }
-        }
+        let mut written = match conn.transport.writev_plain(&slices[..n]) {
+            Some(r) => r?,
+            None => 0, // never staged for TLS; queue it all for the transport's own flush
+        };
+        bump(&self.stats.bytes_out, written as u64);
+        let full = written < offered && !conn.transport.is_tls();
         let (len0, cost0) = (conn.out.len(), conn.out.cost());
-        for j in i..chain.len() {
-            let f = frame(j);
-            if j == i && off > 0 {
-                conn.out.push_shared(&f.slice(off..), usize::MAX);
+        for i in 0..n {
+            let f = frame(i);
+            if written >= f.len() {
+                written -= f.len();
+            } else if written > 0 {
+                conn.out.push_shared(&f.slice(written..), usize::MAX);
+                written = 0;
             } else {
                 conn.out.push_shared(f, usize::MAX);
             }
         }
-        bump(&self.stats.bytes_out, written_total as u64);
         gauge(&self.stats.queued_bytes, (conn.out.len() - len0) as i64);
         gauge(
             &self.stats.outbound_memory,
             conn.out.cost() as i64 - cost0 as i64,
         );
         Ok(full)
+    }
+
+    /// Moves the frames staged for `key` into its outbound queue unwritten: something is
+    /// about to be queued after them (a close frame, say), which must follow them.
+    pub(super) fn unstage(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.staged == 0 {
+            return;
+        }
+        let (len0, cost0) = (conn.out.len(), conn.out.cost());
+        spill(conn, &self.staged);
+        gauge(&self.stats.queued_bytes, (conn.out.len() - len0) as i64);
+        gauge(
+            &self.stats.outbound_memory,
+            conn.out.cost() as i64 - cost0 as i64,
+        );
     }
 
     /// After the turn's flush: every staged frame has been written or queued; let the
@@ -300,18 +308,46 @@ fn slot(bits: u8) -> usize {
         as usize
 }
 
-/// Stages `f` for `conn`, after what is staged for it already.
-fn stage(conn: &mut Conn, staged: &mut Vec<Staged>, f: &Bytes) {
-    let before = match conn.staged {
-        0 => 0,
-        at => staged[at as usize - 1].total,
+/// Stages `f` for a plain connection with nothing queued, if the queue would have taken it
+/// by reference too: the first frame staged for it this turn, or one of at least
+/// `SHARE_MIN` bytes while its chain is shorter than `MAX_IOVECS`. Small frames behind a
+/// staged one are left to the queue, which copies them into one buffer (`None`: the caller
+/// spills what is staged and queues), so that many small deliveries in one turn cost one
+/// iovec and no entry each. `Some(false)`: over the bound, not taken. A recipient with
+/// nothing staged or queued takes any one message (`run`: unless it is a merged run).
+fn try_stage(
+    conn: &mut Conn,
+    staged: &mut Vec<Staged>,
+    f: &Bytes,
+    limit: usize,
+    run: bool,
+) -> Option<bool> {
+    if !conn.out.is_empty() || conn.transport.is_tls() {
+        return None;
+    }
+    let (count, held) = match conn.staged {
+        0 => (0, 0),
+        at => {
+            let last = &staged[at as usize - 1];
+            (last.count, last.total)
+        }
     };
+    if count > 0 && (f.len() < SHARE_MIN || count as usize >= MAX_IOVECS) {
+        return None;
+    }
+    let total = held + cost_of(f.len());
+    if (count > 0 || run) && total > limit {
+        return Some(false);
+    }
     staged.push(Staged {
         frame: f.clone(),
         prev: conn.staged,
-        total: before + f.len(),
+        count: count + 1,
+        total,
     });
+    debug_assert!(staged.len() < u32::MAX as usize);
     conn.staged = staged.len() as u32;
+    Some(true)
 }
 
 /// A recipient of a run, and the worker's staged list it may be staged in.
@@ -322,8 +358,7 @@ struct Recipient<'c> {
 
 /// Gives a run of `n` messages (`frame(i)`) to one recipient: the merged frame if it fits
 /// whole, otherwise each message in turn until one does not. Returns how many it took.
-/// Staged for a plain connection with nothing queued, queued otherwise; the bound is the
-/// same (a recipient with nothing staged or queued takes any one message).
+/// Staged where `try_stage` allows, queued otherwise, against the same bound.
 fn offer_run<'a>(
     to: Recipient<'_>,
     n: usize,
@@ -332,38 +367,36 @@ fn offer_run<'a>(
     limit: usize,
 ) -> usize {
     let Recipient { conn, staged } = to;
-    if conn.out.is_empty() && !conn.transport.is_tls() {
-        let held = |conn: &Conn, staged: &[Staged]| match conn.staged {
-            0 => 0,
-            at => staged[at as usize - 1].total,
-        };
-        if let Some(m) = merged {
-            if held(conn, staged) + m.len() <= limit {
-                stage(conn, staged, m);
-                return n;
-            }
-        }
-        let mut taken = 0;
-        for i in 0..n {
-            let f = frame(i);
-            let before = held(conn, staged);
-            if before > 0 && before + f.len() > limit {
-                break;
-            }
-            stage(conn, staged, f);
-            taken += 1;
-        }
-        return taken;
-    }
+    let mut queue = false;
     if let Some(m) = merged {
-        // Checked here, not left to `push_shared`: an empty queue takes any one message, but
-        // a run is many.
-        if conn.out.fits(m.len(), limit) {
-            conn.out.push_shared(m, limit);
-            return n;
+        match try_stage(conn, staged, m, limit, true) {
+            Some(true) => return n,
+            Some(false) => {} // not whole: one by one, below
+            None => {
+                spill(conn, staged);
+                queue = true;
+                // Checked here, not left to `push_shared`: an empty queue takes any one
+                // message, but a run is many.
+                if conn.out.fits(m.len(), limit) {
+                    conn.out.push_shared(m, limit);
+                    return n;
+                }
+            }
         }
     }
-    (0..n)
-        .take_while(|&i| conn.out.push_shared(frame(i), limit) == Queued::Ok)
-        .count()
+    let mut taken = 0;
+    while !queue && taken < n {
+        match try_stage(conn, staged, frame(taken), limit, false) {
+            Some(true) => taken += 1,
+            Some(false) => return taken,
+            None => {
+                spill(conn, staged);
+                queue = true;
+            }
+        }
+    }
+    taken
+        + (taken..n)
+            .take_while(|&i| conn.out.push_shared(frame(i), limit) == Queued::Ok)
+            .count()
 }

@@ -2,9 +2,9 @@
 //!
 //! A loop turn: wait for readiness -> read and handle every ready connection (replies and
 //! local publishes are only queued) -> take new sockets and other workers' deliveries ->
-//! deliver all queued messages (merged per audience) -> flush each connection that has
-//! output, once -> run due timers. So however many messages a turn produces, each
-//! connection costs one `writev`.
+//! deliver all queued messages (merged per audience) -> once a second, the deadlines that
+//! came -> flush each connection that has output, once. So however many messages a turn
+//! produces, each connection costs one `writev`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -80,13 +80,11 @@ pub struct Worker {
     pub(super) zscratch: Vec<u8>,
     /// Deliveries for this worker's connections, queued during the turn.
     pub(super) pending: Vec<Delivery>,
-    /// Shared frames delivered this turn to plain connections with nothing queued: their
-    /// end-of-turn flush writes them straight from the shared bytes, so a reader that keeps
-    /// up costs no queue and no allocation per delivery. Each entry links to the previous
-    /// one for the same connection; emptied after the flush.
+    /// Shared frames delivered this turn to plain connections with nothing queued (see
+    /// `deliver::try_stage`): their end-of-turn flush writes them straight from the shared
+    /// bytes, so a reader that keeps up costs no queue and no allocation per delivery. Each
+    /// entry links to the previous one for the same connection; emptied after the flush.
     pub(super) staged: Vec<super::deliver::Staged>,
-    /// Where a connection's staged entries are gathered for its `writev`.
-    pub(super) chain: Vec<u32>,
     /// Recipients a delivery run did not fit, with how many of its messages they missed.
     pub(super) over: Vec<(usize, u32)>,
     /// Connections with output to flush at the end of the turn.
@@ -184,7 +182,6 @@ impl Worker {
             pending: Vec::new(),
             over: Vec::new(),
             staged: Vec::new(),
-            chain: Vec::new(),
             dirty: Vec::new(),
             retry: Vec::new(),
             swept: 0,
@@ -253,9 +250,11 @@ impl Worker {
             self.take_inbox();
             self.deliver();
             self.advance_drain();
+            // Before the flush, so that what timers queue (pings, close frames) leaves in
+            // this turn rather than after the next wake-up, up to a second later.
+            self.run_timers();
             self.flush_dirty();
             self.end_staging();
-            self.run_timers();
             self.topics.resync_backplane();
             #[cfg(debug_assertions)]
             self.check_invariants();

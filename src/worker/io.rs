@@ -12,6 +12,30 @@ use crate::conn::{Event, Input, Phase, TransportError, NEVER};
 use crate::outbound::Flushed;
 use crate::stats::{bump, gauge};
 
+/// Appends `bytes` to `buf` with one copy. (`ThinVec::extend_from_slice` pushes element by
+/// element, writing the length to the heap each time: far slower for a large frame.)
+fn append(buf: &mut ThinVec<u8>, bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    buf.reserve(bytes.len());
+    let len = buf.len();
+    // SAFETY: `reserve` made room for `bytes.len()` more bytes after the first `len`, so
+    // the copy stays inside the allocation and the new length covers only bytes written
+    // here or before; `bytes` cannot overlap `buf`, which is borrowed mutably.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf.as_mut_ptr().add(len), bytes.len());
+        buf.set_len(len + bytes.len());
+    }
+}
+
+/// A buffer of exactly `bytes`' length holding them.
+fn copy_of(bytes: &[u8]) -> ThinVec<u8> {
+    let mut buf = ThinVec::with_capacity(bytes.len());
+    append(&mut buf, bytes);
+    buf
+}
+
 /// Reads one connection may do in one loop turn before others get their turn.
 const MAX_READS_PER_TURN: usize = 16;
 
@@ -172,7 +196,7 @@ impl Worker {
                 missing.min(data.len())
             };
             let mut buf = self.take_inbuf(key);
-            buf.extend_from_slice(&data[..rest]);
+            append(&mut buf, &data[..rest]);
             let used = self.process(key, &mut buf);
             if !self.put_back(key, buf, used) {
                 return;
@@ -183,7 +207,7 @@ impl Worker {
             if !self.conns[key].inbuf.is_empty() {
                 // Held back mid-read: keep the rest of the read, unhandled.
                 let mut buf = self.take_inbuf(key);
-                buf.extend_from_slice(&data[rest..]);
+                append(&mut buf, &data[rest..]);
                 self.put_inbuf(key, buf);
                 return;
             }
@@ -191,7 +215,7 @@ impl Worker {
         let used = self.process(key, &mut data[rest..]);
         let left = &data[rest + used..];
         if !left.is_empty() && self.conns.contains(key) {
-            self.put_inbuf(key, ThinVec::from(left));
+            self.put_inbuf(key, copy_of(left));
         }
         self.note_partial(key, now);
     }
@@ -222,7 +246,7 @@ impl Worker {
             buf.drain(..used);
         }
         if buf.capacity() > buf.len() * 2 + SHRINK_SLACK {
-            buf = ThinVec::from(buf.as_slice());
+            buf = copy_of(&buf);
         }
         self.put_inbuf(key, buf);
         true
@@ -377,7 +401,8 @@ impl Worker {
         self.dirty = dirty;
     }
 
-    /// Writes what the connection has queued, keeps WRITABLE interest while some is left,
+    /// Writes what is staged for the connection and what it has queued (the queue only if
+    /// the socket took everything staged), keeps WRITABLE interest while some is left,
     /// lets held input go once the output drains to half its bound, and ends the write side
     /// of a closing connection once everything is out.
     pub(super) fn flush(&mut self, key: usize) {
@@ -439,5 +464,26 @@ impl Worker {
             conn.transport.shutdown_write();
             conn.shut = true;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_and_copy_of_keep_the_bytes_in_order() {
+        let mut buf = ThinVec::new();
+        append(&mut buf, b"");
+        assert_eq!(buf.capacity(), 0, "nothing to append allocates nothing");
+        append(&mut buf, b"abc");
+        append(&mut buf, &[7; 100_000]);
+        assert_eq!(&buf[..3], b"abc");
+        assert_eq!(buf.len(), 100_003);
+        assert!(buf[3..].iter().all(|&b| b == 7));
+        let copy = copy_of(&buf[1..4]);
+        assert_eq!(copy.as_slice(), b"bc\x07");
+        assert_eq!(copy.capacity(), 3);
+        assert_eq!(copy_of(b"").capacity(), 0);
     }
 }

@@ -5,9 +5,9 @@
 //! looked at; activity never touches it (`last_rx` moves, and the check, when it comes,
 //! works out what is due and when to look next). Once per tick the worker sweeps its slab
 //! for deadlines that have come. There is no timer structure beside the slab, so an idle
-//! connection costs its 4-byte deadline and nothing more; the sweep reads every
-//! connection's entry once a second (about 30 µs per 10,000 here), the price uSockets also
-//! pays with its per-loop timeout sweep.
+//! connection costs its 4-byte deadline and nothing more; the sweep reads every slab slot
+//! once a second, vacant ones included (the slab shrinks after a burst leaves), the price
+//! uSockets also pays with its per-loop timeout sweep.
 
 use super::Worker;
 use crate::codec::Kind;
@@ -19,6 +19,9 @@ pub(super) const CLOSE_TIMEOUT: u32 = 2;
 
 /// A due list that grew past this many keys is freed once empty.
 const DUE_KEEP: usize = 1024;
+
+/// Slab slots kept however few connections are left (88 bytes each).
+const SLAB_KEEP: usize = 4096;
 
 impl Worker {
     /// Sets the tick at which the connection is next looked at (earlier or later).
@@ -55,14 +58,21 @@ impl Worker {
             due = Vec::new();
         }
         self.due = due;
+        // A burst of connections that left must not keep the slab's size (and the sweep's
+        // length) for ever. The slab can only give back the vacant slots above its highest
+        // occupied key; it also renumbers its free list lowest first, so that new
+        // connections fill the bottom and later shrinks get further.
+        if self.conns.capacity() > SLAB_KEEP && self.conns.len() < self.conns.capacity() / 4 {
+            self.conns.shrink_to_fit();
+        }
     }
 
     fn on_deadline(&mut self, key: usize, now: u32) {
         let Some(conn) = self.conns.get_mut(key) else {
-            return; // closed by an earlier deadline in this sweep
+            return; // defensive: each handler below drops or re-arms only its own key
         };
         if conn.deadline > now {
-            return;
+            return; // likewise
         }
         conn.deadline = NEVER;
         match conn.machine.phase() {
