@@ -1,7 +1,7 @@
 //! Heap allocations on the worker threads per message, counted by this test's own global
 //! allocator: after warm-up, an echoed message (raw, and JSON with flat or nested data) must
-//! cost none, and so must a delivery to a subscriber that keeps up; a publish costs a few,
-//! whatever its audience. The figures are printed (`cargo test --test alloc -- --nocapture`).
+//! cost none, and so must a delivery to a subscriber that keeps up and a subscribe or
+//! unsubscribe of a topic that stays; a publish costs a few, whatever its audience. The figures are printed (`cargo test --test alloc -- --nocapture`).
 //!
 //! Only allocations made on threads named `corecast-w*` (the workers) are counted; the test's
 //! client threads, the acceptor and the control thread allocate as they like.
@@ -213,5 +213,33 @@ fn a_delivery_to_a_subscriber_that_keeps_up_costs_no_allocation() {
         "deliveries allocate: {few:.3} per publish with 5 subscribers, {many:.3} with 50"
     );
     assert!(few <= 4.0, "a publish costs {few:.3} allocations");
+
+    // Subscribing to a topic that exists here and unsubscribing again: the index and the
+    // connection's list keep their capacity, and the `ok`s are corked.
+    let mut keeper = connect(addr, "/ws");
+    keeper
+        .send(Message::text(
+            json!({"op":"subscribe","topic":"kept"}).to_string(),
+        ))
+        .unwrap();
+    keeper.read().unwrap();
+    let mut churn = connect(addr, "/ws");
+    let sub = Message::text(json!({"op":"subscribe","id":1,"topic":"kept"}).to_string());
+    let unsub = Message::text(json!({"op":"unsubscribe","id":2,"topic":"kept"}).to_string());
+    let mut cycles = |n: usize| {
+        let before = WORKER_ALLOCS.load(Relaxed);
+        for _ in 0..n {
+            churn.write(sub.clone()).unwrap();
+            churn.write(unsub.clone()).unwrap();
+            churn.flush().unwrap();
+            churn.read().unwrap();
+            churn.read().unwrap();
+        }
+        WORKER_ALLOCS.load(Relaxed) - before
+    };
+    cycles(100);
+    let churned = cycles(1000) as f64 / 2000.0;
+    eprintln!("worker allocations per subscribe or unsubscribe of a kept topic: {churned:.3}");
+    assert_eq!(churned, 0.0, "subscribing to a kept topic allocates");
     server.shutdown().unwrap();
 }
