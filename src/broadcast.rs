@@ -20,6 +20,14 @@ use crate::worker::handle::{Msg, WorkerHandle};
 /// nothing else slows down, faster than the workers deliver.
 pub const OUTSIDE_BYTES: usize = 64 << 20;
 
+/// The memory that publishes made on one worker may hold in the other workers' queues, a
+/// frame counted once per worker it waits for. Past it the publishing connection's input is
+/// held back (TCP then slows its client) until the queues are down to half, while every
+/// worker goes on delivering. What fills it is a client on one worker publishing to
+/// subscribers on others faster than those workers deliver: a worker takes at most 1 MiB of
+/// its queue per loop turn, and a turn that writes to thousands of sockets is slow.
+pub const CROSS_BYTES: usize = 64 << 20;
+
 /// Every worker's queue, for fan-out, and the backplane to the other nodes if there is one.
 /// Cheap to clone; sending never blocks.
 #[derive(Debug, Clone)]
@@ -28,6 +36,8 @@ pub struct Bus {
     backplane: Option<Arc<Link>>,
     /// Bytes queued from outside the workers and not yet taken by them.
     outside: Arc<AtomicUsize>,
+    /// Bytes queued by workers to other workers and not yet taken by them.
+    cross: Arc<AtomicUsize>,
 }
 
 impl Bus {
@@ -36,6 +46,7 @@ impl Bus {
             workers,
             backplane,
             outside: Arc::new(AtomicUsize::new(0)),
+            cross: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -107,12 +118,32 @@ impl Bus {
         if let Some(b) = &self.backplane {
             b.forward(&d);
         }
+        let others = self.workers.len() - 1;
+        if others > 0 {
+            // Counted before it is sent, so that the taker never subtracts first.
+            self.cross.fetch_add(d.frame.len() * others, Relaxed);
+        }
         for (i, w) in self.workers.iter().enumerate() {
             if i != me {
                 w.send(Msg::Deliver(d.clone()));
             }
         }
         local.push(d);
+    }
+
+    /// A worker took a delivery another worker published off its queue.
+    pub fn cross_taken(&self, d: &Delivery) {
+        self.cross.fetch_sub(d.frame.len(), Relaxed);
+    }
+
+    /// Bytes of workers' publishes waiting in other workers' queues.
+    pub fn cross_queued(&self) -> usize {
+        self.cross.load(Relaxed)
+    }
+
+    /// Publishers must wait: the other workers are [`CROSS_BYTES`] behind.
+    pub fn cross_full(&self) -> bool {
+        self.cross_queued() > CROSS_BYTES
     }
 
     /// Worker `me` will publish nothing more (it is shutting down): tells every other worker,

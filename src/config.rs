@@ -240,7 +240,8 @@ pub struct Args {
     pub drain_timeout: u64,
 
     /// Seconds a connection's output may stay over --max-outbound-bytes (the server not
-    /// reading from it meanwhile) before it is closed with 1008.
+    /// reading from it meanwhile), or a publisher stay held back because the other workers'
+    /// queues are full, before it is closed with 1008.
     #[arg(long, env = "CORECAST_BACKPRESSURE_TIMEOUT", default_value_t = DEFAULT_BACKPRESSURE_TIMEOUT_S)]
     pub backpressure_timeout: u64,
 

@@ -115,6 +115,9 @@ counters! {
     closed,
     /// Times a connection's input was held back because its output went over its bound.
     input_held,
+    /// Times a connection's input was held back because its publishes found the other
+    /// workers' queues full (`broadcast::CROSS_BYTES`).
+    publishers_held,
     /// Connections closed (1008) because their output stayed over its bound past
     /// `--backpressure-timeout`.
     backpressure_closes,

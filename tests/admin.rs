@@ -638,6 +638,7 @@ fn every_metric_keeps_its_name_type_and_labels() {
         "protocol_errors_total",
         "timeouts_total",
         "input_held_total",
+        "publishers_held_total",
         "backpressure_closed_total",
         "message_timeouts_total",
         "control_frames_dropped_total",
@@ -654,6 +655,7 @@ fn every_metric_keeps_its_name_type_and_labels() {
     for name in [
         "connections_held",
         "outbound_queued_bytes",
+        "cross_worker_queued_bytes",
         "outside_queued_bytes",
         "outbound_memory_bytes",
         "tls_memory_bytes",

@@ -439,3 +439,113 @@ fn every_acknowledged_publish_is_delivered_before_the_shutdown_close() {
         );
     }
 }
+
+/// Writes `frame` over and over, whole frames only (a write cut short by the timeout is
+/// finished before the next), until `stop` is set or the server drops the connection.
+fn flood_whole(mut s: TcpStream, frame: Vec<u8>, stop: &AtomicBool) -> (TcpStream, usize) {
+    s.set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut sent = 0;
+    let mut at = 0;
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until && !(at == 0 && stop.load(Ordering::Relaxed)) {
+        match s.write(&frame[at..]) {
+            Ok(n) => {
+                sent += n;
+                at = (at + n) % frame.len();
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+    (s, sent)
+}
+
+/// A client publishing on one worker to subscribers on another faster than that worker
+/// delivers: what waits in the other worker's queue stays within its 64 MiB bound, because
+/// the publisher's input is held back instead (TCP then slows it), and the queue drains
+/// once it stops.
+#[test]
+fn a_publisher_faster_than_the_other_worker_is_held_back_not_buffered() {
+    let p = Proc::start(&[
+        "--workers",
+        "2",
+        "--max-message-size",
+        "131072",
+        "--max-outbound-bytes",
+        "196608",
+        "--slow-consumer",
+        "drop",
+    ]);
+    let base = p.rss();
+    let publisher = raw_upgraded(p.addr, "/ws");
+    // Connections go round robin, so every other one after the publisher is on the other
+    // worker: those subscribe (and never read, so that every delivery costs that worker a
+    // refusal per subscriber), the rest stay idle beside the publisher.
+    let mut far = Vec::new();
+    let mut near = Vec::new();
+    for i in 0..2000 {
+        let mut s = raw_upgraded(p.addr, "/ws");
+        if i % 2 == 0 {
+            set_int_opt(&s, libc::SOL_SOCKET, libc::SO_RCVBUF, 4096);
+            s.write_all(&masked(0x81, br#"{"op":"subscribe","topic":"far"}"#))
+                .unwrap();
+            let (_, ok) = raw_frame(&mut s);
+            assert_eq!(ok, br#"{"op":"ok"}"#);
+            far.push(s);
+        } else {
+            near.push(s);
+        }
+    }
+    let data = "d".repeat(60_000);
+    let frame = masked(
+        0x81,
+        format!(r#"{{"op":"publish","topic":"far","data":"{data}"}}"#).as_bytes(),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooding = {
+        let stop = stop.clone();
+        std::thread::spawn(move || flood_whole(publisher, frame, &stop))
+    };
+    let (mut peak_queue, mut peak_rss) = (0.0f64, 0);
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        peak_queue = peak_queue.max(p.metric("corecast_cross_worker_queued_bytes", None));
+        peak_rss = peak_rss.max(p.rss());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (publisher, sent) = flooding.join().unwrap();
+    let held = p.metric("corecast_publishers_held_total", None);
+    eprintln!(
+        "sent {} MiB; peak cross-worker queue {:.1} MiB; publisher held {held} times; RSS +{} MiB",
+        sent >> 20,
+        peak_queue / MIB as f64,
+        peak_rss.saturating_sub(base) / MIB
+    );
+    assert!(held >= 1.0, "the publisher was never held back");
+    assert!(
+        peak_queue <= (64 + 4) as f64 * MIB as f64,
+        "cross-worker queue reached {peak_queue} bytes"
+    );
+    // The far subscribers' queues (1,000 × 192 KiB) and the bounded cross-worker queue.
+    let grown = peak_rss.saturating_sub(base);
+    assert!(grown < 400 * MIB, "RSS grew by {} MiB", grown / MIB);
+    // Stopped: the far worker catches up, the queue empties, and the publisher is read
+    // again: what it sent while held is handled, then this request is answered.
+    p.wait_metric("corecast_cross_worker_queued_bytes", None, WATCHDOG, |v| {
+        v == 0.0
+    });
+    let mut publisher = publisher;
+    publisher.set_write_timeout(None).unwrap();
+    publisher
+        .write_all(&masked(
+            0x81,
+            br#"{"op":"publish","id":"last","topic":"nobody","data":0}"#,
+        ))
+        .unwrap();
+    let (_, ok) = raw_frame(&mut publisher);
+    assert_eq!(ok, br#"{"op":"ok","id":"last"}"#);
+    drop((publisher, far, near));
+    assert!(p.terminate().success());
+}

@@ -89,6 +89,11 @@ pub struct Worker {
     pub(super) over: Vec<(usize, u32)>,
     /// Connections with output to flush at the end of the turn.
     pub(super) dirty: Vec<usize>,
+    /// Connections held back because their publishes found the other workers
+    /// `broadcast::CROSS_BYTES` behind; let go once those queues are down to half.
+    pub(super) publishers_held: Vec<usize>,
+    /// The connection being read has just published (see `publishers_held`).
+    pub(super) published: bool,
     /// Connections to read again without an event: they hit the per-turn read cap, or their
     /// held input was let go.
     pub(super) retry: Vec<usize>,
@@ -120,6 +125,9 @@ pub struct Context {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub console: Arc<Console>,
 }
+
+/// How often a worker with held publishers looks whether the other workers caught up.
+const PUBLISHERS_RECHECK: Duration = Duration::from_millis(2);
 
 /// Capacity of the cork kept between connections (see `Worker::cork`).
 pub(super) const CORK_KEEP: usize = 64 * 1024;
@@ -183,6 +191,8 @@ impl Worker {
             over: Vec::new(),
             staged: Vec::new(),
             dirty: Vec::new(),
+            publishers_held: Vec::new(),
+            published: false,
             retry: Vec::new(),
             swept: 0,
             due: Vec::new(),
@@ -203,6 +213,9 @@ impl Worker {
             // Wake at least once a second for timers.
             let timeout = if busy || !self.inbox.may_sleep() {
                 Some(Duration::ZERO)
+            } else if !self.publishers_held.is_empty() {
+                // Nothing wakes a worker when the other workers' queues drain: look again.
+                Some(PUBLISHERS_RECHECK)
             } else if self.spreading() {
                 Some(super::drain::SPREAD_TICK)
             } else {
@@ -248,6 +261,7 @@ impl Worker {
                 self.on_readable(key, Hangup::No);
             }
             self.take_inbox();
+            self.release_publishers();
             self.deliver();
             self.advance_drain();
             // Before the flush, so that what timers queue (pings, close frames) leaves in
@@ -296,6 +310,7 @@ impl Worker {
             match msg {
                 Msg::Deliver(d) => {
                     taken += d.frame.len();
+                    self.bus.cross_taken(&d);
                     self.pending.push(d);
                 }
                 Msg::DeliverOutside(d) => {

@@ -239,6 +239,7 @@ impl Worker {
         bump(&self.stats.publishes, 1);
         let d = broadcast::encode(target, data);
         self.bus.publish_from(self.index, d, &mut self.pending);
+        self.published = true;
     }
 
     /// Closes the connection for `why` unless it is closing already (server-initiated).

@@ -318,9 +318,16 @@ impl Worker {
                 return pos;
             }
             pos += used;
+            self.published = false;
             self.on_event(key, event);
             if self.over_bound(key) {
                 self.hold(key);
+                return pos;
+            }
+            if self.published && self.bus.cross_full() && self.conns.contains(key) {
+                bump(&self.stats.publishers_held, 1);
+                self.hold(key);
+                self.publishers_held.push(key);
                 return pos;
             }
             if !self.conns.contains(key) {
@@ -358,6 +365,24 @@ impl Worker {
         );
         let at = now + self.cfg.backpressure_timeout.as_secs() as u32;
         self.arm(key, at);
+    }
+
+    /// Lets held publishers go once the other workers' queues are down to half their bound
+    /// (one whose own output is over its bound stays held; its flush lets it go).
+    pub(super) fn release_publishers(&mut self) {
+        if self.publishers_held.is_empty()
+            || self.bus.cross_queued() > crate::broadcast::CROSS_BYTES / 2
+        {
+            return;
+        }
+        for key in std::mem::take(&mut self.publishers_held) {
+            let ok = self.conns.get(key).is_some_and(|c| {
+                c.is_held() && self.out_cost(key) <= self.cfg.max_outbound_bytes / 2
+            });
+            if ok {
+                self.release_hold(key);
+            }
+        }
     }
 
     /// Lets a held connection's input flow again; what was held is handled next turn.
