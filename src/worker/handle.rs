@@ -62,9 +62,11 @@ pub struct Inbox {
 
 pub fn channel(waker: Waker) -> (WorkerHandle, Inbox) {
     let (ctx, crx) = crossbeam_channel::bounded(CONN_QUEUE);
-    // Deliveries are unbounded on purpose: a worker must never block on a peer (two workers
-    // publishing to each other would deadlock), and every worker drains its queue each loop
-    // turn, so the queue is bounded by how far one turn can fall behind.
+    // The channel for deliveries is unbounded on purpose: a worker must never block on a
+    // peer (two workers publishing to each other would deadlock). What it holds is bounded
+    // elsewhere, without blocking: publishes from outside by `broadcast::OUTSIDE_BYTES`
+    // (refused past it), those of other workers' clients by `broadcast::CROSS_BYTES` (the
+    // publisher's input is held back past it).
     let (mtx, mrx) = crossbeam_channel::unbounded();
     let asleep = Arc::new(AtomicBool::new(false));
     (
