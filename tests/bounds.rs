@@ -500,9 +500,26 @@ fn a_publisher_faster_than_the_other_worker_is_held_back_not_buffered() {
     let data = "d".repeat(60_000);
     let frame = masked(
         0x81,
-        format!(r#"{{"op":"publish","topic":"far","data":"{data}"}}"#).as_bytes(),
+        format!(r#"{{"op":"publish","id":1,"topic":"far","data":"{data}"}}"#).as_bytes(),
     );
     let stop = Arc::new(AtomicBool::new(false));
+    // Each publish carries an id, so the publisher also gets an `ok` per publish, which it
+    // reads: a held publisher with replies to flush must stay held all the same.
+    let mut acks = publisher.try_clone().unwrap();
+    acks.set_read_timeout(Some(Duration::from_secs(40)))
+        .unwrap();
+    // Reads the acks until the last request's; returns how many came before it.
+    let acked = std::thread::spawn(move || {
+        let mut n = 0;
+        loop {
+            let (_, payload) = raw_frame(&mut acks);
+            if payload == br#"{"op":"ok","id":"last"}"# {
+                return n;
+            }
+            assert_eq!(payload, br#"{"op":"ok","id":1}"#);
+            n += 1;
+        }
+    });
     let flooding = {
         let stop = stop.clone();
         std::thread::spawn(move || flood_whole(publisher, frame, &stop))
@@ -544,8 +561,10 @@ fn a_publisher_faster_than_the_other_worker_is_held_back_not_buffered() {
             br#"{"op":"publish","id":"last","topic":"nobody","data":0}"#,
         ))
         .unwrap();
-    let (_, ok) = raw_frame(&mut publisher);
-    assert_eq!(ok, br#"{"op":"ok","id":"last"}"#);
+    let acks = acked
+        .join()
+        .expect("every publish is acknowledged, the last one too");
+    assert!(acks > 0);
     drop((publisher, far, near));
     assert!(p.terminate().success());
 }

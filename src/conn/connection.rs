@@ -61,6 +61,9 @@ pub struct Conn {
     pub shut: bool,
     /// The upgrade completed: this is a WebSocket (counted in the `websockets` gauge).
     pub upgraded: bool,
+    /// Held (see `held_since`) because its publishes found the other workers' queues full:
+    /// only the worker's check of those queues lets it go, not its own output draining.
+    pub publish_held: bool,
 }
 
 impl Conn {
@@ -81,6 +84,7 @@ impl Conn {
             input_ready: false,
             shut: false,
             upgraded: false,
+            publish_held: false,
         }
     }
 

@@ -272,6 +272,7 @@ impl Worker {
         let was_held = conn.is_held();
         if was_held {
             conn.held_since = NEVER;
+            conn.publish_held = false;
             gauge(&self.stats.held, -1);
         }
         for t in std::mem::take(&mut conn.subs) {

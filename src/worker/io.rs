@@ -327,6 +327,7 @@ impl Worker {
             if self.published && self.bus.cross_full() && self.conns.contains(key) {
                 bump(&self.stats.publishers_held, 1);
                 self.hold(key);
+                self.conns[key].publish_held = true;
                 self.publishers_held.push(key);
                 return pos;
             }
@@ -368,7 +369,8 @@ impl Worker {
     }
 
     /// Lets held publishers go once the other workers' queues are down to half their bound
-    /// (one whose own output is over its bound stays held; its flush lets it go).
+    /// (one whose own output is over its bound stays held, now as any other; its flush lets
+    /// it go).
     pub(super) fn release_publishers(&mut self) {
         if self.publishers_held.is_empty()
             || self.bus.cross_queued() > crate::broadcast::CROSS_BYTES / 2
@@ -376,10 +378,13 @@ impl Worker {
             return;
         }
         for key in std::mem::take(&mut self.publishers_held) {
-            let ok = self.conns.get(key).is_some_and(|c| {
-                c.is_held() && self.out_cost(key) <= self.cfg.max_outbound_bytes / 2
-            });
-            if ok {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if !std::mem::take(&mut conn.publish_held) || !conn.is_held() {
+                continue; // a connection that took the key since, or one closed meanwhile
+            }
+            if self.out_cost(key) <= self.cfg.max_outbound_bytes / 2 {
                 self.release_hold(key);
             }
         }
@@ -393,6 +398,7 @@ impl Worker {
             return;
         }
         conn.held_since = NEVER;
+        conn.publish_held = false;
         conn.input_ready = true;
         // The client was not silent or slow while we were not reading: restart its clocks.
         conn.last_rx = now;
@@ -477,6 +483,7 @@ impl Worker {
             conn.write_interest = want_write;
         }
         if conn.is_held()
+            && !conn.publish_held
             && conn.out.cost() + conn.transport.cost() <= self.cfg.max_outbound_bytes / 2
         {
             self.release_hold(key);
