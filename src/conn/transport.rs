@@ -68,13 +68,7 @@ impl Transport {
         let Transport::Plain(s) = self else {
             return None;
         };
-        Some(loop {
-            match s.write(buf) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(0),
-                other => break other,
-            }
-        })
+        Some(taken(|| s.write(buf)))
     }
 
     /// Writes `bufs` straight to a plain socket with one `writev`: the bytes taken (0 when
@@ -83,13 +77,7 @@ impl Transport {
         let Transport::Plain(s) = self else {
             return None;
         };
-        Some(loop {
-            match s.write_vectored(bufs) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(0),
-                other => break other,
-            }
-        })
+        Some(taken(|| s.write_vectored(bufs)))
     }
 
     /// Memory the transport itself holds (TLS: ciphertext not yet taken by the socket, a
@@ -121,6 +109,18 @@ impl Transport {
                     Ok(())
                 });
             }
+        }
+    }
+}
+
+/// What one write to a non-blocking socket took: retried if interrupted, 0 when the send
+/// buffer is full.
+fn taken(mut write: impl FnMut() -> io::Result<usize>) -> io::Result<usize> {
+    loop {
+        match write() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+            other => return other,
         }
     }
 }
