@@ -75,6 +75,20 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Worker allocations per operation: `round` (`per_round` operations) is run `warm` times,
+/// then `rounds` times counted.
+fn allocs_per(per_round: usize, warm: usize, rounds: usize, mut round: impl FnMut()) -> f64 {
+    for _ in 0..warm {
+        round();
+    }
+    let before = WORKER_ALLOCS.load(Relaxed);
+    for _ in 0..rounds {
+        round();
+    }
+    let n = WORKER_ALLOCS.load(Relaxed) - before;
+    n as f64 / (per_round * rounds) as f64
+}
+
 /// Round trips of `depth` messages in flight at once (so that replies are batched as under
 /// load); returns the worker allocations per message over the `rounds` after `warm` ones.
 fn per_message(
@@ -84,7 +98,7 @@ fn per_message(
     warm: usize,
     rounds: usize,
 ) -> f64 {
-    let round = |client: &mut Client| {
+    allocs_per(depth, warm, rounds, || {
         for _ in 0..depth {
             client.write(msg.clone()).expect("send");
         }
@@ -95,16 +109,7 @@ fn per_message(
                 other => panic!("unexpected {other:?}"),
             }
         }
-    };
-    for _ in 0..warm {
-        round(client);
-    }
-    let before = WORKER_ALLOCS.load(Relaxed);
-    for _ in 0..rounds {
-        round(client);
-    }
-    let n = WORKER_ALLOCS.load(Relaxed) - before;
-    n as f64 / (depth * rounds) as f64
+    })
 }
 
 #[test]
@@ -167,7 +172,7 @@ fn per_publish(addr: std::net::SocketAddr, topic: &str, subs: usize) -> f64 {
     let mut publisher = connect(addr, "/ws");
     let msg = Message::text(json!({"op":"publish","topic":topic,"data":{"n":1}}).to_string());
     let depth = 8;
-    let mut round = |publisher: &mut Client| {
+    allocs_per(depth, 50, 300, || {
         for _ in 0..depth {
             publisher.write(msg.clone()).expect("publish");
         }
@@ -180,17 +185,7 @@ fn per_publish(addr: std::net::SocketAddr, topic: &str, subs: usize) -> f64 {
                 }
             }
         }
-    };
-    for _ in 0..50 {
-        round(&mut publisher);
-    }
-    let before = WORKER_ALLOCS.load(Relaxed);
-    let rounds = 300;
-    for _ in 0..rounds {
-        round(&mut publisher);
-    }
-    let n = WORKER_ALLOCS.load(Relaxed) - before;
-    n as f64 / (depth * rounds) as f64
+    })
 }
 
 #[test]
@@ -226,19 +221,13 @@ fn a_delivery_to_a_subscriber_that_keeps_up_costs_no_allocation() {
     let mut churn = connect(addr, "/ws");
     let sub = Message::text(json!({"op":"subscribe","id":1,"topic":"kept"}).to_string());
     let unsub = Message::text(json!({"op":"unsubscribe","id":2,"topic":"kept"}).to_string());
-    let mut cycles = |n: usize| {
-        let before = WORKER_ALLOCS.load(Relaxed);
-        for _ in 0..n {
-            churn.write(sub.clone()).unwrap();
-            churn.write(unsub.clone()).unwrap();
-            churn.flush().unwrap();
-            churn.read().unwrap();
-            churn.read().unwrap();
-        }
-        WORKER_ALLOCS.load(Relaxed) - before
-    };
-    cycles(100);
-    let churned = cycles(1000) as f64 / 2000.0;
+    let churned = allocs_per(2, 100, 1000, || {
+        churn.write(sub.clone()).unwrap();
+        churn.write(unsub.clone()).unwrap();
+        churn.flush().unwrap();
+        churn.read().unwrap();
+        churn.read().unwrap();
+    });
     eprintln!("worker allocations per subscribe or unsubscribe of a kept topic: {churned:.3}");
     assert_eq!(churned, 0.0, "subscribing to a kept topic allocates");
     server.shutdown().unwrap();
