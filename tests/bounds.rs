@@ -20,11 +20,12 @@ use tungstenite::Message;
 
 const MIB: u64 = 1 << 20;
 
-/// Writes `frame` over and over, never reading, until `stop` is set or `secs` pass (while the
-/// server does not read, TCP blocks the writer, and the write timeout makes it look at
-/// `stop` again); stops early if the server drops the connection.
+/// Writes `frame` over and over (in batches of at least 64 KiB), never reading, until `stop`
+/// is set or `secs` pass; stops early if the server drops the connection. Only whole frames
+/// go out: a write cut short (while the server does not read, TCP blocks the writer, and
+/// the write timeout makes it look at `stop` again) is finished before the next batch.
 fn flood(mut s: TcpStream, frame: Vec<u8>, stop: &AtomicBool, secs: u64) -> (TcpStream, usize) {
-    s.set_write_timeout(Some(Duration::from_millis(500)))
+    s.set_write_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let mut batch = Vec::new();
     while batch.len() < 64 * 1024 {
@@ -32,9 +33,13 @@ fn flood(mut s: TcpStream, frame: Vec<u8>, stop: &AtomicBool, secs: u64) -> (Tcp
     }
     let until = Instant::now() + Duration::from_secs(secs);
     let mut sent = 0;
-    while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-        match s.write(&batch) {
-            Ok(n) => sent += n,
+    let mut at = 0;
+    while Instant::now() < until && !(at == 0 && stop.load(Ordering::Relaxed)) {
+        match s.write(&batch[at..]) {
+            Ok(n) => {
+                sent += n;
+                at = (at + n) % batch.len();
+            }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
             Err(_) => break,
         }
@@ -440,27 +445,6 @@ fn every_acknowledged_publish_is_delivered_before_the_shutdown_close() {
     }
 }
 
-/// Writes `frame` over and over, whole frames only (a write cut short by the timeout is
-/// finished before the next), until `stop` is set or the server drops the connection.
-fn flood_whole(mut s: TcpStream, frame: Vec<u8>, stop: &AtomicBool) -> (TcpStream, usize) {
-    s.set_write_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let mut sent = 0;
-    let mut at = 0;
-    let until = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < until && !(at == 0 && stop.load(Ordering::Relaxed)) {
-        match s.write(&frame[at..]) {
-            Ok(n) => {
-                sent += n;
-                at = (at + n) % frame.len();
-            }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(_) => break,
-        }
-    }
-    (s, sent)
-}
-
 /// A client publishing on one worker to subscribers on another faster than that worker
 /// delivers: what waits in the other worker's queue stays within its 64 MiB bound, because
 /// the publisher's input is held back instead (TCP then slows it), and the queue drains
@@ -522,7 +506,7 @@ fn a_publisher_faster_than_the_other_worker_is_held_back_not_buffered() {
     });
     let flooding = {
         let stop = stop.clone();
-        std::thread::spawn(move || flood_whole(publisher, frame, &stop))
+        std::thread::spawn(move || flood(publisher, frame, &stop, 30))
     };
     let (mut peak_queue, mut peak_rss) = (0.0f64, 0);
     let until = Instant::now() + Duration::from_secs(5);
