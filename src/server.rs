@@ -179,8 +179,7 @@ impl Server {
                         tls,
                         console,
                     };
-                    let worker = Worker::new(index, poll, inbox, ctx);
-                    let result = exit::guarded(|| worker.run());
+                    let result = exit::guarded(|| Worker::new(index, poll, inbox, ctx)?.run());
                     if let Err(e) = &result {
                         log::error!("worker {index} stopped: {e}");
                     }
@@ -437,6 +436,40 @@ mod tests {
             s.read_exact(&mut buf).is_ok() && &buf == b"HTTP/1.1 200"
         });
         assert!(healthy, "the surviving worker stopped serving");
+        server.shutdown().expect("shutdown completes");
+    }
+
+    /// The tests run with debug assertions (the `test-release` profile), so that the
+    /// worker's end-of-turn invariants are checked in CI. Fails if the profile loses them.
+    #[test]
+    fn the_tests_run_with_debug_assertions() {
+        assert!(
+            cfg!(debug_assertions),
+            "the test profile must keep debug-assertions = true"
+        );
+    }
+
+    /// A deliberately broken invariant stops its worker, reported like any panic: the check
+    /// runs, and a failure is never silent.
+    #[cfg(debug_assertions)]
+    #[test]
+    fn a_broken_invariant_fails_the_end_of_turn_check() {
+        let server = Server::start(Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            workers: 2,
+            pin: false,
+            ..Config::default()
+        })
+        .unwrap();
+        server.shared.workers[0].send(Msg::BreakInvariant);
+        match server.wait_exit(Duration::from_secs(10)) {
+            Some(Exit::Worker { index, result }) => {
+                assert_eq!(index, 0);
+                let e = result.unwrap_err().to_string();
+                assert!(e.contains("held gauge"), "{e}");
+            }
+            other => panic!("expected worker 0 to fail its invariant check, got {other:?}"),
+        }
         server.shutdown().expect("shutdown completes");
     }
 }

@@ -14,10 +14,11 @@ use std::sync::Arc;
 
 use thin_vec::ThinVec;
 
+use super::input_state::InputState;
+use super::output::Output;
 use super::state::Machine;
 use super::transport::Transport;
 use crate::admission::Peer;
-use crate::outbound::Outbound;
 
 /// A tick that never comes: the "not set" value of the tick fields.
 pub const NEVER: u32 = u32::MAX;
@@ -29,11 +30,12 @@ pub struct Conn {
     pub peer: Peer,
     pub machine: Machine,
     /// Unconsumed input: a partial request head or a partial frame, or, while input is held
-    /// back, the rest of the read that was not handled yet. Empty (no allocation) whenever
-    /// input ended on a frame boundary, which is the normal case. It grows with the bytes
-    /// that arrived, never with the length a frame header declares.
+    /// back or resuming, the rest of the read that was not handled yet. Empty (no
+    /// allocation) whenever input ended on a frame boundary, which is the normal case. It
+    /// grows with the bytes that arrived, never with the length a frame header declares.
     pub inbuf: ThinVec<u8>,
-    pub out: Outbound,
+    /// Everything on its way out; see [`Output`].
+    pub out: Output,
     /// Topics this connection is subscribed to; the same `Arc`s as the worker's index keys.
     pub subs: ThinVec<Arc<str>>,
     /// Tick of the last frame received.
@@ -41,29 +43,8 @@ pub struct Conn {
     /// Tick at which the connection must next be looked at ([`NEVER`]: not before
     /// something sets it); the worker's once-a-second sweep finds it.
     pub deadline: u32,
-    /// Tick since which input has been held back because `out` is over its bound
-    /// ([`NEVER`] while reading normally). While held, the socket is not read: TCP's window
-    /// then stops the client, and the server buffers nothing more for it.
-    pub held_since: u32,
-    /// This turn's deliveries staged for this connection (see `Worker::staged`): 1 + the
-    /// index of the latest, 0 for none. Nonzero only while `out` is empty and the
-    /// connection is in the dirty list.
-    pub staged: u32,
-    /// In the worker's dirty list (flush at the end of this loop turn).
-    pub dirty: bool,
-    /// Registered for WRITABLE; true only while output is pending after a short write.
-    pub write_interest: bool,
-    /// `inbuf` may hold whole frames not handled yet: input was held back mid-read and has
-    /// just been let go. The next read handles them first.
-    pub input_ready: bool,
-    /// Closing, with everything (the close frame included) written: the write side is shut
-    /// and the connection waits for the peer's EOF or its deadline.
-    pub shut: bool,
-    /// The upgrade completed: this is a WebSocket (counted in the `websockets` gauge).
-    pub upgraded: bool,
-    /// Held (see `held_since`) because its publishes found the other workers' queues full:
-    /// only the worker's check of those queues lets it go, not its own output draining.
-    pub publish_held: bool,
+    /// Read, held back, or resuming; see [`InputState`].
+    pub input: InputState,
 }
 
 impl Conn {
@@ -73,18 +54,11 @@ impl Conn {
             peer,
             machine: Machine::new(),
             inbuf: ThinVec::new(),
-            out: Outbound::default(),
+            out: Output::default(),
             subs: ThinVec::new(),
             last_rx: now,
             deadline: NEVER,
-            held_since: NEVER,
-            staged: 0,
-            dirty: false,
-            write_interest: false,
-            input_ready: false,
-            shut: false,
-            upgraded: false,
-            publish_held: false,
+            input: InputState::Reading,
         }
     }
 
@@ -92,9 +66,9 @@ impl Conn {
         self.machine.is_json()
     }
 
-    /// Input is held back: the connection's output is over its bound.
+    /// Input is held back (see [`InputState::Held`]).
     pub fn is_held(&self) -> bool {
-        self.held_since != NEVER
+        self.input.is_held()
     }
 
     /// Heap memory held for input: a partial frame or request, and a fragmented message.

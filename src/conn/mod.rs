@@ -4,14 +4,18 @@
 
 mod connection;
 pub mod deflate;
+mod input_state;
 mod outcome;
+pub mod output;
 pub mod state;
 pub mod tls;
 pub mod tls_config;
 pub mod transport;
 
 pub use connection::{Conn, NEVER};
+pub use input_state::{Hold, InputState};
 pub use outcome::{Input, TransportError};
+pub use output::{Output, Outputs, Took, Uncorked, Wire};
 pub use state::{CloseReason, Event, Machine, Phase};
 pub use tls::Tls;
 pub use tls_config::{TlsConfigError, TlsFiles};

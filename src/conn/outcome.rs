@@ -30,19 +30,3 @@ pub enum TransportError {
     #[error("internal TLS failure: {0}")]
     Panicked(String),
 }
-
-impl TransportError {
-    /// The peer reset or hung up (rather than sending something wrong).
-    pub fn is_hangup(&self) -> bool {
-        match self {
-            TransportError::Io(e) => matches!(
-                e.kind(),
-                io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::ConnectionAborted
-                    | io::ErrorKind::BrokenPipe
-                    | io::ErrorKind::UnexpectedEof
-            ),
-            _ => false,
-        }
-    }
-}

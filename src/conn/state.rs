@@ -142,6 +142,9 @@ pub struct Machine {
     ///
     /// [`NEVER`]: super::NEVER
     pub partial_since: u32,
+    /// The upgrade completed: this is (or was, while closing) a WebSocket. In the padding,
+    /// like `partial_since`.
+    upgraded: bool,
 }
 
 impl Default for Machine {
@@ -157,6 +160,7 @@ impl Machine {
             deflate: None,
             partial: None,
             partial_since: super::NEVER,
+            upgraded: false,
         }
     }
 
@@ -176,6 +180,11 @@ impl Machine {
 
     pub fn is_open(&self) -> bool {
         matches!(self.phase, Phase::Open(_))
+    }
+
+    /// The upgrade completed (the connection may be closing since).
+    pub fn upgraded(&self) -> bool {
+        self.upgraded
     }
 
     /// In the middle of a fragmented message.
@@ -220,6 +229,7 @@ impl Machine {
                 deflate,
             } => {
                 self.phase = Phase::Open(endpoint);
+                self.upgraded = true;
                 self.deflate = deflate;
                 (consumed, Event::Upgraded { endpoint, response })
             }

@@ -1,115 +1,65 @@
 //! The worker and its loop turn. Runs on the worker's own thread, pinned to its core.
 //!
 //! A loop turn: wait for readiness -> read and handle every ready connection (replies and
-//! local publishes are only queued) -> take new sockets and other workers' deliveries ->
-//! deliver all queued messages (merged per audience) -> once a second, the deadlines that
-//! came -> flush each connection that has output, once. So however many messages a turn
-//! produces, each connection costs one `writev`.
+//! local publishes are only gathered) -> take new sockets and other workers' deliveries ->
+//! deliver all gathered messages (merged per audience) -> move shutdown along -> once a
+//! second, the deadlines that came -> flush each connection that has output, once. So
+//! however many messages a turn produces, each connection costs one `writev`.
+//!
+//! The worker is the top of its parts and the only one that calls several: `reader`
+//! (reading) calls `effects` (what input calls for), which calls `fanout` (delivery); each
+//! of them, and `timers` and `drain`, call `conns` (the slab and the output door). No part
+//! calls back up.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
-use slab::Slab;
+use mio::{Events, Poll, Token};
 
-use super::drain::Drain;
+use super::conns::Conns;
+use super::drain::{Drain, SPREAD_TICK};
+use super::effects::Effects;
+use super::fanout::Fanout;
 use super::handle::{Inbox, Msg};
+use super::reader::{Hangup, Reader};
+use super::timers::Timers;
 use crate::admission;
-use crate::broadcast::{Bus, Delivery};
+use crate::broadcast::Bus;
 use crate::config::Config;
-use crate::conn::deflate::{Deflater, Inflater};
-use crate::conn::{Conn, Tls, Transport};
 use crate::console::Console;
 use crate::memory;
-use crate::stats::{bump, gauge, Stats};
+use crate::stats::Stats;
 use crate::topics::Topics;
 
 /// Token of the worker's waker; slab keys never reach it.
 pub const WAKER: Token = Token(usize::MAX);
 
-/// Per-worker read buffer. Every connection reads through it, so its size costs nothing per
-/// connection; 64 KiB takes a full loopback burst in one `read`.
-pub(super) const READ_BUF: usize = 64 * 1024;
-
 /// Readiness events taken per `epoll_wait`.
 const EVENTS: usize = 1024;
 
-/// Everything a worker owns. Nothing here is touched by another thread except through
-/// `inbox` (channels) and `stats` (single-writer counters).
+/// How often a worker with held publishers looks whether the other workers caught up.
+const PUBLISHERS_RECHECK: Duration = Duration::from_millis(2);
+
+/// Bytes of deliveries a turn takes from the worker's queue at most (and at least one
+/// delivery); the rest waits for the next turn, which then comes at once.
+const INBOX_BYTES_PER_TURN: usize = 1 << 20;
+
+/// Everything a worker owns, as parts that each own their state. Nothing here is touched by
+/// another thread except through `inbox` (channels) and the counters (single-writer).
 pub struct Worker {
-    pub(super) index: usize,
-    pub(super) poll: Poll,
-    pub(super) conns: Slab<Conn>,
-    pub(super) inbox: Inbox,
-    /// Every worker's queue, for fan-out and shutdown fences.
-    pub(super) bus: Bus,
-    pub(super) cfg: Arc<Config>,
-    pub(super) stats: Arc<Stats>,
-    /// Connection limits; every connection handed over is released here exactly once.
-    pub(super) admission: Arc<admission::Shared>,
-    /// Process memory state: under pressure, slow consumers are cut shorter.
-    pub(super) memory: Arc<memory::Guard>,
-    pub(super) topics: Topics,
-    /// Shared by all connections for reading; see `READ_BUF`.
-    pub(super) rbuf: Vec<u8>,
+    index: usize,
+    poll: Poll,
+    inbox: Inbox,
     /// The TLS configuration new connections get; `None`: plain ws.
-    pub(super) tls: Option<Arc<rustls::ServerConfig>>,
-    /// The console's figures, served on `/stats.json`.
-    pub(super) console: Arc<Console>,
-    /// Shared by TLS connections: ciphertext as it is read (`READ_BUF`), and plaintext
-    /// gathered for encryption (a batch). Empty without TLS.
-    pub(super) tls_in: Vec<u8>,
-    pub(super) tls_out: Vec<u8>,
-    /// Where JSON replies are built before being framed.
-    pub(super) scratch: Vec<u8>,
-    /// The cork: while a plain connection's input is handled, the frames it is answered with
-    /// are gathered here instead of in its own queue, and written with one `write` when its
-    /// input is done. Only what the socket does not take is copied into the connection's
-    /// queue, so a connection that keeps up costs no allocation per reply (uWebSockets corks
-    /// the same way). Kept between connections, shrunk to `CORK_KEEP` after a large batch.
-    pub(super) cork: Vec<u8>,
-    /// The connection the cork is gathering for, while its input is being handled.
-    pub(super) corked: Option<usize>,
-    /// permessage-deflate: the worker's one inflater, reset per message, and where a
-    /// message is inflated to (up to --max-message-size; shrunk after a large one).
-    pub(super) inflater: Inflater,
-    pub(super) inflated: Vec<u8>,
-    /// permessage-deflate: the worker's compressors (made on first use) and their output.
-    pub(super) deflater: Deflater,
-    pub(super) zscratch: Vec<u8>,
-    /// Deliveries for this worker's connections, queued during the turn.
-    pub(super) pending: Vec<Delivery>,
-    /// Shared frames delivered this turn to plain connections with nothing queued (see
-    /// `deliver::try_stage`): their end-of-turn flush writes them straight from the shared
-    /// bytes, so a reader that keeps up costs no queue and no allocation per delivery. Each
-    /// entry links to the previous one for the same connection; emptied after the flush.
-    pub(super) staged: Vec<super::deliver::Staged>,
-    /// Recipients a delivery run did not fit, with how many of its messages they missed.
-    pub(super) over: Vec<(usize, u32)>,
-    /// Connections with output to flush at the end of the turn.
-    pub(super) dirty: Vec<usize>,
-    /// Connections held back because their publishes found the other workers
-    /// `broadcast::CROSS_BYTES` behind; let go once those queues are down to half.
-    pub(super) publishers_held: Vec<usize>,
-    /// The connection being read has just published (see `publishers_held`).
-    pub(super) published: bool,
-    /// Connections to read again without an event: they hit the per-turn read cap, or their
-    /// held input was let go.
-    pub(super) retry: Vec<usize>,
-    /// The last tick whose deadlines were handled.
-    pub(super) swept: u32,
-    /// Keys whose deadline came, gathered by the sweep.
-    pub(super) due: Vec<usize>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    pub(super) stats: Arc<Stats>,
     started: Instant,
-    /// Whole seconds since `started`, read once per loop turn.
-    tick: u32,
-    /// Set once shutdown began: the instant by which the worker exits regardless.
-    pub(super) drain_deadline: Option<Instant>,
-    /// Where shutdown stands; see `drain`.
-    pub(super) drain: Drain,
-    /// Fences that arrived before this worker's own `Shutdown` did.
-    pub(super) early_fences: usize,
+    pub(super) conns: Conns,
+    pub(super) reader: Reader,
+    pub(super) effects: Effects,
+    pub(super) fanout: Fanout,
+    timers: Timers,
+    drain: Drain,
 }
 
 /// What a worker shares with the rest of the server, handed over at start.
@@ -126,28 +76,8 @@ pub struct Context {
     pub console: Arc<Console>,
 }
 
-/// How often a worker with held publishers looks whether the other workers caught up.
-const PUBLISHERS_RECHECK: Duration = Duration::from_millis(2);
-
-/// Capacity of the cork kept between connections (see `Worker::cork`).
-pub(super) const CORK_KEEP: usize = 64 * 1024;
-
-/// Bytes of deliveries a turn takes from the worker's queue at most (and at least one
-/// delivery); the rest waits for the next turn, which then comes at once.
-const INBOX_BYTES_PER_TURN: usize = 1 << 20;
-
-/// What a readiness event said about the peer, beyond readability.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Hangup {
-    No,
-    /// The peer shut its side (FIN): read to EOF, whatever else is pending.
-    Closed,
-    /// The socket has an error (a reset): read to the error, even while input is held.
-    Error,
-}
-
 impl Worker {
-    pub fn new(index: usize, poll: Poll, inbox: Inbox, ctx: Context) -> Self {
+    pub fn new(index: usize, poll: Poll, inbox: Inbox, ctx: Context) -> std::io::Result<Self> {
         let Context {
             bus,
             cfg,
@@ -158,50 +88,21 @@ impl Worker {
             console,
         } = ctx;
         let topics = Topics::new(index, bus.backplane_link());
-        let deflate_level = cfg.deflate_level;
-        let tls_in = if tls.is_some() {
-            vec![0; READ_BUF]
-        } else {
-            Vec::new()
-        };
-        Worker {
+        let registry = poll.registry().try_clone()?;
+        Ok(Worker {
             index,
-            poll,
-            conns: Slab::new(),
             inbox,
-            bus,
-            cfg,
-            stats,
-            admission,
-            memory,
-            topics,
-            rbuf: vec![0; READ_BUF],
-            tls,
-            console,
-            tls_in,
-            tls_out: Vec::new(),
-            scratch: Vec::with_capacity(1024),
-            cork: Vec::with_capacity(CORK_KEEP),
-            corked: None,
-            inflater: Inflater::default(),
-            inflated: Vec::new(),
-            deflater: Deflater::new(deflate_level),
-            zscratch: Vec::new(),
-            pending: Vec::new(),
-            over: Vec::new(),
-            staged: Vec::new(),
-            dirty: Vec::new(),
-            publishers_held: Vec::new(),
-            published: false,
-            retry: Vec::new(),
-            swept: 0,
-            due: Vec::new(),
+            stats: stats.clone(),
             started: Instant::now(),
-            tick: 0,
-            drain_deadline: None,
-            drain: Drain::No,
-            early_fences: 0,
-        }
+            reader: Reader::new(tls.is_some()),
+            tls,
+            fanout: Fanout::new(cfg.deflate_level, memory),
+            timers: Timers::default(),
+            drain: Drain::new(cfg.drain_timeout, cfg.reuse_port),
+            effects: Effects::new(bus, console),
+            conns: Conns::new(index, cfg, stats, admission, registry, topics),
+            poll,
+        })
     }
 
     /// Runs the loop until shutdown completes. Returns an error only if polling itself fails.
@@ -209,21 +110,8 @@ impl Worker {
         let mut events = Events::with_capacity(EVENTS);
         let mut ready: Vec<(usize, bool, bool, Hangup)> = Vec::with_capacity(EVENTS);
         loop {
-            let busy = !self.retry.is_empty() || !self.pending.is_empty();
-            // Wake at least once a second for timers.
-            let timeout = if busy || !self.inbox.may_sleep() {
-                Some(Duration::ZERO)
-            } else if !self.publishers_held.is_empty() {
-                // Nothing wakes a worker when the other workers' queues drain: look again.
-                Some(PUBLISHERS_RECHECK)
-            } else if self.spreading() {
-                Some(super::drain::SPREAD_TICK)
-            } else {
-                Some(Duration::from_millis(
-                    1000 - self.started.elapsed().subsec_millis() as u64,
-                ))
-            };
-            match self.poll.poll(&mut events, timeout) {
+            let timeout = self.poll_timeout();
+            match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -231,7 +119,7 @@ impl Worker {
             self.inbox.awake();
             let woke = Instant::now();
             self.stats.turns.begin(woke);
-            self.tick = woke.duration_since(self.started).as_secs() as u32;
+            self.conns.now = woke.duration_since(self.started).as_secs() as u32;
 
             ready.clear();
             for ev in events.iter() {
@@ -249,59 +137,86 @@ impl Worker {
                 };
                 ready.push((ev.token().0, read, ev.is_writable(), hup));
             }
-            for &(key, read, write, hup) in &ready {
-                if write {
-                    self.mark_dirty(key);
-                }
-                if read {
-                    self.on_readable(key, hup);
-                }
-            }
-            for key in std::mem::take(&mut self.retry) {
-                self.on_readable(key, Hangup::No);
-            }
-            self.take_inbox();
-            self.release_publishers();
-            self.deliver();
-            self.advance_drain();
-            // Before the flush, so that what timers queue (pings, close frames) leaves in
-            // this turn rather than after the next wake-up, up to a second later.
-            self.run_timers();
-            self.flush_dirty();
-            self.end_staging();
-            self.topics.resync_backplane();
-            #[cfg(debug_assertions)]
-            self.check_invariants();
+            self.turn(&ready);
             self.stats.turns.record(woke.elapsed());
-            if self.drain_done() {
+            if self.drain.done(&self.conns) {
                 break;
             }
         }
-        let left = self.conns.len();
+        let left = self.conns.slab.len();
         if left > 0 {
             log::info!(
                 "worker {}: drain timeout, dropping {left} connections",
                 self.index
             );
         }
-        for key in self.conns.iter().map(|(k, _)| k).collect::<Vec<_>>() {
-            self.drop_conn(key, "shutdown");
+        for key in self.conns.slab.iter().map(|(k, _)| k).collect::<Vec<_>>() {
+            self.conns.drop(key, "shutdown");
         }
+        self.conns.out.apply(&self.stats);
         Ok(())
     }
 
-    /// The current tick: whole seconds since the worker started, as of this loop turn.
-    pub(super) fn now(&self) -> u32 {
-        self.tick
+    /// How long the next wait for readiness may last: not at all with work in hand, and at
+    /// least once a second for timers.
+    fn poll_timeout(&self) -> Duration {
+        let busy = !self.conns.retry.is_empty() || !self.fanout.is_idle();
+        if busy || !self.inbox.may_sleep() {
+            Duration::ZERO
+        } else if self.reader.publishers_held() {
+            // Nothing wakes a worker when the other workers' queues drain: look again.
+            PUBLISHERS_RECHECK
+        } else if self.drain.spreading() {
+            SPREAD_TICK
+        } else {
+            Duration::from_millis(1000 - self.started.elapsed().subsec_millis() as u64)
+        }
+    }
+
+    /// One loop turn's work on the connections that `ready` names (key, readable, writable,
+    /// hang-up).
+    fn turn(&mut self, ready: &[(usize, bool, bool, Hangup)]) {
+        let Worker {
+            conns,
+            reader,
+            effects,
+            fanout,
+            ..
+        } = self;
+        for &(key, read, write, hup) in ready {
+            if write {
+                conns.mark_dirty(key);
+            }
+            if read {
+                reader.on_readable(conns, effects, fanout, key, hup);
+            }
+        }
+        for key in std::mem::take(&mut conns.retry) {
+            reader.on_readable(conns, effects, fanout, key, Hangup::No);
+        }
+        self.take_inbox();
+        self.reader
+            .release_publishers(&mut self.conns, &self.effects.bus);
+        self.fanout.deliver(&mut self.conns);
+        self.drain.advance(&mut self.conns, &self.effects.bus);
+        // Before the flush, so that what timers send (pings, close frames) leaves in this
+        // turn rather than after the next wake-up, up to a second later.
+        self.timers.run(&mut self.conns);
+        self.conns.flush_dirty();
+        self.conns.out.apply(&self.stats);
+        self.conns.topics.resync_backplane();
+        #[cfg(debug_assertions)]
+        self.check_invariants();
     }
 
     fn take_inbox(&mut self) {
         while let Ok((sock, peer)) = self.inbox.conns.try_recv() {
-            self.add_conn(sock, peer);
+            self.conns.add(sock, peer, self.tls.as_ref());
         }
         // Deliveries are taken up to a budget per turn, so that a backlog (other workers or
         // nodes publishing faster than this one delivers) is worked off over several turns
         // with this worker's sockets served between them, not in one turn that starves them.
+        let bus = &self.effects.bus;
         let mut taken = 0;
         while taken < INBOX_BYTES_PER_TURN {
             let Ok(msg) = self.inbox.msgs.try_recv() else {
@@ -310,86 +225,25 @@ impl Worker {
             match msg {
                 Msg::Deliver(d) => {
                     taken += d.frame.len();
-                    self.bus.cross_taken(&d);
-                    self.pending.push(d);
+                    bus.cross_taken(&d);
+                    self.fanout.pending.push(d);
                 }
                 Msg::DeliverOutside(d) => {
                     taken += d.frame.len();
-                    self.bus.outside_taken(&d);
-                    self.pending.push(d);
+                    bus.outside_taken(&d);
+                    self.fanout.pending.push(d);
                 }
-                Msg::Shutdown => self.begin_shutdown(),
-                Msg::Fence => self.on_fence(),
+                Msg::Shutdown => self.drain.begin(&mut self.conns),
+                Msg::Fence => self.drain.on_fence(),
                 Msg::Tls(cfg) => {
-                    if self.tls_in.is_empty() {
-                        self.tls_in = vec![0; READ_BUF];
-                    }
+                    self.reader.enable_tls();
                     self.tls = Some(cfg);
                 }
                 #[cfg(test)]
                 Msg::Panic(why) => panic!("{why}"),
+                #[cfg(test)]
+                Msg::BreakInvariant => crate::stats::gauge(&self.stats.held, 1),
             }
         }
-    }
-
-    fn add_conn(&mut self, mut sock: TcpStream, peer: admission::Peer) {
-        bump(&self.stats.accepted, 1);
-        if self.drain_deadline.is_some() {
-            self.admission.release(peer);
-            return;
-        }
-        let now = self.now();
-        let entry = self.conns.vacant_entry();
-        let key = entry.key();
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut sock, Token(key), Interest::READABLE)
-        {
-            log::warn!("worker {}: registering a socket failed: {e}", self.index);
-            self.admission.release(peer);
-            return;
-        }
-        let transport = match &self.tls {
-            None => Transport::Plain(sock),
-            Some(cfg) => match Tls::new(sock, cfg.clone()) {
-                Ok(t) => Transport::Tls(Box::new(t)),
-                Err(e) => {
-                    log::warn!("worker {}: cannot start TLS: {e}", self.index);
-                    self.admission.release(peer);
-                    return;
-                }
-            },
-        };
-        entry.insert(Conn::new(transport, peer, now));
-        gauge(&self.stats.open, 1);
-        let deadline = now + self.cfg.handshake_timeout.as_secs() as u32;
-        self.set_deadline(key, deadline);
-        // Readiness for data that arrived before registration is reported by epoll itself.
-    }
-
-    /// Removes a connection at once: its subscriptions, its slab entry, its socket.
-    pub(super) fn drop_conn(&mut self, key: usize, why: &str) {
-        let Some(conn) = self.conns.try_remove(key) else {
-            return;
-        };
-        for t in &conn.subs {
-            self.topics.unsubscribe(t, key);
-        }
-        log::trace!("worker {}: conn {key} dropped: {why}", self.index);
-        gauge(&self.stats.open, -1);
-        if conn.upgraded {
-            gauge(&self.stats.websockets, -1);
-        }
-        gauge(&self.stats.queued_bytes, -(conn.out.len() as i64));
-        gauge(&self.stats.outbound_memory, -(conn.out.cost() as i64));
-        gauge(&self.stats.inbound_memory, -(conn.inbound_cost() as i64));
-        gauge(&self.stats.tls_memory, -(conn.transport.cost() as i64));
-        if conn.is_held() {
-            gauge(&self.stats.held, -1);
-        }
-        bump(&self.stats.closed, 1);
-        self.admission.release(conn.peer);
-        // Dropping the socket closes it, which also takes it out of the epoll set.
     }
 }

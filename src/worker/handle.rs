@@ -41,6 +41,10 @@ pub enum Msg {
     /// Tests only: panic inside the worker's loop, to prove a dead worker is reported.
     #[cfg(test)]
     Panic(&'static str),
+    /// Tests only: skew one of the worker's gauges, so that the end-of-turn invariant check
+    /// (in builds with debug assertions) must fail.
+    #[cfg(test)]
+    BreakInvariant,
 }
 
 /// How to reach one worker. Cheap to share; the sending side of everything.

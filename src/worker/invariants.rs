@@ -1,38 +1,83 @@
-//! Debug builds check, at the end of every loop turn, what the rest of the worker relies on.
+//! What the rest of the worker relies on, checked at the end of every loop turn in builds
+//! with debug assertions (CI's test run is one: see the `test-release` profile).
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::Worker;
 
 impl Worker {
-    /// The dirty list matches the dirty flags, every connection with unsent output will be
-    /// flushed or is waiting for WRITABLE, and the gauges equal the sums they stand for.
+    /// After the turn's flush: the output door holds nothing corked, staged or dirty, and
+    /// its tally has reached the counters; every connection with unsent output waits for
+    /// WRITABLE; no closed write side has output behind it; a held connection's hold is
+    /// explained (its output over half its bound, or a publisher waiting for the queues);
+    /// a connection below its bound with nothing held back is not left held; every byte
+    /// budget and gauge equals the sum it stands for. O(connections) per turn.
     pub(super) fn check_invariants(&self) {
+        let c = &self.conns;
+        assert!(
+            c.out.is_idle(),
+            "the output door holds corked, staged or dirty output after the flush"
+        );
+        assert_eq!(
+            c.out.tally(),
+            Default::default(),
+            "output changes not applied to the counters"
+        );
+        let held_publishers: HashSet<usize> = self.reader.held_publishers().collect();
         let (mut queued, mut outbound, mut inbound, mut held) = (0i64, 0i64, 0i64, 0i64);
         let mut tls = 0i64;
-        for (key, c) in self.conns.iter() {
-            let pending = !c.out.is_empty() || c.transport.has_pending();
-            assert_eq!(c.dirty, self.dirty.contains(&key), "conn {key} dirty flag");
-            assert_eq!(c.staged, 0, "conn {key} has staged frames after the flush");
+        for (key, conn) in c.slab.iter() {
+            let out = &conn.out;
+            let pending = out.has_queue() || conn.transport.has_pending();
+            assert!(!out.is_dirty(), "conn {key} dirty after the flush");
             assert!(
-                !c.write_interest || pending,
+                !out.has_staged(),
+                "conn {key} has staged frames after the flush"
+            );
+            assert!(
+                !out.wants_write() || pending,
                 "conn {key} WRITABLE for nothing"
             );
             assert!(
-                !pending || c.write_interest || c.dirty,
+                !pending || out.wants_write(),
                 "conn {key} has output nobody will flush"
             );
             assert!(
-                !c.shut || !pending,
+                !out.is_shut() || !pending,
                 "conn {key} shut its write side with output queued"
             );
-            tls += c.transport.cost() as i64;
-            queued += c.out.len() as i64;
-            outbound += c.out.cost() as i64;
-            inbound += c.inbound_cost() as i64;
-            held += c.is_held() as i64;
+            match conn.input {
+                crate::conn::InputState::Held {
+                    why: crate::conn::Hold::Queues,
+                    ..
+                } => assert!(
+                    held_publishers.contains(&key),
+                    "conn {key} held for the queues but not on the publishers' list"
+                ),
+                crate::conn::InputState::Held { .. } => {
+                    assert!(conn.machine.is_open(), "conn {key} held while not open");
+                    let left = out.queue_cost() + conn.transport.cost();
+                    assert!(
+                        left > c.cfg.max_outbound_bytes / 2,
+                        "conn {key} held for its output at {left} bytes, under half its bound"
+                    );
+                }
+                _ => {}
+            }
+            if conn.is_held() {
+                assert_ne!(
+                    conn.deadline,
+                    crate::conn::NEVER,
+                    "conn {key} held without a deadline"
+                );
+            }
+            tls += conn.transport.cost() as i64;
+            queued += out.queued() as i64;
+            outbound += out.queue_cost() as i64;
+            inbound += conn.inbound_cost() as i64;
+            held += conn.is_held() as i64;
         }
-        assert!(self.staged.is_empty(), "staged list not emptied");
         let s = &self.stats;
         assert_eq!(s.queued_bytes.load(Relaxed), queued, "queued-bytes gauge");
         assert_eq!(
@@ -47,8 +92,8 @@ impl Worker {
         );
         assert_eq!(s.held.load(Relaxed), held, "held gauge");
         assert_eq!(s.tls_memory.load(Relaxed), tls, "TLS memory gauge");
-        assert_eq!(s.open.load(Relaxed), self.conns.len() as i64, "open gauge");
-        let upgraded = self.conns.iter().filter(|(_, c)| c.upgraded).count();
+        assert_eq!(s.open.load(Relaxed), c.slab.len() as i64, "open gauge");
+        let upgraded = c.slab.iter().filter(|(_, c)| c.machine.upgraded()).count();
         assert_eq!(
             s.websockets.load(Relaxed),
             upgraded as i64,

@@ -1,22 +1,29 @@
 //! The per-core event loop: one thread, one `mio::Poll`, one slab of connections it owns,
-//! carrying out what `conn` (transport, state machine) and `handler` decide.
+//! carrying out what `conn` (transport, state machine, output) and `handler` decide.
 //!
-//! - `event_loop`: the `Worker`, its loop turn, connections coming and going;
-//! - `io`: reading through the transport, holding input back, flushing;
-//! - `events`: what the state machine's events and the handler's effects make the worker do;
-//! - `deliver`: this worker's share of every publish, into its subscribers' queues;
+//! Its parts, each owning its state, top to bottom (a part calls only those below it):
+//!
+//! - `event_loop`: the `Worker`, its loop turn and readiness; the only part that calls
+//!   several others;
+//! - `reader`: reading through the transport into the state machine; holding input back;
+//! - `effects`: what the state machine's events and the handler's decisions make the worker
+//!   do (answer, subscribe, publish, close);
+//! - `fanout`: this worker's share of every publish, to its subscribers;
 //! - `timers`: handshake, ping, idle, message, backpressure and close deadlines;
 //! - `drain`: shutdown that loses no acknowledged publish;
+//! - `conns`: the slab, and what every part may do to one connection (send through its
+//!   output door, hold, close, flush, drop);
 //! - `handle`: how other threads reach a worker.
 
-mod deliver;
+mod conns;
 mod drain;
+mod effects;
 mod event_loop;
-mod events;
+mod fanout;
 pub mod handle;
 #[cfg(debug_assertions)]
 mod invariants;
-mod io;
+mod reader;
 mod timers;
 
 pub use event_loop::{Context, Worker, WAKER};

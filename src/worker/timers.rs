@@ -9,13 +9,10 @@
 //! once a second, vacant ones included (the slab shrinks after a burst leaves), the price
 //! uSockets also pays with its per-loop timeout sweep.
 
-use super::Worker;
+use super::conns::Conns;
 use crate::codec::Kind;
 use crate::conn::{CloseReason, Phase, NEVER};
 use crate::stats::{self, bump};
-
-/// Seconds a closing connection waits for the peer's close or EOF before it is dropped.
-pub(super) const CLOSE_TIMEOUT: u32 = 2;
 
 /// A due list that grew past this many keys is freed once empty.
 const DUE_KEEP: usize = 1024;
@@ -23,35 +20,33 @@ const DUE_KEEP: usize = 1024;
 /// Slab slots kept however few connections are left (88 bytes each).
 const SLAB_KEEP: usize = 4096;
 
-impl Worker {
-    /// Sets the tick at which the connection is next looked at (earlier or later).
-    pub(super) fn set_deadline(&mut self, key: usize, at: u32) {
-        self.conns[key].deadline = at;
-    }
+/// The timer part of a worker: when it last swept, and the keys a sweep found due.
+#[derive(Debug, Default)]
+pub(super) struct Timers {
+    /// The last tick whose deadlines were handled.
+    swept: u32,
+    /// Keys whose deadline came, gathered by the sweep.
+    due: Vec<usize>,
+}
 
-    /// Makes sure the connection is looked at by `at`, keeping an earlier deadline.
-    pub(super) fn arm(&mut self, key: usize, at: u32) {
-        if at < self.conns[key].deadline {
-            self.set_deadline(key, at);
-        }
-    }
-
+impl Timers {
     /// Once per tick: handles every connection whose deadline has come.
-    pub(super) fn run_timers(&mut self) {
-        let now = self.now();
+    pub(super) fn run(&mut self, conns: &mut Conns) {
+        let now = conns.now;
         if now <= self.swept {
             return;
         }
         self.swept = now;
         let mut due = std::mem::take(&mut self.due);
         due.extend(
-            self.conns
+            conns
+                .slab
                 .iter()
                 .filter(|(_, c)| c.deadline <= now)
                 .map(|(k, _)| k),
         );
         for &key in &due {
-            self.on_deadline(key, now);
+            on_deadline(conns, key, now);
         }
         due.clear();
         if due.capacity() > DUE_KEEP {
@@ -62,81 +57,189 @@ impl Worker {
         // length) for ever. The slab can only give back the vacant slots above its highest
         // occupied key; it also renumbers its free list lowest first, so that new
         // connections fill the bottom and later shrinks get further.
-        if self.conns.capacity() > SLAB_KEEP && self.conns.len() < self.conns.capacity() / 4 {
-            self.conns.shrink_to_fit();
+        if conns.slab.capacity() > SLAB_KEEP && conns.slab.len() < conns.slab.capacity() / 4 {
+            conns.slab.shrink_to_fit();
         }
     }
+}
 
-    fn on_deadline(&mut self, key: usize, now: u32) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return; // defensive: each handler below drops or re-arms only its own key
-        };
-        if conn.deadline > now {
-            return; // likewise
+fn on_deadline(conns: &mut Conns, key: usize, now: u32) {
+    let Some(conn) = conns.slab.get_mut(key) else {
+        return; // defensive: each handler below drops or re-arms only its own key
+    };
+    if conn.deadline > now {
+        return; // likewise
+    }
+    conn.deadline = NEVER;
+    match conn.machine.phase() {
+        Phase::Handshake => {
+            bump(&conns.stats.timeouts, 1);
+            stats::handshake_failed(&conns.stats, 0);
+            log::debug!("worker {}: conn {key} handshake timeout", conns.index);
+            conns.drop(key, "handshake timeout");
         }
-        conn.deadline = NEVER;
-        match conn.machine.phase() {
-            Phase::Handshake => {
-                bump(&self.stats.timeouts, 1);
-                stats::handshake_failed(&self.stats, 0);
-                log::debug!("worker {}: conn {key} handshake timeout", self.index);
-                self.drop_conn(key, "handshake timeout");
-            }
-            Phase::Open(_) => self.on_open_timer(key, now),
-            Phase::Closing => self.drop_conn(key, "close timeout"),
+        Phase::Open(_) => on_open_timer(conns, key, now),
+        Phase::Closing => conns.drop(key, "close timeout"),
+    }
+}
+
+/// What an open connection's deadline finds due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    /// Held over its bound for the backpressure timeout: close (1008).
+    Backpressure,
+    /// Mid-message for the message timeout: close (1008).
+    MessageTimeout,
+    /// Silent for the idle timeout: close (1001).
+    Idle,
+    /// Silent for the ping interval: ping, and look again at `next`.
+    Ping { next: u32 },
+    /// Nothing yet: look again at `next`.
+    Later { next: u32 },
+}
+
+/// The deadlines of an open connection, in ticks.
+#[derive(Debug, Clone, Copy)]
+struct Clocks {
+    ping: u32,
+    idle: u32,
+    message: u32,
+    backpressure: u32,
+}
+
+/// What is due at `now` for a connection last heard from at `last_rx`, held since
+/// `held_since` (if it is), mid-message since `partial_since` (`NEVER`: not), and when to
+/// look again. A held connection is not read, so its partial message and its silence are
+/// the server's doing: only the backpressure deadline runs for it.
+fn due(now: u32, last_rx: u32, held_since: Option<u32>, partial_since: u32, c: Clocks) -> Due {
+    let held_until = held_since.map_or(NEVER, |s| s.saturating_add(c.backpressure));
+    let partial_until = match held_since {
+        Some(_) => NEVER,
+        None => partial_since.saturating_add(c.message),
+    };
+    if now >= held_until {
+        return Due::Backpressure;
+    }
+    if now >= partial_until {
+        return Due::MessageTimeout;
+    }
+    let bound = held_until.min(partial_until);
+    if held_since.is_some() {
+        return Due::Later { next: bound };
+    }
+    let silent = now.saturating_sub(last_rx);
+    if silent >= c.idle {
+        Due::Idle
+    } else if silent >= c.ping {
+        let next = last_rx
+            .saturating_add(c.idle)
+            .min(now.saturating_add(c.ping));
+        Due::Ping {
+            next: next.min(bound),
+        }
+    } else {
+        Due::Later {
+            next: last_rx.saturating_add(c.ping).min(bound),
         }
     }
+}
 
-    /// What is due for an open connection, and when to look again.
-    fn on_open_timer(&mut self, key: usize, now: u32) {
-        let ping = self.cfg.ping_interval.as_secs() as u32;
-        let idle = self.cfg.idle_timeout.as_secs() as u32;
-        let conn = &self.conns[key];
-        let held_until = conn
-            .held_since
-            .saturating_add(self.cfg.backpressure_timeout.as_secs() as u32);
-        // A held connection is not read, so its partial message and its silence are the
-        // server's doing: only the backpressure deadline runs for it.
-        let held = conn.is_held();
-        let partial_until = if held {
-            NEVER
-        } else {
-            conn.machine
-                .partial_since
-                .saturating_add(self.cfg.message_timeout.as_secs() as u32)
-        };
-        if now >= held_until {
-            bump(&self.stats.backpressure_closes, 1);
+/// What is due for an open connection, and when to look again.
+fn on_open_timer(conns: &mut Conns, key: usize, now: u32) {
+    let secs = |d: std::time::Duration| d.as_secs().min(u64::from(u32::MAX)) as u32;
+    let cfg = &conns.cfg;
+    let clocks = Clocks {
+        ping: secs(cfg.ping_interval),
+        idle: secs(cfg.idle_timeout),
+        message: secs(cfg.message_timeout),
+        backpressure: secs(cfg.backpressure_timeout),
+    };
+    let conn = &conns.slab[key];
+    let held_since = conn.input.held_since();
+    let partial_since = conn.machine.partial_since;
+    let last_rx = conn.last_rx;
+    let index = conns.index;
+    match due(now, last_rx, held_since, partial_since, clocks) {
+        Due::Backpressure => {
+            bump(&conns.stats.backpressure_closes, 1);
             log::debug!(
-                "worker {}: conn {key} over its outbound bound for {} s",
-                self.index,
-                now - conn.held_since
+                "worker {index}: conn {key} over its outbound bound for {} s",
+                now - held_since.unwrap_or(now)
             );
-            return self.begin_close(key, CloseReason::Backpressure);
+            conns.begin_close(key, CloseReason::Backpressure);
         }
-        if now >= partial_until {
-            bump(&self.stats.message_timeouts, 1);
+        Due::MessageTimeout => {
+            bump(&conns.stats.message_timeouts, 1);
             log::debug!(
-                "worker {}: conn {key} took over {} s to send a message",
-                self.index,
-                now - conn.machine.partial_since
+                "worker {index}: conn {key} took over {} s to send a message",
+                now - partial_since
             );
-            return self.begin_close(key, CloseReason::MessageTimeout);
+            conns.begin_close(key, CloseReason::MessageTimeout);
         }
-        let silent = now.saturating_sub(conn.last_rx);
-        let next = if held {
-            NEVER
-        } else if silent >= idle {
-            bump(&self.stats.timeouts, 1);
-            log::debug!("worker {}: conn {key} idle for {silent} s", self.index);
-            return self.begin_close(key, CloseReason::Idle);
-        } else if silent >= ping {
-            let last_rx = conn.last_rx;
-            self.queue_frame(key, Kind::Ping, b"");
-            (last_rx + idle).min(now + ping)
-        } else {
-            conn.last_rx + ping
+        Due::Idle => {
+            bump(&conns.stats.timeouts, 1);
+            log::debug!(
+                "worker {index}: conn {key} idle for {} s",
+                now.saturating_sub(last_rx)
+            );
+            conns.begin_close(key, CloseReason::Idle);
+        }
+        Due::Ping { next } => {
+            conns.send_frame(key, Kind::Ping, b"");
+            conns.slab[key].deadline = next;
+        }
+        Due::Later { next } => conns.slab[key].deadline = next,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const C: Clocks = Clocks {
+        ping: 30,
+        idle: 75,
+        message: 20,
+        backpressure: 30,
+    };
+
+    #[test]
+    fn silence_earns_a_ping_then_an_idle_close() {
+        assert_eq!(due(10, 10, None, NEVER, C), Due::Later { next: 40 });
+        assert_eq!(due(40, 10, None, NEVER, C), Due::Ping { next: 70 });
+        assert_eq!(due(70, 10, None, NEVER, C), Due::Ping { next: 85 });
+        assert_eq!(due(85, 10, None, NEVER, C), Due::Idle);
+    }
+
+    #[test]
+    fn a_partial_message_has_its_own_deadline() {
+        assert_eq!(due(12, 10, None, 11, C), Due::Later { next: 31 });
+        assert_eq!(due(31, 30, None, 11, C), Due::MessageTimeout);
+    }
+
+    #[test]
+    fn a_held_connection_runs_only_the_backpressure_clock() {
+        // Silent and mid-message for long, but not read: neither counts.
+        assert_eq!(due(100, 0, Some(90), 0, C), Due::Later { next: 120 });
+        assert_eq!(due(120, 0, Some(90), 0, C), Due::Backpressure);
+    }
+
+    #[test]
+    fn deadlines_far_away_saturate_rather_than_wrap() {
+        let far = Clocks {
+            ping: u32::MAX,
+            idle: u32::MAX,
+            message: u32::MAX,
+            backpressure: u32::MAX,
         };
-        self.set_deadline(key, next.min(held_until).min(partial_until));
+        assert_eq!(
+            due(5, 5, None, 5, far),
+            Due::Later { next: u32::MAX },
+            "never, not a tick in the past"
+        );
+        assert_eq!(
+            due(5, 5, Some(5), NEVER, far),
+            Due::Later { next: u32::MAX }
+        );
     }
 }

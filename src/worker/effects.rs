@@ -1,0 +1,293 @@
+//! What the state machine's events and the handler's decisions make the worker do: answer,
+//! subscribe, publish, close. Runs on the connection's worker.
+//!
+//! Below the reading part, above delivery (a publish joins this turn's deliveries) and the
+//! connections (everything sent goes through their output door).
+
+use std::sync::Arc;
+
+use super::conns::Conns;
+use super::fanout::Fanout;
+use crate::broadcast::{self, Bus, Target};
+use crate::codec::Kind;
+use crate::conn::deflate::Inflater;
+use crate::conn::{CloseReason, Event};
+use crate::console::{self, Console};
+use crate::handler::{self, Effect, Reply, Session};
+use crate::handshake::{self, Endpoint, Page};
+use crate::message::MessageKind;
+use crate::protocol::Raw;
+use crate::stats::{self, bump, gauge};
+
+/// Capacity of the inflate buffer kept between messages; after a larger message it is freed.
+const INFLATED_KEEP: usize = 256 * 1024;
+
+/// The part of a worker that carries out what a connection's input calls for.
+pub(super) struct Effects {
+    /// Every worker's queue, for publishes.
+    pub(super) bus: Bus,
+    /// The console's figures, served on `/stats.json`.
+    console: Arc<Console>,
+    /// Where JSON replies are built before being framed.
+    scratch: Vec<u8>,
+    /// permessage-deflate: the worker's one inflater, reset per message, and where a
+    /// message is inflated to (up to --max-message-size; shrunk after a large one).
+    inflater: Inflater,
+    inflated: Vec<u8>,
+    /// The connection being handled has just published (see `Reader`'s hold for the
+    /// other workers' queues).
+    pub(super) published: bool,
+}
+
+impl Effects {
+    pub(super) fn new(bus: Bus, console: Arc<Console>) -> Self {
+        Effects {
+            bus,
+            console,
+            scratch: Vec::with_capacity(1024),
+            inflater: Inflater::default(),
+            inflated: Vec::new(),
+            published: false,
+        }
+    }
+
+    /// Carries out one event of the connection's state machine.
+    /// Carries out one event of the connection's state machine.
+    pub(super) fn on_event(
+        &mut self,
+        conns: &mut Conns,
+        fanout: &mut Fanout,
+        key: usize,
+        event: Event<'_>,
+    ) {
+        let now = conns.now;
+        match event {
+            Event::NeedMore | Event::Discarded => {}
+            Event::Upgraded { response, .. } => {
+                let ping_at = conns.after(conns.cfg.ping_interval);
+                let conn = &mut conns.slab[key];
+                conn.last_rx = now;
+                conn.deadline = ping_at;
+                let (tls, deflate) = (conn.transport.is_tls(), conn.machine.deflate().is_some());
+                gauge(&conns.stats.websockets, 1);
+                conns.send_raw(key, &response);
+                bump(&conns.stats.handshakes, 1);
+                if tls {
+                    bump(&conns.stats.tls_upgrades, 1);
+                }
+                if deflate {
+                    bump(&conns.stats.deflate_upgrades, 1);
+                }
+            }
+            Event::Refused {
+                response,
+                status,
+                reason,
+            } => {
+                log::debug!(
+                    "worker {}: conn {key} handshake refused: {reason}",
+                    conns.index
+                );
+                stats::handshake_failed(&conns.stats, status);
+                conns.send_raw(key, &response);
+                conns.enter_closing(key);
+            }
+            Event::Page(page) => {
+                let r = self.page(&conns.stats, page);
+                conns.send_raw(key, &r);
+                conns.enter_closing(key);
+            }
+            Event::Message { kind, data } => {
+                conns.slab[key].last_rx = now;
+                self.on_message(conns, fanout, key, kind, data);
+            }
+            Event::Compressed { kind, data } => {
+                conns.slab[key].last_rx = now;
+                self.on_compressed(conns, fanout, key, kind, data);
+            }
+            Event::Assembled(whole) => {
+                conns.slab[key].last_rx = now;
+                if whole.compressed {
+                    self.on_compressed(conns, fanout, key, whole.kind, &whole.data);
+                } else {
+                    self.on_message(conns, fanout, key, whole.kind, &whole.data);
+                }
+            }
+            Event::Fragment | Event::Pong => conns.slab[key].last_rx = now,
+            Event::Ping(payload) => {
+                conns.slab[key].last_rx = now;
+                conns.send_frame(key, Kind::Pong, payload);
+            }
+            Event::PeerClose(code) => {
+                conns.slab[key].last_rx = now;
+                conns.close_with(key, CloseReason::Answer(code));
+            }
+            Event::Fail(why) => {
+                log::debug!(
+                    "worker {}: conn {key} failed with {}: {why}",
+                    conns.index,
+                    why.code()
+                );
+                conns.close_with(key, why);
+            }
+        }
+    }
+
+    /// The answer to a plain HTTP request for one of the worker's pages.
+    fn page(&self, stats: &stats::Stats, page: Page) -> Vec<u8> {
+        match page {
+            Page::Health => {
+                bump(&stats.health_checks, 1);
+                // Local delivery works whatever Redis does: still 200, but say so.
+                let body = match self.bus.backplane() {
+                    Some(b) if !b.is_up() => "ok; backplane down",
+                    _ => "ok",
+                };
+                handshake::http_response(200, "OK", "", body)
+            }
+            Page::Console => {
+                bump(&stats.console_requests, 1);
+                let html = "text/html; charset=utf-8";
+                handshake::http_ok(html, console::PAGE_HEADERS, console::PAGE)
+            }
+            Page::Stats => {
+                bump(&stats.console_requests, 1);
+                handshake::http_ok("application/json", "", &self.console.stats())
+            }
+        }
+    }
+
+    /// A compressed message: inflated through the worker's inflater into its scratch, then
+    /// handled as any other; what does not inflate closes the connection (1009, 1007).
+    fn on_compressed(
+        &mut self,
+        conns: &mut Conns,
+        fanout: &mut Fanout,
+        key: usize,
+        kind: MessageKind,
+        data: &[u8],
+    ) {
+        let mut plain = std::mem::take(&mut self.inflated);
+        let conn = &mut conns.slab[key];
+        match conn
+            .machine
+            .inflate(&mut self.inflater, kind, data, &conns.cfg, &mut plain)
+        {
+            Ok(()) => {
+                bump(&conns.stats.messages_inflated, 1);
+                self.on_message(conns, fanout, key, kind, &plain);
+            }
+            Err(why) => {
+                log::debug!(
+                    "worker {}: conn {key} failed with {}: {why}",
+                    conns.index,
+                    why.code()
+                );
+                conns.close_with(key, why);
+            }
+        }
+        // Keep the buffer for the next message, unless a large one left it large.
+        if plain.capacity() > INFLATED_KEEP {
+            plain = Vec::new();
+        }
+        self.inflated = plain;
+    }
+
+    fn on_message(
+        &mut self,
+        conns: &mut Conns,
+        fanout: &mut Fanout,
+        key: usize,
+        kind: MessageKind,
+        data: &[u8],
+    ) {
+        bump(&conns.stats.messages_in, 1);
+        let crate::conn::Phase::Open(endpoint) = conns.slab[key].machine.phase() else {
+            return;
+        };
+        match (endpoint, kind) {
+            (Endpoint::Echo, _) => {
+                let k = if kind == MessageKind::Text {
+                    Kind::Text
+                } else {
+                    Kind::Binary
+                };
+                bump(&conns.stats.messages_out, 1);
+                conns.send_frame(key, k, data);
+            }
+            (Endpoint::Json, MessageKind::Binary) => {
+                let mut out = std::mem::take(&mut self.scratch);
+                let reply = handler::binary(&mut out);
+                send_reply(conns, key, reply, &out);
+                self.scratch = out;
+            }
+            // SAFETY: text messages were checked to be UTF-8 by the state machine.
+            (Endpoint::Json, MessageKind::Text) => self.on_request(conns, fanout, key, unsafe {
+                std::str::from_utf8_unchecked(data)
+            }),
+        }
+    }
+
+    /// A JSON request: the handler decides, the worker carries out its effect and sends its
+    /// reply.
+    fn on_request(&mut self, conns: &mut Conns, fanout: &mut Fanout, key: usize, text: &str) {
+        let mut out = std::mem::take(&mut self.scratch);
+        let session = Session {
+            subs: &conns.slab[key].subs,
+            max_subscriptions: conns.cfg.max_subscriptions,
+        };
+        let (reply, effect) = handler::handle(text, session, &mut out);
+        match effect {
+            Effect::None => {}
+            Effect::Subscribe(topic) => {
+                if let Some(name) = conns.topics.subscribe(&topic, key) {
+                    conns.slab[key].subs.push(name);
+                }
+            }
+            Effect::Unsubscribe(topic) => {
+                if conns.topics.unsubscribe(&topic, key) {
+                    let subs = &mut conns.slab[key].subs;
+                    if let Some(i) = subs.iter().position(|t| **t == *topic) {
+                        subs.swap_remove(i);
+                    }
+                }
+            }
+            Effect::Publish { topic, data } => {
+                let name = conns
+                    .topics
+                    .name(&topic)
+                    .unwrap_or_else(|| Arc::from(&*topic));
+                self.publish(conns, fanout, Target::Topic(name), data)
+            }
+            Effect::Broadcast(data) => self.publish(conns, fanout, Target::All, data),
+        }
+        send_reply(conns, key, reply, &out);
+        self.scratch = out;
+    }
+
+    /// Encodes the message once and puts it on the bus: this worker's copy joins this turn's
+    /// deliveries, the other workers' go through their queues.
+    fn publish(&mut self, conns: &mut Conns, fanout: &mut Fanout, target: Target, data: Raw<'_>) {
+        bump(&conns.stats.publishes, 1);
+        let d = broadcast::encode(target, data);
+        self.bus.publish_from(conns.index, d, &mut fanout.pending);
+        self.published = true;
+    }
+}
+
+fn send_reply(conns: &mut Conns, key: usize, reply: Reply, json: &[u8]) {
+    match reply {
+        Reply::None => return,
+        Reply::Sent => {}
+        Reply::Refused => {
+            bump(&conns.stats.bad_requests, 1);
+            log::debug!(
+                "worker {}: conn {key} refused: {}",
+                conns.index,
+                String::from_utf8_lossy(json)
+            );
+        }
+    }
+    bump(&conns.stats.messages_out, 1);
+    conns.send_frame(key, Kind::Text, json);
+}

@@ -1,0 +1,416 @@
+//! Reading: a connection's input through its transport, into the state machine, and held
+//! back while reading on would buffer more than its bounds allow. Runs on the connection's
+//! worker.
+//!
+//! The top of a connection's input path: it calls down into `effects` (what each event makes
+//! the worker do) and `conns` (the slab, the output door, holds).
+
+use thin_vec::ThinVec;
+
+use super::conns::Conns;
+use super::effects::Effects;
+use super::fanout::Fanout;
+use crate::broadcast::{Bus, CROSS_BYTES};
+use crate::codec;
+use crate::conn::{Event, Hold, Input, InputState, Phase, Uncorked, NEVER};
+use crate::stats::{bump, gauge};
+
+/// Per-worker read buffer. Every connection reads through it, so its size costs nothing per
+/// connection; 64 KiB takes a full loopback burst in one `read`.
+pub(super) const READ_BUF: usize = 64 * 1024;
+
+/// Appends `bytes` to `buf` with one copy. (`ThinVec::extend_from_slice` pushes element by
+/// element, writing the length to the heap each time: far slower for a large frame.)
+fn append(buf: &mut ThinVec<u8>, bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    buf.reserve(bytes.len());
+    let len = buf.len();
+    // SAFETY: `reserve` made room for `bytes.len()` more bytes after the first `len`, so
+    // the copy stays inside the allocation and the new length covers only bytes written
+    // here or before; `bytes` cannot overlap `buf`, which is borrowed mutably.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf.as_mut_ptr().add(len), bytes.len());
+        buf.set_len(len + bytes.len());
+    }
+}
+
+/// A buffer of exactly `bytes`' length holding them.
+fn copy_of(bytes: &[u8]) -> ThinVec<u8> {
+    let mut buf = ThinVec::with_capacity(bytes.len());
+    append(&mut buf, bytes);
+    buf
+}
+
+/// Reads one connection may do in one loop turn before others get their turn.
+const MAX_READS_PER_TURN: usize = 16;
+
+/// A partial frame kept in a buffer more than this much larger than itself is moved to one
+/// of its own size, so a connection never keeps the capacity of a large frame it finished.
+const SHRINK_SLACK: usize = 4096;
+
+/// What a readiness event said about the peer, beyond readability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Hangup {
+    No,
+    /// The peer shut its side (FIN): read to EOF, whatever else is pending.
+    Closed,
+    /// The socket has an error (a reset): read to the error, even while input is held.
+    Error,
+}
+
+/// The reading part of a worker.
+pub(super) struct Reader {
+    /// Shared by all connections for reading; see `READ_BUF`.
+    rbuf: Vec<u8>,
+    /// TLS ciphertext as it is read (`READ_BUF`); empty without TLS.
+    tls_in: Vec<u8>,
+    /// Connections held because their publishes found the other workers' queues
+    /// [`CROSS_BYTES`] behind; let go once those queues are down to half.
+    publishers_held: Vec<usize>,
+}
+
+impl Reader {
+    pub(super) fn new(tls: bool) -> Self {
+        let mut r = Reader {
+            rbuf: vec![0; READ_BUF],
+            tls_in: Vec::new(),
+            publishers_held: Vec::new(),
+        };
+        if tls {
+            r.enable_tls();
+        }
+        r
+    }
+
+    /// New connections speak TLS from now on: a buffer for their ciphertext.
+    pub(super) fn enable_tls(&mut self) {
+        if self.tls_in.is_empty() {
+            self.tls_in = vec![0; READ_BUF];
+        }
+    }
+
+    /// Some publisher is held for the other workers' queues (then nothing else wakes the
+    /// worker when they drain: it must look again).
+    pub(super) fn publishers_held(&self) -> bool {
+        !self.publishers_held.is_empty()
+    }
+
+    /// The connections held for the other workers' queues (some may have left since).
+    #[cfg(debug_assertions)]
+    pub(super) fn held_publishers(&self) -> impl Iterator<Item = usize> + '_ {
+        self.publishers_held.iter().copied()
+    }
+
+    /// Reads until the socket is drained (`WouldBlock`, or a short read, which on a stream
+    /// socket means the same thing per epoll(7)), handling every complete frame on the way.
+    /// After a hang-up or an error a short read proves nothing (the data and the FIN or RST
+    /// arrive in one event, and edge-triggered epoll reports that once), so then it reads
+    /// on to EOF or the error. A plain connection's replies are corked meanwhile.
+    pub(super) fn on_readable(
+        &mut self,
+        c: &mut Conns,
+        e: &mut Effects,
+        f: &mut Fanout,
+        key: usize,
+        hup: Hangup,
+    ) {
+        let Some(conn) = c.slab.get(key) else {
+            return;
+        };
+        c.out.cork(key, &conn.transport);
+        self.read_conn(c, e, f, key, hup);
+        let conn = c.slab.get_mut(key);
+        let held_or_closing = conn
+            .as_ref()
+            .is_some_and(|c| c.is_held() || c.machine.phase() == Phase::Closing);
+        match c
+            .out
+            .uncork(key, conn.map(|c| (&mut c.out, &mut c.transport)))
+        {
+            // Their flush lets held input go, or ends the write side.
+            Ok(Uncorked::Written) if held_or_closing => c.mark_dirty(key),
+            Ok(_) => {}
+            Err(err) => c.drop_failed(key, err),
+        }
+    }
+
+    fn read_conn(
+        &mut self,
+        c: &mut Conns,
+        e: &mut Effects,
+        f: &mut Fanout,
+        key: usize,
+        hup: Hangup,
+    ) {
+        let quiesced = c.draining;
+        let Some(conn) = c.slab.get_mut(key) else {
+            return;
+        };
+        if conn.is_held() || (quiesced && conn.machine.is_open()) {
+            if hup == Hangup::Error {
+                // A reset peer will never read what is queued for it.
+                bump(&c.stats.hangups, 1);
+                return c.drop(key, "reset while input was held");
+            }
+            // Read again when the output drains (or the drain begins closing).
+            return;
+        }
+        if conn.input == InputState::Resuming {
+            conn.input = InputState::Reading;
+            if !self.resume(c, e, f, key) {
+                return;
+            }
+        }
+        for _ in 0..MAX_READS_PER_TURN {
+            let Some(conn) = c.slab.get_mut(key) else {
+                return;
+            };
+            let cost0 = conn.transport.cost();
+            let res = conn.transport.read(&mut self.rbuf, &mut self.tls_in);
+            c.out
+                .tls_changed(conn.transport.cost() as i64 - cost0 as i64);
+            if conn.transport.has_pending() {
+                // TLS handshake records the socket did not take at once.
+                c.mark_dirty(key);
+            }
+            let (len, drained) = match res {
+                Ok(Input::Data { len, drained }) => (len, drained),
+                Ok(Input::WouldBlock) => return,
+                Ok(Input::Eof) => return on_eof(c, key),
+                Err(err) => return c.drop_failed(key, err),
+            };
+            bump(&c.stats.bytes_in, len as u64);
+            let mut rbuf = std::mem::take(&mut self.rbuf);
+            self.take_input(c, e, f, key, &mut rbuf[..len]);
+            self.rbuf = rbuf;
+            match c.slab.get(key) {
+                None => return,
+                Some(conn) if conn.is_held() => return,
+                Some(_) => {}
+            }
+            if drained && hup == Hangup::No {
+                return;
+            }
+        }
+        // Still more to read: come back next turn so that other connections are served too.
+        c.retry.push(key);
+    }
+
+    /// Handles input that was held back and kept in `inbuf`. Returns false if the connection
+    /// is gone or held again.
+    fn resume(&mut self, c: &mut Conns, e: &mut Effects, f: &mut Fanout, key: usize) -> bool {
+        if c.slab[key].inbuf.is_empty() {
+            return true;
+        }
+        let mut buf = take_inbuf(c, key);
+        let used = self.process(c, e, f, key, &mut buf);
+        put_back(c, key, buf, used);
+        c.slab.get(key).is_some_and(|conn| !conn.is_held())
+    }
+
+    /// Handles `data` just read. A partial frame already buffered is completed first, copying
+    /// only the bytes it still lacks; the rest is decoded where it lies, in the shared read
+    /// buffer, and only an incomplete tail (or, when input is held, the unhandled rest) is
+    /// copied into the connection's own buffer.
+    fn take_input(
+        &mut self,
+        c: &mut Conns,
+        e: &mut Effects,
+        f: &mut Fanout,
+        key: usize,
+        data: &mut [u8],
+    ) {
+        let now = c.now;
+        let conn = &c.slab[key];
+        let mut rest = 0;
+        if !conn.inbuf.is_empty() {
+            let missing = match conn.machine.phase() {
+                Phase::Open(_) => codec::frame_len(&conn.inbuf)
+                    .map_or(0, |total| total.saturating_sub(conn.inbuf.len())),
+                _ => 0,
+            };
+            // Unknown length (a split header or request head): take it all.
+            rest = if missing == 0 {
+                data.len()
+            } else {
+                missing.min(data.len())
+            };
+            let mut buf = take_inbuf(c, key);
+            append(&mut buf, &data[..rest]);
+            let used = self.process(c, e, f, key, &mut buf);
+            if !put_back(c, key, buf, used) {
+                return;
+            }
+            if rest == data.len() {
+                return note_partial(c, key, now);
+            }
+            if !c.slab[key].inbuf.is_empty() {
+                // Held back mid-read: keep the rest of the read, unhandled.
+                let mut buf = take_inbuf(c, key);
+                append(&mut buf, &data[rest..]);
+                put_inbuf(c, key, buf);
+                return;
+            }
+        }
+        let used = self.process(c, e, f, key, &mut data[rest..]);
+        let left = &data[rest + used..];
+        if !left.is_empty() && c.slab.contains(key) {
+            put_inbuf(c, key, copy_of(left));
+        }
+        note_partial(c, key, now);
+    }
+
+    /// Runs the state machine over the complete requests and frames at the start of `buf`
+    /// and carries out what each calls for. Returns how many bytes were used. Stops early,
+    /// leaving the rest unused, when the connection's input is held back: its output went
+    /// over its bound, or its publish found the other workers' queues full.
+    fn process(
+        &mut self,
+        c: &mut Conns,
+        e: &mut Effects,
+        f: &mut Fanout,
+        key: usize,
+        buf: &mut [u8],
+    ) -> usize {
+        let mut pos = 0;
+        loop {
+            let Some(conn) = c.slab.get_mut(key) else {
+                return buf.len();
+            };
+            let held0 = conn.machine.partial_cost();
+            let (used, event) = conn.machine.next(&mut buf[pos..], &c.cfg);
+            let held1 = conn.machine.partial_cost();
+            gauge(&c.stats.inbound_memory, held1 as i64 - held0 as i64);
+            if matches!(event, Event::NeedMore) {
+                return pos;
+            }
+            pos += used;
+            e.published = false;
+            e.on_event(c, f, key, event);
+            if !c.slab.contains(key) {
+                return buf.len();
+            }
+            if c.slab[key].machine.is_open() && c.out_cost(key) >= c.cfg.max_outbound_bytes {
+                c.hold(key, Hold::Output);
+                return pos;
+            }
+            if e.published && e.bus.cross_full() {
+                c.hold(key, Hold::Queues);
+                self.publishers_held.push(key);
+                return pos;
+            }
+            if pos == buf.len() {
+                return pos;
+            }
+        }
+    }
+
+    /// Lets held publishers go once the other workers' queues are down to half their bound
+    /// (one whose own output is over half its bound stays held, now as any other; its flush
+    /// lets it go).
+    pub(super) fn release_publishers(&mut self, c: &mut Conns, bus: &Bus) {
+        if self.publishers_held.is_empty() || bus.cross_queued() > CROSS_BYTES / 2 {
+            return;
+        }
+        for key in std::mem::take(&mut self.publishers_held) {
+            if !c.slab.contains(key) {
+                continue; // a connection that took the key since, or one closed meanwhile
+            }
+            let cost = c.out_cost(key);
+            match c.slab[key]
+                .input
+                .after_queues_drained(cost, c.cfg.max_outbound_bytes)
+            {
+                None => c.release(key),
+                Some(next) => c.slab[key].input = next,
+            }
+        }
+    }
+}
+
+/// Takes the connection's input buffer out (to be handled while the connection is borrowed
+/// elsewhere), and its memory off the gauge.
+fn take_inbuf(c: &mut Conns, key: usize) -> ThinVec<u8> {
+    let buf = std::mem::take(&mut c.slab[key].inbuf);
+    gauge(&c.stats.inbound_memory, -(buf.capacity() as i64));
+    buf
+}
+
+fn put_inbuf(c: &mut Conns, key: usize, buf: ThinVec<u8>) {
+    gauge(&c.stats.inbound_memory, buf.capacity() as i64);
+    c.slab[key].inbuf = buf;
+}
+
+/// Puts back what `process` left of `buf`, in a buffer no larger than it needs, or frees it.
+/// Returns false if the connection is gone.
+fn put_back(c: &mut Conns, key: usize, mut buf: ThinVec<u8>, used: usize) -> bool {
+    let Some(conn) = c.slab.get(key) else {
+        return false;
+    };
+    if used == buf.len() || conn.machine.phase() == Phase::Closing {
+        return true;
+    }
+    if used > 0 {
+        buf.drain(..used);
+    }
+    if buf.capacity() > buf.len() * 2 + SHRINK_SLACK {
+        buf = copy_of(&buf);
+    }
+    put_inbuf(c, key, buf);
+    true
+}
+
+/// Starts or stops the message clock: a connection in the middle of a frame or of a
+/// fragmented message must finish it within the message timeout.
+fn note_partial(c: &mut Conns, key: usize, now: u32) {
+    let at = c.after(c.cfg.message_timeout);
+    let Some(conn) = c.slab.get_mut(key) else {
+        return;
+    };
+    if !conn.machine.is_open() {
+        return;
+    }
+    let mid_message = !conn.inbuf.is_empty() || conn.machine.in_message();
+    if !mid_message {
+        conn.machine.partial_since = NEVER;
+    } else if conn.machine.partial_since == NEVER {
+        conn.machine.partial_since = now;
+        c.arm(key, at);
+    }
+}
+
+fn on_eof(c: &mut Conns, key: usize) {
+    let why = match c.slab[key].machine.phase() {
+        Phase::Closing => "closed",
+        Phase::Handshake => "EOF during handshake",
+        Phase::Open(_) => "EOF without a close frame",
+    };
+    if why != "closed" {
+        bump(&c.stats.hangups, 1);
+        log::debug!("worker {}: conn {key}: {why}", c.index);
+    }
+    c.drop(key, why);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_and_copy_of_keep_the_bytes_in_order() {
+        let mut buf = ThinVec::new();
+        append(&mut buf, b"");
+        assert_eq!(buf.capacity(), 0, "nothing to append allocates nothing");
+        append(&mut buf, b"abc");
+        append(&mut buf, &[7; 100_000]);
+        assert_eq!(&buf[..3], b"abc");
+        assert_eq!(buf.len(), 100_003);
+        assert!(buf[3..].iter().all(|&b| b == 7));
+        let copy = copy_of(&buf[1..4]);
+        assert_eq!(copy.as_slice(), b"bc\x07");
+        assert_eq!(copy.capacity(), 3);
+        assert_eq!(copy_of(b"").capacity(), 0);
+    }
+}
