@@ -4,13 +4,16 @@
 mod flags;
 mod validate;
 
+use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::ValueEnum;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, ValueEnum};
 
 use crate::conn::TlsFiles;
-pub use flags::{parse_size, Args};
+pub use flags::{parse_byte_count, parse_size, Args};
 pub use validate::ConfigError;
 
 /// Default listen address: loopback, so a first run exposes nothing.
@@ -28,6 +31,13 @@ pub const MAX_OUTBOUND_CEILING: usize = 1 << 30;
 /// What framing a message for delivery adds to its data at most: the frame header and the
 /// `{"op":"message","topic":...,"data":}` envelope with a 256-byte topic, escaped.
 pub const MESSAGE_ENVELOPE: usize = 1024;
+/// The largest `--max-message-size`: one such message with its framing must fit the largest
+/// outbound bound.
+pub const MAX_MESSAGE_CEILING: usize = MAX_OUTBOUND_CEILING - MESSAGE_ENVELOPE;
+/// The longest any timeout or interval may be, in seconds. The workers keep deadlines as
+/// whole seconds since start in a `u32` (136 years) and add a timeout to it: a day keeps
+/// that cast and that sum far from overflowing, and no client needs a longer timer.
+pub const MAX_TIMEOUT_S: u64 = 24 * 60 * 60;
 /// How long a connection's output may stay over its bound (its input held back) before it is
 /// closed with 1008. Long enough for a slow link to drain a burst, short enough that a client
 /// that stopped reading does not pin its buffers for long.
@@ -167,6 +177,71 @@ impl Default for Config {
 
 fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The settings the user chose, by clap id: on the command line or in a `CORECAST_*`
+/// variable. The rest hold defaults, which may follow the chosen ones.
+#[derive(Debug, Default, Clone)]
+pub struct Given(BTreeSet<String>);
+
+impl Given {
+    fn from_matches(m: &ArgMatches) -> Given {
+        Given(
+            m.ids()
+                .filter(|id| user_set(m, id.as_str()))
+                .map(|id| id.as_str().to_owned())
+                .collect(),
+        )
+    }
+
+    fn has(&self, id: &str) -> bool {
+        self.0.contains(id)
+    }
+}
+
+fn user_set(m: &ArgMatches, id: &str) -> bool {
+    matches!(
+        m.value_source(id),
+        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+    )
+}
+
+/// A validated configuration, and what start-up should tell the operator about how it was
+/// made: the defaults derived. The notes name settings, never their values' secrets.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub notes: Vec<String>,
+}
+
+/// Why there is no configuration to start with. Every kind is exit status 2.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A bad flag or value, or `--help`/`--version`: clap prints it (`clap::Error::exit`).
+    #[error(transparent)]
+    Flags(#[from] clap::Error),
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+}
+
+/// The configuration from this process's arguments and environment.
+pub fn load() -> Result<Loaded, LoadError> {
+    load_from(std::env::args_os())
+}
+
+/// [`load`] from the given arguments (the first is the program name); the environment is
+/// still this process's. Precedence: flag > `CORECAST_*` variable > default, with the derived
+/// defaults last.
+pub fn load_from<I, T>(argv: I) -> Result<Loaded, LoadError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString>,
+{
+    let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
+    let m = Args::command().try_get_matches_from(argv)?;
+    let given = Given::from_matches(&m);
+    let (config, notes) = Args::from_arg_matches(&m)?.into_config(&given)?;
+    Ok(Loaded { config, notes })
 }
 
 #[cfg(test)]

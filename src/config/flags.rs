@@ -18,7 +18,8 @@ use super::{
 ///
 /// Clients speak JSON over WebSocket on /ws (subscribe, publish, broadcast, echo); /echo
 /// echoes raw frames for benchmarks and conformance suites. Every flag can also be set with
-/// the environment variable shown next to it.
+/// the environment variable shown next to it. Timeouts and intervals
+/// are whole seconds, at most 86400 (a day).
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 pub struct Args {
@@ -34,14 +35,16 @@ pub struct Args {
     #[arg(long, env = "CORECAST_NO_PIN")]
     pub no_pin: bool,
 
-    /// Largest message accepted, in bytes, after reassembling fragments; larger ones close
-    /// the connection with 1009.
-    #[arg(long, env = "CORECAST_MAX_MESSAGE_SIZE", default_value_t = DEFAULT_MAX_MESSAGE)]
+    /// Largest message accepted, in bytes (K/M/G suffixes allowed), after reassembling
+    /// fragments; larger ones close the connection with 1009. At most 1 GiB less 1 KiB. When
+    /// only --max-outbound-bytes is set, and smaller than the default's needs, this follows it.
+    #[arg(long, env = "CORECAST_MAX_MESSAGE_SIZE", default_value_t = DEFAULT_MAX_MESSAGE,
+          value_parser = parse_byte_count)]
     pub max_message_size: usize,
 
-    /// Largest single frame accepted, in bytes; capped at --max-message-size. Default: the same
-    /// as --max-message-size.
-    #[arg(long, env = "CORECAST_MAX_FRAME_SIZE")]
+    /// Largest single frame accepted, in bytes (K/M/G suffixes allowed); capped at
+    /// --max-message-size. Default: the same as --max-message-size.
+    #[arg(long, env = "CORECAST_MAX_FRAME_SIZE", value_parser = parse_byte_count)]
     pub max_frame_size: Option<usize>,
 
     /// Topics one connection may be subscribed to at once.
@@ -52,8 +55,11 @@ pub struct Args {
     /// does not fit is handled by --slow-consumer; replies that go over it stop the server
     /// reading from that client until its output drains to half (TCP then slows the client
     /// down), and a client still over it after --backpressure-timeout is closed with 1008.
-    /// Must fit a --max-message-size message with its framing; at most 1 GiB.
-    #[arg(long, env = "CORECAST_MAX_OUTBOUND_BYTES", default_value_t = DEFAULT_MAX_OUTBOUND)]
+    /// Must fit a --max-message-size message with its framing (1 KiB); at most 1 GiB. K/M/G
+    /// suffixes allowed. When it is not set and --max-message-size needs more, the default
+    /// grows to one such message with its framing.
+    #[arg(long, env = "CORECAST_MAX_OUTBOUND_BYTES", default_value_t = DEFAULT_MAX_OUTBOUND,
+          value_parser = parse_byte_count)]
     pub max_outbound_bytes: usize,
 
     /// What to do when a published message does not fit in a subscriber's outbound bound:
@@ -76,11 +82,15 @@ pub struct Args {
     #[arg(long, env = "CORECAST_HANDSHAKE_TIMEOUT", default_value_t = DEFAULT_HANDSHAKE_TIMEOUT_S)]
     pub handshake_timeout: u64,
 
-    /// Seconds of silence from a client before the server pings it.
+    /// Seconds of silence from a client before the server pings it; shorter than
+    /// --idle-timeout. When only --idle-timeout is set, at 30 or less, the default follows it:
+    /// 40% of it (as 30 is of 75), so the pong has the rest to arrive.
     #[arg(long, env = "CORECAST_PING_INTERVAL", default_value_t = DEFAULT_PING_INTERVAL_S)]
     pub ping_interval: u64,
 
-    /// Seconds of silence from a client (any frame counts) before it is closed.
+    /// Seconds of silence from a client (any frame counts) before it is closed. When it is
+    /// not set, the default grows as --ping-interval and --message-timeout need: to 2.5 times
+    /// the ping interval (75 is to 30), and past the message timeout.
     #[arg(long, env = "CORECAST_IDLE_TIMEOUT", default_value_t = DEFAULT_IDLE_TIMEOUT_S)]
     pub idle_timeout: u64,
 
@@ -95,7 +105,8 @@ pub struct Args {
     pub backpressure_timeout: u64,
 
     /// Seconds a partial frame or fragmented message may take to arrive in full; a client
-    /// slower than that is closed with 1008. Shorter than --idle-timeout.
+    /// slower than that is closed with 1008. Shorter than --idle-timeout: when only that is
+    /// set, at 20 or less, the default follows it (one second less).
     #[arg(long, env = "CORECAST_MESSAGE_TIMEOUT", default_value_t = DEFAULT_MESSAGE_TIMEOUT_S)]
     pub message_timeout: u64,
 
@@ -130,9 +141,10 @@ pub struct Args {
     pub no_console: bool,
 
     /// With --permessage-deflate: messages shorter than this many bytes are sent
-    /// uncompressed. JSON under about 128 bytes does not shrink, and each attempt costs
-    /// at least 2 µs of a worker's time.
-    #[arg(long, env = "CORECAST_DEFLATE_MIN_SIZE", default_value_t = DEFAULT_DEFLATE_MIN_SIZE)]
+    /// uncompressed (K/M/G suffixes allowed). JSON under about 128 bytes does not shrink,
+    /// and each attempt costs at least 2 µs of a worker's time.
+    #[arg(long, env = "CORECAST_DEFLATE_MIN_SIZE", default_value_t = DEFAULT_DEFLATE_MIN_SIZE,
+          value_parser = parse_byte_count)]
     pub deflate_min_size: usize,
 
     /// With --permessage-deflate: zlib level, 1 (fastest) to 9 (smallest). Level 6 makes
@@ -195,9 +207,13 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(digits);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size like 4G, 512M or 1048576"))?;
+    let n: u64 = num.parse().map_err(|e: std::num::ParseIntError| {
+        if *e.kind() == std::num::IntErrorKind::PosOverflow {
+            format!("{s:?} is too large")
+        } else {
+            format!("{s:?} is not a size like 4G, 512M or 1048576")
+        }
+    })?;
     let shift = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 0,
         "k" | "kb" | "kib" => 10,
@@ -208,4 +224,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     };
     n.checked_mul(1 << shift)
         .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// [`parse_size`] for the flags held as `usize`.
+pub fn parse_byte_count(s: &str) -> Result<usize, String> {
+    usize::try_from(parse_size(s)?).map_err(|_| format!("{s:?} is too large"))
 }
