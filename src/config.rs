@@ -1,18 +1,22 @@
-//! Command-line flags and `CORECAST_*` environment variables -> a validated [`Config`].
-//! Runs on the main thread before anything starts.
+//! Command-line flags, `CORECAST_*` environment variables and the `--config` file -> a
+//! validated [`Config`]. Runs on the main thread before anything starts.
 
+mod file;
 mod flags;
 mod validate;
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::Resettable;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, ValueEnum};
 
 use crate::conn::TlsFiles;
+pub use file::{FileError, Problem};
 pub use flags::{parse_byte_count, parse_size, Args};
 pub use validate::ConfigError;
 
@@ -179,8 +183,9 @@ fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// The settings the user chose, by clap id: on the command line or in a `CORECAST_*`
-/// variable. The rest hold defaults, which may follow the chosen ones.
+/// The settings the user chose, by clap id: on the command line, in a `CORECAST_*` variable
+/// or in the `--config` file (which reaches the final parse as arguments). The rest hold
+/// defaults, which may follow the chosen ones.
 #[derive(Debug, Default, Clone)]
 pub struct Given(BTreeSet<String>);
 
@@ -207,7 +212,8 @@ fn user_set(m: &ArgMatches, id: &str) -> bool {
 }
 
 /// A validated configuration, and what start-up should tell the operator about how it was
-/// made: the defaults derived. The notes name settings, never their values' secrets.
+/// made: the file read, the defaults derived. The notes name settings, never their values'
+/// secrets.
 #[derive(Debug)]
 pub struct Loaded {
     pub config: Config,
@@ -221,26 +227,62 @@ pub enum LoadError {
     #[error(transparent)]
     Flags(#[from] clap::Error),
     #[error(transparent)]
+    File(#[from] FileError),
+    #[error(transparent)]
     Invalid(#[from] ConfigError),
 }
 
-/// The configuration from this process's arguments and environment.
+/// The configuration from this process's arguments, environment and `--config` file.
 pub fn load() -> Result<Loaded, LoadError> {
     load_from(std::env::args_os())
 }
 
 /// [`load`] from the given arguments (the first is the program name); the environment is
-/// still this process's. Precedence: flag > `CORECAST_*` variable > default, with the derived
-/// defaults last.
+/// still this process's. Precedence: flag > `CORECAST_*` variable > file > default, with the
+/// derived defaults last.
 pub fn load_from<I, T>(argv: I) -> Result<Loaded, LoadError>
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString>,
 {
     let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
+    // First pass: what the command line and environment set, and where the file is. A flag
+    // that requires another waits for the second pass: the file may hold the other one.
+    let first = Args::command()
+        .mut_args(|a| a.requires(Resettable::Reset))
+        .try_get_matches_from(&argv)?;
+    let mut notes = Vec::new();
+    let argv = match first.get_one::<PathBuf>("config") {
+        None => argv,
+        Some(path) => {
+            let from_file = file::read(path, &Args::command(), |id| user_set(&first, id))?;
+            notes.push(format!(
+                "--config {}: {} setting(s) from the file ({}){}",
+                path.display(),
+                from_file.applied.len(),
+                from_file.applied.join(", "),
+                if from_file.overridden.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; overridden by flags or CORECAST_* variables: {}",
+                        from_file.overridden.join(", ")
+                    )
+                }
+            ));
+            // The file's arguments go first: the real ones after them are the ones clap
+            // reports problems against. None is repeated: the file skips what they set.
+            let mut all = Vec::with_capacity(argv.len() + from_file.args.len());
+            all.extend(argv.first().cloned());
+            all.extend(from_file.args);
+            all.extend(argv.into_iter().skip(1));
+            all
+        }
+    };
     let m = Args::command().try_get_matches_from(argv)?;
     let given = Given::from_matches(&m);
-    let (config, notes) = Args::from_arg_matches(&m)?.into_config(&given)?;
+    let (config, derived) = Args::from_arg_matches(&m)?.into_config(&given)?;
+    notes.extend(derived);
     Ok(Loaded { config, notes })
 }
 

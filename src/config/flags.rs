@@ -1,5 +1,5 @@
-//! The command-line flags and their `CORECAST_*` variables, as clap parses them. Runs on
-//! the main thread at start-up.
+//! The command-line flags and their `CORECAST_*` variables, as clap parses them; the
+//! `--config` file's keys are the same (see `file.rs`). Runs on the main thread at start-up.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,11 +18,17 @@ use super::{
 ///
 /// Clients speak JSON over WebSocket on /ws (subscribe, publish, broadcast, echo); /echo
 /// echoes raw frames for benchmarks and conformance suites. Every flag can also be set with
-/// the environment variable shown next to it. Timeouts and intervals
+/// the environment variable shown next to it, or in the --config file. Timeouts and intervals
 /// are whole seconds, at most 86400 (a day).
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 pub struct Args {
+    /// TOML file of settings: a key per flag, under the flag's long name
+    /// (`max-message-size = "64K"`, `allowed-origin = ["https://a.example"]`). Flags and
+    /// CORECAST_* variables override it. See docs/configuration.md and deploy/corecast.toml.
+    #[arg(long, env = "CORECAST_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Address to accept WebSocket connections on.
     #[arg(long, env = "CORECAST_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,

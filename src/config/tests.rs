@@ -1,4 +1,6 @@
-//! Unit tests of the configuration: flags, derived defaults, bounds.
+//! Unit tests of the configuration: flags, derived defaults, bounds, the file.
+
+use std::path::{Path, PathBuf};
 
 use super::*;
 
@@ -18,6 +20,20 @@ fn refused(args: &[&str]) -> String {
         Ok(l) => panic!("{args:?} accepted: {:?}", l.config),
         Err(e) => e,
     }
+}
+
+/// A config file with `text`, unique to this test process and `name`.
+fn file(name: &str, text: &str) -> PathBuf {
+    let path =
+        std::env::temp_dir().join(format!("corecast-unit-{}-{name}.toml", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn with_file<'a>(path: &'a Path, args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = vec!["--config", path.to_str().unwrap()];
+    all.extend_from_slice(args);
+    all
 }
 
 #[test]
@@ -222,6 +238,205 @@ fn out_of_range_values_are_refused_not_wrapped() {
         parse(&["--message-timeout", "86399"]).unwrap().idle_timeout,
         secs(86400)
     );
+}
+
+#[test]
+fn a_file_sets_what_flags_do_and_ranks_below_them() {
+    let f = file(
+        "ranks",
+        "listen = \"127.0.0.1:9100\"\n\
+         max-message-size = \"2K\"\n\
+         idle-timeout = 6\n\
+         allowed-origin = [\"https://a\", \"https://b\"]\n\
+         no-pin = true\n\
+         permessage-deflate = false\n\
+         max-memory = 1073741824\n\
+         slow-consumer = \"drop\"\n\
+         tls-key = \"k.pem\"\n\
+         api-token = \"t0ken\"\n",
+    );
+    let l = load(&with_file(&f, &["--tls-cert", "c.pem"])).unwrap();
+    let c = &l.config;
+    assert_eq!(c.listen.to_string(), "127.0.0.1:9100");
+    assert_eq!(c.max_message_size, 2048);
+    assert_eq!(c.allowed_origins, ["https://a", "https://b"]);
+    assert!(!c.pin && !c.permessage_deflate);
+    assert_eq!(c.max_memory, Some(1 << 30));
+    assert_eq!(c.slow_consumer, SlowConsumer::Drop);
+    assert_eq!(c.api_token.as_deref(), Some("t0ken"));
+    // A requirement between flags is met across the file and the command line.
+    assert_eq!(c.tls.as_ref().unwrap().key, PathBuf::from("k.pem"));
+    // A file value counts as set: the message timeout follows it.
+    assert_eq!((c.idle_timeout, c.message_timeout), (secs(6), secs(5)));
+    assert!(
+        l.notes[0].contains("10 setting(s) from the file"),
+        "{:?}",
+        l.notes
+    );
+    assert!(!l.notes.concat().contains("t0ken"));
+
+    let l = load(&with_file(
+        &f,
+        &[
+            "--tls-cert",
+            "c.pem",
+            "--listen",
+            "127.0.0.1:9200",
+            "--allowed-origin",
+            "https://c",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(l.config.listen.to_string(), "127.0.0.1:9200");
+    assert_eq!(l.config.allowed_origins, ["https://c"]);
+    assert!(
+        l.notes[0].ends_with("overridden by flags or CORECAST_* variables: listen, allowed-origin"),
+        "{:?}",
+        l.notes
+    );
+
+    // Two values the user set, one in the file and one on the command line, can conflict.
+    let e = refused(&with_file(
+        &f,
+        &["--tls-cert", "c.pem", "--message-timeout", "20"],
+    ));
+    assert_eq!(
+        e,
+        "--message-timeout (20 s) must be shorter than --idle-timeout (6 s)"
+    );
+}
+
+#[test]
+fn a_bad_file_names_the_key_and_its_line() {
+    let cases = [
+        (
+            "unknown",
+            "workers = 1\n\nmax-mesage-size = 10\n",
+            "line 3: unknown key `max-mesage-size`",
+        ),
+        (
+            "section",
+            "workers = 1\n[auth]\nkey = 1\n",
+            "line 2: unknown key `auth`",
+        ),
+        (
+            "config",
+            "config = \"other.toml\"\n",
+            "line 1: unknown key `config`",
+        ),
+        ("help", "help = true\n", "line 1: unknown key `help`"),
+        (
+            "typo",
+            "workers = 2\nworkers-x = 1\n",
+            "line 2: unknown key `workers-x`",
+        ),
+        (
+            "bool",
+            "\nno-pin = \"yes\"\n",
+            "line 2: `no-pin` must be true or false, not a string",
+        ),
+        (
+            "int",
+            "workers = \"many\"\n",
+            "line 1: `workers`: invalid value 'many'",
+        ),
+        (
+            "float",
+            "max-message-size = 1.5\n",
+            "line 1: `max-message-size` must be an integer or a string, not a float",
+        ),
+        (
+            "string",
+            "api-token = 42\n",
+            "line 1: `api-token` must be a string, not an integer",
+        ),
+        (
+            "list",
+            "allowed-origin = \"https://a\"\n",
+            "line 1: `allowed-origin` must be an array of strings, not a string",
+        ),
+        (
+            "list-item",
+            "allowed-origin = [\"https://a\", 2]\n",
+            "line 1: `allowed-origin` must be an array of strings, not an array",
+        ),
+        (
+            "address",
+            "listen = 9000\n",
+            "line 1: `listen`: invalid value '9000'",
+        ),
+        (
+            "range",
+            "deflate-level = 12\n",
+            "line 1: `deflate-level`: invalid value '12'",
+        ),
+        (
+            "choice",
+            "slow-consumer = \"maybe\"\n",
+            "(one of: close, drop)",
+        ),
+        (
+            "size",
+            "max-memory = \"4X\"\n",
+            "line 1: `max-memory`: invalid value '4X'",
+        ),
+        (
+            "duplicate",
+            "workers = 1\nworkers = 2\n",
+            "line 2: duplicate key",
+        ),
+    ];
+    for (name, text, want) in cases {
+        let f = file(name, text);
+        let e = refused(&with_file(&f, &[]));
+        assert!(
+            e.starts_with(&format!("--config {}, ", f.display())),
+            "{name}: {e}"
+        );
+        assert!(e.contains(want), "{name}: {e}");
+    }
+    // A flag that overrides a bad key does not hide it.
+    let f = file("hidden", "workers = \"many\"\n");
+    assert!(refused(&with_file(&f, &["--workers", "2"])).contains("line 1: `workers`"));
+
+    // toml's own message would quote the line, and with it the secret.
+    let f = file("secret", "workers = 1\napi-token = \"s3cret-t0ken\n");
+    let e = refused(&with_file(&f, &[]));
+    assert!(e.contains("line 2: "), "{e}");
+    assert!(!e.contains("s3cret"), "{e}");
+
+    let e = refused(&["--config", "/nonexistent/corecast.toml"]);
+    assert!(
+        e.starts_with("cannot read --config /nonexistent/corecast.toml: "),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_example_file_has_every_flag_and_loads() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = dir.join("deploy/corecast.toml");
+    let text = std::fs::read_to_string(&example).unwrap();
+    let docs = std::fs::read_to_string(dir.join("docs/configuration.md")).unwrap();
+    for arg in Args::command().get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if ["help", "version", "config"].contains(&long) {
+            continue;
+        }
+        let key = format!("{long} = ");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&key) || l.starts_with(&format!("# {key}"))),
+            "deploy/corecast.toml lacks `{long}`"
+        );
+        assert!(
+            docs.contains(&format!("`{long}`")),
+            "docs/configuration.md lacks `{long}`"
+        );
+    }
+    let l = load(&["--config", example.to_str().unwrap()]).unwrap();
+    assert_eq!(l.config.listen.to_string(), "0.0.0.0:9000");
+    assert_eq!(l.config.stats_interval, Some(secs(60)));
 }
 
 fn secs(s: u64) -> Duration {
