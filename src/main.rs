@@ -1,10 +1,10 @@
-//! The `corecast` binary: parse flags, start the server, wait for a signal or a failure.
+//! The `corecast` binary: read the configuration (flags, environment, `--config` file), start
+//! the server, wait for a signal or a failure.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
-use corecast::config::Args;
+use corecast::config::{self, LoadError};
 use corecast::exit::Exit;
 use corecast::server::StartError;
 use corecast::Server;
@@ -13,7 +13,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 /// Exit code when a server thread dies (EX_SOFTWARE).
 const EXIT_THREAD_FAILED: u8 = 70;
 /// Exit code for a configuration the server cannot run with: bad flags (as clap itself
-/// exits), unusable certificate or key files.
+/// exits), a bad `--config` file, values out of range, unusable certificate or key files.
 const EXIT_CONFIG: u8 = 2;
 
 /// How `run` failed.
@@ -38,9 +38,16 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<ExitCode, Failure> {
-    let cfg = Args::parse()
-        .into_config()
-        .map_err(|e| Failure::Config(e.to_string()))?;
+    let loaded = match config::load() {
+        Ok(loaded) => loaded,
+        // clap prints the problem with the usage, or the help text, and exits 2 (0 for help).
+        Err(LoadError::Flags(e)) => e.exit(),
+        Err(e) => return Err(Failure::Config(e.to_string())),
+    };
+    for note in &loaded.notes {
+        log::info!("{note}");
+    }
+    let cfg = loaded.config;
     let listen = cfg.listen;
     let server = Server::start(cfg).map_err(|e| match e {
         StartError::Tls(e) => Failure::Config(format!("cannot start: {e}")),

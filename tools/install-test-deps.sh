@@ -10,7 +10,9 @@
 # (with the DejaVu fonts for legible screenshots) and the Node `playwright-core` package
 # (tests/browser/package-lock.json) into tests/browser/node_modules, for the web console's
 # browser test, tools/browser-test.sh (playwright drives /usr/bin/chromium: it never
-# downloads a browser of its own). It also turns on
+# downloads a browser of its own); systemd-analyze (Debian package `systemd`), with which
+# tests/config.rs verifies deploy/corecast.service (only the tool is used: no systemd needs
+# to run, and none is started in a container). It also turns on
 # net.ipv4.tcp_migrate_req (Linux 5.14+, per network namespace, needs root), which the
 # --reuse-port restart test in tests/restart.rs relies on, as a production host would.
 # Idempotent and quiet: does nothing when all are already there at the pinned versions.
@@ -31,6 +33,7 @@ command -v openssl >/dev/null || apt_missing+=(openssl)
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || apt_missing+=(nginx)
 [ -x /usr/bin/chromium ] || apt_missing+=(chromium)
 [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || apt_missing+=(fonts-dejavu-core)
+command -v systemd-analyze >/dev/null || apt_missing+=(systemd)
 if [ "${#apt_missing[@]}" -gt 0 ]; then
     apt-get update -qq
     # policy-rc.d: no service is started by the install (the tests start their own).

@@ -1,0 +1,444 @@
+//! Unit tests of the configuration: flags, derived defaults, bounds, the file.
+
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+fn load(args: &[&str]) -> Result<Loaded, String> {
+    let mut all = vec!["corecast"];
+    all.extend_from_slice(args);
+    load_from(all).map_err(|e| e.to_string())
+}
+
+fn parse(args: &[&str]) -> Result<Config, String> {
+    load(args).map(|l| l.config)
+}
+
+/// The error of a configuration that must be refused.
+fn refused(args: &[&str]) -> String {
+    match load(args) {
+        Ok(l) => panic!("{args:?} accepted: {:?}", l.config),
+        Err(e) => e,
+    }
+}
+
+/// A config file with `text`, unique to this test process and `name`.
+fn file(name: &str, text: &str) -> PathBuf {
+    let path =
+        std::env::temp_dir().join(format!("corecast-unit-{}-{name}.toml", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn with_file<'a>(path: &'a Path, args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = vec!["--config", path.to_str().unwrap()];
+    all.extend_from_slice(args);
+    all
+}
+
+#[test]
+fn defaults_and_frame_cap() {
+    let c = parse(&[]).unwrap();
+    assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+    assert!(c.workers >= 1);
+    assert_eq!(c.max_frame_size, c.max_message_size);
+    let c = parse(&["--max-message-size", "100", "--max-frame-size", "1000"]).unwrap();
+    assert_eq!(c.max_frame_size, 100);
+}
+
+#[test]
+fn refuses_impossible_combinations() {
+    assert!(parse(&["--max-message-size", "0"])
+        .unwrap_err()
+        .contains("max-message-size"));
+    assert!(parse(&["--ping-interval", "10", "--idle-timeout", "5"])
+        .unwrap_err()
+        .contains("idle-timeout"));
+    assert!(parse(&["--slow-consumer", "maybe"]).is_err());
+    assert!(parse(&["--admin-listen", "0.0.0.0:9001"])
+        .unwrap_err()
+        .contains("--api-token"));
+    assert!(parse(&["--admin-listen", "0.0.0.0:9001", "--api-token", "s3cret"]).is_ok());
+    assert!(parse(&["--admin-listen", "nowhere"]).is_err());
+    assert_eq!(
+        parse(&["--admin-listen", "off"]).unwrap().admin_listen,
+        None
+    );
+    let e = parse(&[
+        "--max-message-size",
+        "65536",
+        "--max-outbound-bytes",
+        "65536",
+    ]);
+    assert!(e.unwrap_err().contains("at least 66560"));
+    assert!(parse(&["--max-message-size", "1000", "--max-outbound-bytes", "2024"]).is_ok());
+    assert!(parse(&["--max-outbound-bytes", "2147483648"]).is_err());
+    assert!(parse(&["--max-connections", "0"]).is_err());
+}
+
+#[test]
+fn tls_needs_both_files() {
+    assert!(parse(&["--tls-cert", "c.pem"]).is_err());
+    assert!(parse(&["--tls-key", "k.pem"]).is_err());
+    let c = parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]).unwrap();
+    assert_eq!(
+        c.tls,
+        Some(TlsFiles {
+            cert: "c.pem".into(),
+            key: "k.pem".into()
+        })
+    );
+    assert_eq!(parse(&[]).unwrap().tls, None);
+}
+
+#[test]
+fn sizes_take_binary_suffixes() {
+    assert_eq!(parse_size("1048576"), Ok(1 << 20));
+    assert_eq!(parse_size("512K"), Ok(512 << 10));
+    assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+    assert_eq!(parse_size("4g"), Ok(4 << 30));
+    assert!(parse_size("4X").is_err());
+    assert!(parse_size("G").is_err());
+    assert!(parse_size("99999999999T").is_err());
+    assert_eq!(
+        parse(&["--max-memory", "2G"]).unwrap().max_memory,
+        Some(2 << 30)
+    );
+    assert_eq!(parse(&[]).unwrap().max_memory, None);
+    let c = parse(&["--max-message-size", "64K", "--max-outbound-bytes", "1M"]).unwrap();
+    assert_eq!((c.max_message_size, c.max_outbound_bytes), (65536, 1 << 20));
+    assert_eq!(
+        parse(&["--deflate-min-size", "1K"])
+            .unwrap()
+            .deflate_min_size,
+        1024
+    );
+}
+
+#[test]
+fn defaults_follow_the_values_given() {
+    let l = load(&[]).unwrap();
+    assert!(l.notes.is_empty(), "{:?}", l.notes);
+
+    let l = load(&["--idle-timeout", "6"]).unwrap();
+    let c = &l.config;
+    assert_eq!(
+        (c.idle_timeout, c.ping_interval, c.message_timeout),
+        (secs(6), secs(2), secs(5))
+    );
+    assert_eq!(l.notes.len(), 2, "{:?}", l.notes);
+    assert!(
+        l.notes[0].starts_with("--ping-interval not set: 2 s"),
+        "{:?}",
+        l.notes
+    );
+    assert!(
+        l.notes[1].starts_with("--message-timeout not set: 5 s"),
+        "{:?}",
+        l.notes
+    );
+    let c = parse(&["--idle-timeout", "2"]).unwrap();
+    assert_eq!((c.ping_interval, c.message_timeout), (secs(1), secs(1)));
+    // Above the defaults, nothing needs to follow.
+    let l = load(&["--idle-timeout", "40"]).unwrap();
+    assert_eq!(
+        (l.config.ping_interval, l.config.message_timeout),
+        (secs(30), secs(20))
+    );
+    assert!(l.notes.is_empty());
+
+    // The idle timeout grows for a longer ping interval or message timeout.
+    assert_eq!(
+        parse(&["--ping-interval", "100"]).unwrap().idle_timeout,
+        secs(250)
+    );
+    assert_eq!(
+        parse(&["--ping-interval", "31"]).unwrap().idle_timeout,
+        secs(78)
+    );
+    assert_eq!(
+        parse(&["--message-timeout", "80"]).unwrap().idle_timeout,
+        secs(81)
+    );
+    let c = parse(&["--ping-interval", "40", "--message-timeout", "200"]).unwrap();
+    assert_eq!(c.idle_timeout, secs(201));
+
+    let l = load(&["--max-message-size", "16777216"]).unwrap();
+    assert_eq!(l.config.max_outbound_bytes, 16777216 + MESSAGE_ENVELOPE);
+    assert_eq!(l.config.max_frame_size, 16777216);
+    assert!(
+        l.notes[0].starts_with("--max-outbound-bytes not set: 16778240"),
+        "{:?}",
+        l.notes
+    );
+    // A small outbound bound brings the message size (and the frame size) down with it.
+    let c = parse(&["--max-outbound-bytes", "2000"]).unwrap();
+    assert_eq!((c.max_message_size, c.max_frame_size), (976, 976));
+    assert!(refused(&["--max-outbound-bytes", "1024"]).contains("leaves no room"));
+}
+
+#[test]
+fn only_values_set_can_conflict() {
+    let e = refused(&["--idle-timeout", "6", "--message-timeout", "20"]);
+    assert_eq!(
+        e,
+        "--message-timeout (20 s) must be shorter than --idle-timeout (6 s)"
+    );
+    let e = refused(&["--idle-timeout", "6", "--ping-interval", "30"]);
+    assert_eq!(
+        e,
+        "--idle-timeout (6 s) must be longer than --ping-interval (30 s)"
+    );
+    let e = refused(&["--max-message-size", "16M", "--max-outbound-bytes", "1M"]);
+    assert!(e.contains("it must be at least 16778240"), "{e}");
+    assert!(refused(&["--idle-timeout", "1"]).contains("at least 2 s"));
+}
+
+#[test]
+fn out_of_range_values_are_refused_not_wrapped() {
+    // max-message-size + MESSAGE_ENVELOPE would wrap to 1023 and pass its own check.
+    let e = refused(&["--max-message-size", "18446744073709551615"]);
+    assert!(
+        e.starts_with("--max-message-size (18446744073709551615) is too large: at most 1073740800"),
+        "{e}"
+    );
+    assert!(refused(&["--max-message-size", "1G"]).contains("too large"));
+    let c = parse(&["--max-message-size", "1073740800"]).unwrap();
+    assert_eq!(c.max_outbound_bytes, MAX_OUTBOUND_CEILING);
+    assert!(refused(&["--max-message-size", "99999999999999999999"]).contains("too large"));
+
+    // `as u32` would make these 1 s.
+    for flag in [
+        "--handshake-timeout",
+        "--ping-interval",
+        "--idle-timeout",
+        "--drain-timeout",
+        "--backpressure-timeout",
+        "--message-timeout",
+        "--stats-interval",
+    ] {
+        let e = refused(&[flag, "4294967297"]);
+        assert!(
+            e.starts_with(&format!("{flag} (4294967297 s) is too long")),
+            "{e}"
+        );
+    }
+    assert_eq!(
+        parse(&["--idle-timeout", "86400"]).unwrap().idle_timeout,
+        secs(86400)
+    );
+    assert!(refused(&["--idle-timeout", "86401"]).contains("at most 86400 s"));
+    // These two must stay below an idle timeout of at most a day.
+    assert_eq!(
+        parse(&["--ping-interval", "86399"]).unwrap().idle_timeout,
+        secs(86400)
+    );
+    assert!(refused(&["--ping-interval", "86400"]).contains("at most 86399 s"));
+    assert_eq!(
+        parse(&["--message-timeout", "86399"]).unwrap().idle_timeout,
+        secs(86400)
+    );
+}
+
+#[test]
+fn a_file_sets_what_flags_do_and_ranks_below_them() {
+    let f = file(
+        "ranks",
+        "listen = \"127.0.0.1:9100\"\n\
+         max-message-size = \"2K\"\n\
+         idle-timeout = 6\n\
+         allowed-origin = [\"https://a\", \"https://b\"]\n\
+         no-pin = true\n\
+         permessage-deflate = false\n\
+         max-memory = 1073741824\n\
+         slow-consumer = \"drop\"\n\
+         tls-key = \"k.pem\"\n\
+         api-token = \"t0ken\"\n",
+    );
+    let l = load(&with_file(&f, &["--tls-cert", "c.pem"])).unwrap();
+    let c = &l.config;
+    assert_eq!(c.listen.to_string(), "127.0.0.1:9100");
+    assert_eq!(c.max_message_size, 2048);
+    assert_eq!(c.allowed_origins, ["https://a", "https://b"]);
+    assert!(!c.pin && !c.permessage_deflate);
+    assert_eq!(c.max_memory, Some(1 << 30));
+    assert_eq!(c.slow_consumer, SlowConsumer::Drop);
+    assert_eq!(c.api_token.as_deref(), Some("t0ken"));
+    // A requirement between flags is met across the file and the command line.
+    assert_eq!(c.tls.as_ref().unwrap().key, PathBuf::from("k.pem"));
+    // A file value counts as set: the message timeout follows it.
+    assert_eq!((c.idle_timeout, c.message_timeout), (secs(6), secs(5)));
+    assert!(
+        l.notes[0].contains("10 setting(s) from the file"),
+        "{:?}",
+        l.notes
+    );
+    assert!(!l.notes.concat().contains("t0ken"));
+
+    let l = load(&with_file(
+        &f,
+        &[
+            "--tls-cert",
+            "c.pem",
+            "--listen",
+            "127.0.0.1:9200",
+            "--allowed-origin",
+            "https://c",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(l.config.listen.to_string(), "127.0.0.1:9200");
+    assert_eq!(l.config.allowed_origins, ["https://c"]);
+    assert!(
+        l.notes[0].ends_with("overridden by flags or CORECAST_* variables: listen, allowed-origin"),
+        "{:?}",
+        l.notes
+    );
+
+    // Two values the user set, one in the file and one on the command line, can conflict.
+    let e = refused(&with_file(
+        &f,
+        &["--tls-cert", "c.pem", "--message-timeout", "20"],
+    ));
+    assert_eq!(
+        e,
+        "--message-timeout (20 s) must be shorter than --idle-timeout (6 s)"
+    );
+}
+
+#[test]
+fn a_bad_file_names_the_key_and_its_line() {
+    let cases = [
+        (
+            "unknown",
+            "workers = 1\n\nmax-mesage-size = 10\n",
+            "line 3: unknown key `max-mesage-size`",
+        ),
+        (
+            "section",
+            "workers = 1\n[auth]\nkey = 1\n",
+            "line 2: unknown key `auth`",
+        ),
+        (
+            "config",
+            "config = \"other.toml\"\n",
+            "line 1: unknown key `config`",
+        ),
+        ("help", "help = true\n", "line 1: unknown key `help`"),
+        (
+            "typo",
+            "workers = 2\nworkers-x = 1\n",
+            "line 2: unknown key `workers-x`",
+        ),
+        (
+            "bool",
+            "\nno-pin = \"yes\"\n",
+            "line 2: `no-pin` must be true or false, not a string",
+        ),
+        (
+            "int",
+            "workers = \"many\"\n",
+            "line 1: `workers`: invalid value 'many'",
+        ),
+        (
+            "float",
+            "max-message-size = 1.5\n",
+            "line 1: `max-message-size` must be an integer or a string, not a float",
+        ),
+        (
+            "string",
+            "api-token = 42\n",
+            "line 1: `api-token` must be a string, not an integer",
+        ),
+        (
+            "list",
+            "allowed-origin = \"https://a\"\n",
+            "line 1: `allowed-origin` must be an array of strings, not a string",
+        ),
+        (
+            "list-item",
+            "allowed-origin = [\"https://a\", 2]\n",
+            "line 1: `allowed-origin` must be an array of strings, not an array",
+        ),
+        (
+            "address",
+            "listen = 9000\n",
+            "line 1: `listen`: invalid value '9000'",
+        ),
+        (
+            "range",
+            "deflate-level = 12\n",
+            "line 1: `deflate-level`: invalid value '12'",
+        ),
+        (
+            "choice",
+            "slow-consumer = \"maybe\"\n",
+            "(one of: close, drop)",
+        ),
+        (
+            "size",
+            "max-memory = \"4X\"\n",
+            "line 1: `max-memory`: invalid value '4X'",
+        ),
+        (
+            "duplicate",
+            "workers = 1\nworkers = 2\n",
+            "line 2: duplicate key",
+        ),
+    ];
+    for (name, text, want) in cases {
+        let f = file(name, text);
+        let e = refused(&with_file(&f, &[]));
+        assert!(
+            e.starts_with(&format!("--config {}, ", f.display())),
+            "{name}: {e}"
+        );
+        assert!(e.contains(want), "{name}: {e}");
+    }
+    // A flag that overrides a bad key does not hide it.
+    let f = file("hidden", "workers = \"many\"\n");
+    assert!(refused(&with_file(&f, &["--workers", "2"])).contains("line 1: `workers`"));
+
+    // toml's own message would quote the line, and with it the secret.
+    let f = file("secret", "workers = 1\napi-token = \"s3cret-t0ken\n");
+    let e = refused(&with_file(&f, &[]));
+    assert!(e.contains("line 2: "), "{e}");
+    assert!(!e.contains("s3cret"), "{e}");
+
+    let e = refused(&["--config", "/nonexistent/corecast.toml"]);
+    assert!(
+        e.starts_with("cannot read --config /nonexistent/corecast.toml: "),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_example_file_has_every_flag_and_loads() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = dir.join("deploy/corecast.toml");
+    let text = std::fs::read_to_string(&example).unwrap();
+    let docs = std::fs::read_to_string(dir.join("docs/configuration.md")).unwrap();
+    for arg in Args::command().get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if ["help", "version", "config"].contains(&long) {
+            continue;
+        }
+        let key = format!("{long} = ");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&key) || l.starts_with(&format!("# {key}"))),
+            "deploy/corecast.toml lacks `{long}`"
+        );
+        assert!(
+            docs.contains(&format!("`{long}`")),
+            "docs/configuration.md lacks `{long}`"
+        );
+    }
+    let l = load(&["--config", example.to_str().unwrap()]).unwrap();
+    assert_eq!(l.config.listen.to_string(), "0.0.0.0:9000");
+    assert_eq!(l.config.stats_interval, Some(secs(60)));
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
