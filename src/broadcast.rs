@@ -8,10 +8,12 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::backplane::Link;
 use crate::codec::{self, Kind, MAX_SERVER_HEADER};
+use crate::link::Link;
 use crate::protocol::{self, Raw};
 use crate::worker::handle::{Msg, WorkerHandle};
+
+pub use crate::delivery::{Delivery, Target};
 
 /// The memory that deliveries from outside the workers (the admin API, other nodes through
 /// the backplane) may hold in the workers' queues, counting a frame once per worker. Past
@@ -162,33 +164,6 @@ impl Bus {
             w.send(msg());
         }
     }
-}
-
-/// Who a delivery is for.
-#[derive(Debug, Clone)]
-pub enum Target {
-    /// Every open JSON connection.
-    All,
-    /// Subscribers of one topic.
-    Topic(Arc<str>),
-}
-
-impl Target {
-    fn same(&self, other: &Target) -> bool {
-        match (self, other) {
-            (Target::All, Target::All) => true,
-            (Target::Topic(a), Target::Topic(b)) => Arc::ptr_eq(a, b) || a == b,
-            _ => false,
-        }
-    }
-}
-
-/// A ready-to-send server frame and its audience. Cloning it costs two refcount bumps.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    pub target: Target,
-    /// A complete unmasked WebSocket text frame; identical for every recipient.
-    pub frame: Bytes,
 }
 
 /// Builds the `message` frame for `data` once: the JSON is written after room left for the

@@ -21,6 +21,7 @@ use crate::backplane;
 use crate::broadcast::Bus;
 use crate::config::{Config, DEFAULT_MEMORY_SHARE_PERCENT};
 use crate::conn::tls_config::{self, TlsConfigError};
+use crate::console::Console;
 use crate::control::Control;
 use crate::exit::{self, Exit, ThreadError};
 use crate::fdlimit;
@@ -147,13 +148,13 @@ impl Server {
             api_publishes_refused: AtomicU64::new(0),
             started: Instant::now(),
             memory: memory.clone(),
-            console: Arc::default(),
         });
+        let console: Arc<Console> = Arc::default();
 
         let mut threads = Vec::new();
         for (index, (poll, inbox)) in polls.into_iter().zip(inboxes).enumerate() {
             let st = stats[index].clone();
-            let console = shared.console.clone();
+            let console = console.clone();
             let (bus, cfg, admission, exit_tx, memory, tls) = (
                 shared.bus.clone(),
                 cfg.clone(),
@@ -210,7 +211,13 @@ impl Server {
                 let _ = exit_tx.send(Exit::Acceptor { result });
             })?;
 
-        let control = Control::start(admin_listener, shared.clone(), backplane, control_exit)?;
+        let control = Control::start(
+            admin_listener,
+            shared.clone(),
+            console,
+            backplane,
+            control_exit,
+        )?;
         let admin_addr = control.admin_addr();
         let scheme = if cfg.tls.is_some() { "wss" } else { "ws" };
         log::info!(

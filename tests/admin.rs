@@ -12,7 +12,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::*;
-use corecast::control::admin::{BODY_DEADLINE, HEAD_DEADLINE, MAX_ADMIN_CONNECTIONS};
+use corecast::control::admin::{HEAD_DEADLINE, MAX_ADMIN_CONNECTIONS};
+use corecast::control::endpoints::BODY_DEADLINE;
 use serde_json::json;
 
 /// How long a request from a well-behaved client may take while others misbehave.

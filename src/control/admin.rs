@@ -11,21 +11,19 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::endpoints::{self, Endpoints};
 use super::framing::{MAX_HEAD, MAX_HEADERS};
 use super::socket::AdminSocket;
 use crate::stats::{bump, gauge};
+use crate::stop::{stopped, Stopping};
 
 pub use crate::config::MAX_ADMIN_CONNECTIONS;
 /// Time from accepting a connection, or from the end of the previous response on it, to a
 /// complete request head. It is a total, not a per-read timeout, so a client sending a byte
 /// now and then is cut off too; it is also how long a keep-alive connection may sit idle.
 pub const HEAD_DEADLINE: Duration = Duration::from_secs(5);
-/// Time for a whole request body (at most `--max-message-size`) to arrive once its head has;
-/// over it the request gets 408 and the connection is closed.
-pub const BODY_DEADLINE: Duration = Duration::from_secs(10);
 /// hyper's read buffer per connection: room for a [`MAX_HEAD`] head and a good part of a
 /// body; hyper stops reading (and answers 431 to a head) at it.
 pub const MAX_BUF: usize = 64 * 1024;
@@ -41,11 +39,11 @@ Content-Length: 78\r\nConnection: close\r\n\r\n\
 /// Accepts until `stopping` turns true, then lets connections finish for up to
 /// [`STOP_GRACE`]. Returns when every connection task has ended or the grace is over; the
 /// caller drops the runtime, which drops whatever is left.
-pub async fn serve(listener: TcpListener, ep: Arc<Endpoints>, mut stopping: watch::Receiver<bool>) {
+pub async fn serve(listener: TcpListener, ep: Arc<Endpoints>, mut stopping: Stopping) {
     let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
-            _ = super::stopped(&mut stopping) => break,
+            _ = stopped(&mut stopping) => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
@@ -79,7 +77,7 @@ async fn connection(
     peer: SocketAddr,
     ep: Arc<Endpoints>,
     _slot: OwnedSemaphorePermit,
-    mut stopping: watch::Receiver<bool>,
+    mut stopping: Stopping,
 ) {
     gauge(&ep.stats.connections_open, 1);
     let both_lengths = Arc::new(AtomicBool::new(false));
@@ -104,7 +102,7 @@ async fn connection(
         .serve_connection(io, service));
     let result = tokio::select! {
         r = conn.as_mut() => r,
-        _ = super::stopped(&mut stopping) => {
+        _ = stopped(&mut stopping) => {
             // Finish a request in progress, close an idle connection at once; the caller's
             // grace period bounds the rest.
             conn.as_mut().graceful_shutdown();

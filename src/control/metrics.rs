@@ -32,7 +32,7 @@ pub struct AdminStats {
     pub connections_open: AtomicI64,
     /// Admin connections refused because [`MAX_ADMIN_CONNECTIONS`] were open.
     ///
-    /// [`MAX_ADMIN_CONNECTIONS`]: super::admin::MAX_ADMIN_CONNECTIONS
+    /// [`MAX_ADMIN_CONNECTIONS`]: crate::config::MAX_ADMIN_CONNECTIONS
     pub connections_refused: AtomicU64,
     /// Requests cut off for a head, body or response write past its deadline.
     pub request_timeouts: AtomicU64,

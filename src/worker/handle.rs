@@ -15,7 +15,7 @@ use mio::net::TcpStream;
 use mio::Waker;
 
 use crate::admission::Peer;
-use crate::broadcast::Delivery;
+use crate::delivery::Delivery;
 
 /// New sockets waiting for a worker; when full, the acceptor waits, and the kernel's accept
 /// backlog holds further clients.
