@@ -22,7 +22,8 @@
 //! origin node's id as 16 lower-case hex digits and `<message>` is the JSON text
 //! subscribers receive (`{"op":"message",...}`), so the receiving node only adds a frame
 //! header. A node skips envelopes with its own id (it delivered those locally already) and
-//! counts, then drops, envelopes of another version or malformed ones.
+//! counts, then drops, envelopes of another version or malformed ones, and those whose
+//! message is not UTF-8 (it would reach subscribers as a text frame).
 //!
 //! Faults: Redis unreachable at start or later is retried with capped exponential backoff
 //! ([`MIN_BACKOFF`] to [`MAX_BACKOFF`]); on each connection every live channel is
@@ -197,6 +198,12 @@ impl Inbound {
                 };
                 if node == self.node {
                     self.link.stats.own_skipped.fetch_add(1, Relaxed);
+                    return;
+                }
+                // Anyone who may PUBLISH on our channels can send this; it goes out as a
+                // text frame, which must be UTF-8.
+                if simdutf8::basic::from_utf8(message).is_err() {
+                    self.link.stats.invalid_utf8.fetch_add(1, Relaxed);
                     return;
                 }
                 let d = Delivery {

@@ -46,6 +46,9 @@ pub struct Stats {
     pub own_skipped: AtomicU64,
     /// Redis messages that are not a version-1 envelope (dropped).
     pub bad_envelopes: AtomicU64,
+    /// Envelopes from other nodes whose message is not UTF-8 (dropped): framed as text, it
+    /// would make every subscriber's client fail the connection (1007).
+    pub invalid_utf8: AtomicU64,
     /// Connections made after the first one.
     pub reconnects: AtomicU64,
     /// Redis channels subscribed right now (the broadcast channel included).

@@ -684,6 +684,7 @@ fn every_metric_keeps_its_name_type_and_labels() {
         "backplane_received_dropped_total",
         "backplane_own_skipped_total",
         "backplane_bad_envelopes_total",
+        "backplane_invalid_utf8_total",
         "backplane_reconnects_total",
     ] {
         add(name, "counter", None);

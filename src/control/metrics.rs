@@ -151,6 +151,7 @@ static FAMILIES: &[Family] = &[
     f("backplane_received_dropped", "Messages from other nodes dropped because this node's workers were 64 MiB of them behind.", Read::Counter(|r| bp(r, |s| s.received_dropped.load(Relaxed)))),
     f("backplane_own_skipped", "Messages that came back from Redis to the node that sent them (not delivered twice).", Read::Counter(|r| bp(r, |s| s.own_skipped.load(Relaxed)))),
     f("backplane_bad_envelopes", "Redis messages on corecast's channels that are not a version-1 envelope (dropped).", Read::Counter(|r| bp(r, |s| s.bad_envelopes.load(Relaxed)))),
+    f("backplane_invalid_utf8", "Messages from other nodes dropped because their text is not UTF-8 (as a text frame it would fail every subscriber's connection).", Read::Counter(|r| bp(r, |s| s.invalid_utf8.load(Relaxed)))),
     f("backplane_reconnects", "Connections to Redis made after the first.", Read::Counter(|r| bp(r, |s| s.reconnects.load(Relaxed)))),
     f("backplane_channels", "Redis channels subscribed right now.", Read::Gauge(|r| bp(r, |s| s.channels.load(Relaxed)))),
     f("backplane_queue_bytes", "Bytes of publishes waiting to be forwarded to Redis (bounded at 64 MiB).", Read::Gauge(|r| r.shared.bus.backplane().map_or(0, |b| saturate(b.queued_bytes() as u64)))),
