@@ -95,11 +95,12 @@ impl Bus {
         crate::budget::try_reserve(&self.outside, len * self.workers.len(), OUTSIDE_BYTES)
     }
 
+    /// Queues `d` to every worker that runs; returns how many that is.
     fn queue_outside(&self, d: Delivery) -> usize {
-        for w in self.workers.iter() {
-            w.send(Msg::DeliverOutside(d.clone()));
-        }
-        self.workers.len()
+        self.workers
+            .iter()
+            .filter(|w| w.send(Msg::DeliverOutside(d.clone()), |m| self.unread(m)))
+            .count()
     }
 
     /// A worker took a delivery from outside off its queue: its room is free again (the
@@ -127,7 +128,7 @@ impl Bus {
         }
         for (i, w) in self.workers.iter().enumerate() {
             if i != me {
-                w.send(Msg::Deliver(d.clone()));
+                w.send(Msg::Deliver(d.clone()), |m| self.unread(m));
             }
         }
         local.push(d);
@@ -153,7 +154,7 @@ impl Bus {
     pub fn fence_from(&self, me: usize) {
         for (i, w) in self.workers.iter().enumerate() {
             if i != me {
-                w.send(Msg::Fence);
+                w.send(Msg::Fence, |m| self.unread(m));
             }
         }
     }
@@ -161,7 +162,22 @@ impl Bus {
     /// Sends `msg` (made fresh for each) to every worker.
     pub fn tell_all(&self, msg: impl Fn() -> Msg) {
         for w in self.workers.iter() {
-            w.send(msg());
+            w.send(msg(), |m| self.unread(m));
+        }
+    }
+
+    /// Worker `index` has exited: the budget of what it left unread, and of whatever is
+    /// sent to it from now on, comes back at once instead of never.
+    pub fn retire(&self, index: usize) {
+        self.workers[index].retire(|m| self.unread(m));
+    }
+
+    /// A message no worker will read: gives back what it was charged.
+    fn unread(&self, msg: Msg) {
+        match msg {
+            Msg::Deliver(d) => self.cross_taken(&d),
+            Msg::DeliverOutside(d) => self.outside_taken(&d),
+            _ => {}
         }
     }
 }

@@ -155,6 +155,7 @@ impl Server {
         for (index, (poll, inbox)) in polls.into_iter().zip(inboxes).enumerate() {
             let st = stats[index].clone();
             let console = console.clone();
+            let retire = shared.bus.clone();
             let (bus, cfg, admission, exit_tx, memory, tls) = (
                 shared.bus.clone(),
                 cfg.clone(),
@@ -180,8 +181,9 @@ impl Server {
                         tls,
                         console,
                     };
-                    let worker = Worker::new(index, poll, inbox, ctx);
-                    let result = exit::guarded(|| worker.run());
+                    let result = exit::guarded(|| Worker::new(index, poll, inbox, ctx).run());
+                    // Nothing sent to this worker is read from now on: its budget comes back.
+                    retire.retire(index);
                     if let Err(e) = &result {
                         log::error!("worker {index} stopped: {e}");
                     }
@@ -412,7 +414,6 @@ mod tests {
 
     #[test]
     fn a_worker_that_panics_is_reported_while_the_others_keep_serving() {
-        use std::io::{Read, Write};
         let server = Server::start(Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             workers: 2,
@@ -422,7 +423,7 @@ mod tests {
         .unwrap();
         assert!(server.wait_exit(Duration::from_millis(50)).is_none());
 
-        server.shared.workers[1].send(Msg::Panic("injected fault"));
+        server.shared.workers[1].send(Msg::Panic("injected fault"), drop);
         match server.wait_exit(Duration::from_secs(10)) {
             Some(Exit::Worker { index, result }) => {
                 assert_eq!(index, 1);
@@ -444,6 +445,160 @@ mod tests {
             s.read_exact(&mut buf).is_ok() && &buf == b"HTTP/1.1 200"
         });
         assert!(healthy, "the surviving worker stopped serving");
+        server.shutdown().expect("shutdown completes");
+    }
+
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    /// The messages the budget tests publish: 1 MiB of data each.
+    const MESSAGE: usize = 1 << 20;
+    /// Every blocking read and write of these tests gives up after this long.
+    const WATCHDOG: Duration = Duration::from_secs(10);
+
+    /// Two workers (an admin endpoint, room for [`MESSAGE`]s), worker 1 made to die.
+    fn worker_1_dead() -> Server {
+        let server = Server::start(Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+            workers: 2,
+            pin: false,
+            max_message_size: 2 * MESSAGE,
+            max_frame_size: 2 * MESSAGE,
+            ..Config::default()
+        })
+        .unwrap();
+        server.shared.workers[1].send(Msg::Panic("injected fault"), drop);
+        match server.wait_exit(WATCHDOG) {
+            Some(Exit::Worker { index: 1, .. }) => server,
+            other => panic!("expected worker 1 to die, got {other:?}"),
+        }
+    }
+
+    /// Sends one HTTP/1.1 request and reads its response: (status, body).
+    fn http(s: &mut TcpStream, request: &[u8]) -> (u16, String) {
+        s.write_all(request).unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).expect("a response head");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .map_or(0, |v| v.parse().unwrap());
+        let mut body = vec![0u8; length];
+        s.read_exact(&mut body).unwrap();
+        (
+            head[9..12].parse().unwrap(),
+            String::from_utf8(body).unwrap(),
+        )
+    }
+
+    /// Both budget gauges of `/metrics`: (cross-worker, outside) bytes queued.
+    fn budget_gauges(admin: SocketAddr) -> (String, String) {
+        let mut s = TcpStream::connect(admin).unwrap();
+        s.set_read_timeout(Some(WATCHDOG)).unwrap();
+        let (status, body) = http(&mut s, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(status, 200);
+        let gauge = |name: &str| {
+            body.lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("{name} exported"))
+                .to_owned()
+        };
+        (
+            gauge("corecast_cross_worker_queued_bytes "),
+            gauge("corecast_outside_queued_bytes "),
+        )
+    }
+
+    /// Polls `f` until it holds, failing after the watchdog.
+    fn wait_for(what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + WATCHDOG;
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Admin publishes to a dead worker are charged to the outside budget like any: twice
+    /// [`OUTSIDE_BYTES`] of them, each queued to the live worker only, are all accepted, and
+    /// the budget comes back to nothing once the live worker has taken its copies.
+    #[test]
+    fn admin_publishes_do_not_leave_their_budget_with_a_dead_worker() {
+        use crate::broadcast::OUTSIDE_BYTES;
+        let server = worker_1_dead();
+        let admin = server.admin_addr().unwrap();
+        let body = format!(r#"{{"topic":"t","data":"{}"}}"#, "x".repeat(MESSAGE));
+        let request = format!(
+            "POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let mut s = TcpStream::connect(admin).unwrap();
+        s.set_read_timeout(Some(WATCHDOG)).unwrap();
+        let n = 2 * OUTSIDE_BYTES / MESSAGE;
+        for i in 0..n {
+            let (status, answer) = http(&mut s, request.as_bytes());
+            assert_eq!(
+                (status, &*answer),
+                (202, r#"{"queued_workers":1}"#),
+                "publish {i} of {n}"
+            );
+        }
+        wait_for("the outside budget back to 0", || {
+            server.outside_queued() == 0
+        });
+        let gauges = budget_gauges(admin);
+        assert_eq!(gauges.1, "corecast_outside_queued_bytes 0");
+        server.shutdown().expect("shutdown completes");
+    }
+
+    /// A client's publishes to a dead worker are charged to the cross-worker budget: twice
+    /// [`CROSS_BYTES`] of them from a client of the live worker never hold it back, and the
+    /// budget comes back to nothing.
+    #[test]
+    fn client_publishes_do_not_leave_their_budget_with_a_dead_worker() {
+        use crate::broadcast::CROSS_BYTES;
+        use tungstenite::Message;
+        let server = worker_1_dead();
+        // Round robin may hand a socket to the dead worker (it is then closed): try again.
+        let mut ws = (0..4)
+            .find_map(|_| {
+                let s = TcpStream::connect(server.local_addr()).unwrap();
+                s.set_read_timeout(Some(WATCHDOG)).unwrap();
+                s.set_write_timeout(Some(WATCHDOG)).unwrap();
+                let url = format!("ws://{}/ws", server.local_addr());
+                tungstenite::client(url.as_str(), s).ok().map(|(ws, _)| ws)
+            })
+            .expect("a connection on the live worker");
+        let publish = format!(
+            r#"{{"op":"publish","topic":"t","data":"{}"}}"#,
+            "x".repeat(MESSAGE)
+        );
+        let n = 2 * CROSS_BYTES / MESSAGE;
+        for i in 0..n {
+            ws.send(Message::text(publish.clone()))
+                .unwrap_or_else(|e| panic!("publish {i} of {n}: {e}"));
+        }
+        // Answered only if the publisher's input was never held back.
+        ws.send(Message::text(r#"{"op":"echo","data":"after"}"#))
+            .unwrap();
+        loop {
+            match ws.read().expect("the echo after the publishes") {
+                Message::Text(t) if t.as_str() == r#"{"op":"echo","data":"after"}"# => break,
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(server.stats().publishers_held, 0);
+        wait_for("the cross-worker budget back to 0", || {
+            server.shared.bus.cross_queued() == 0
+        });
+        let gauges = budget_gauges(server.admin_addr().unwrap());
+        assert_eq!(gauges.0, "corecast_cross_worker_queued_bytes 0");
         server.shutdown().expect("shutdown completes");
     }
 }
