@@ -151,7 +151,23 @@ impl Server {
         });
         let console: Arc<Console> = Arc::default();
 
-        let mut threads = Vec::new();
+        // The acceptor's poll and waker before any thread runs: from here on, what fails
+        // drops `server`, whose Drop stops every thread started so far.
+        let poll = Poll::new()?;
+        let acceptor_waker = Arc::new(Waker::new(poll.registry(), ACCEPTOR_WAKER)?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut server = Server {
+            addr,
+            admin_addr: None,
+            shared: shared.clone(),
+            threads: Vec::new(),
+            acceptor: None,
+            acceptor_waker,
+            stop: stop.clone(),
+            control: None,
+            exits,
+        };
+
         for (index, (poll, inbox)) in polls.into_iter().zip(inboxes).enumerate() {
             let st = stats[index].clone();
             let console = console.clone();
@@ -189,30 +205,33 @@ impl Server {
                     }
                     let _ = exit_tx.send(Exit::Worker { index, result });
                 })?;
-            threads.push(t);
+            server.threads.push(t);
         }
 
-        let poll = Poll::new()?;
-        let acceptor_waker = Arc::new(Waker::new(poll.registry(), ACCEPTOR_WAKER)?);
-        let stop = Arc::new(AtomicBool::new(false));
         let acc = Acceptor {
             poll,
             listener,
             shared: shared.clone(),
             gate,
-            stop: stop.clone(),
+            stop,
             tls: cfg.tls.is_some(),
         };
-        let acceptor = std::thread::Builder::new()
-            .name("corecast-accept".into())
-            .spawn(move || {
-                let result = exit::guarded(|| acc.run());
-                if let Err(e) = &result {
-                    log::error!("acceptor stopped: {e}");
-                }
-                let _ = exit_tx.send(Exit::Acceptor { result });
-            })?;
+        server.acceptor = Some(
+            std::thread::Builder::new()
+                .name("corecast-accept".into())
+                .spawn(move || {
+                    let result = exit::guarded(|| acc.run());
+                    if let Err(e) = &result {
+                        log::error!("acceptor stopped: {e}");
+                    }
+                    let _ = exit_tx.send(Exit::Acceptor { result });
+                })?,
+        );
 
+        #[cfg(test)]
+        if FAIL_CONTROL_START.get() {
+            return Err(io::Error::other("control plane start failed (injected)").into());
+        }
         let control = Control::start(
             admin_listener,
             shared.clone(),
@@ -220,26 +239,17 @@ impl Server {
             backplane,
             control_exit,
         )?;
-        let admin_addr = control.admin_addr();
+        server.admin_addr = control.admin_addr();
+        server.control = Some(control);
         let scheme = if cfg.tls.is_some() { "wss" } else { "ws" };
         log::info!(
             "listening on {scheme}://{addr} with {} workers",
             cfg.workers
         );
-        if let Some(a) = admin_addr {
+        if let Some(a) = server.admin_addr {
             log::info!("admin endpoint (metrics, healthz, publish) on http://{a}");
         }
-        Ok(Server {
-            addr,
-            admin_addr,
-            shared,
-            threads,
-            acceptor: Some(acceptor),
-            acceptor_waker,
-            stop,
-            control: Some(control),
-            exits,
-        })
+        Ok(server)
     }
 
     /// Reads the certificate and key again (SIGHUP): new connections use them from the next
@@ -301,33 +311,7 @@ impl Server {
     /// health checks, close every connection with 1001, wait for the clients to answer (up to
     /// the drain timeout), and join every thread. Returns the first thread failure, if any.
     pub fn shutdown(mut self) -> Result<(), ThreadError> {
-        if self.shared.cfg.reuse_port {
-            // A restart: close the listener before anything else, so that new connections
-            // go to the other process on the port (and, with tcp_migrate_req, so do those
-            // still in this one's accept queue) instead of being refused here.
-            acceptor::stop(&self.acceptor_waker, &self.stop);
-            if let Some(a) = self.acceptor.take() {
-                let _ = a.join();
-            }
-            log::info!("--reuse-port: listener closed, draining");
-        }
-        // First, so that every publish acknowledged with 202 is in the workers' queues ahead
-        // of the Msg::Shutdown below.
-        if let Some(c) = &self.control {
-            c.stop_publishing();
-        }
-        self.shared.draining.store(true, Ordering::SeqCst);
-        self.shared.bus.tell_all(|| Msg::Shutdown);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-        acceptor::stop(&self.acceptor_waker, &self.stop);
-        if let Some(a) = self.acceptor.take() {
-            let _ = a.join();
-        }
-        if let Some(c) = self.control.take() {
-            c.stop();
-        }
+        self.stop();
         let mut first_err = Ok(());
         while let Ok(exit) = self.exits.try_recv() {
             let result = exit.result();
@@ -345,6 +329,59 @@ impl Server {
         );
         first_err
     }
+
+    /// Stops every thread that runs, in the order that loses no acknowledged publish (see
+    /// [`shutdown`](Server::shutdown)), and joins them. What was never started is skipped,
+    /// and what is stopped already is not stopped again.
+    fn stop(&mut self) {
+        if self.threads.is_empty() && self.acceptor.is_none() && self.control.is_none() {
+            return;
+        }
+        if self.shared.cfg.reuse_port {
+            // A restart: close the listener before anything else, so that new connections
+            // go to the other process on the port (and, with tcp_migrate_req, so do those
+            // still in this one's accept queue) instead of being refused here.
+            self.stop_acceptor();
+            log::info!("--reuse-port: listener closed, draining");
+        }
+        // First, so that every publish acknowledged with 202 is in the workers' queues ahead
+        // of the Msg::Shutdown below.
+        if let Some(c) = &self.control {
+            c.stop_publishing();
+        }
+        self.shared.draining.store(true, Ordering::SeqCst);
+        self.shared.bus.tell_all(|| Msg::Shutdown);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        self.stop_acceptor();
+        if let Some(c) = self.control.take() {
+            c.stop();
+        }
+    }
+
+    fn stop_acceptor(&mut self) {
+        if let Some(a) = self.acceptor.take() {
+            acceptor::stop(&self.acceptor_waker, &self.stop);
+            let _ = a.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    /// A server dropped without [`Server::shutdown`] (a start that failed half way, a caller
+    /// that returned early, a test that failed) stops the same way: no thread it started
+    /// outlives it, and its ports are closed when this returns.
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests only: the control plane fails to start on this thread's next `Server::start`,
+    /// once the workers and the acceptor run (as it can for want of a descriptor or a thread).
+    static FAIL_CONTROL_START: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// The WebSocket listener with SO_REUSEPORT (and SO_REUSEADDR), so that another corecast
@@ -411,9 +448,54 @@ fn connection_limit(cfg: &Config) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Mutex, MutexGuard, PoisonError};
+
+    /// The tests that start servers run one at a time: one of them counts the threads of
+    /// every server in the process.
+    fn one_at_a_time() -> MutexGuard<'static, ()> {
+        static SERVERS: Mutex<()> = Mutex::new(());
+        SERVERS.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Threads of servers in this process, by the names every server thread carries.
+    fn server_threads() -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter(|t| {
+                let comm = t.as_ref().unwrap().path().join("comm");
+                std::fs::read_to_string(comm).is_ok_and(|c| c.starts_with("corecast-"))
+            })
+            .count()
+    }
+
+    /// A start that fails once the workers and the acceptor run (here the control plane's,
+    /// injected) stops them again: no thread is left, and the port refuses connections.
+    #[test]
+    fn a_start_that_fails_half_way_leaves_nothing_running() {
+        let _one = one_at_a_time();
+        let before = server_threads();
+        let listen = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        FAIL_CONTROL_START.set(true);
+        let started = Server::start(Config {
+            listen,
+            workers: 2,
+            pin: false,
+            ..Config::default()
+        });
+        FAIL_CONTROL_START.set(false);
+        let e = started.err().expect("the start fails");
+        assert!(e.to_string().contains("injected"), "{e}");
+        assert_eq!(server_threads(), before, "server threads left running");
+        let refused = std::net::TcpStream::connect(listen).expect_err("the port is closed");
+        assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
+    }
 
     #[test]
     fn a_worker_that_panics_is_reported_while_the_others_keep_serving() {
+        let _one = one_at_a_time();
         let server = Server::start(Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             workers: 2,
@@ -529,6 +611,7 @@ mod tests {
     /// the budget comes back to nothing once the live worker has taken its copies.
     #[test]
     fn admin_publishes_do_not_leave_their_budget_with_a_dead_worker() {
+        let _one = one_at_a_time();
         use crate::broadcast::OUTSIDE_BYTES;
         let server = worker_1_dead();
         let admin = server.admin_addr().unwrap();
@@ -561,6 +644,7 @@ mod tests {
     /// budget comes back to nothing.
     #[test]
     fn client_publishes_do_not_leave_their_budget_with_a_dead_worker() {
+        let _one = one_at_a_time();
         use crate::broadcast::CROSS_BYTES;
         use tungstenite::Message;
         let server = worker_1_dead();
