@@ -1,5 +1,10 @@
 //! The admin HTTP server (hyper, HTTP/1.1): the accept loop with its connection cap, and one
 //! task per connection with keep-alive and deadlines. Runs on the control thread's runtime.
+//!
+//! At the cap the loop takes no connection: new ones wait in the kernel's listen backlog, as
+//! they would at any busy server, and are taken in order as slots free. Only those still
+//! waiting after [`QUEUE_WAIT`] are accepted to be answered 503. The loop waits on a slot
+//! or on that timer, never on the listener, so it cannot spin.
 
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -27,6 +32,18 @@ pub const HEAD_DEADLINE: Duration = Duration::from_secs(5);
 /// hyper's read buffer per connection: room for a [`MAX_HEAD`] head and a good part of a
 /// body; hyper stops reading (and answers 431 to a head) at it.
 pub const MAX_BUF: usize = 64 * 1024;
+/// How long a connection may wait in the listen backlog while all
+/// [`MAX_ADMIN_CONNECTIONS`] are in use before it is accepted only to be answered 503. Long
+/// enough for a burst of scrapes (a request takes well under a millisecond) to be served in
+/// turn, well under a scraper's timeout (Prometheus: 10 s) and the head deadline that frees
+/// the slots of idle connections.
+pub const QUEUE_WAIT: Duration = Duration::from_secs(2);
+/// The admin listener's backlog: room for connections waiting for a slot, three times the
+/// cap and more (the kernel caps it at net.core.somaxconn).
+pub const BACKLOG: i32 = 1024;
+/// Connections refused in one go once [`QUEUE_WAIT`] has passed at the cap, at most: the
+/// backlog's worth, so that a flood arriving as fast as it is refused cannot hold the loop.
+const REFUSE_AT_ONCE: usize = BACKLOG as usize;
 /// How long stopping lets requests in progress finish before their tasks are dropped.
 pub const STOP_GRACE: Duration = Duration::from_millis(300);
 
@@ -42,21 +59,30 @@ Content-Length: 78\r\nConnection: close\r\n\r\n\
 pub async fn serve(listener: TcpListener, ep: Arc<Endpoints>, mut stopping: Stopping) {
     let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
+        // A slot before a connection: at the cap, the backlog holds them.
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => tokio::select! {
+                biased;
+                _ = stopped(&mut stopping) => break,
+                slot = slots.clone().acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => break, // closed: never, the semaphore lives here
+                },
+                _ = tokio::time::sleep(QUEUE_WAIT) => {
+                    refuse_waiting(&listener, &ep);
+                    continue;
+                }
+            },
+        };
         let accepted = tokio::select! {
             _ = stopped(&mut stopping) => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((sock, peer)) => match slots.clone().try_acquire_owned() {
-                Ok(slot) => {
-                    tokio::spawn(connection(sock, peer, ep.clone(), slot, stopping.clone()));
-                }
-                Err(_) => {
-                    bump(&ep.stats.connections_refused, 1);
-                    // One try: a client that cannot take 200 bytes is not waited for.
-                    let _ = sock.try_write(BUSY);
-                }
-            },
+            Ok((sock, peer)) => {
+                tokio::spawn(connection(sock, peer, ep.clone(), slot, stopping.clone()));
+            }
             // Out of descriptors: back off instead of spinning; other errors are one
             // client's aborted connect.
             Err(e) => {
@@ -69,6 +95,23 @@ pub async fn serve(listener: TcpListener, ep: Arc<Endpoints>, mut stopping: Stop
     drop(listener);
     let all = u32::try_from(MAX_ADMIN_CONNECTIONS).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(STOP_GRACE, slots.acquire_many(all)).await;
+}
+
+/// Answers 503 to the connections waiting in the backlog now (they have waited
+/// [`QUEUE_WAIT`] at most, for a slot that did not come), up to [`REFUSE_AT_ONCE`]; waits
+/// for none. The accepts go straight to the socket, not through tokio's readiness, which may
+/// not have seen the latest arrivals yet.
+fn refuse_waiting(listener: &TcpListener, ep: &Endpoints) {
+    let sock = socket2::SockRef::from(listener);
+    for _ in 0..REFUSE_AT_ONCE {
+        // The listener is non-blocking: WouldBlock, or any error, ends the round.
+        let Ok((client, _)) = sock.accept() else {
+            return;
+        };
+        bump(&ep.stats.connections_refused, 1);
+        // One try: a client that cannot take 200 bytes is not waited for.
+        let _ = client.send_with_flags(BUSY, libc::MSG_DONTWAIT);
+    }
 }
 
 /// Serves one connection until it closes, errs, times out, or the server stops.

@@ -30,7 +30,8 @@ const PREFIX: &str = "corecast";
 pub struct AdminStats {
     /// Admin connections being served.
     pub connections_open: AtomicI64,
-    /// Admin connections refused because [`MAX_ADMIN_CONNECTIONS`] were open.
+    /// Admin connections refused because [`MAX_ADMIN_CONNECTIONS`] were open for the whole
+    /// time they may wait in the listen backlog.
     ///
     /// [`MAX_ADMIN_CONNECTIONS`]: crate::config::MAX_ADMIN_CONNECTIONS
     pub connections_refused: AtomicU64,
@@ -141,7 +142,7 @@ static FAMILIES: &[Family] = &[
     f("process_open_fds", "Open file descriptors.", Read::Gauge(|_| open_fds().map_or(0, saturate))),
     f("uptime_seconds", "Seconds since start.", Read::Seconds(|r| r.shared.started.elapsed().as_secs_f64())),
     f("admin_connections_open", "Admin endpoint connections being served.", Read::Gauge(|r| r.admin.connections_open.load(Relaxed))),
-    f("admin_connections_refused", "Admin endpoint connections refused (503) at the connection cap.", Read::Counter(|r| r.admin.connections_refused.load(Relaxed))),
+    f("admin_connections_refused", "Admin endpoint connections refused (503) after waiting 2 s in the listen backlog at the connection cap.", Read::Counter(|r| r.admin.connections_refused.load(Relaxed))),
     f("admin_request_timeouts", "Admin requests cut off at the head, body or write deadline.", Read::Counter(|r| r.admin.request_timeouts.load(Relaxed))),
     f("backplane_configured", "1 with --redis.", Read::Gauge(|r| r.shared.bus.backplane().is_some().into())),
     f("backplane_up", "1 while connected to Redis and subscribed (0 without --redis).", Read::Gauge(|r| bp(r, |s| s.up.load(Relaxed).into()))),

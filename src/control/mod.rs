@@ -88,6 +88,8 @@ impl Control {
         let mut endpoints = None;
         if let Some(l) = admin {
             admin_addr = Some(l.local_addr()?);
+            // Connections over the cap wait there (see `admin`); std binds with 128.
+            socket2::SockRef::from(&l).listen(admin::BACKLOG)?;
             l.set_nonblocking(true)?;
             let listener = {
                 let _in_runtime = rt.enter();
