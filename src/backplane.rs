@@ -3,7 +3,8 @@
 //!
 //! Workers never touch the network here. A worker's publish is delivered locally at once
 //! (as without a backplane) and a copy of its frame goes into a bounded queue to the control
-//! thread ([`Link::forward`], which never blocks: a full queue drops and counts). The
+//! thread, all of a loop turn's publishes in one batch (`Link::forward`, which never
+//! blocks: what does not fit is dropped and counted). The
 //! backplane task on the control thread PUBLISHes what it takes from that queue, in order,
 //! pipelined over one RESP3 connection, and receives the other nodes' messages as push
 //! frames on the same connection, in order, and hands each to every worker's queue
@@ -44,12 +45,13 @@ use tokio::time::Instant;
 use crate::broadcast::Bus;
 use crate::codec::{self, Kind, MAX_SERVER_HEADER};
 use crate::delivery::{Delivery, Target};
-use crate::link::{Forward, Interest};
+use crate::link::{Forward, Forwards, Interest};
 use crate::stop::{stopped, Stopping};
 
 pub use crate::link::{link, Link, Receivers, Stats, INTEREST_QUEUE, QUEUE, QUEUE_BYTES};
 
-/// Publishes sent to Redis in one pipeline at most.
+/// Publishes sent to Redis in one pipeline at most; also about how many the task takes from
+/// the workers at once (their batches whole).
 const BATCH: usize = 512;
 /// How long a topic's channel stays subscribed after its last local subscriber left.
 pub const UNSUBSCRIBE_DELAY: Duration = Duration::from_secs(2);
@@ -249,7 +251,7 @@ struct Backplane {
 /// follows interest. Never returns early; Redis being away is a state, not an error.
 pub async fn run(opts: Options, link: Arc<Link>, rx: Receivers, bus: Bus, mut stopping: Stopping) {
     let Receivers {
-        mut publish,
+        forwards,
         mut interest,
     } = rx;
     let inbound = Arc::new(Inbound {
@@ -308,11 +310,9 @@ pub async fn run(opts: Options, link: Arc<Link>, rx: Receivers, bus: Bus, mut st
                 bp.shrink();
                 bp.subscribe(new).await;
             }
-            n = publish.recv_many(&mut batch, BATCH) => {
-                if n == 0 {
-                    break; // every link is gone: the server is stopping
-                }
-                bp.forward(&mut batch).await;
+            _ = forwards.ready() => {
+                forwards.take(&mut batch, BATCH);
+                bp.forward(&forwards, &mut batch).await;
             }
             _ = ticks.tick() => bp.unsubscribe_due().await,
         }
@@ -395,26 +395,33 @@ impl Backplane {
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
 
-    /// PUBLISHes a batch in one pipeline, in order.
-    async fn forward(&mut self, batch: &mut Vec<Forward>) {
-        let n = batch.len() as u64;
-        // The batch's frames count against the bound until the pipeline is done with them.
-        let bytes: usize = batch.iter().map(|f| f.frame.len()).sum();
+    /// PUBLISHes what was taken, in order, in pipelines of [`BATCH`] at most, and empties
+    /// `batch`.
+    async fn forward(&mut self, forwards: &Forwards, batch: &mut Vec<Forward>) {
+        for chunk in batch.chunks(BATCH) {
+            self.forward_chunk(forwards, chunk).await;
+        }
+        batch.clear();
+    }
+
+    async fn forward_chunk(&mut self, forwards: &Forwards, chunk: &[Forward]) {
+        let n = chunk.len() as u64;
+        // The frames count against the bound until the pipeline is done with them.
+        let bytes: usize = chunk.iter().map(|f| f.frame.len()).sum();
         let Some(conn) = self.conn.as_mut() else {
             self.link.stats.forward_failed.fetch_add(n, Relaxed);
-            batch.clear();
-            self.link.queued_bytes.fetch_sub(bytes, Relaxed);
+            forwards.sent(bytes);
             return;
         };
         let mut pipe = redis::pipe();
-        for f in batch.drain(..) {
+        for f in chunk {
             pipe.cmd("PUBLISH")
                 .arg(channel(&self.opts.prefix, &f.target))
                 .arg(envelope(self.link.node(), &f.frame))
                 .ignore();
         }
         let result = pipe.query_async::<()>(conn).await;
-        self.link.queued_bytes.fetch_sub(bytes, Relaxed);
+        forwards.sent(bytes);
         match result {
             Ok(()) => {
                 self.link.stats.forwarded.fetch_add(n, Relaxed);

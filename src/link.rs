@@ -3,14 +3,24 @@
 //! worker), and the backplane's counters. The workers fill the queues without ever blocking;
 //! the backplane task (`crate::backplane`, on the control thread) empties them.
 //!
+//! A worker hands over its publishes once per loop turn, as one batch, not one by one: one
+//! atomic operation reserves their room, one push queues them, and the control thread is
+//! woken (an eventfd write) only if the task sleeps, by the protocol `worker::handle` uses
+//! for the workers themselves: the task says it sleeps, looks at the queue once more, and
+//! waits; a worker pushes, then takes the task's `asleep` back and wakes it only if it was
+//! set. The SeqCst fences order each side's store before its load.
+//!
 //! A leaf of its own, below both of its users: the bus forwards every publish through it,
 //! and the backplane task, which hands other nodes' messages to that same bus, reads it.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    fence, AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed, Ordering::SeqCst,
+};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use crossbeam_channel::{Receiver, Sender};
+use tokio::sync::{mpsc, Notify};
 
 use crate::delivery::{Delivery, Target};
 
@@ -28,7 +38,7 @@ pub const QUEUE_BYTES: usize = 64 << 20;
 pub const INTEREST_QUEUE: usize = 16_384;
 
 /// Backplane counters, read by `/metrics`. Written by the control thread, except
-/// `forward_failed`, which a worker bumps when the queue is full.
+/// `forward_failed` and `interest_overflows`, which a worker bumps when a queue is full.
 #[derive(Debug, Default)]
 pub struct Stats {
     /// Connected to Redis and subscribed.
@@ -67,6 +77,15 @@ pub(crate) struct Forward {
     pub(crate) frame: Bytes,
 }
 
+impl Forward {
+    pub(crate) fn of(d: &Delivery) -> Forward {
+        Forward {
+            target: d.target.clone(),
+            frame: d.frame.clone(),
+        }
+    }
+}
+
 /// A worker's report (the first field is its index).
 #[derive(Debug)]
 pub(crate) enum Interest {
@@ -76,13 +95,42 @@ pub(crate) enum Interest {
     Resync(usize, Vec<Arc<str>>),
 }
 
+/// One publish in [`Link::queued`]'s upper half; the bytes of frames fill the lower half
+/// ([`QUEUE_BYTES`] is far below 2^32, and a reservation never passes it).
+const ONE: u64 = 1 << 32;
+
+/// Takes room for one more publish of `len` bytes in `(count, bytes)` if it stays within
+/// [`QUEUE`] and [`QUEUE_BYTES`]; false (and nothing taken) if it would not.
+fn take_room((count, bytes): &mut (u64, u64), len: usize) -> bool {
+    let after = *bytes + len as u64;
+    if *count >= QUEUE as u64 || after > QUEUE_BYTES as u64 {
+        return false;
+    }
+    *count += 1;
+    *bytes = after;
+    true
+}
+
+fn unpack(queued: u64) -> (u64, u64) {
+    (queued / ONE, queued % ONE)
+}
+
 /// The workers' side of the backplane: cheap to share, and nothing on it blocks.
 #[derive(Debug)]
 pub struct Link {
     node: u64,
-    publish: mpsc::Sender<Forward>,
-    /// Bytes of frames in `publish` (bounded by [`QUEUE_BYTES`]).
-    pub(crate) queued_bytes: AtomicUsize,
+    /// Batches of publishes, one per worker and loop turn at most, in order.
+    forwards: Sender<Vec<Forward>>,
+    /// The publishes in `forwards` (upper half) and the bytes of their frames, the batch
+    /// being sent included (lower half): bounded by [`QUEUE`] and [`QUEUE_BYTES`], and
+    /// reserved for a whole batch by one atomic operation.
+    queued: AtomicU64,
+    /// The backplane task is about to wait or waiting for `forwards`: the next hand-over
+    /// wakes it through `wake`.
+    asleep: AtomicBool,
+    wake: Notify,
+    /// Hand-overs that woke the task (tests read it).
+    wakes: AtomicU64,
     interest: mpsc::Sender<Interest>,
     pub stats: Stats,
 }
@@ -93,20 +141,50 @@ impl Link {
         self.node
     }
 
-    /// Queues a local publish for the other nodes; a full queue drops it and counts.
-    pub fn forward(&self, d: &Delivery) {
-        let len = d.frame.len();
-        if !crate::budget::try_reserve(&self.queued_bytes, len, QUEUE_BYTES) {
-            self.stats.forward_failed.fetch_add(1, Relaxed);
+    /// Hands a batch of publishes over to the backplane task, in order, and leaves `batch`
+    /// empty. Each publish is taken if it fits under [`QUEUE`] and [`QUEUE_BYTES`], as if it
+    /// were offered alone, but one atomic operation reserves room for the whole batch; what
+    /// does not fit is dropped and counted. The task is woken only if it sleeps.
+    pub(crate) fn forward(&self, batch: &mut Vec<Forward>) {
+        if batch.is_empty() {
             return;
         }
-        let f = Forward {
-            target: d.target.clone(),
-            frame: d.frame.clone(),
+        let offer = |queued: u64| {
+            let mut room = unpack(queued);
+            for f in batch.iter() {
+                take_room(&mut room, f.frame.len());
+            }
+            Some(room.0 * ONE + room.1)
         };
-        if self.publish.try_send(f).is_err() {
-            self.queued_bytes.fetch_sub(len, Relaxed);
-            self.stats.forward_failed.fetch_add(1, Relaxed);
+        let Ok(before) = self.queued.fetch_update(Relaxed, Relaxed, offer) else {
+            unreachable!("the offer always gives a new value");
+        };
+        // The same offers against the value they were made on keep the same publishes.
+        let mut room = unpack(before);
+        let offered = batch.len();
+        batch.retain(|f| take_room(&mut room, f.frame.len()));
+        let dropped = (offered - batch.len()) as u64;
+        if dropped > 0 {
+            self.stats.forward_failed.fetch_add(dropped, Relaxed);
+        }
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = self.forwards.send(std::mem::take(batch)) {
+            // The task is gone (the server is stopping): nothing will take them.
+            let lost = e.into_inner();
+            let bytes: usize = lost.iter().map(|f| f.frame.len()).sum();
+            self.queued
+                .fetch_sub(lost.len() as u64 * ONE + bytes as u64, Relaxed);
+            self.stats
+                .forward_failed
+                .fetch_add(lost.len() as u64, Relaxed);
+            return;
+        }
+        fence(SeqCst);
+        if self.asleep.swap(false, SeqCst) {
+            self.wakes.fetch_add(1, Relaxed);
+            self.wake.notify_one();
         }
     }
 
@@ -157,13 +235,70 @@ impl Link {
 
     /// Bytes of frames waiting to be forwarded.
     pub fn queued_bytes(&self) -> usize {
-        self.queued_bytes.load(Relaxed)
+        unpack(self.queued.load(Relaxed)).1 as usize
+    }
+}
+
+/// The backplane task's end of the publishes the workers hand over.
+pub(crate) struct Forwards {
+    batches: Receiver<Vec<Forward>>,
+    link: Arc<Link>,
+}
+
+impl Forwards {
+    /// Resolves once publishes wait: at once if some do; otherwise after saying that the
+    /// task sleeps, so that the next hand-over wakes it. While the task is busy, the workers
+    /// pay for no wake-up. It may resolve with nothing waiting (a wake-up left from a
+    /// hand-over the task had seen anyway).
+    pub(crate) async fn ready(&self) {
+        if self.sleep_if_idle() {
+            self.link.wake.notified().await;
+        }
+    }
+
+    /// True if nothing waits, having said so to the workers; false (and awake) otherwise.
+    fn sleep_if_idle(&self) -> bool {
+        if !self.batches.is_empty() {
+            return false;
+        }
+        self.link.asleep.store(true, SeqCst);
+        fence(SeqCst);
+        if self.batches.is_empty() {
+            return true;
+        }
+        self.link.asleep.store(false, SeqCst);
+        false
+    }
+
+    /// Moves waiting batches, whole and in order, into `into` until it holds `max` or more
+    /// publishes or none wait. Their count leaves the queue's bound now, their bytes only at
+    /// [`sent`](Forwards::sent).
+    pub(crate) fn take(&self, into: &mut Vec<Forward>, max: usize) {
+        // Awake: hand-overs need not wake the task until it sleeps again.
+        self.link.asleep.store(false, Relaxed);
+        let before = into.len();
+        while into.len() < max {
+            let Ok(batch) = self.batches.try_recv() else {
+                break;
+            };
+            into.extend(batch);
+        }
+        let taken = (into.len() - before) as u64;
+        if taken > 0 {
+            self.link.queued.fetch_sub(taken * ONE, Relaxed);
+        }
+    }
+
+    /// Publishes taken with `bytes` of frames are done with (sent or failed): their memory
+    /// no longer counts against [`QUEUE_BYTES`].
+    pub(crate) fn sent(&self, bytes: usize) {
+        self.link.queued.fetch_sub(bytes as u64, Relaxed);
     }
 }
 
 /// The backplane task's side, handed to the control thread.
 pub struct Receivers {
-    pub(crate) publish: mpsc::Receiver<Forward>,
+    pub(crate) forwards: Forwards,
     pub(crate) interest: mpsc::Receiver<Interest>,
 }
 
@@ -175,19 +310,27 @@ impl std::fmt::Debug for Receivers {
 
 /// Makes the link the workers get and the receivers the backplane task takes.
 pub fn link() -> (Arc<Link>, Receivers) {
-    let (publish, publish_rx) = mpsc::channel(QUEUE);
+    // Unbounded as a channel: `Link::queued` bounds what it holds, without blocking.
+    let (forwards, batches) = crossbeam_channel::unbounded();
     let (interest, interest_rx) = mpsc::channel(INTEREST_QUEUE);
     let link = Arc::new(Link {
         node: node_id(),
-        publish,
-        queued_bytes: AtomicUsize::new(0),
+        forwards,
+        queued: AtomicU64::new(0),
+        asleep: AtomicBool::new(false),
+        wake: Notify::new(),
+        wakes: AtomicU64::new(0),
         interest,
         stats: Stats::default(),
     });
+    let forwards = Forwards {
+        batches,
+        link: link.clone(),
+    };
     (
         link,
         Receivers {
-            publish: publish_rx,
+            forwards,
             interest: interest_rx,
         },
     )
@@ -207,4 +350,71 @@ fn node_id() -> u64 {
         id = t ^ (u64::from(std::process::id()) << 40);
     }
     id.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forward(len: usize) -> Forward {
+        Forward {
+            target: Target::All,
+            frame: Bytes::from(vec![b'x'; len]),
+        }
+    }
+
+    #[test]
+    fn room_is_taken_per_publish_within_both_bounds() {
+        let mut room = (0, 0);
+        assert!(take_room(&mut room, QUEUE_BYTES - 10));
+        assert!(!take_room(&mut room, 11), "past the bytes");
+        assert!(take_room(&mut room, 10), "a later, smaller one still fits");
+        assert_eq!(room, (2, QUEUE_BYTES as u64));
+        let mut room = (QUEUE as u64 - 1, 0);
+        assert!(take_room(&mut room, 1));
+        assert!(!take_room(&mut room, 0), "past the count");
+    }
+
+    /// A loop turn's publishes reach the task as one batch, with one reservation, and what
+    /// does not fit is dropped and counted, the rest kept in order.
+    #[test]
+    fn a_batch_is_handed_over_whole_and_what_does_not_fit_is_counted() {
+        let (link, rx) = link();
+        let mut batch = vec![forward(100), forward(QUEUE_BYTES), forward(200)];
+        link.forward(&mut batch);
+        assert!(batch.is_empty());
+        assert_eq!(rx.forwards.batches.len(), 1, "one hand-over");
+        assert_eq!(link.queued_bytes(), 300);
+        assert_eq!(unpack(link.queued.load(Relaxed)).0, 2);
+        assert_eq!(link.stats.forward_failed.load(Relaxed), 1);
+
+        let mut taken = Vec::new();
+        rx.forwards.take(&mut taken, 512);
+        let lens: Vec<usize> = taken.iter().map(|f| f.frame.len()).collect();
+        assert_eq!(lens, [100, 200], "in order");
+        assert_eq!(
+            unpack(link.queued.load(Relaxed)),
+            (0, 300),
+            "bytes until sent"
+        );
+        rx.forwards.sent(300);
+        assert_eq!(link.queued_bytes(), 0);
+    }
+
+    /// The task is woken only when it sleeps, once however many hand-overs follow.
+    #[test]
+    fn a_hand_over_wakes_the_task_only_if_it_sleeps() {
+        let (link, rx) = link();
+        for _ in 0..10 {
+            link.forward(&mut vec![forward(10)]);
+        }
+        assert_eq!(link.wakes.load(Relaxed), 0, "busy: never woken");
+        assert!(!rx.forwards.sleep_if_idle(), "work waits: no sleep");
+        rx.forwards.take(&mut Vec::new(), usize::MAX);
+        assert!(rx.forwards.sleep_if_idle());
+        for _ in 0..10 {
+            link.forward(&mut vec![forward(10)]);
+        }
+        assert_eq!(link.wakes.load(Relaxed), 1, "asleep: woken once");
+    }
 }

@@ -16,7 +16,7 @@ use slab::Slab;
 use super::drain::Drain;
 use super::handle::{Inbox, Msg};
 use crate::admission;
-use crate::broadcast::{Bus, Delivery};
+use crate::broadcast::{Delivery, Port};
 use crate::config::Config;
 use crate::conn::deflate::{Deflater, Inflater};
 use crate::conn::{Conn, Tls, Transport};
@@ -43,7 +43,7 @@ pub struct Worker {
     pub(super) conns: Slab<Conn>,
     pub(super) inbox: Inbox,
     /// Every worker's queue, for fan-out and shutdown fences.
-    pub(super) bus: Bus,
+    pub(super) bus: Port,
     pub(super) cfg: Arc<Config>,
     pub(super) stats: Arc<Stats>,
     /// Connection limits; every connection handed over is released here exactly once.
@@ -115,7 +115,7 @@ pub struct Worker {
 /// What a worker shares with the rest of the server, handed over at start.
 pub struct Context {
     /// Every worker's queue, this one's included.
-    pub bus: Bus,
+    pub bus: Port,
     pub cfg: Arc<Config>,
     /// This worker's counters (it is their only writer).
     pub stats: Arc<Stats>,
@@ -261,6 +261,8 @@ impl Worker {
                 self.on_readable(key, Hangup::No);
             }
             self.take_inbox();
+            // The turn's publishes to the backplane, the budget of what it took back.
+            self.bus.flush();
             self.release_publishers();
             self.deliver();
             self.advance_drain();
