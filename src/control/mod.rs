@@ -68,7 +68,8 @@ pub struct Control {
 impl Control {
     /// Starts the thread with the admin endpoint on `admin` (if any), the stats line (if
     /// `--stats-interval` is set), the console's sampler into `console` (unless
-    /// `--no-console`) and the backplane (with `--redis`). The thread reports how it ended on `exits`.
+    /// `--no-console`) and the backplane (with `--redis`). The thread reports how it ended
+    /// on `exits`.
     pub fn start(
         admin: Option<std::net::TcpListener>,
         shared: Arc<Shared>,
