@@ -3,7 +3,8 @@
 //!
 //! Workers never touch the network here. A worker's publish is delivered locally at once
 //! (as without a backplane) and a copy of its frame goes into a bounded queue to the control
-//! thread ([`Link::forward`], which never blocks: a full queue drops and counts). The
+//! thread, all of a loop turn's publishes in one batch (`Link::forward`, which never
+//! blocks: what does not fit is dropped and counted). The
 //! backplane task on the control thread PUBLISHes what it takes from that queue, in order,
 //! pipelined over one RESP3 connection, and receives the other nodes' messages as push
 //! frames on the same connection, in order, and hands each to every worker's queue
@@ -22,7 +23,8 @@
 //! origin node's id as 16 lower-case hex digits and `<message>` is the JSON text
 //! subscribers receive (`{"op":"message",...}`), so the receiving node only adds a frame
 //! header. A node skips envelopes with its own id (it delivered those locally already) and
-//! counts, then drops, envelopes of another version or malformed ones.
+//! counts, then drops, envelopes of another version or malformed ones, and those whose
+//! message is not UTF-8 (it would reach subscribers as a text frame).
 //!
 //! Faults: Redis unreachable at start or later is retried with capped exponential backoff
 //! ([`MIN_BACKOFF`] to [`MAX_BACKOFF`]); on each connection every live channel is
@@ -30,32 +32,26 @@
 //! pipeline that fails, are counted as failed, never retried (at most once, in order).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::broadcast::{Bus, Delivery, Target};
+use crate::broadcast::Bus;
 use crate::codec::{self, Kind, MAX_SERVER_HEADER};
+use crate::delivery::{Delivery, Target};
+use crate::link::{Forward, Forwards, Interest};
+use crate::stop::{stopped, Stopping};
 
-/// Publishes waiting for the backplane task, across all workers: past this many, or past
-/// [`QUEUE_BYTES`] of frames, a publish is not forwarded (counted in
-/// `backplane_forward_failed`). What fills it is Redis being slower than the publishers.
-pub const QUEUE: usize = 65_536;
-/// The memory the queued frames may hold, the batch being sent included (the frames are
-/// shared with local delivery, so this is memory they are kept alive for).
-pub const QUEUE_BYTES: usize = 64 << 20;
-/// Reports of interest (a worker's topic set changed) waiting for the backplane task, across
-/// all workers. Past this, a worker resends its whole set later instead (counted in
-/// `backplane_interest_overflows`). What fills it is a client churning topics while a
-/// SUBSCRIBE waits on a stalled Redis.
-pub const INTEREST_QUEUE: usize = 16_384;
-/// Publishes sent to Redis in one pipeline at most.
+pub use crate::link::{link, Link, Receivers, Stats, INTEREST_QUEUE, QUEUE, QUEUE_BYTES};
+
+/// Publishes sent to Redis in one pipeline at most; also about how many the task takes from
+/// the workers at once (their batches whole).
 const BATCH: usize = 512;
 /// How long a topic's channel stays subscribed after its last local subscriber left.
 pub const UNSUBSCRIBE_DELAY: Duration = Duration::from_secs(2);
@@ -67,149 +63,6 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const TIMEOUT: Duration = Duration::from_secs(3);
 /// The envelope's version tag.
 const VERSION: &[u8] = b"cc1";
-
-/// Backplane counters, read by `/metrics`. Written by the control thread, except
-/// `forward_failed`, which a worker bumps when the queue is full.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Connected to Redis and subscribed.
-    pub up: AtomicBool,
-    /// Publishes sent to Redis (PUBLISH answered).
-    pub forwarded: AtomicU64,
-    /// Publishes not forwarded: queue full, no connection, or the PUBLISH failed.
-    pub forward_failed: AtomicU64,
-    /// Messages from other nodes handed to the workers.
-    pub received: AtomicU64,
-    /// Messages from other nodes dropped: the workers were [`crate::broadcast::OUTSIDE_BYTES`]
-    /// behind.
-    pub received_dropped: AtomicU64,
-    /// Messages that came back from this node itself (skipped: already delivered).
-    pub own_skipped: AtomicU64,
-    /// Redis messages that are not a version-1 envelope (dropped).
-    pub bad_envelopes: AtomicU64,
-    /// Connections made after the first one.
-    pub reconnects: AtomicU64,
-    /// Redis channels subscribed right now (the broadcast channel included).
-    pub channels: AtomicI64,
-    /// Reports of interest that did not fit in the queue (each makes its worker resend its
-    /// whole topic set).
-    pub interest_overflows: AtomicU64,
-    /// Whole topic sets received from workers after an overflow.
-    pub interest_resyncs: AtomicU64,
-}
-
-/// What a publish sends to the backplane: the frame as local subscribers got it.
-#[derive(Debug)]
-struct Forward {
-    target: Target,
-    frame: Bytes,
-}
-
-/// A worker's report (the first field is its index).
-#[derive(Debug)]
-enum Interest {
-    Added(usize, Arc<str>),
-    Removed(usize, Arc<str>),
-    /// Every topic the worker holds, replacing whatever it reported before.
-    Resync(usize, Vec<Arc<str>>),
-}
-
-/// The workers' side of the backplane: cheap to share, and nothing on it blocks.
-#[derive(Debug)]
-pub struct Link {
-    node: u64,
-    publish: mpsc::Sender<Forward>,
-    /// Bytes of frames in `publish` (bounded by [`QUEUE_BYTES`]).
-    queued_bytes: AtomicUsize,
-    interest: mpsc::Sender<Interest>,
-    pub stats: Stats,
-}
-
-impl Link {
-    /// This node's id, as envelopes carry it.
-    pub fn node(&self) -> u64 {
-        self.node
-    }
-
-    /// Queues a local publish for the other nodes; a full queue drops it and counts.
-    pub fn forward(&self, d: &Delivery) {
-        let len = d.frame.len();
-        if !crate::budget::try_reserve(&self.queued_bytes, len, QUEUE_BYTES) {
-            self.stats.forward_failed.fetch_add(1, Relaxed);
-            return;
-        }
-        let f = Forward {
-            target: d.target.clone(),
-            frame: d.frame.clone(),
-        };
-        if self.publish.try_send(f).is_err() {
-            self.queued_bytes.fetch_sub(len, Relaxed);
-            self.stats.forward_failed.fetch_add(1, Relaxed);
-        }
-    }
-
-    /// Worker `worker`'s first local subscriber of `topic` arrived. False if the report
-    /// did not fit: the worker must [`resync`](Link::resync) before it reports again.
-    pub fn topic_added(&self, worker: usize, topic: &Arc<str>) -> bool {
-        self.report(Interest::Added(worker, topic.clone()))
-    }
-
-    /// Worker `worker`'s last local subscriber of `topic` left. False as for
-    /// [`topic_added`](Link::topic_added).
-    pub fn topic_removed(&self, worker: usize, topic: &Arc<str>) -> bool {
-        self.report(Interest::Removed(worker, topic.clone()))
-    }
-
-    fn report(&self, i: Interest) -> bool {
-        match self.interest.try_send(i) {
-            // Closed: the task is gone (the server is stopping); nobody to tell.
-            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.stats.interest_overflows.fetch_add(1, Relaxed);
-                false
-            }
-        }
-    }
-
-    /// Sends worker `worker`'s whole topic set (made by `topics`, called only if there is
-    /// room), replacing what it reported before. False if the queue is still full.
-    pub fn resync(&self, worker: usize, topics: impl FnOnce() -> Vec<Arc<str>>) -> bool {
-        match self.interest.try_reserve() {
-            Ok(permit) => {
-                permit.send(Interest::Resync(worker, topics()));
-                true
-            }
-            Err(mpsc::error::TrySendError::Closed(())) => true,
-            Err(mpsc::error::TrySendError::Full(())) => false,
-        }
-    }
-
-    /// Reports of interest waiting for the backplane task (at most [`INTEREST_QUEUE`]).
-    pub fn interest_queued(&self) -> usize {
-        self.interest.max_capacity() - self.interest.capacity()
-    }
-
-    pub fn is_up(&self) -> bool {
-        self.stats.up.load(Relaxed)
-    }
-
-    /// Bytes of frames waiting to be forwarded.
-    pub fn queued_bytes(&self) -> usize {
-        self.queued_bytes.load(Relaxed)
-    }
-}
-
-/// The backplane task's side, handed to the control thread.
-pub struct Receivers {
-    publish: mpsc::Receiver<Forward>,
-    interest: mpsc::Receiver<Interest>,
-}
-
-impl std::fmt::Debug for Receivers {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Receivers").finish_non_exhaustive()
-    }
-}
 
 /// Where and how to reach Redis.
 #[derive(Debug, Clone)]
@@ -262,42 +115,6 @@ impl Options {
             shown,
         })
     }
-}
-
-/// Makes the link the workers get and the receivers the backplane task takes.
-pub fn link() -> (Arc<Link>, Receivers) {
-    let (publish, publish_rx) = mpsc::channel(QUEUE);
-    let (interest, interest_rx) = mpsc::channel(INTEREST_QUEUE);
-    let link = Arc::new(Link {
-        node: node_id(),
-        publish,
-        queued_bytes: AtomicUsize::new(0),
-        interest,
-        stats: Stats::default(),
-    });
-    (
-        link,
-        Receivers {
-            publish: publish_rx,
-            interest: interest_rx,
-        },
-    )
-}
-
-/// A random id, different for every process (and every restart).
-fn node_id() -> u64 {
-    let mut b = [0u8; 8];
-    // SAFETY: getrandom writes at most `b.len()` bytes into the buffer it is given.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    let mut id = u64::from_le_bytes(b);
-    if n != 8 {
-        // No entropy source: time and pid still tell processes apart.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        id = t ^ (u64::from(std::process::id()) << 40);
-    }
-    id.max(1)
 }
 
 /// The channel a target's messages travel on.
@@ -385,6 +202,12 @@ impl Inbound {
                     self.link.stats.own_skipped.fetch_add(1, Relaxed);
                     return;
                 }
+                // Anyone who may PUBLISH on our channels can send this; it goes out as a
+                // text frame, which must be UTF-8.
+                if simdutf8::basic::from_utf8(message).is_err() {
+                    self.link.stats.invalid_utf8.fetch_add(1, Relaxed);
+                    return;
+                }
                 let d = Delivery {
                     target,
                     frame: frame(message),
@@ -426,19 +249,13 @@ struct Backplane {
 
 /// Runs the backplane until `stopping`: connects (and reconnects), forwards publishes,
 /// follows interest. Never returns early; Redis being away is a state, not an error.
-pub async fn run(
-    opts: Options,
-    link: Arc<Link>,
-    rx: Receivers,
-    bus: Bus,
-    mut stopping: watch::Receiver<bool>,
-) {
+pub async fn run(opts: Options, link: Arc<Link>, rx: Receivers, bus: Bus, mut stopping: Stopping) {
     let Receivers {
-        mut publish,
+        forwards,
         mut interest,
     } = rx;
     let inbound = Arc::new(Inbound {
-        node: link.node,
+        node: link.node(),
         prefix: opts.prefix.clone(),
         bus,
         link: link.clone(),
@@ -461,7 +278,7 @@ pub async fn run(
     };
     log::info!(
         "backplane: node {:016x}, Redis {} (channels {}:*)",
-        bp.link.node,
+        bp.link.node(),
         bp.opts.shown,
         bp.opts.prefix
     );
@@ -472,7 +289,7 @@ pub async fn run(
         let attempt_at = bp.next_attempt;
         tokio::select! {
             biased;
-            _ = crate::control::stopped(&mut stopping) => break,
+            _ = stopped(&mut stopping) => break,
             _ = inbound.disconnected.notified(), if bp.conn.is_some() => {
                 // A connection dropped earlier (by us, after a failed command) may report
                 // its end later, or have left a wake-up behind: only the current one counts.
@@ -493,11 +310,9 @@ pub async fn run(
                 bp.shrink();
                 bp.subscribe(new).await;
             }
-            n = publish.recv_many(&mut batch, BATCH) => {
-                if n == 0 {
-                    break; // every link is gone: the server is stopping
-                }
-                bp.forward(&mut batch).await;
+            _ = forwards.ready() => {
+                forwards.take(&mut batch, BATCH);
+                bp.forward(&forwards, &mut batch).await;
             }
             _ = ticks.tick() => bp.unsubscribe_due().await,
         }
@@ -580,26 +395,33 @@ impl Backplane {
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
 
-    /// PUBLISHes a batch in one pipeline, in order.
-    async fn forward(&mut self, batch: &mut Vec<Forward>) {
-        let n = batch.len() as u64;
-        // The batch's frames count against the bound until the pipeline is done with them.
-        let bytes: usize = batch.iter().map(|f| f.frame.len()).sum();
+    /// PUBLISHes what was taken, in order, in pipelines of [`BATCH`] at most, and empties
+    /// `batch`.
+    async fn forward(&mut self, forwards: &Forwards, batch: &mut Vec<Forward>) {
+        for chunk in batch.chunks(BATCH) {
+            self.forward_chunk(forwards, chunk).await;
+        }
+        batch.clear();
+    }
+
+    async fn forward_chunk(&mut self, forwards: &Forwards, chunk: &[Forward]) {
+        let n = chunk.len() as u64;
+        // The frames count against the bound until the pipeline is done with them.
+        let bytes: usize = chunk.iter().map(|f| f.frame.len()).sum();
         let Some(conn) = self.conn.as_mut() else {
             self.link.stats.forward_failed.fetch_add(n, Relaxed);
-            batch.clear();
-            self.link.queued_bytes.fetch_sub(bytes, Relaxed);
+            forwards.sent(bytes);
             return;
         };
         let mut pipe = redis::pipe();
-        for f in batch.drain(..) {
+        for f in chunk {
             pipe.cmd("PUBLISH")
                 .arg(channel(&self.opts.prefix, &f.target))
-                .arg(envelope(self.link.node, &f.frame))
+                .arg(envelope(self.link.node(), &f.frame))
                 .ignore();
         }
         let result = pipe.query_async::<()>(conn).await;
-        self.link.queued_bytes.fetch_sub(bytes, Relaxed);
+        forwards.sent(bytes);
         match result {
             Ok(()) => {
                 self.link.stats.forwarded.fetch_add(n, Relaxed);

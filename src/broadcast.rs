@@ -1,17 +1,20 @@
 //! Encode a published message once and hand the same bytes to every worker: [`Bus`] is the
 //! one place a publish leaves for the workers, whether it comes from a WebSocket client or
 //! the admin API. Runs on the publishing thread (encode, send) and on every worker (merge
-//! before delivery).
+//! before delivery); each worker reaches the bus through its own [`Port`].
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::backplane::Link;
+use crate::budget;
 use crate::codec::{self, Kind, MAX_SERVER_HEADER};
+use crate::link::{Forward, Link};
 use crate::protocol::{self, Raw};
 use crate::worker::handle::{Msg, WorkerHandle};
+
+pub use crate::delivery::{Delivery, Target};
 
 /// The memory that deliveries from outside the workers (the admin API, other nodes through
 /// the backplane) may hold in the workers' queues, counting a frame once per worker. Past
@@ -73,7 +76,7 @@ impl Bus {
             return None;
         }
         if let Some(b) = &self.backplane {
-            b.forward(&d);
+            b.forward(&mut vec![Forward::of(&d)]);
         }
         Some(self.queue_outside(d))
     }
@@ -90,50 +93,20 @@ impl Bus {
 
     /// Takes room for one copy of a `len`-byte frame per worker, never past the bound.
     fn reserve_outside(&self, len: usize) -> bool {
-        crate::budget::try_reserve(&self.outside, len * self.workers.len(), OUTSIDE_BYTES)
+        budget::try_reserve(&self.outside, len * self.workers.len(), OUTSIDE_BYTES)
     }
 
+    /// Queues `d` to every worker that runs; returns how many that is.
     fn queue_outside(&self, d: Delivery) -> usize {
-        for w in self.workers.iter() {
-            w.send(Msg::DeliverOutside(d.clone()));
-        }
-        self.workers.len()
-    }
-
-    /// A worker took a delivery from outside off its queue: its room is free again (the
-    /// frame lives on only in connections' bounded output queues).
-    pub fn outside_taken(&self, d: &Delivery) {
-        self.outside.fetch_sub(d.frame.len(), Relaxed);
+        self.workers
+            .iter()
+            .filter(|w| w.send(Msg::DeliverOutside(d.clone()), |m| self.unread(m)))
+            .count()
     }
 
     /// Bytes of deliveries from outside waiting in the workers' queues.
     pub fn outside_queued(&self) -> usize {
         self.outside.load(Relaxed)
-    }
-
-    /// A publish made on worker `me`: its own copy goes straight to `local` (delivered this
-    /// loop turn), the others through their queues; the other nodes get it through the
-    /// backplane.
-    pub fn publish_from(&self, me: usize, d: Delivery, local: &mut Vec<Delivery>) {
-        if let Some(b) = &self.backplane {
-            b.forward(&d);
-        }
-        let others = self.workers.len() - 1;
-        if others > 0 {
-            // Counted before it is sent, so that the taker never subtracts first.
-            self.cross.fetch_add(d.frame.len() * others, Relaxed);
-        }
-        for (i, w) in self.workers.iter().enumerate() {
-            if i != me {
-                w.send(Msg::Deliver(d.clone()));
-            }
-        }
-        local.push(d);
-    }
-
-    /// A worker took a delivery another worker published off its queue.
-    pub fn cross_taken(&self, d: &Delivery) {
-        self.cross.fetch_sub(d.frame.len(), Relaxed);
     }
 
     /// Bytes of workers' publishes waiting in other workers' queues.
@@ -151,7 +124,7 @@ impl Bus {
     pub fn fence_from(&self, me: usize) {
         for (i, w) in self.workers.iter().enumerate() {
             if i != me {
-                w.send(Msg::Fence);
+                w.send(Msg::Fence, |m| self.unread(m));
             }
         }
     }
@@ -159,36 +132,132 @@ impl Bus {
     /// Sends `msg` (made fresh for each) to every worker.
     pub fn tell_all(&self, msg: impl Fn() -> Msg) {
         for w in self.workers.iter() {
-            w.send(msg());
+            w.send(msg(), |m| self.unread(m));
+        }
+    }
+
+    /// Worker `index` has exited: the budget of what it left unread, and of whatever is
+    /// sent to it from now on, comes back at once instead of never.
+    pub fn retire(&self, index: usize) {
+        self.workers[index].retire(|m| self.unread(m));
+    }
+
+    /// A message no worker will read: gives back what it was charged.
+    fn unread(&self, msg: Msg) {
+        match msg {
+            Msg::Deliver(d) => budget::give_back(&self.cross, d.frame.len()),
+            Msg::DeliverOutside(d) => budget::give_back(&self.outside, d.frame.len()),
+            _ => {}
+        }
+    }
+
+    /// A worker's end of the bus.
+    pub fn port(&self) -> Port {
+        Port {
+            bus: self.clone(),
+            forwards: Vec::new(),
+            cross_taken: 0,
+            outside_taken: 0,
         }
     }
 }
 
-/// Who a delivery is for.
-#[derive(Debug, Clone)]
-pub enum Target {
-    /// Every open JSON connection.
-    All,
-    /// Subscribers of one topic.
-    Topic(Arc<str>),
+/// One worker's end of the bus. What its loop turn gathers leaves in one go at
+/// [`flush`](Port::flush): the turn's publishes reach the backplane as one batch, and the
+/// budgets of the deliveries the turn took come back with one atomic operation each, not one
+/// per delivery on counters every worker shares. Until then the budgets count those bytes
+/// as still queued, so a bound is never looser for it.
+#[derive(Debug)]
+pub struct Port {
+    bus: Bus,
+    /// This turn's publishes, for the other nodes (with `--redis`).
+    forwards: Vec<Forward>,
+    /// Bytes of deliveries taken this turn and not yet given back to [`CROSS_BYTES`] and
+    /// [`OUTSIDE_BYTES`].
+    cross_taken: usize,
+    outside_taken: usize,
 }
 
-impl Target {
-    fn same(&self, other: &Target) -> bool {
-        match (self, other) {
-            (Target::All, Target::All) => true,
-            (Target::Topic(a), Target::Topic(b)) => Arc::ptr_eq(a, b) || a == b,
-            _ => false,
+impl Port {
+    /// A publish made on worker `me`: its own copy goes straight to `local` (delivered this
+    /// loop turn), the others through their queues; the other nodes get it through the
+    /// backplane at the next [`flush`](Port::flush).
+    pub fn publish_from(&mut self, me: usize, d: Delivery, local: &mut Vec<Delivery>) {
+        let bus = &self.bus;
+        if bus.backplane.is_some() {
+            self.forwards.push(Forward::of(&d));
         }
+        let others = bus.workers.len() - 1;
+        if others > 0 {
+            // Counted before it is sent, so that the taker never gives back first.
+            bus.cross.fetch_add(d.frame.len() * others, Relaxed);
+        }
+        for (i, w) in bus.workers.iter().enumerate() {
+            if i != me {
+                w.send(Msg::Deliver(d.clone()), |m| bus.unread(m));
+            }
+        }
+        local.push(d);
+    }
+
+    /// This worker took a delivery another worker published off its queue; its room comes
+    /// back at the next flush.
+    pub fn cross_taken(&mut self, d: &Delivery) {
+        self.cross_taken += d.frame.len();
+    }
+
+    /// This worker took a delivery from outside off its queue (the frame lives on only in
+    /// connections' bounded output queues); its room comes back at the next flush.
+    pub fn outside_taken(&mut self, d: &Delivery) {
+        self.outside_taken += d.frame.len();
+    }
+
+    /// Hands the turn's publishes to the backplane and gives back the budgets of the
+    /// deliveries taken. Once per loop turn, after the turn's reading and taking.
+    pub fn flush(&mut self) {
+        if let Some(b) = &self.bus.backplane {
+            b.forward(&mut self.forwards);
+        }
+        budget::give_back(&self.bus.cross, std::mem::take(&mut self.cross_taken));
+        budget::give_back(&self.bus.outside, std::mem::take(&mut self.outside_taken));
+    }
+
+    /// How many workers a publish reaches.
+    pub fn workers(&self) -> usize {
+        self.bus.workers()
+    }
+
+    /// The backplane, with `--redis`.
+    pub fn backplane(&self) -> Option<&Link> {
+        self.bus.backplane()
+    }
+
+    /// The backplane, shared, for this worker's topics to report to.
+    pub fn backplane_link(&self) -> Option<Arc<Link>> {
+        self.bus.backplane_link()
+    }
+
+    /// Bytes of workers' publishes waiting in other workers' queues.
+    pub fn cross_queued(&self) -> usize {
+        self.bus.cross_queued()
+    }
+
+    /// Publishers must wait: the other workers are [`CROSS_BYTES`] behind.
+    pub fn cross_full(&self) -> bool {
+        self.bus.cross_full()
+    }
+
+    /// See [`Bus::fence_from`].
+    pub fn fence_from(&self, me: usize) {
+        self.bus.fence_from(me)
     }
 }
 
-/// A ready-to-send server frame and its audience. Cloning it costs two refcount bumps.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    pub target: Target,
-    /// A complete unmasked WebSocket text frame; identical for every recipient.
-    pub frame: Bytes,
+impl Drop for Port {
+    /// A worker that ends mid-turn (a panic) leaves nothing charged behind.
+    fn drop(&mut self) {
+        self.flush();
+    }
 }
 
 /// Builds the `message` frame for `data` once: the JSON is written after room left for the
@@ -238,6 +307,7 @@ pub fn merge(run: &[Delivery]) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::worker::handle::{channel, Inbox};
 
     fn raw(s: &str) -> Raw<'_> {
         Raw::new(s).unwrap()
@@ -265,6 +335,83 @@ mod tests {
         }
         let b = encode(Target::All, raw("1"));
         assert_eq!(&b.frame[2..], br#"{"op":"message","data":1}"#);
+    }
+
+    /// Two workers' handles and inboxes, with no threads behind them.
+    fn two_workers() -> (Vec<mio::Poll>, Arc<[WorkerHandle]>, Vec<Inbox>) {
+        let polls: Vec<mio::Poll> = (0..2).map(|_| mio::Poll::new().unwrap()).collect();
+        let (handles, inboxes): (Vec<_>, Vec<_>) = polls
+            .iter()
+            .map(|p| channel(mio::Waker::new(p.registry(), mio::Token(0)).unwrap()))
+            .unzip();
+        (polls, handles.into(), inboxes)
+    }
+
+    /// What a worker takes in a loop turn stays charged until the turn's flush, which gives
+    /// it all back at once; and the turn's publishes reach the backplane at that flush.
+    #[test]
+    fn a_port_gives_back_and_hands_over_once_per_turn() {
+        let (_polls, workers, inboxes) = two_workers();
+        let (link, _rx) = crate::link::link();
+        let bus = Bus::new(workers, Some(link.clone()));
+        let (mut port0, mut port1) = (bus.port(), bus.port());
+        let d = encode(Target::All, raw("1"));
+        let len = d.frame.len();
+
+        let mut local = Vec::new();
+        for _ in 0..5 {
+            port0.publish_from(0, d.clone(), &mut local);
+        }
+        assert_eq!(local.len(), 5);
+        assert_eq!(bus.cross_queued(), 5 * len, "charged as sent");
+        assert_eq!(link.queued_bytes(), 0, "not handed over mid-turn");
+        port0.flush();
+        assert_eq!(link.queued_bytes(), 5 * len, "handed over at the flush");
+
+        assert_eq!(bus.publish(d.clone()), Some(2));
+        assert_eq!(bus.outside_queued(), 2 * len);
+        for msg in inboxes[1].msgs.try_iter() {
+            match msg {
+                Msg::Deliver(d) => port1.cross_taken(&d),
+                Msg::DeliverOutside(d) => port1.outside_taken(&d),
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(bus.cross_queued(), 5 * len, "nothing given back mid-turn");
+            assert_eq!(bus.outside_queued(), 2 * len, "nothing given back mid-turn");
+        }
+        port1.flush();
+        assert_eq!(bus.cross_queued(), 0);
+        assert_eq!(bus.outside_queued(), len, "worker 0's copy not taken yet");
+        let Ok(Msg::DeliverOutside(d)) = inboxes[0].msgs.try_recv() else {
+            panic!("worker 0's copy");
+        };
+        port0.outside_taken(&d);
+        drop(port0);
+        assert_eq!(
+            bus.outside_queued(),
+            0,
+            "a port dropped mid-turn gives back too"
+        );
+    }
+
+    /// Sends to a worker that has exited come back to the sender's budget, as does what it
+    /// left in its queue.
+    #[test]
+    fn a_retired_worker_gives_back_what_it_did_not_read() {
+        let (_polls, workers, inboxes) = two_workers();
+        let bus = Bus::new(workers, None);
+        let mut port0 = bus.port();
+        let d = encode(Target::All, raw("1"));
+        let mut local = Vec::new();
+        port0.publish_from(0, d.clone(), &mut local);
+        assert_eq!(bus.publish(d.clone()), Some(2));
+        drop(inboxes);
+        bus.retire(1);
+        assert_eq!(bus.cross_queued(), 0, "left unread");
+        assert_eq!(bus.outside_queued(), d.frame.len(), "worker 0's copy only");
+        port0.publish_from(0, d.clone(), &mut local);
+        assert_eq!(bus.cross_queued(), 0, "sent after");
+        assert_eq!(bus.publish(d.clone()), Some(1), "queued to worker 0 only");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! A byte budget shared between threads: a counter of bytes held that a reservation never
 //! takes past its bound, not even for an instant (gauges and tests read it). Used for what
-//! outside the workers may queue to them and for the backplane's forward queue.
+//! outside the workers may queue to them and for what workers queue to each other.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
@@ -11,6 +11,13 @@ pub fn try_reserve(held: &AtomicUsize, want: usize, bound: usize) -> bool {
         now.checked_add(want).filter(|&after| after <= bound)
     })
     .is_ok()
+}
+
+/// Gives `n` bytes held back to the budget: one atomic operation, none for nothing.
+pub fn give_back(held: &AtomicUsize, n: usize) {
+    if n > 0 {
+        held.fetch_sub(n, Relaxed);
+    }
 }
 
 #[cfg(test)]

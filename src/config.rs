@@ -71,7 +71,8 @@ pub const DEFAULT_IDLE_TIMEOUT_S: u64 = 75;
 pub const DEFAULT_DRAIN_TIMEOUT_S: u64 = 5;
 /// Admin connections served at once. Scrapers, health checkers and publishers are a handful
 /// of clients; the cap bounds what a flood of connections can hold (a socket and a 64 KiB
-/// read buffer each). Over it a new connection gets a canned 503 and is closed at once. The
+/// read buffer each). At it, new connections wait in the listen backlog for a slot, up to
+/// `control::admin::QUEUE_WAIT`; one still waiting then gets a canned 503. The
 /// open-files reserve (`fdlimit`) counts them.
 pub const MAX_ADMIN_CONNECTIONS: usize = 64;
 /// The admin endpoint (metrics, health, publish API): loopback only by default.

@@ -11,12 +11,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
-use tokio::sync::watch;
 use tokio::time::{interval, Instant, MissedTickBehavior};
 
 use crate::memory::process_rss;
 use crate::shared::Shared;
 use crate::stats::{Snapshot, TurnCounts};
+use crate::stop::{stopped, Stopping};
 
 /// The page (HTML, CSS and script in one file; nothing is fetched from elsewhere).
 pub const PAGE: &[u8] = include_bytes!("console/index.html");
@@ -104,14 +104,14 @@ struct Stats<'a> {
 }
 
 /// Samples the counters every [`EVERY`] into `console` until stopped.
-pub async fn run(shared: Arc<Shared>, console: Arc<Console>, mut stopping: watch::Receiver<bool>) {
+pub async fn run(shared: Arc<Shared>, console: Arc<Console>, mut stopping: Stopping) {
     let mut ticks = interval(EVERY);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut samples = VecDeque::with_capacity(HISTORY);
     let mut last = (Instant::now(), shared.totals(), turns(&shared));
     loop {
         tokio::select! {
-            _ = crate::control::stopped(&mut stopping) => return,
+            _ = stopped(&mut stopping) => return,
             _ = ticks.tick() => {}
         }
         let now = (Instant::now(), shared.totals(), turns(&shared));

@@ -1,6 +1,6 @@
 //! corecast: a thread-per-core, epoll-driven WebSocket pub/sub server.
 //!
-//! See README.md for the architecture; `server::Server` is the entry point.
+//! See docs/architecture.md for the architecture; `server::Server` is the entry point.
 
 pub mod acceptor;
 pub mod admission;
@@ -13,10 +13,12 @@ pub mod config;
 pub mod conn;
 pub mod console;
 pub mod control;
+mod delivery;
 pub mod exit;
 pub mod fdlimit;
 pub mod handler;
 pub mod handshake;
+mod link;
 pub mod memory;
 pub mod message;
 pub mod outbound;
@@ -24,6 +26,7 @@ pub mod protocol;
 pub mod server;
 pub mod shared;
 pub mod stats;
+mod stop;
 pub mod topics;
 pub mod worker;
 

@@ -21,6 +21,7 @@ use crate::backplane;
 use crate::broadcast::Bus;
 use crate::config::{Config, DEFAULT_MEMORY_SHARE_PERCENT};
 use crate::conn::tls_config::{self, TlsConfigError};
+use crate::console::Console;
 use crate::control::Control;
 use crate::exit::{self, Exit, ThreadError};
 use crate::fdlimit;
@@ -147,15 +148,32 @@ impl Server {
             api_publishes_refused: AtomicU64::new(0),
             started: Instant::now(),
             memory: memory.clone(),
-            console: Arc::default(),
         });
+        let console: Arc<Console> = Arc::default();
 
-        let mut threads = Vec::new();
+        // The acceptor's poll and waker before any thread runs: from here on, what fails
+        // drops `server`, whose Drop stops every thread started so far.
+        let poll = Poll::new()?;
+        let acceptor_waker = Arc::new(Waker::new(poll.registry(), ACCEPTOR_WAKER)?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut server = Server {
+            addr,
+            admin_addr: None,
+            shared: shared.clone(),
+            threads: Vec::new(),
+            acceptor: None,
+            acceptor_waker,
+            stop: stop.clone(),
+            control: None,
+            exits,
+        };
+
         for (index, (poll, inbox)) in polls.into_iter().zip(inboxes).enumerate() {
             let st = stats[index].clone();
-            let console = shared.console.clone();
+            let console = console.clone();
+            let retire = shared.bus.clone();
             let (bus, cfg, admission, exit_tx, memory, tls) = (
-                shared.bus.clone(),
+                shared.bus.port(),
                 cfg.clone(),
                 admission.clone(),
                 exit_tx.clone(),
@@ -180,56 +198,58 @@ impl Server {
                         console,
                     };
                     let result = exit::guarded(|| Worker::new(index, poll, inbox, ctx)?.run());
+                    // Nothing sent to this worker is read from now on: its budget comes back.
+                    retire.retire(index);
                     if let Err(e) = &result {
                         log::error!("worker {index} stopped: {e}");
                     }
                     let _ = exit_tx.send(Exit::Worker { index, result });
                 })?;
-            threads.push(t);
+            server.threads.push(t);
         }
 
-        let poll = Poll::new()?;
-        let acceptor_waker = Arc::new(Waker::new(poll.registry(), ACCEPTOR_WAKER)?);
-        let stop = Arc::new(AtomicBool::new(false));
         let acc = Acceptor {
             poll,
             listener,
             shared: shared.clone(),
             gate,
-            stop: stop.clone(),
+            stop,
             tls: cfg.tls.is_some(),
         };
-        let acceptor = std::thread::Builder::new()
-            .name("corecast-accept".into())
-            .spawn(move || {
-                let result = exit::guarded(|| acc.run());
-                if let Err(e) = &result {
-                    log::error!("acceptor stopped: {e}");
-                }
-                let _ = exit_tx.send(Exit::Acceptor { result });
-            })?;
+        server.acceptor = Some(
+            std::thread::Builder::new()
+                .name("corecast-accept".into())
+                .spawn(move || {
+                    let result = exit::guarded(|| acc.run());
+                    if let Err(e) = &result {
+                        log::error!("acceptor stopped: {e}");
+                    }
+                    let _ = exit_tx.send(Exit::Acceptor { result });
+                })?,
+        );
 
-        let control = Control::start(admin_listener, shared.clone(), backplane, control_exit)?;
-        let admin_addr = control.admin_addr();
+        #[cfg(test)]
+        if FAIL_CONTROL_START.get() {
+            return Err(io::Error::other("control plane start failed (injected)").into());
+        }
+        let control = Control::start(
+            admin_listener,
+            shared.clone(),
+            console,
+            backplane,
+            control_exit,
+        )?;
+        server.admin_addr = control.admin_addr();
+        server.control = Some(control);
         let scheme = if cfg.tls.is_some() { "wss" } else { "ws" };
         log::info!(
             "listening on {scheme}://{addr} with {} workers",
             cfg.workers
         );
-        if let Some(a) = admin_addr {
+        if let Some(a) = server.admin_addr {
             log::info!("admin endpoint (metrics, healthz, publish) on http://{a}");
         }
-        Ok(Server {
-            addr,
-            admin_addr,
-            shared,
-            threads,
-            acceptor: Some(acceptor),
-            acceptor_waker,
-            stop,
-            control: Some(control),
-            exits,
-        })
+        Ok(server)
     }
 
     /// Reads the certificate and key again (SIGHUP): new connections use them from the next
@@ -291,33 +311,7 @@ impl Server {
     /// health checks, close every connection with 1001, wait for the clients to answer (up to
     /// the drain timeout), and join every thread. Returns the first thread failure, if any.
     pub fn shutdown(mut self) -> Result<(), ThreadError> {
-        if self.shared.cfg.reuse_port {
-            // A restart: close the listener before anything else, so that new connections
-            // go to the other process on the port (and, with tcp_migrate_req, so do those
-            // still in this one's accept queue) instead of being refused here.
-            acceptor::stop(&self.acceptor_waker, &self.stop);
-            if let Some(a) = self.acceptor.take() {
-                let _ = a.join();
-            }
-            log::info!("--reuse-port: listener closed, draining");
-        }
-        // First, so that every publish acknowledged with 202 is in the workers' queues ahead
-        // of the Msg::Shutdown below.
-        if let Some(c) = &self.control {
-            c.stop_publishing();
-        }
-        self.shared.draining.store(true, Ordering::SeqCst);
-        self.shared.bus.tell_all(|| Msg::Shutdown);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-        acceptor::stop(&self.acceptor_waker, &self.stop);
-        if let Some(a) = self.acceptor.take() {
-            let _ = a.join();
-        }
-        if let Some(c) = self.control.take() {
-            c.stop();
-        }
+        self.stop();
         let mut first_err = Ok(());
         while let Ok(exit) = self.exits.try_recv() {
             let result = exit.result();
@@ -335,6 +329,59 @@ impl Server {
         );
         first_err
     }
+
+    /// Stops every thread that runs, in the order that loses no acknowledged publish (see
+    /// [`shutdown`](Server::shutdown)), and joins them. What was never started is skipped,
+    /// and what is stopped already is not stopped again.
+    fn stop(&mut self) {
+        if self.threads.is_empty() && self.acceptor.is_none() && self.control.is_none() {
+            return;
+        }
+        if self.shared.cfg.reuse_port {
+            // A restart: close the listener before anything else, so that new connections
+            // go to the other process on the port (and, with tcp_migrate_req, so do those
+            // still in this one's accept queue) instead of being refused here.
+            self.stop_acceptor();
+            log::info!("--reuse-port: listener closed, draining");
+        }
+        // First, so that every publish acknowledged with 202 is in the workers' queues ahead
+        // of the Msg::Shutdown below.
+        if let Some(c) = &self.control {
+            c.stop_publishing();
+        }
+        self.shared.draining.store(true, Ordering::SeqCst);
+        self.shared.bus.tell_all(|| Msg::Shutdown);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        self.stop_acceptor();
+        if let Some(c) = self.control.take() {
+            c.stop();
+        }
+    }
+
+    fn stop_acceptor(&mut self) {
+        if let Some(a) = self.acceptor.take() {
+            acceptor::stop(&self.acceptor_waker, &self.stop);
+            let _ = a.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    /// A server dropped without [`Server::shutdown`] (a start that failed half way, a caller
+    /// that returned early, a test that failed) stops the same way: no thread it started
+    /// outlives it, and its ports are closed when this returns.
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests only: the control plane fails to start on this thread's next `Server::start`,
+    /// once the workers and the acceptor run (as it can for want of a descriptor or a thread).
+    static FAIL_CONTROL_START: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// The WebSocket listener with SO_REUSEPORT (and SO_REUSEADDR), so that another corecast
@@ -401,10 +448,54 @@ fn connection_limit(cfg: &Config) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Mutex, MutexGuard, PoisonError};
+
+    /// The tests that start servers run one at a time: one of them counts the threads of
+    /// every server in the process.
+    fn one_at_a_time() -> MutexGuard<'static, ()> {
+        static SERVERS: Mutex<()> = Mutex::new(());
+        SERVERS.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Threads of servers in this process, by the names every server thread carries.
+    fn server_threads() -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter(|t| {
+                let comm = t.as_ref().unwrap().path().join("comm");
+                std::fs::read_to_string(comm).is_ok_and(|c| c.starts_with("corecast-"))
+            })
+            .count()
+    }
+
+    /// A start that fails once the workers and the acceptor run (here the control plane's,
+    /// injected) stops them again: no thread is left, and the port refuses connections.
+    #[test]
+    fn a_start_that_fails_half_way_leaves_nothing_running() {
+        let _one = one_at_a_time();
+        let before = server_threads();
+        let listen = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        FAIL_CONTROL_START.set(true);
+        let started = Server::start(Config {
+            listen,
+            workers: 2,
+            pin: false,
+            ..Config::default()
+        });
+        FAIL_CONTROL_START.set(false);
+        let e = started.err().expect("the start fails");
+        assert!(e.to_string().contains("injected"), "{e}");
+        assert_eq!(server_threads(), before, "server threads left running");
+        let refused = std::net::TcpStream::connect(listen).expect_err("the port is closed");
+        assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
+    }
 
     #[test]
     fn a_worker_that_panics_is_reported_while_the_others_keep_serving() {
-        use std::io::{Read, Write};
+        let _one = one_at_a_time();
         let server = Server::start(Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             workers: 2,
@@ -414,7 +505,7 @@ mod tests {
         .unwrap();
         assert!(server.wait_exit(Duration::from_millis(50)).is_none());
 
-        server.shared.workers[1].send(Msg::Panic("injected fault"));
+        server.shared.workers[1].send(Msg::Panic("injected fault"), drop);
         match server.wait_exit(Duration::from_secs(10)) {
             Some(Exit::Worker { index, result }) => {
                 assert_eq!(index, 1);
@@ -454,6 +545,7 @@ mod tests {
     #[cfg(debug_assertions)]
     #[test]
     fn a_broken_invariant_fails_the_end_of_turn_check() {
+        let _one = one_at_a_time();
         let server = Server::start(Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             workers: 2,
@@ -461,7 +553,7 @@ mod tests {
             ..Config::default()
         })
         .unwrap();
-        server.shared.workers[0].send(Msg::BreakInvariant);
+        server.shared.workers[0].send(Msg::BreakInvariant, drop);
         match server.wait_exit(Duration::from_secs(10)) {
             Some(Exit::Worker { index, result }) => {
                 assert_eq!(index, 0);
@@ -470,6 +562,162 @@ mod tests {
             }
             other => panic!("expected worker 0 to fail its invariant check, got {other:?}"),
         }
+        server.shutdown().expect("shutdown completes");
+    }
+
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    /// The messages the budget tests publish: 1 MiB of data each.
+    const MESSAGE: usize = 1 << 20;
+    /// Every blocking read and write of these tests gives up after this long.
+    const WATCHDOG: Duration = Duration::from_secs(10);
+
+    /// Two workers (an admin endpoint, room for [`MESSAGE`]s), worker 1 made to die.
+    fn worker_1_dead() -> Server {
+        let server = Server::start(Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+            workers: 2,
+            pin: false,
+            max_message_size: 2 * MESSAGE,
+            max_frame_size: 2 * MESSAGE,
+            ..Config::default()
+        })
+        .unwrap();
+        server.shared.workers[1].send(Msg::Panic("injected fault"), drop);
+        match server.wait_exit(WATCHDOG) {
+            Some(Exit::Worker { index: 1, .. }) => server,
+            other => panic!("expected worker 1 to die, got {other:?}"),
+        }
+    }
+
+    /// Sends one HTTP/1.1 request and reads its response: (status, body).
+    fn http(s: &mut TcpStream, request: &[u8]) -> (u16, String) {
+        s.write_all(request).unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).expect("a response head");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .map_or(0, |v| v.parse().unwrap());
+        let mut body = vec![0u8; length];
+        s.read_exact(&mut body).unwrap();
+        (
+            head[9..12].parse().unwrap(),
+            String::from_utf8(body).unwrap(),
+        )
+    }
+
+    /// Both budget gauges of `/metrics`: (cross-worker, outside) bytes queued.
+    fn budget_gauges(admin: SocketAddr) -> (String, String) {
+        let mut s = TcpStream::connect(admin).unwrap();
+        s.set_read_timeout(Some(WATCHDOG)).unwrap();
+        let (status, body) = http(&mut s, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(status, 200);
+        let gauge = |name: &str| {
+            body.lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("{name} exported"))
+                .to_owned()
+        };
+        (
+            gauge("corecast_cross_worker_queued_bytes "),
+            gauge("corecast_outside_queued_bytes "),
+        )
+    }
+
+    /// Polls `f` until it holds, failing after the watchdog.
+    fn wait_for(what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + WATCHDOG;
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Admin publishes to a dead worker are charged to the outside budget like any: twice
+    /// [`OUTSIDE_BYTES`] of them, each queued to the live worker only, are all accepted, and
+    /// the budget comes back to nothing once the live worker has taken its copies.
+    #[test]
+    fn admin_publishes_do_not_leave_their_budget_with_a_dead_worker() {
+        let _one = one_at_a_time();
+        use crate::broadcast::OUTSIDE_BYTES;
+        let server = worker_1_dead();
+        let admin = server.admin_addr().unwrap();
+        let body = format!(r#"{{"topic":"t","data":"{}"}}"#, "x".repeat(MESSAGE));
+        let request = format!(
+            "POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let mut s = TcpStream::connect(admin).unwrap();
+        s.set_read_timeout(Some(WATCHDOG)).unwrap();
+        let n = 2 * OUTSIDE_BYTES / MESSAGE;
+        for i in 0..n {
+            let (status, answer) = http(&mut s, request.as_bytes());
+            assert_eq!(
+                (status, &*answer),
+                (202, r#"{"queued_workers":1}"#),
+                "publish {i} of {n}"
+            );
+        }
+        wait_for("the outside budget back to 0", || {
+            server.outside_queued() == 0
+        });
+        let gauges = budget_gauges(admin);
+        assert_eq!(gauges.1, "corecast_outside_queued_bytes 0");
+        server.shutdown().expect("shutdown completes");
+    }
+
+    /// A client's publishes to a dead worker are charged to the cross-worker budget: twice
+    /// [`CROSS_BYTES`] of them from a client of the live worker never hold it back, and the
+    /// budget comes back to nothing.
+    #[test]
+    fn client_publishes_do_not_leave_their_budget_with_a_dead_worker() {
+        let _one = one_at_a_time();
+        use crate::broadcast::CROSS_BYTES;
+        use tungstenite::Message;
+        let server = worker_1_dead();
+        // Round robin may hand a socket to the dead worker (it is then closed): try again.
+        let mut ws = (0..4)
+            .find_map(|_| {
+                let s = TcpStream::connect(server.local_addr()).unwrap();
+                s.set_read_timeout(Some(WATCHDOG)).unwrap();
+                s.set_write_timeout(Some(WATCHDOG)).unwrap();
+                let url = format!("ws://{}/ws", server.local_addr());
+                tungstenite::client(url.as_str(), s).ok().map(|(ws, _)| ws)
+            })
+            .expect("a connection on the live worker");
+        let publish = format!(
+            r#"{{"op":"publish","topic":"t","data":"{}"}}"#,
+            "x".repeat(MESSAGE)
+        );
+        let n = 2 * CROSS_BYTES / MESSAGE;
+        for i in 0..n {
+            ws.send(Message::text(publish.clone()))
+                .unwrap_or_else(|e| panic!("publish {i} of {n}: {e}"));
+        }
+        // Answered only if the publisher's input was never held back.
+        ws.send(Message::text(r#"{"op":"echo","data":"after"}"#))
+            .unwrap();
+        loop {
+            match ws.read().expect("the echo after the publishes") {
+                Message::Text(t) if t.as_str() == r#"{"op":"echo","data":"after"}"# => break,
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(server.stats().publishers_held, 0);
+        wait_for("the cross-worker budget back to 0", || {
+            server.shared.bus.cross_queued() == 0
+        });
+        let gauges = budget_gauges(server.admin_addr().unwrap());
+        assert_eq!(gauges.0, "corecast_cross_worker_queued_bytes 0");
         server.shutdown().expect("shutdown completes");
     }
 }

@@ -8,7 +8,6 @@ use std::time::Instant;
 use crate::admission;
 use crate::broadcast::Bus;
 use crate::config::Config;
-use crate::console::Console;
 use crate::memory;
 use crate::stats::{Snapshot, Stats};
 use crate::worker::handle::WorkerHandle;
@@ -31,8 +30,6 @@ pub struct Shared {
     pub started: Instant,
     /// Resident memory against `--max-memory`.
     pub memory: Arc<memory::Guard>,
-    /// The web console's figures (`/stats.json`), refreshed by the control thread.
-    pub console: Arc<Console>,
 }
 
 impl Shared {

@@ -127,6 +127,67 @@ fn a_publish_on_one_node_reaches_every_node_once_and_in_order() {
     b.shutdown().unwrap();
 }
 
+/// One sample of `/metrics` on the admin endpoint `admin`, by its whole name.
+fn metric(admin: std::net::SocketAddr, name: &str) -> f64 {
+    let mut s = TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(WATCHDOG)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let r = read_response(&mut s).unwrap();
+    assert_eq!(r.status, 200, "{}", r.head);
+    let found: Vec<f64> = r
+        .body
+        .lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .collect();
+    assert_eq!(found.len(), 1, "{name} in\n{}", r.body);
+    found[0]
+}
+
+/// Any Redis client that may PUBLISH on corecast's channels can send a well-formed envelope
+/// whose message is not UTF-8. Framed as text, it would fail every subscriber's connection
+/// (1007); the node drops it and counts it, and the subscriber stays connected and gets the
+/// next valid message.
+#[test]
+fn an_envelope_whose_message_is_not_utf8_is_dropped_and_counted() {
+    let r = Redis::start();
+    let mut cfg = config(2);
+    cfg.redis = Some(r.url());
+    cfg.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    let a = start(cfg);
+    let admin = a.admin_addr().unwrap();
+    wait_for("connected", || up(&a));
+    let mut sub = connect(a.local_addr(), "/ws");
+    subscribe(&mut sub, "news");
+    wait_for("A on the topic's channel", || {
+        numsub(&r, "corecast:topic:news") == 1
+    });
+
+    // A raw client, not a corecast node: an envelope from a node id nobody has.
+    let mut raw = r.client().unwrap();
+    let mut publish = |message: &[u8]| {
+        let mut envelope = b"cc1 00000000000000ff ".to_vec();
+        envelope.extend_from_slice(message);
+        let receivers: i64 = redis::cmd("PUBLISH")
+            .arg("corecast:topic:news")
+            .arg(envelope)
+            .query(&mut raw)
+            .unwrap();
+        assert_eq!(receivers, 1);
+    };
+    publish(b"{\"op\":\"message\",\"topic\":\"news\",\"data\":\"\xff\xfe\"}");
+    publish(br#"{"op":"message","topic":"news","data":"valid"}"#);
+    assert_eq!(
+        recv(&mut sub),
+        json!({"op":"message","topic":"news","data":"valid"})
+    );
+    expect_nothing_more(&mut sub);
+    assert_eq!(metric(admin, "corecast_backplane_invalid_utf8_total"), 1.0);
+    assert_eq!(metric(admin, "corecast_backplane_received_total"), 1.0);
+    assert_eq!(metric(admin, "corecast_backplane_bad_envelopes_total"), 0.0);
+    a.shutdown().unwrap();
+}
+
 #[test]
 fn a_node_subscribes_to_a_topic_only_while_a_local_connection_holds_it() {
     let r = Redis::start();

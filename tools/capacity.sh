@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The backplane's capacity figures in README.md ("Capacity"): Redis CPU per forwarded
+# The backplane's capacity figures in docs/cluster.md ("Capacity"): Redis CPU per forwarded
 # message, the receiving node's CPU per message, and cross-node latency. Starts a private
 # redis-server on port $RPORT (default 6390), node A (1 worker, pinned to core 0) and node B
 # (1 worker, unpinned), both with --redis; 10 subscribers on B (a second corecast-load that

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the performance figures in README.md on a 2-core machine: the server pinned to
+# Reproduces the performance figures in docs/performance.md on a 2-core machine: the server pinned to
 # core 0 with one worker, the load generator pinned to core 1. Each scenario runs RUNS times
 # against a fresh server; the median is printed with every run's numbers, so the saturated
 # side can be read off (server_core_busy_pct is core 0's busy time from /proc/stat,

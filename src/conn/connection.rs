@@ -86,7 +86,7 @@ mod tests {
         // The slab stores `Conn` inline, and it is all an idle connection costs in user
         // space (deadlines are swept, not kept in a timer structure): with the slab's
         // growth slack it must stay within the 128 bytes of RSS per idle connection that
-        // issue 15 set and the README reports. A field added here must find room.
+        // issue 15 set and docs/performance.md reports. A field added here must find room.
         let size = std::mem::size_of::<Conn>();
         assert!(size <= 88, "Conn grew to {size} bytes");
     }

@@ -694,6 +694,9 @@ mod tests {
             queue: &mut Outbound,
             _scratch: &mut Vec<u8>,
         ) -> Result<Flushed, TransportError> {
+            if queue.is_empty() {
+                return Ok(Flushed::Empty); // as the real queue: no syscall for nothing
+            }
             let mut buf = Vec::new();
             queue.take_front(&mut buf, self.budget);
             self.take(&[IoSlice::new(&buf)]);
@@ -873,7 +876,7 @@ mod tests {
 
     #[test]
     fn a_run_that_does_not_fit_whole_is_taken_one_by_one_up_to_the_bound() {
-        let (mut o, mut out, wire) = (Outputs::default(), Output::default(), plain(0));
+        let (mut o, mut out) = (Outputs::default(), Output::default());
         let frames = [big(1), big(2), big(3)];
         let merged = Bytes::from(frames.concat());
         let limit = 2 * cost_of(SHARE_MIN);
@@ -902,7 +905,7 @@ mod tests {
     fn pings_and_pongs_past_the_control_allowance_are_not_sent() {
         let (mut o, mut out) = (Outputs::default(), Output::default());
         let limit = 1000;
-        o.reply(K, &mut out, &vec![0; limit + CONTROL_ALLOWANCE - 10]);
+        o.reply(K, &mut out, &vec![0; limit + CONTROL_ALLOWANCE]);
         assert_eq!(o.frame(K, &mut out, Kind::Pong, b"x", limit), Took::Over);
         assert_eq!(o.frame(K, &mut out, Kind::Ping, b"", limit), Took::Over);
         assert_eq!(o.tally.control_dropped, 2);

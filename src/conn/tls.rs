@@ -318,7 +318,16 @@ impl Tls {
                 self.outgoing.extend_from_slice(&alert[..n]);
             }
         }
-        let _ = write_out(&mut self.sock, &mut self.outgoing, &mut self.sent);
+        if !matches!(
+            write_out(&mut self.sock, &mut self.outgoing, &mut self.sent),
+            Ok(true)
+        ) {
+            // The alert is best effort: once the write side is shut nothing more can be
+            // written, so what the socket did not take is let go rather than kept as output
+            // nobody will ever flush.
+            self.outgoing = Vec::new();
+            self.sent = 0;
+        }
         let _ = self.sock.shutdown(std::net::Shutdown::Write);
     }
 

@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -15,12 +16,15 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::admin::BODY_DEADLINE;
 use super::metrics::{AdminStats, Metrics, CONTENT_TYPE};
 use crate::broadcast::{self, Target};
 use crate::protocol::{self, Raw};
 use crate::shared::Shared;
 use crate::stats::bump;
+
+/// Time for a whole request body (at most `--max-message-size`) to arrive once its head has;
+/// over it the request gets 408 and the connection is closed.
+pub const BODY_DEADLINE: Duration = Duration::from_secs(10);
 
 /// A complete response; every body is small and built before it is sent.
 pub type Reply = Response<Full<Bytes>>;

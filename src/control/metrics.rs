@@ -30,9 +30,10 @@ const PREFIX: &str = "corecast";
 pub struct AdminStats {
     /// Admin connections being served.
     pub connections_open: AtomicI64,
-    /// Admin connections refused because [`MAX_ADMIN_CONNECTIONS`] were open.
+    /// Admin connections refused because [`MAX_ADMIN_CONNECTIONS`] were open for the whole
+    /// time they may wait in the listen backlog.
     ///
-    /// [`MAX_ADMIN_CONNECTIONS`]: super::admin::MAX_ADMIN_CONNECTIONS
+    /// [`MAX_ADMIN_CONNECTIONS`]: crate::config::MAX_ADMIN_CONNECTIONS
     pub connections_refused: AtomicU64,
     /// Requests cut off for a head, body or response write past its deadline.
     pub request_timeouts: AtomicU64,
@@ -141,7 +142,7 @@ static FAMILIES: &[Family] = &[
     f("process_open_fds", "Open file descriptors.", Read::Gauge(|_| open_fds().map_or(0, saturate))),
     f("uptime_seconds", "Seconds since start.", Read::Seconds(|r| r.shared.started.elapsed().as_secs_f64())),
     f("admin_connections_open", "Admin endpoint connections being served.", Read::Gauge(|r| r.admin.connections_open.load(Relaxed))),
-    f("admin_connections_refused", "Admin endpoint connections refused (503) at the connection cap.", Read::Counter(|r| r.admin.connections_refused.load(Relaxed))),
+    f("admin_connections_refused", "Admin endpoint connections refused (503) after waiting 2 s in the listen backlog at the connection cap.", Read::Counter(|r| r.admin.connections_refused.load(Relaxed))),
     f("admin_request_timeouts", "Admin requests cut off at the head, body or write deadline.", Read::Counter(|r| r.admin.request_timeouts.load(Relaxed))),
     f("backplane_configured", "1 with --redis.", Read::Gauge(|r| r.shared.bus.backplane().is_some().into())),
     f("backplane_up", "1 while connected to Redis and subscribed (0 without --redis).", Read::Gauge(|r| bp(r, |s| s.up.load(Relaxed).into()))),
@@ -151,6 +152,7 @@ static FAMILIES: &[Family] = &[
     f("backplane_received_dropped", "Messages from other nodes dropped because this node's workers were 64 MiB of them behind.", Read::Counter(|r| bp(r, |s| s.received_dropped.load(Relaxed)))),
     f("backplane_own_skipped", "Messages that came back from Redis to the node that sent them (not delivered twice).", Read::Counter(|r| bp(r, |s| s.own_skipped.load(Relaxed)))),
     f("backplane_bad_envelopes", "Redis messages on corecast's channels that are not a version-1 envelope (dropped).", Read::Counter(|r| bp(r, |s| s.bad_envelopes.load(Relaxed)))),
+    f("backplane_invalid_utf8", "Messages from other nodes dropped because their text is not UTF-8 (as a text frame it would fail every subscriber's connection).", Read::Counter(|r| bp(r, |s| s.invalid_utf8.load(Relaxed)))),
     f("backplane_reconnects", "Connections to Redis made after the first.", Read::Counter(|r| bp(r, |s| s.reconnects.load(Relaxed)))),
     f("backplane_channels", "Redis channels subscribed right now.", Read::Gauge(|r| bp(r, |s| s.channels.load(Relaxed)))),
     f("backplane_queue_bytes", "Bytes of publishes waiting to be forwarded to Redis (bounded at 64 MiB).", Read::Gauge(|r| r.shared.bus.backplane().map_or(0, |b| saturate(b.queued_bytes() as u64)))),

@@ -21,8 +21,10 @@ use std::time::Duration;
 use crossbeam_channel::Sender as ReplySender;
 use tokio::sync::{mpsc, watch};
 
+use crate::console::Console;
 use crate::exit::{self, Exit};
 use crate::shared::Shared;
+use crate::stop::{stopped, Stopping};
 use endpoints::Endpoints;
 use metrics::{AdminStats, Metrics};
 
@@ -31,19 +33,12 @@ use metrics::{AdminStats, Metrics};
 /// that has died in a way that kept its queue open.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Resolves once the control plane is stopping (or its stop signal is gone). Every task
-/// spawned on the control thread selects on this to end.
-pub async fn stopped(stopping: &mut watch::Receiver<bool>) {
-    // The guard `wait_for` returns is dropped here, not held across the caller's awaits.
-    let _ = stopping.wait_for(|s| *s).await;
-}
-
 /// How often resident memory is sampled for the memory guard: fast enough to refuse the
 /// connections of a burst, cheap enough (one short read of /proc) to be free.
 const MEMORY_SAMPLE_EVERY: Duration = Duration::from_millis(250);
 
 /// Samples the process's memory for the guard (`--max-memory`) until stopped.
-async fn watch_memory(shared: Arc<Shared>, mut stopping: watch::Receiver<bool>) {
+async fn watch_memory(shared: Arc<Shared>, mut stopping: Stopping) {
     let mut ticks = tokio::time::interval(MEMORY_SAMPLE_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -71,11 +66,14 @@ pub struct Control {
 }
 
 impl Control {
-    /// Starts the thread with the admin endpoint on `admin` (if any) and the stats line (if
-    /// `--stats-interval` is set). The thread reports how it ended on `exits`.
+    /// Starts the thread with the admin endpoint on `admin` (if any), the stats line (if
+    /// `--stats-interval` is set), the console's sampler into `console` (unless
+    /// `--no-console`) and the backplane (with `--redis`). The thread reports how it ended
+    /// on `exits`.
     pub fn start(
         admin: Option<std::net::TcpListener>,
         shared: Arc<Shared>,
+        console: Arc<Console>,
         backplane: Option<(crate::backplane::Options, crate::backplane::Receivers)>,
         exits: crossbeam_channel::Sender<Exit>,
     ) -> io::Result<Control> {
@@ -91,6 +89,8 @@ impl Control {
         let mut endpoints = None;
         if let Some(l) = admin {
             admin_addr = Some(l.local_addr()?);
+            // Connections over the cap wait there (see `admin`); std binds with 128.
+            socket2::SockRef::from(&l).listen(admin::BACKLOG)?;
             l.set_nonblocking(true)?;
             let listener = {
                 let _in_runtime = rt.enter();
@@ -113,7 +113,7 @@ impl Control {
         if shared.cfg.console {
             rt.spawn(crate::console::run(
                 shared.clone(),
-                shared.console.clone(),
+                console,
                 stopping.clone(),
             ));
         }

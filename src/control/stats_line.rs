@@ -4,14 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
 use crate::memory::process_rss;
 use crate::shared::Shared;
+use crate::stop::{stopped, Stopping};
 
 /// Logs one line of rates every `every` until `stopping` turns true.
-pub async fn run(shared: Arc<Shared>, every: Duration, mut stopping: watch::Receiver<bool>) {
+pub async fn run(shared: Arc<Shared>, every: Duration, mut stopping: Stopping) {
     // The first line comes one period after start, as a rate needs a period behind it.
     let mut ticks = interval_at(Instant::now() + every, every);
     // A late tick (a busy control thread) moves the schedule rather than bursting lines.
@@ -20,7 +20,7 @@ pub async fn run(shared: Arc<Shared>, every: Duration, mut stopping: watch::Rece
     let mut at = Instant::now();
     loop {
         tokio::select! {
-            _ = super::stopped(&mut stopping) => return,
+            _ = stopped(&mut stopping) => return,
             _ = ticks.tick() => {}
         }
         let now = shared.totals();

@@ -323,7 +323,10 @@ impl Conns {
         if conn.machine.phase() == Phase::Closing && !want_write {
             // Everything, the close frame included, is out: end the write side and wait for
             // the peer's EOF.
+            let tls0 = conn.transport.cost();
             conn.out.shut(&mut conn.transport);
+            self.out
+                .tls_changed(conn.transport.cost() as i64 - tls0 as i64);
         }
     }
 }

@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use super::conns::Conns;
-use crate::broadcast::Bus;
+use crate::broadcast::Port;
 use crate::conn::{CloseReason, Phase};
 
 /// Shutdown progress.
@@ -98,7 +98,7 @@ impl Drain {
 
     /// Moves shutdown along after the turn's deliveries: send this worker's fence, and once
     /// every worker's fence is in (or waiting is pointless), close every connection.
-    pub(super) fn advance(&mut self, conns: &mut Conns, bus: &Bus) {
+    pub(super) fn advance(&mut self, conns: &mut Conns, bus: &Port) {
         match self.stage {
             Stage::No => {}
             Stage::Closing { .. } => self.close_due(conns),

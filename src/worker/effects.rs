@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::conns::Conns;
 use super::fanout::Fanout;
-use crate::broadcast::{self, Bus, Target};
+use crate::broadcast::{self, Port, Target};
 use crate::codec::Kind;
 use crate::conn::deflate::Inflater;
 use crate::conn::{CloseReason, Event};
@@ -25,7 +25,7 @@ const INFLATED_KEEP: usize = 256 * 1024;
 /// The part of a worker that carries out what a connection's input calls for.
 pub(super) struct Effects {
     /// Every worker's queue, for publishes.
-    pub(super) bus: Bus,
+    pub(super) bus: Port,
     /// The console's figures, served on `/stats.json`.
     console: Arc<Console>,
     /// Where JSON replies are built before being framed.
@@ -40,7 +40,7 @@ pub(super) struct Effects {
 }
 
 impl Effects {
-    pub(super) fn new(bus: Bus, console: Arc<Console>) -> Self {
+    pub(super) fn new(bus: Port, console: Arc<Console>) -> Self {
         Effects {
             bus,
             console,

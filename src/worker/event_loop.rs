@@ -24,7 +24,7 @@ use super::handle::{Inbox, Msg};
 use super::reader::{Hangup, Reader};
 use super::timers::Timers;
 use crate::admission;
-use crate::broadcast::Bus;
+use crate::broadcast::Port;
 use crate::config::Config;
 use crate::console::Console;
 use crate::memory;
@@ -65,7 +65,7 @@ pub struct Worker {
 /// What a worker shares with the rest of the server, handed over at start.
 pub struct Context {
     /// Every worker's queue, this one's included.
-    pub bus: Bus,
+    pub bus: Port,
     pub cfg: Arc<Config>,
     /// This worker's counters (it is their only writer).
     pub stats: Arc<Stats>,
@@ -195,6 +195,8 @@ impl Worker {
             reader.on_readable(conns, effects, fanout, key, Hangup::No);
         }
         self.take_inbox();
+        // The turn's publishes to the backplane, and the budget of what it took, at once.
+        self.effects.bus.flush();
         self.reader
             .release_publishers(&mut self.conns, &self.effects.bus);
         self.fanout.deliver(&mut self.conns);
@@ -216,7 +218,7 @@ impl Worker {
         // Deliveries are taken up to a budget per turn, so that a backlog (other workers or
         // nodes publishing faster than this one delivers) is worked off over several turns
         // with this worker's sockets served between them, not in one turn that starves them.
-        let bus = &self.effects.bus;
+        let bus = &mut self.effects.bus;
         let mut taken = 0;
         while taken < INBOX_BYTES_PER_TURN {
             let Ok(msg) = self.inbox.msgs.try_recv() else {

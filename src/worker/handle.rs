@@ -6,6 +6,14 @@
 //! checks its queues once more, then polls; a sender pushes, then swaps `asleep` to false
 //! and wakes only if it was true. The SeqCst fences order each side's store before its load,
 //! so at least one of them sees the other's write.
+//!
+//! A worker that has exited reads nothing more, but what is sent to it was charged to a
+//! budget (`broadcast::OUTSIDE_BYTES`, `broadcast::CROSS_BYTES`) that only its reading
+//! gives back. So the handles keep a receiving end of their own: once the worker is
+//! [retired](WorkerHandle::retire), whatever it left unread, and whatever is sent to it
+//! later, is handed back to its sender to account for. The same fence protocol, on `gone`,
+//! makes sure each such message is handed back exactly once, by the retirement or by the
+//! sender that finds the worker gone.
 
 use std::sync::atomic::{fence, AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
@@ -15,7 +23,7 @@ use mio::net::TcpStream;
 use mio::Waker;
 
 use crate::admission::Peer;
-use crate::broadcast::Delivery;
+use crate::delivery::Delivery;
 
 /// New sockets waiting for a worker; when full, the acceptor waits, and the kernel's accept
 /// backlog holds further clients.
@@ -47,13 +55,25 @@ pub enum Msg {
     BreakInvariant,
 }
 
+/// What a worker and its handles both see.
+#[derive(Debug, Default)]
+struct State {
+    /// The worker is about to sleep, or asleep: the next sender wakes it.
+    asleep: AtomicBool,
+    /// The worker has exited: it reads nothing more.
+    gone: AtomicBool,
+}
+
 /// How to reach one worker. Cheap to share; the sending side of everything.
 #[derive(Debug)]
 pub struct WorkerHandle {
     conns: Sender<(TcpStream, Peer)>,
     msgs: Sender<Msg>,
+    /// A second receiving end of `msgs`, read only once the worker is gone, to take back
+    /// what it left unread. It also keeps the channel open, so a send itself never fails.
+    unread: Receiver<Msg>,
     waker: Waker,
-    asleep: Arc<AtomicBool>,
+    state: Arc<State>,
 }
 
 /// The worker's own ends of its channels.
@@ -61,7 +81,7 @@ pub struct WorkerHandle {
 pub struct Inbox {
     pub conns: Receiver<(TcpStream, Peer)>,
     pub msgs: Receiver<Msg>,
-    asleep: Arc<AtomicBool>,
+    state: Arc<State>,
 }
 
 pub fn channel(waker: Waker) -> (WorkerHandle, Inbox) {
@@ -72,18 +92,19 @@ pub fn channel(waker: Waker) -> (WorkerHandle, Inbox) {
     // (refused past it), those of other workers' clients by `broadcast::CROSS_BYTES` (the
     // publisher's input is held back past it).
     let (mtx, mrx) = crossbeam_channel::unbounded();
-    let asleep = Arc::new(AtomicBool::new(false));
+    let state = Arc::new(State::default());
     (
         WorkerHandle {
             conns: ctx,
             msgs: mtx,
+            unread: mrx.clone(),
             waker,
-            asleep: asleep.clone(),
+            state: state.clone(),
         },
         Inbox {
             conns: crx,
             msgs: mrx,
-            asleep,
+            state,
         },
     )
 }
@@ -105,16 +126,41 @@ impl WorkerHandle {
         r
     }
 
-    /// Queues a message; a worker that has exited simply never sees it.
-    pub fn send(&self, msg: Msg) {
-        if self.msgs.send(msg).is_ok() {
-            self.wake_if_asleep();
+    /// Queues a message. False if the worker has exited: then `unread` gets this message
+    /// and whatever else the worker left in its queue (each message once, whoever finds
+    /// it), for the sender to give back what it charged for them.
+    pub fn send(&self, msg: Msg, mut unread: impl FnMut(Msg)) -> bool {
+        if self.state.gone.load(SeqCst) {
+            unread(msg);
+            self.unread.try_iter().for_each(unread);
+            return false;
         }
+        // Never fails: `self.unread` keeps the channel open.
+        let _ = self.msgs.send(msg);
+        fence(SeqCst);
+        if self.state.gone.load(SeqCst) {
+            // Retired meanwhile, perhaps before this message arrived: take it back here.
+            self.unread.try_iter().for_each(unread);
+            return false;
+        }
+        if self.state.asleep.swap(false, SeqCst) {
+            self.wake();
+        }
+        true
+    }
+
+    /// The worker has exited (returned or panicked) and reads nothing more: `unread` gets
+    /// each message it left in its queue, and later sends hand theirs back (see
+    /// [`send`](WorkerHandle::send)).
+    pub fn retire(&self, unread: impl FnMut(Msg)) {
+        self.state.gone.store(true, SeqCst);
+        fence(SeqCst);
+        self.unread.try_iter().for_each(unread);
     }
 
     fn wake_if_asleep(&self) {
         fence(SeqCst);
-        if self.asleep.swap(false, SeqCst) {
+        if self.state.asleep.swap(false, SeqCst) {
             self.wake();
         }
     }
@@ -129,17 +175,17 @@ impl WorkerHandle {
 impl Inbox {
     /// Announces an intent to sleep; returns false (and cancels it) if work arrived meanwhile.
     pub fn may_sleep(&self) -> bool {
-        self.asleep.store(true, SeqCst);
+        self.state.asleep.store(true, SeqCst);
         fence(SeqCst);
         if self.conns.is_empty() && self.msgs.is_empty() {
             true
         } else {
-            self.asleep.store(false, SeqCst);
+            self.state.asleep.store(false, SeqCst);
             false
         }
     }
 
     pub fn awake(&self) {
-        self.asleep.store(false, SeqCst);
+        self.state.asleep.store(false, SeqCst);
     }
 }

@@ -10,7 +10,7 @@ use thin_vec::ThinVec;
 use super::conns::Conns;
 use super::effects::Effects;
 use super::fanout::Fanout;
-use crate::broadcast::{Bus, CROSS_BYTES};
+use crate::broadcast::{Port, CROSS_BYTES};
 use crate::codec;
 use crate::conn::{Event, Hold, Input, InputState, Phase, Uncorked, NEVER};
 use crate::stats::{bump, gauge};
@@ -310,7 +310,7 @@ impl Reader {
     /// Lets held publishers go once the other workers' queues are down to half their bound
     /// (one whose own output is over half its bound stays held, now as any other; its flush
     /// lets it go).
-    pub(super) fn release_publishers(&mut self, c: &mut Conns, bus: &Bus) {
+    pub(super) fn release_publishers(&mut self, c: &mut Conns, bus: &Port) {
         if self.publishers_held.is_empty() || bus.cross_queued() > CROSS_BYTES / 2 {
             return;
         }
