@@ -362,6 +362,9 @@ impl Outputs {
     /// whole, otherwise each in turn until one does not. Returns how many it took; for the
     /// rest ([`Took::Over`]) the caller applies the slow-consumer policy. Staged where
     /// [`stage`] allows, queued otherwise, against the same bound.
+    // A run is its length, its frames, its merged form and the bound; bundling them into a
+    // struct would only move the same eight names into a literal at each of the four calls.
+    #[allow(clippy::too_many_arguments)]
     pub fn offer_run<'a>(
         &mut self,
         key: usize,
