@@ -390,12 +390,11 @@ fn a_connection_over_the_cap_waits_then_gets_503_and_is_counted() {
     let mut rest = Vec::new();
     let _ = over.read_to_end(&mut rest);
     assert!(rest.is_empty());
+    // Read on a held connection: a new one would race the server seeing the held ones close
+    // (on a loaded machine it could wait past the queue wait and be refused itself).
+    let mut held = held;
+    assert_eq!(metric_after_cap(&mut held), 1.0);
     drop(held);
-
-    // The slots come back as the server sees the held connections close; a scrape then
-    // waits for one if it must, and reads the one refusal.
-    let refused = metric(admin, "corecast_admin_connections_refused_total");
-    assert_eq!(refused, 1.0);
     server.shutdown().unwrap();
 }
 
