@@ -7,7 +7,6 @@ use thin_vec::ThinVec;
 
 use super::event_loop::{Hangup, CORK_KEEP};
 use super::Worker;
-use crate::codec;
 use crate::conn::{Event, Input, Phase, TransportError, NEVER};
 use crate::outbound::Flushed;
 use crate::stats::{bump, gauge};
@@ -184,11 +183,9 @@ impl Worker {
         let conn = &self.conns[key];
         let mut rest = 0;
         if !conn.inbuf.is_empty() {
-            let missing = match conn.machine.phase() {
-                Phase::Open(_) => codec::frame_len(&conn.inbuf)
-                    .map_or(0, |total| total.saturating_sub(conn.inbuf.len())),
-                _ => 0,
-            };
+            // `inbuf` holds the partial frame a `NeedMore` left (whole frames held back are
+            // handled before any read).
+            let missing = conn.machine.need(&conn.inbuf, &self.cfg);
             // Unknown length (a split header or request head): take it all.
             rest = if missing == 0 {
                 data.len()
