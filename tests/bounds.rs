@@ -552,3 +552,28 @@ fn a_publisher_faster_than_the_other_worker_is_held_back_not_buffered() {
     drop((publisher, far, near));
     assert!(p.terminate().success());
 }
+
+/// Each fragment pays for itself against --max-message-size, so a stream of empty
+/// continuations is a message that grows: at the default 64 KiB it is closed with 1009,
+/// like any message that is too big, at its 10,923rd frame (7 bytes for the first, then 6
+/// each: 65,533 after 10,922 frames).
+#[test]
+fn endless_empty_continuations_end_with_1009() {
+    let server = start(config(1));
+    let mut s = raw_upgraded(server.local_addr(), "/echo");
+    s.write_all(&masked(0x01, b"x")).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooding = {
+        let (s, stop) = (s.try_clone().unwrap(), stop.clone());
+        std::thread::spawn(move || flood(s, masked(0x00, b""), &stop, 10))
+    };
+    let (op, payload) = raw_frame(&mut s);
+    stop.store(true, Ordering::Relaxed);
+    flooding.join().unwrap();
+    assert_eq!(op, 0x8);
+    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1009);
+    assert_eq!(&payload[2..], b"message too big");
+    let st = server.stats();
+    assert_eq!((st.protocol_errors, st.messages_in), (1, 0), "{st:?}");
+    server.shutdown().unwrap();
+}

@@ -500,6 +500,30 @@ mod tests {
     }
 
     #[test]
+    fn empty_continuations_are_a_message_that_grows_until_it_is_too_big() {
+        // At a 100-byte limit: an empty first frame and 15 empty continuations count 96
+        // (6 each); the 16th would make 102 and fails the connection with 1009.
+        let mut m = open();
+        let mut first = client_frame(0x01, b"", MASK);
+        assert_eq!(m.next(&mut first, &cfg()).1, Event::Fragment);
+        for i in 0..15 {
+            let mut empty = client_frame(0x00, b"", MASK);
+            assert_eq!(empty.len(), 6);
+            assert_eq!(
+                m.next(&mut empty, &cfg()),
+                (6, Event::Fragment),
+                "frame {i}"
+            );
+        }
+        let mut empty = client_frame(0x00, b"", MASK);
+        match m.next(&mut empty, &cfg()).1 {
+            Event::Fail(why) => assert_eq!(why.code(), 1009),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(m.phase(), Phase::Closing);
+    }
+
+    #[test]
     fn close_reasons_carry_their_codes_and_text() {
         assert_eq!(CloseReason::SlowConsumer.code(), 1008);
         assert_eq!(CloseReason::Idle.code(), 1001);
