@@ -96,8 +96,9 @@ impl FrameError {
 pub enum Decoded {
     /// A whole frame; the caller consumes `used` bytes.
     Frame { frame: Frame, used: usize },
-    /// Not enough bytes yet. `need` is the total frame length when the header is complete
-    /// (so the caller can reserve exactly that much), otherwise 0.
+    /// Not enough bytes yet. `need`: how many more bytes complete the frame, once its header
+    /// is complete (so that the caller, which keeps the partial frame, can copy in exactly
+    /// those and no more); 0 while the header itself is incomplete.
     Incomplete { need: usize },
 }
 
@@ -117,8 +118,37 @@ pub fn decode_with(
     max_frame: usize,
     rsv1_allowed: bool,
 ) -> Result<Decoded, FrameError> {
+    Ok(match peek(buf, max_frame, rsv1_allowed)? {
+        Peeked::Incomplete { need } => Decoded::Incomplete { need },
+        Peeked::Whole { frame, mask } => {
+            unmask(&mut buf[frame.payload.clone()], mask);
+            let used = frame.payload.end;
+            Decoded::Frame { frame, used }
+        }
+    })
+}
+
+/// How many more bytes the partial frame at the start of `buf` needs: `decode_with`'s
+/// `Incomplete { need }` (0 while its header is split), read without touching `buf`. `None`
+/// if the frame is whole or invalid, which `decode_with` then says.
+pub fn need(buf: &[u8], max_frame: usize, rsv1_allowed: bool) -> Option<usize> {
+    match peek(buf, max_frame, rsv1_allowed) {
+        Ok(Peeked::Incomplete { need }) => Some(need),
+        Ok(Peeked::Whole { .. }) | Err(_) => None,
+    }
+}
+
+/// What the header at the start of `buf` says, its payload left as it is (masked).
+enum Peeked {
+    Incomplete { need: usize },
+    Whole { frame: Frame, mask: [u8; 4] },
+}
+
+/// Reads and checks the header at the start of `buf`: the one parser of frame headers, for
+/// [`decode_with`] and [`need`].
+fn peek(buf: &[u8], max_frame: usize, rsv1_allowed: bool) -> Result<Peeked, FrameError> {
     let Some(&[b0, b1]) = buf.get(..2) else {
-        return Ok(Decoded::Incomplete { need: 0 });
+        return Ok(Peeked::Incomplete { need: 0 });
     };
     // Everything but the length is in the first two bytes: refuse a bad frame before its
     // length or mask arrives.
@@ -145,31 +175,28 @@ pub fn decode_with(
         return Err(FrameError::BadControl);
     }
     let Some((len, header_len)) = payload_len(buf) else {
-        return Ok(Decoded::Incomplete { need: 0 });
+        return Ok(Peeked::Incomplete { need: 0 });
     };
     // RFC 6455 §5.2: the top bit of a 64-bit length must be 0.
     if len > max_frame as u64 || len >> 63 != 0 {
         return Err(FrameError::TooBig(len));
     }
     let Some(mask) = buf.get(header_len - 4..header_len) else {
-        return Ok(Decoded::Incomplete { need: 0 });
+        return Ok(Peeked::Incomplete { need: 0 });
     };
     let mask: [u8; 4] = mask.try_into().expect("four bytes");
     let total = header_len + len as usize;
     if buf.len() < total {
-        return Ok(Decoded::Incomplete { need: total });
+        let need = total - buf.len();
+        return Ok(Peeked::Incomplete { need });
     }
-    let payload = header_len..total;
-    unmask(&mut buf[payload.clone()], mask);
-    Ok(Decoded::Frame {
-        frame: Frame {
-            kind,
-            fin,
-            rsv1,
-            payload,
-        },
-        used: total,
-    })
+    let frame = Frame {
+        kind,
+        fin,
+        rsv1,
+        payload: header_len..total,
+    };
+    Ok(Peeked::Whole { frame, mask })
 }
 
 /// The payload length of the (client) frame at the start of `buf` and the length of its
@@ -191,16 +218,6 @@ fn payload_len(buf: &[u8]) -> Option<(u64, usize)> {
         ),
         n => (n as u64, 2 + mask),
     })
-}
-
-/// The total length (header and payload) of the frame starting at `buf`, once its header is
-/// complete; `None` while it is not. Checks nothing else: `decode` does.
-pub fn frame_len(buf: &[u8]) -> Option<usize> {
-    let (len, header_len) = payload_len(buf)?;
-    if buf.len() < header_len {
-        return None;
-    }
-    header_len.checked_add(usize::try_from(len).ok()?)
 }
 
 /// XORs `data` with the 4-byte client mask, eight bytes at a time where it can.
@@ -367,7 +384,9 @@ mod tests {
             let mut part = frame[..cut].to_vec();
             match decode(&mut part, 1024).unwrap() {
                 Decoded::Incomplete { need } => {
-                    assert!(need == 0 || need == frame.len(), "cut {cut}: need {need}")
+                    // The header is 6 bytes: from then on, exactly what is missing.
+                    let want = if cut < 6 { 0 } else { frame.len() - cut };
+                    assert_eq!(need, want, "cut {cut}")
                 }
                 other => panic!("cut {cut}: {other:?}"),
             }
@@ -375,16 +394,21 @@ mod tests {
     }
 
     #[test]
-    fn frame_len_is_known_once_the_header_is() {
-        let frame = client_frame(0x82, &[0u8; 300], [1, 2, 3, 4]);
-        assert_eq!(frame_len(&frame[..1]), None);
-        assert_eq!(
-            frame_len(&frame[..7]),
-            None,
-            "16-bit length and mask not complete"
-        );
-        assert_eq!(frame_len(&frame[..8]), Some(frame.len()));
-        assert_eq!(frame_len(&frame), Some(frame.len()));
+    fn need_is_known_once_the_header_is_and_reading_it_changes_nothing() {
+        let frame = client_frame(0x82, &[7u8; 300], [1, 2, 3, 4]);
+        let decoded = |cut: usize| match decode(&mut frame[..cut].to_vec(), 1024) {
+            Ok(Decoded::Incomplete { need }) => need,
+            other => panic!("cut {cut}: {other:?}"),
+        };
+        for (cut, want) in [(1, 0), (7, 0), (8, 300), (200, 108), (frame.len() - 1, 1)] {
+            // 7: the 16-bit length is there, the mask is not.
+            assert_eq!(decoded(cut), want, "cut {cut}");
+            assert_eq!(need(&frame[..cut], 1024, false), Some(want), "cut {cut}");
+        }
+        // Whole or invalid: nothing is missing, `decode` has the frame or the error.
+        assert_eq!(need(&frame, 1024, false), None);
+        assert_eq!(need(&frame[..8], 100, false), None, "over the frame limit");
+        assert_eq!(need(&[0x81, 0x05], 1024, false), None, "unmasked");
     }
 
     #[test]
@@ -477,10 +501,6 @@ mod tests {
                     let mut c = Cursor::new(&h[..]);
                     let theirs = FrameHeader::parse(&mut c);
                     let (ours_len, ours_hl) = payload_len(&h).expect("complete");
-                    assert_eq!(
-                        frame_len(&h),
-                        usize::try_from(ours_len).ok().map(|l| l + ours_hl)
-                    );
                     let Ok(Some((th, tlen))) = theirs else {
                         continue;
                     };
@@ -488,7 +508,8 @@ mod tests {
                     let mut buf = h.clone();
                     match decode_with(&mut buf, usize::MAX, true) {
                         Ok(Decoded::Incomplete { need }) => {
-                            assert_eq!(need, ours_hl + ours_len as usize, "{h:?}")
+                            // `h` is the whole header: the payload is all that is missing.
+                            assert_eq!(need, ours_len as usize, "{h:?}")
                         }
                         Ok(Decoded::Frame { frame, .. }) => {
                             assert_eq!(frame.fin, th.is_final, "{h:?}");

@@ -7,6 +7,14 @@
 
 use crate::codec::{close_code, Kind};
 
+/// What each frame of a fragmented message counts against `--max-message-size` besides its
+/// payload: 6 bytes, the smallest header a client frame can have (2 bytes and the 4-byte
+/// mask). A message thus counts at least what it took on the wire, and a frame that carries
+/// nothing is not free: an endless run of empty continuations is a message that grows, and
+/// ends with 1009 like any message that is too big, after at most `max / 6` frames.
+/// (Unfragmented messages are bounded by `--max-frame-size` alone; they pay nothing extra.)
+pub const FRAGMENT_CHARGE: usize = 6;
+
 /// Why a data frame was refused; each maps to the close code the connection fails with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum MessageError {
@@ -45,6 +53,9 @@ pub struct Fragmented {
     /// permessage-deflate: `data` is compressed, and is checked (UTF-8, size) once inflated.
     pub compressed: bool,
     pub data: Vec<u8>,
+    /// What the message counts against `--max-message-size` so far: `data`'s length plus
+    /// [`FRAGMENT_CHARGE`] per frame. Never above the limit.
+    charged: usize,
     /// Bytes of `data` known to be valid UTF-8; text is checked as it arrives so that an
     /// invalid sequence fails the connection at once, not after megabytes more.
     checked: usize,
@@ -92,10 +103,12 @@ pub fn feed(
                 }
                 return Ok(Step::Whole(kind));
             }
+            let charged = charge(0, payload, max_message)?;
             let mut f = Box::new(Fragmented {
                 kind,
                 compressed,
                 data: payload.to_vec(),
+                charged,
                 checked: 0,
             });
             f.check(false)?;
@@ -103,9 +116,7 @@ pub fn feed(
             Ok(Step::Pending)
         }
         (Kind::Continuation, Some(f)) => {
-            if f.data.len() + payload.len() > max_message {
-                return Err(MessageError::TooBig);
-            }
+            f.charged = charge(f.charged, payload, max_message)?;
             f.data.extend_from_slice(payload);
             f.check(fin)?;
             Ok(if fin { Step::Completed } else { Step::Pending })
@@ -114,6 +125,16 @@ pub fn feed(
             unreachable!("control frames are handled by the caller")
         }
     }
+}
+
+/// What a message that counted `charged` so far counts with one more frame of `payload`, if
+/// that stays within `max_message`.
+fn charge(charged: usize, payload: &[u8], max_message: usize) -> Result<usize, MessageError> {
+    let charged = charged + payload.len() + FRAGMENT_CHARGE;
+    if charged > max_message {
+        return Err(MessageError::TooBig);
+    }
+    Ok(charged)
 }
 
 impl Fragmented {
@@ -163,11 +184,11 @@ mod tests {
             Ok(Step::Whole(MessageKind::Text))
         );
         assert_eq!(
-            feed(&mut p, Kind::Text, false, true, &[0xFF], 10),
+            feed(&mut p, Kind::Text, false, true, &[0xFF], 20),
             Ok(Step::Pending)
         );
         assert_eq!(
-            feed(&mut p, Kind::Continuation, true, false, &[0xFE], 10),
+            feed(&mut p, Kind::Continuation, true, false, &[0xFE], 20),
             Ok(Step::Completed)
         );
         assert!(p.unwrap().compressed);
@@ -229,14 +250,58 @@ mod tests {
             feed(&mut p, Kind::Text, true, false, b"x", 100),
             Err(MessageError::Fragmentation)
         );
+        // 1 + 6 so far, and 87 + 6 makes exactly the limit.
         assert_eq!(
-            feed(&mut p, Kind::Continuation, false, false, &[0; 99], 100),
+            feed(&mut p, Kind::Continuation, false, false, &[0; 87], 100),
             Ok(Step::Pending)
         );
         assert_eq!(
-            feed(&mut p, Kind::Continuation, true, false, b"y", 100),
+            feed(&mut p, Kind::Continuation, true, false, b"", 100),
             Err(MessageError::TooBig)
         );
         assert_eq!(MessageError::TooBig.close_code(), 1009);
+    }
+
+    #[test]
+    fn every_fragment_pays_a_header_even_an_empty_one() {
+        // At a 60-byte limit an empty first frame and nine empty continuations count 60:
+        // the tenth continuation, empty too, is one frame too many.
+        let mut p = None;
+        assert_eq!(
+            feed(&mut p, Kind::Text, false, false, b"", 60),
+            Ok(Step::Pending)
+        );
+        for i in 0..9 {
+            assert_eq!(
+                feed(&mut p, Kind::Continuation, false, false, b"", 60),
+                Ok(Step::Pending),
+                "continuation {i}"
+            );
+        }
+        assert_eq!(
+            feed(&mut p, Kind::Continuation, true, false, b"", 60),
+            Err(MessageError::TooBig)
+        );
+        // The same limit takes 48 bytes in two frames (48 + 2 x 6), and an unfragmented
+        // message of 60 (the frame size limit bounds it, not this).
+        let mut p = None;
+        assert_eq!(
+            feed(&mut p, Kind::Binary, false, false, &[1; 40], 60),
+            Ok(Step::Pending)
+        );
+        assert_eq!(
+            feed(&mut p, Kind::Continuation, true, false, &[2; 8], 60),
+            Ok(Step::Completed)
+        );
+        assert_eq!(p.take().unwrap().data.len(), 48);
+        assert_eq!(
+            feed(&mut p, Kind::Binary, true, false, &[0; 60], 60),
+            Ok(Step::Whole(MessageKind::Binary))
+        );
+        // A first frame as large as the limit leaves no room for the frame that ends it.
+        assert_eq!(
+            feed(&mut p, Kind::Binary, false, false, &[0; 60], 60),
+            Err(MessageError::TooBig)
+        );
     }
 }

@@ -1,8 +1,9 @@
 //! Every resource a client can make the server hold has a bound. Each test plays the client
 //! that fills one: one that sends requests and never reads, one that lets a huge backlog
 //! build and then drains it slowly, a publisher whose burst would look like a slow reader,
-//! and one that declares a large frame and then trickles it. Real sockets throughout; the
-//! tests that measure memory or CPU run the binary as a process of their own.
+//! one that declares a large frame and then trickles it, and one that sends empty frames as
+//! fast as it can. Real sockets throughout; the tests that measure memory, CPU or loop turns
+//! run the binary as a process of their own.
 
 mod common;
 
@@ -24,7 +25,18 @@ const MIB: u64 = 1 << 20;
 /// is set or `secs` pass; stops early if the server drops the connection. Only whole frames
 /// go out: a write cut short (while the server does not read, TCP blocks the writer, and
 /// the write timeout makes it look at `stop` again) is finished before the next batch.
-fn flood(mut s: TcpStream, frame: Vec<u8>, stop: &AtomicBool, secs: u64) -> (TcpStream, usize) {
+fn flood(s: TcpStream, frame: Vec<u8>, stop: &AtomicBool, secs: u64) -> (TcpStream, usize) {
+    flood_upto(s, frame, stop, secs, usize::MAX)
+}
+
+/// `flood`, ending also once `max` bytes are out (at a frame boundary).
+fn flood_upto(
+    mut s: TcpStream,
+    frame: Vec<u8>,
+    stop: &AtomicBool,
+    secs: u64,
+    max: usize,
+) -> (TcpStream, usize) {
     s.set_write_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let mut batch = Vec::new();
@@ -34,7 +46,7 @@ fn flood(mut s: TcpStream, frame: Vec<u8>, stop: &AtomicBool, secs: u64) -> (Tcp
     let until = Instant::now() + Duration::from_secs(secs);
     let mut sent = 0;
     let mut at = 0;
-    while Instant::now() < until && !(at == 0 && stop.load(Ordering::Relaxed)) {
+    while Instant::now() < until && !(at == 0 && (stop.load(Ordering::Relaxed) || sent >= max)) {
         match s.write(&batch[at..]) {
             Ok(n) => {
                 sent += n;
@@ -551,4 +563,177 @@ fn a_publisher_faster_than_the_other_worker_is_held_back_not_buffered() {
     assert!(acks > 0);
     drop((publisher, far, near));
     assert!(p.terminate().success());
+}
+
+/// Turns of worker 0 so far, as `corecast_worker_loop_turn_seconds` exports them: (upper
+/// bound in seconds, turns up to it), cumulative, the last one unbounded.
+fn turn_buckets(p: &Proc) -> Vec<(f64, f64)> {
+    let body = p.get("/metrics");
+    let lines = body.lines().map(|l| Ok(l.to_owned()));
+    let parsed = prometheus_parse::Scrape::parse(lines).expect("valid exposition format");
+    let sample = parsed
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "corecast_worker_loop_turn_seconds" && s.labels.get("worker") == Some("0")
+        })
+        .expect("loop turn histogram exported");
+    match &sample.value {
+        prometheus_parse::Value::Histogram(h) => h.iter().map(|b| (b.less_than, b.count)).collect(),
+        other => panic!("not a histogram: {other:?}"),
+    }
+}
+
+/// Of the turns between two readings of `turn_buckets`: how many there were, and how many
+/// took longer than `limit` seconds (a bucket bound).
+fn turns_between(before: &[(f64, f64)], after: &[(f64, f64)], limit: f64) -> (f64, f64) {
+    let total = after.last().unwrap().1 - before.last().unwrap().1;
+    let (i, _) = after
+        .iter()
+        .enumerate()
+        .find(|(_, (le, _))| *le >= limit)
+        .expect("a bucket at the limit");
+    let within = after[i].1 - before[i].1;
+    (total, total - within)
+}
+
+/// The `q` quantile of `samples` (sorted in place).
+fn quantile(samples: &mut [Duration], q: f64) -> Duration {
+    samples.sort();
+    samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1]
+}
+
+/// Issue 22, defect 8: one client sends a fragmented message's first frame and then empty
+/// continuations (6 bytes each on the wire) as fast as it can, on the one worker an echo
+/// client also uses. The message size limit is as large as it goes (1 GiB less the envelope
+/// that --max-outbound-bytes must also hold), so nothing ends the flood in its 2 seconds: the
+/// limit takes 179 million frames, the flood stops at 120 million, and this machine handles
+/// some 39 million a second. Only the per-turn bound on the frames one connection gets
+/// handled keeps the worker's turns short and the echo client served.
+#[test]
+fn empty_continuations_at_full_speed_do_not_stall_the_worker() {
+    let p = Proc::start(&[
+        "--workers",
+        "1",
+        "--max-message-size",
+        "1073740800",
+        "--max-outbound-bytes",
+        "1073741824",
+    ]);
+    let mut echo = connect(p.addr, "/ws");
+    let mut flooder = raw_upgraded(p.addr, "/echo");
+    flooder.write_all(&masked(0x01, b"x")).unwrap();
+    // Turns, then bytes read, and after the flood the other way round: every byte counted
+    // was read in a turn counted (but for the one running at the last reading).
+    let before = turn_buckets(&p);
+    let read_before = p.metric("corecast_bytes_in_total", None);
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooding = {
+        let (s, stop) = (flooder.try_clone().unwrap(), stop.clone());
+        std::thread::spawn(move || flood_upto(s, masked(0x00, b""), &stop, 2, 720_000_000))
+    };
+    // Round trips for as long as the flood lasts, a few milliseconds apart.
+    let mut rtts = Vec::new();
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        let t = Instant::now();
+        send(&mut echo, json!({"op":"echo","data":rtts.len()}));
+        assert_eq!(recv(&mut echo), json!({"op":"echo","data":rtts.len()}));
+        rtts.push(t.elapsed());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (_, sent) = flooding.join().unwrap();
+    let read = p.metric("corecast_bytes_in_total", None) - read_before;
+    let after = turn_buckets(&p);
+    let n = rtts.len();
+    let max = *rtts.iter().max().unwrap();
+    let p99 = quantile(&mut rtts, 0.99);
+    let p50 = quantile(&mut rtts, 0.5);
+    // Bucket bounds are powers of two microseconds: 2^15 µs is about 33 ms.
+    let (turns, long) = turns_between(&before, &after, 0.032768);
+    // The echo client's few kilobytes count as frames too: that only makes this larger.
+    let frames = read / 6.0;
+    eprintln!(
+        "flood: {} MiB of empty continuations ({} frames), {frames} frames read; \
+         echo: {n} round trips, p50 {p50:?}, p99 {p99:?}, max {max:?}; \
+         worker turns: {turns}, over 33 ms: {long}",
+        sent >> 20,
+        sent / 6
+    );
+    assert!(sent > 1 << 20, "the flood sent only {sent} bytes");
+    // The bound itself, seen from outside: the flooder gets at most 1024 frames handled a
+    // turn (twice in the turn it first runs out: its readiness event, then its retry), and
+    // it is read no further ahead than one 64 KiB read (10,923 frames) besides.
+    assert!(
+        frames <= 2.0 * 1024.0 * (turns + 1.0) + 11_000.0,
+        "{frames} frames read in {turns} turns"
+    );
+    assert!(p99 < Duration::from_millis(50), "echo p99 {p99:?}");
+    assert!(
+        long <= turns / 100.0,
+        "{long} of {turns} turns took over 33 ms"
+    );
+    // Every frame the flooder sent was handled, in order: the message it started ends with
+    // this last fragment and comes back whole.
+    flooder
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    flooder.write_all(&masked(0x80, b"y")).unwrap();
+    let (op, payload) = raw_frame(&mut flooder);
+    assert_eq!((op, &payload[..]), (0x1, &b"xy"[..]));
+    drop((echo, flooder));
+    assert!(p.terminate().success());
+}
+
+/// Each fragment pays for itself against --max-message-size, so a stream of empty
+/// continuations is a message that grows: at the default 64 KiB it is closed with 1009,
+/// like any message that is too big, at its 10,923rd frame (7 bytes for the first, then 6
+/// each: 65,533 after 10,922 frames).
+#[test]
+fn endless_empty_continuations_end_with_1009() {
+    let server = start(config(1));
+    let mut s = raw_upgraded(server.local_addr(), "/echo");
+    s.write_all(&masked(0x01, b"x")).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooding = {
+        let (s, stop) = (s.try_clone().unwrap(), stop.clone());
+        std::thread::spawn(move || flood(s, masked(0x00, b""), &stop, 10))
+    };
+    let (op, payload) = raw_frame(&mut s);
+    stop.store(true, Ordering::Relaxed);
+    flooding.join().unwrap();
+    assert_eq!(op, 0x8);
+    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1009);
+    assert_eq!(&payload[2..], b"message too big");
+    let st = server.stats();
+    assert_eq!((st.protocol_errors, st.messages_in), (1, 0), "{st:?}");
+    server.shutdown().unwrap();
+}
+
+/// Frames left for later turns (past the 1024 a connection gets handled per turn) are handled
+/// without any more input arriving to wake the worker, in order, and are not taken for a
+/// message the client is slow to finish: once they are all handled, nothing is pending.
+#[test]
+fn a_burst_left_for_later_turns_is_answered_and_is_not_a_slow_message() {
+    let mut cfg = config(1);
+    cfg.message_timeout = Duration::from_secs(1);
+    let server = start(cfg);
+    let mut s = raw_upgraded(server.local_addr(), "/echo");
+    let mut burst = Vec::new();
+    for i in 0..3000u16 {
+        burst.extend_from_slice(&masked(0x89, &i.to_be_bytes()));
+    }
+    s.write_all(&burst).unwrap();
+    for i in 0..3000u16 {
+        let (op, payload) = raw_frame(&mut s);
+        assert_eq!((op, &payload[..]), (0xA, &i.to_be_bytes()[..]), "pong {i}");
+    }
+    // Past the message timeout (and the once-a-second sweep), the connection is still open.
+    std::thread::sleep(Duration::from_secs(3));
+    s.write_all(&masked(0x81, b"still open")).unwrap();
+    let (op, payload) = raw_frame(&mut s);
+    assert_eq!((op, &payload[..]), (0x1, &b"still open"[..]));
+    assert_eq!(server.stats().message_timeouts, 0);
+    server.shutdown().unwrap();
 }

@@ -192,6 +192,17 @@ impl Machine {
         self.partial.is_some()
     }
 
+    /// How many more bytes `partial`, what a [`Event::NeedMore`] left unused, needs to be a
+    /// whole frame (the decoder's own `Decoded::Incomplete { need }`), so that the caller,
+    /// which keeps it, copies in exactly those; 0 while that is not known (a split header, a
+    /// request head): then it takes all there is. `partial` is not changed.
+    pub fn need(&self, partial: &[u8], cfg: &Config) -> usize {
+        if !self.is_open() {
+            return 0;
+        }
+        codec::need(partial, cfg.max_frame_size, self.deflate.is_some()).unwrap_or(0)
+    }
+
     /// Heap memory held for a fragmented message.
     pub fn partial_cost(&self) -> usize {
         self.partial.as_ref().map_or(0, |p| p.data.capacity())
@@ -419,6 +430,24 @@ mod tests {
         let mut half = client_frame(0x82, b"abcdef", MASK);
         half.truncate(5);
         assert_eq!(m.next(&mut half, &cfg()), (0, Event::NeedMore));
+        assert_eq!(
+            m.need(&half, &cfg()),
+            0,
+            "no mask yet, so the length is not known"
+        );
+        let mut half = client_frame(0x82, b"abcdef", MASK);
+        half.truncate(8);
+        assert_eq!(m.next(&mut half, &cfg()), (0, Event::NeedMore));
+        assert_eq!(
+            m.need(&half, &cfg()),
+            4,
+            "6 header bytes and 2 of the 6 payload bytes"
+        );
+        assert_eq!(
+            Machine::new().need(&half, &cfg()),
+            0,
+            "not upgraded: a request head"
+        );
         let mut close = client_frame(0x88, &3000u16.to_be_bytes(), MASK);
         assert_eq!(m.next(&mut close, &cfg()).1, Event::PeerClose(3000));
         assert_eq!(m.phase(), Phase::Closing);
@@ -478,6 +507,30 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(m.partial_cost(), 0, "closing drops the message in progress");
+    }
+
+    #[test]
+    fn empty_continuations_are_a_message_that_grows_until_it_is_too_big() {
+        // At a 100-byte limit: an empty first frame and 15 empty continuations count 96
+        // (6 each); the 16th would make 102 and fails the connection with 1009.
+        let mut m = open();
+        let mut first = client_frame(0x01, b"", MASK);
+        assert_eq!(m.next(&mut first, &cfg()).1, Event::Fragment);
+        for i in 0..15 {
+            let mut empty = client_frame(0x00, b"", MASK);
+            assert_eq!(empty.len(), 6);
+            assert_eq!(
+                m.next(&mut empty, &cfg()),
+                (6, Event::Fragment),
+                "frame {i}"
+            );
+        }
+        let mut empty = client_frame(0x00, b"", MASK);
+        match m.next(&mut empty, &cfg()).1 {
+            Event::Fail(why) => assert_eq!(why.code(), 1009),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(m.phase(), Phase::Closing);
     }
 
     #[test]

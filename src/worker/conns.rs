@@ -269,7 +269,18 @@ impl Conns {
             conn.machine.partial_since = now;
         }
         gauge(&self.stats.held, -1);
-        self.retry.push(key);
+        self.read_next_turn(key);
+    }
+
+    /// Comes back to `key` in a later retry pass (next turn's, or this one's if it has not run
+    /// yet) instead of reading on now, with its buffered input handled first (`Resuming`). It
+    /// is queued once however often it is asked, and a readiness event while it is queued adds
+    /// nothing (see the reader): a connection that keeps sending gets one share of each turn.
+    pub(super) fn read_next_turn(&mut self, key: usize) {
+        self.slab[key].input = InputState::Resuming;
+        if !self.retry.contains(&key) {
+            self.retry.push(key);
+        }
     }
 
     pub(super) fn mark_dirty(&mut self, key: usize) {
