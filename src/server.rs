@@ -493,16 +493,21 @@ mod tests {
         assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
     }
 
-    #[test]
-    fn a_worker_that_panics_is_reported_while_the_others_keep_serving() {
-        let _one = one_at_a_time();
-        let server = Server::start(Config {
+    /// A server on an ephemeral port with two unpinned workers and the defaults.
+    fn two_workers() -> Server {
+        Server::start(Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             workers: 2,
             pin: false,
             ..Config::default()
         })
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn a_worker_that_panics_is_reported_while_the_others_keep_serving() {
+        let _one = one_at_a_time();
+        let server = two_workers();
         assert!(server.wait_exit(Duration::from_millis(50)).is_none());
 
         server.shared.workers[1].send(Msg::Panic("injected fault"), drop);
@@ -544,13 +549,7 @@ mod tests {
     #[test]
     fn a_broken_invariant_fails_the_end_of_turn_check() {
         let _one = one_at_a_time();
-        let server = Server::start(Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            workers: 2,
-            pin: false,
-            ..Config::default()
-        })
-        .unwrap();
+        let server = two_workers();
         server.shared.workers[0].send(Msg::BreakInvariant, drop);
         match server.wait_exit(Duration::from_secs(10)) {
             Some(Exit::Worker { index, result }) => {
