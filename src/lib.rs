@@ -5,6 +5,7 @@
 pub mod acceptor;
 pub mod admission;
 pub mod affinity;
+pub mod auth;
 pub mod backplane;
 pub mod broadcast;
 pub mod budget;
