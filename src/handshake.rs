@@ -349,7 +349,7 @@ mod tests {
             other => panic!("{other:?}"),
         };
         let (resp, agreed) = answer(offer.as_bytes(), true);
-        assert_eq!(agreed.map(|a| a.window_bits), Some(15));
+        assert_eq!(agreed.map(|a| a.window_bits()), Some(15));
         assert!(
             resp.to_ascii_lowercase().contains(
                 "sec-websocket-extensions: permessage-deflate; server_no_context_takeover; \

@@ -5,3 +5,6 @@
 pub mod grant;
 
 pub use grant::{Grant, GrantError, Pattern};
+pub mod verify;
+
+pub use verify::{Auth, Refusal, Settings, Verified};

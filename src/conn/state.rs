@@ -10,6 +10,7 @@ use crate::handshake::{self, Endpoint, Outcome, Page};
 use crate::message::{self, Fragmented, MessageError, MessageKind, Step};
 
 use super::deflate::{Agreed, InflateError, Inflater};
+use super::input_state::InputState;
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +146,10 @@ pub struct Machine {
     /// The upgrade completed: this is (or was, while closing) a WebSocket. In the padding,
     /// like `partial_since`.
     upgraded: bool,
+    /// Whether the worker reads this connection's input, holds it back, or resumes it; see
+    /// [`InputState`]. Kept by the worker; here because the machine's padding has room for
+    /// its one byte (the connection's own fields have none).
+    pub input: InputState,
 }
 
 impl Default for Machine {
@@ -161,6 +166,7 @@ impl Machine {
             partial: None,
             partial_since: super::NEVER,
             upgraded: false,
+            input: InputState::Reading,
         }
     }
 

@@ -219,7 +219,7 @@ impl Conns {
         if was_held {
             gauge(&self.stats.held, -1);
         }
-        conn.input = InputState::Reading;
+        conn.machine.input = InputState::Reading;
         for t in std::mem::take(&mut conn.subs) {
             self.topics.unsubscribe(&t, key);
         }
@@ -238,10 +238,9 @@ impl Conns {
         if conn.is_held() {
             return;
         }
-        conn.input = InputState::Held {
-            since: self.now,
-            why,
-        };
+        conn.machine.input = InputState::Held(why);
+        // The backpressure timeout runs from here; nothing is received while held.
+        conn.last_rx = self.now;
         gauge(&self.stats.held, 1);
         bump(&self.stats.input_held, 1);
         match why {
@@ -262,7 +261,7 @@ impl Conns {
         if !conn.is_held() {
             return;
         }
-        conn.input = InputState::Resuming;
+        conn.machine.input = InputState::Resuming;
         // The client was not silent or slow while we were not reading: restart its clocks.
         conn.last_rx = now;
         if conn.machine.partial_since != NEVER {
@@ -277,7 +276,7 @@ impl Conns {
     /// is queued once however often it is asked, and a readiness event while it is queued adds
     /// nothing (see the reader): a connection that keeps sending gets one share of each turn.
     pub(super) fn read_next_turn(&mut self, key: usize) {
-        self.slab[key].input = InputState::Resuming;
+        self.slab[key].machine.input = InputState::Resuming;
         if !self.retry.contains(&key) {
             self.retry.push(key);
         }
@@ -326,6 +325,7 @@ impl Conns {
         }
         let left = conn.out.queue_cost() + conn.transport.cost();
         if conn
+            .machine
             .input
             .released_by_flush(left, self.cfg.max_outbound_bytes)
         {

@@ -47,15 +47,12 @@ impl Worker {
                 !out.is_shut() || !pending,
                 "conn {key} shut its write side with output queued"
             );
-            match conn.input {
-                crate::conn::InputState::Held {
-                    why: crate::conn::Hold::Queues,
-                    ..
-                } => assert!(
+            match conn.machine.input {
+                crate::conn::InputState::Held(crate::conn::Hold::Queues) => assert!(
                     held_publishers.contains(&key),
                     "conn {key} held for the queues but not on the publishers' list"
                 ),
-                crate::conn::InputState::Held { .. } => {
+                crate::conn::InputState::Held(_) => {
                     assert!(conn.machine.is_open(), "conn {key} held while not open");
                     let left = out.queue_cost() + conn.transport.cost();
                     assert!(

@@ -167,12 +167,12 @@ impl Reader {
             return;
         }
         let mut frames = MAX_FRAMES_PER_TURN;
-        if conn.input == InputState::Resuming {
+        if conn.machine.input == InputState::Resuming {
             if hup == Hangup::No && c.retry.contains(&key) {
                 // Queued for a retry pass still to come: it reads then, once per turn.
                 return;
             }
-            conn.input = InputState::Reading;
+            conn.machine.input = InputState::Reading;
             if !self.resume(c, e, f, key, &mut frames) {
                 return;
             }
@@ -355,11 +355,12 @@ impl Reader {
             }
             let cost = c.out_cost(key);
             match c.slab[key]
+                .machine
                 .input
                 .after_queues_drained(cost, c.cfg.max_outbound_bytes)
             {
                 None => c.release(key),
-                Some(next) => c.slab[key].input = next,
+                Some(next) => c.slab[key].machine.input = next,
             }
         }
     }

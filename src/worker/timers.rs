@@ -155,7 +155,8 @@ fn on_open_timer(conns: &mut Conns, key: usize, now: u32) {
         backpressure: secs(cfg.backpressure_timeout),
     };
     let conn = &conns.slab[key];
-    let held_since = conn.input.held_since();
+    // A hold began at `last_rx` (see `Conn::last_rx`).
+    let held_since = conn.is_held().then_some(conn.last_rx);
     let partial_since = conn.machine.partial_since;
     let last_rx = conn.last_rx;
     let index = conns.index;
