@@ -196,6 +196,7 @@ impl Server {
                         memory,
                         tls,
                         console,
+                        auth: None,
                     };
                     let result = exit::guarded(|| Worker::new(index, poll, inbox, ctx)?.run());
                     // Nothing sent to this worker is read from now on: its budget comes back.

@@ -16,6 +16,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::handler::Denial;
 use crate::memory;
 use crate::shared::Shared;
 use crate::stats::{turn_bound_us, Snapshot, TurnCounts, HANDSHAKE_STATUSES};
@@ -144,6 +145,31 @@ static FAMILIES: &[Family] = &[
     f("admin_connections_open", "Admin endpoint connections being served.", Read::Gauge(|r| r.admin.connections_open.load(Relaxed))),
     f("admin_connections_refused", "Admin endpoint connections refused (503) after waiting 2 s in the listen backlog at the connection cap.", Read::Counter(|r| r.admin.connections_refused.load(Relaxed))),
     f("admin_request_timeouts", "Admin requests cut off at the head, body or write deadline.", Read::Counter(|r| r.admin.request_timeouts.load(Relaxed))),
+    f("auth_connections", "Connections by auth standing right now: user (a verified token), anonymous, pending (waiting to connect).", Read::Gauges("standing", |r| {
+        vec![
+            ("user".into(), r.totals.authenticated),
+            ("anonymous".into(), r.totals.anonymous),
+            ("pending".into(), r.totals.auth_pending),
+        ]
+    })),
+    f("auth_connects", "Connections that connected: with a verified token (user) or anonymously.", Read::Counters("as", |r| {
+        vec![("user".into(), r.totals.auth_connects), ("anonymous".into(), r.totals.auth_anonymous_connects)]
+    })),
+    f("auth_closes", "Connections closed by auth: upgrade refused with 401, connect refused (4001), no connect in time (4001), token expired (4002), disconnected by the admin API (4003).", Read::Counters("reason", |r| {
+        vec![
+            ("upgrade_refused".into(), r.totals.auth_upgrades_refused),
+            ("connect_refused".into(), r.totals.auth_connects_refused),
+            ("connect_timeout".into(), r.totals.auth_connect_timeouts),
+            ("expired".into(), r.totals.auth_expiries),
+            ("disconnected".into(), r.totals.auth_disconnects),
+        ]
+    })),
+    f("auth_refusals", "Requests refused by auth with an error reply (the connection stays open), by reason.", Read::Counters("reason", |r| {
+        Denial::ALL.iter().zip(r.totals.denials_by).map(|(d, v)| (d.label().into(), v)).collect()
+    })),
+    f("auth_refreshes", "Tokens renewed by refresh.", Read::Counter(|r| r.totals.auth_refreshes)),
+    f("auth_subscription_expiries", "Subscriptions ended because their subscription token expired.", Read::Counter(|r| r.totals.auth_topic_expiries)),
+    f("auth_deferred", "Times a connection's token check waited for a later loop turn because the turn had spent its verification budget (1 ms).", Read::Counter(|r| r.totals.auth_deferred)),
     f("backplane_configured", "1 with --redis.", Read::Gauge(|r| r.shared.bus.backplane().is_some().into())),
     f("backplane_up", "1 while connected to Redis and subscribed (0 without --redis).", Read::Gauge(|r| bp(r, |s| s.up.load(Relaxed).into()))),
     f("backplane_forwarded", "Publishes sent to the other nodes through Redis.", Read::Counter(|r| bp(r, |s| s.forwarded.load(Relaxed)))),

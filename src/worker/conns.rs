@@ -16,8 +16,8 @@ use crate::admission;
 use crate::codec::Kind;
 use crate::config::Config;
 use crate::conn::{
-    CloseReason, Conn, Hold, InputState, Outputs, Phase, Tls, Took, Transport, TransportError,
-    NEVER,
+    CloseReason, Conn, Hold, InputState, Outputs, Phase, Standing, Tls, Took, Transport,
+    TransportError, NEVER,
 };
 use crate::outbound::Flushed;
 use crate::stats::{bump, gauge, Stats};
@@ -45,6 +45,9 @@ pub(super) struct Conns {
     /// Whole seconds since the worker started, as of this loop turn: the clock of every
     /// deadline.
     pub(super) now: u32,
+    /// Unix time in whole seconds, as of this loop turn: the clock tokens' `exp` and `nbf`
+    /// are read against.
+    pub(super) unix_now: u64,
     /// Shutdown began: new sockets are refused, open connections are no longer read.
     pub(super) draining: bool,
 }
@@ -69,6 +72,7 @@ impl Conns {
             registry,
             retry: Vec::new(),
             now: 0,
+            unix_now: 0,
             draining: false,
         }
     }
@@ -133,9 +137,62 @@ impl Conns {
         if conn.is_held() {
             gauge(&self.stats.held, -1);
         }
+        if let Some(s) = &conn.session {
+            self.standing_changed(Some(&s.standing), None);
+        }
         bump(&self.stats.closed, 1);
         self.admission.release(conn.peer);
         // Dropping the socket closes it, which also takes it out of the epoll set.
+    }
+
+    /// Subscribes `key` to `topic` (once: again changes nothing); the shared name, or
+    /// `None` if the connection is closing.
+    pub(super) fn subscribe(&mut self, key: usize, topic: &str) -> Option<Arc<str>> {
+        if !self.slab[key].machine.is_open() {
+            return None;
+        }
+        match self.topics.subscribe(topic, key) {
+            Some(name) => {
+                self.slab[key].subs.push(name.clone());
+                Some(name)
+            }
+            None => self.topics.name(topic),
+        }
+    }
+
+    /// Unsubscribes `key` from `topic`, and forgets the topic's own grant if it had one.
+    pub(super) fn unsubscribe(&mut self, key: usize, topic: &str) {
+        if self.topics.unsubscribe(topic, key) {
+            let subs = &mut self.slab[key].subs;
+            if let Some(i) = subs.iter().position(|t| **t == *topic) {
+                subs.swap_remove(i);
+            }
+        }
+        if let Some(s) = self.slab[key].session.as_mut() {
+            s.drop_topic(topic);
+        }
+    }
+
+    /// A connection's standing went from `before` to `after` (`None`: no session): the
+    /// gauges that count connections by standing follow, and the connects are counted.
+    pub(super) fn standing_changed(&self, before: Option<&Standing>, after: Option<&Standing>) {
+        let gauge_of = |s: &Standing| match s {
+            Standing::Open => None,
+            Standing::Pending => Some(&self.stats.auth_pending),
+            Standing::Anonymous => Some(&self.stats.anonymous),
+            Standing::User(_) => Some(&self.stats.authenticated),
+        };
+        if let Some(g) = before.and_then(gauge_of) {
+            gauge(g, -1);
+        }
+        if let Some(g) = after.and_then(gauge_of) {
+            gauge(g, 1);
+        }
+        match after {
+            Some(Standing::User(_)) => bump(&self.stats.auth_connects, 1),
+            Some(Standing::Anonymous) => bump(&self.stats.auth_anonymous_connects, 1),
+            _ => {}
+        }
     }
 
     /// The transport failed: the connection is dropped, counted by why.

@@ -8,12 +8,13 @@ use std::sync::Arc;
 
 use super::conns::Conns;
 use super::fanout::Fanout;
+use super::tokens::Tokens;
 use crate::broadcast::{self, Port, Target};
 use crate::codec::Kind;
 use crate::conn::deflate::Inflater;
-use crate::conn::{CloseReason, Event};
+use crate::conn::{CloseReason, Event, Standing, NEVER};
 use crate::console::{self, Console};
-use crate::handler::{self, Effect, Reply, Session};
+use crate::handler::{self, Access, Caller, Effect, Reply};
 use crate::handshake::{self, Endpoint, Page};
 use crate::message::MessageKind;
 use crate::protocol::Raw;
@@ -37,10 +38,12 @@ pub(super) struct Effects {
     /// The connection being handled has just published (see `Reader`'s hold for the
     /// other workers' queues).
     pub(super) published: bool,
+    /// Tokens and the sessions they establish.
+    pub(super) tokens: Tokens,
 }
 
 impl Effects {
-    pub(super) fn new(bus: Port, console: Arc<Console>) -> Self {
+    pub(super) fn new(bus: Port, console: Arc<Console>, tokens: Tokens) -> Self {
         Effects {
             bus,
             console,
@@ -48,10 +51,10 @@ impl Effects {
             inflater: Inflater::default(),
             inflated: Vec::new(),
             published: false,
+            tokens,
         }
     }
 
-    /// Carries out one event of the connection's state machine.
     /// Carries out one event of the connection's state machine.
     pub(super) fn on_event(
         &mut self,
@@ -63,11 +66,26 @@ impl Effects {
         let now = conns.now;
         match event {
             Event::NeedMore | Event::Discarded => {}
-            Event::Upgraded { response, .. } => {
+            Event::Upgraded {
+                response,
+                endpoint,
+                credential,
+            } => {
+                if let Err(refusal) = self.tokens.admit(conns, key, endpoint, credential) {
+                    log::debug!("worker {}: conn {key} upgrade refused: 401", conns.index);
+                    conns.slab[key].machine.refuse_upgrade();
+                    stats::handshake_failed(&conns.stats, 401);
+                    bump(&conns.stats.auth_upgrades_refused, 1);
+                    conns.send_raw(key, &refusal);
+                    conns.enter_closing(key);
+                    return;
+                }
                 let ping_at = conns.after(conns.cfg.ping_interval);
                 let conn = &mut conns.slab[key];
                 conn.last_rx = now;
-                conn.deadline = ping_at;
+                // The session's own deadline (a connect deadline, an expiry) may come first.
+                let lapses = conn.session.as_ref().map_or(NEVER, |s| s.next_due());
+                conn.deadline = ping_at.min(lapses);
                 let (tls, deflate) = (conn.transport.is_tls(), conn.machine.deflate().is_some());
                 gauge(&conns.stats.websockets, 1);
                 conns.send_raw(key, &response);
@@ -232,26 +250,41 @@ impl Effects {
     /// reply.
     fn on_request(&mut self, conns: &mut Conns, fanout: &mut Fanout, key: usize, text: &str) {
         let mut out = std::mem::take(&mut self.scratch);
-        let session = Session {
-            subs: &conns.slab[key].subs,
-            max_subscriptions: conns.cfg.max_subscriptions,
+        let conn = &conns.slab[key];
+        let anonymous = self.tokens.anonymous();
+        let access = match conn.session.as_deref().map(|s| (&s.standing, s)) {
+            None | Some((Standing::Open, _)) => Access::Open,
+            Some((Standing::Pending, _)) => Access::Pending,
+            Some((Standing::Anonymous, s)) => Access::Granted {
+                grant: anonymous.expect("an anonymous connection has auth on"),
+                sub: "",
+                anonymous: true,
+                topic_grants: &s.topic_grants,
+            },
+            Some((Standing::User(v), s)) => Access::Granted {
+                grant: &v.grant,
+                sub: &v.sub,
+                anonymous: false,
+                topic_grants: &s.topic_grants,
+            },
         };
-        let (reply, effect) = handler::handle(text, session, &mut out);
+        let caller = Caller {
+            subs: &conn.subs,
+            max_subscriptions: conns.cfg.max_subscriptions,
+            access,
+        };
+        let (reply, effect) = handler::handle(text, caller, &mut out);
         match effect {
             Effect::None => {}
             Effect::Subscribe(topic) => {
-                if let Some(name) = conns.topics.subscribe(&topic, key) {
-                    conns.slab[key].subs.push(name);
-                }
+                conns.subscribe(key, &topic);
             }
-            Effect::Unsubscribe(topic) => {
-                if conns.topics.unsubscribe(&topic, key) {
-                    let subs = &mut conns.slab[key].subs;
-                    if let Some(i) = subs.iter().position(|t| **t == *topic) {
-                        subs.swap_remove(i);
-                    }
-                }
-            }
+            Effect::Unsubscribe(topic) => conns.unsubscribe(key, &topic),
+            Effect::SubscribeWithToken { id, topic, token } => self
+                .tokens
+                .subscribe_with_token(conns, key, id, &topic, &token),
+            Effect::Connect { id, token } => self.tokens.connect(conns, key, id, token.as_deref()),
+            Effect::Refresh { id, token } => self.tokens.refresh(conns, key, id, &token),
             Effect::Publish { topic, data } => {
                 let name = conns
                     .topics
@@ -286,6 +319,10 @@ fn send_reply(conns: &mut Conns, key: usize, reply: Reply, json: &[u8]) {
                 conns.index,
                 String::from_utf8_lossy(json)
             );
+        }
+        Reply::Denied(why) => {
+            bump(&conns.stats.denials_by[why.index()], 1);
+            log::debug!("worker {}: conn {key} denied: {}", conns.index, why.label());
         }
     }
     bump(&conns.stats.messages_out, 1);

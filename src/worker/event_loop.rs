@@ -23,6 +23,7 @@ use super::fanout::Fanout;
 use super::handle::{Inbox, Msg};
 use super::reader::{Hangup, Reader};
 use super::timers::Timers;
+use super::tokens::Tokens;
 use crate::admission;
 use crate::broadcast::Port;
 use crate::config::Config;
@@ -43,6 +44,13 @@ const PUBLISHERS_RECHECK: Duration = Duration::from_millis(2);
 /// Bytes of deliveries a turn takes from the worker's queue at most (and at least one
 /// delivery); the rest waits for the next turn, which then comes at once.
 const INBOX_BYTES_PER_TURN: usize = 1 << 20;
+
+/// Unix time in whole seconds (0 before 1970, which no clock here reads).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 /// Everything a worker owns, as parts that each own their state. Nothing here is touched by
 /// another thread except through `inbox` (channels) and the counters (single-writer).
@@ -74,6 +82,8 @@ pub struct Context {
     /// The TLS configuration new connections get; `None`: plain ws.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub console: Arc<Console>,
+    /// The token verifier; `None` while auth is off.
+    pub auth: Option<Arc<crate::auth::Auth>>,
 }
 
 impl Worker {
@@ -86,6 +96,7 @@ impl Worker {
             memory,
             tls,
             console,
+            auth,
         } = ctx;
         let topics = Topics::new(index, bus.backplane_link());
         let registry = poll.registry().try_clone()?;
@@ -99,7 +110,7 @@ impl Worker {
             fanout: Fanout::new(cfg.deflate_level, memory),
             timers: Timers::default(),
             drain: Drain::new(cfg.drain_timeout, cfg.reuse_port),
-            effects: Effects::new(bus, console),
+            effects: Effects::new(bus, console, Tokens::new(auth)),
             conns: Conns::new(index, cfg, stats, admission, registry, topics),
             poll,
         })
@@ -120,6 +131,8 @@ impl Worker {
             let woke = Instant::now();
             self.stats.turns.begin(woke);
             self.conns.now = woke.duration_since(self.started).as_secs() as u32;
+            self.conns.unix_now = unix_now();
+            self.effects.tokens.begin_turn();
 
             ready.clear();
             for ev in events.iter() {

@@ -8,6 +8,8 @@
 //! - `reader`: reading through the transport into the state machine; holding input back;
 //! - `effects`: what the state machine's events and the handler's decisions make the worker
 //!   do (answer, subscribe, publish, close);
+//! - `tokens`: who a connection is (its token, verified under a per-turn budget) and the
+//!   session that establishes;
 //! - `fanout`: this worker's share of every publish, to its subscribers;
 //! - `timers`: handshake, ping, idle, message, backpressure and close deadlines;
 //! - `drain`: shutdown that loses no acknowledged publish;
@@ -25,5 +27,6 @@ pub mod handle;
 mod invariants;
 mod reader;
 mod timers;
+mod tokens;
 
 pub use event_loop::{Context, Worker, WAKER};

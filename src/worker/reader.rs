@@ -310,9 +310,18 @@ impl Reader {
             if *frames == 0 {
                 return pos;
             }
-            let Some(conn) = c.slab.get_mut(key) else {
+            if !c.slab.contains(key) {
                 return buf.len();
-            };
+            }
+            if e.tokens.exhausted() && e.tokens.may_verify(c, key) {
+                // This turn has spent its verification budget, and what comes next may need
+                // a signature check: it waits, unread, for a later turn (as past the frame
+                // bound), and the connections already open are served meanwhile.
+                bump(&c.stats.auth_deferred, 1);
+                *frames = 0;
+                return pos;
+            }
+            let conn = &mut c.slab[key];
             let held0 = conn.machine.partial_cost();
             let (used, event) = conn.machine.next(&mut buf[pos..], &c.cfg);
             let held1 = conn.machine.partial_cost();
