@@ -15,6 +15,7 @@ use clap::builder::Resettable;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, ValueEnum};
 
+pub use crate::conn::session::RatePolicy;
 use crate::conn::TlsFiles;
 pub use file::{FileError, Problem};
 pub use flags::{parse_byte_count, parse_size, Args};
@@ -75,6 +76,9 @@ pub const DEFAULT_DRAIN_TIMEOUT_S: u64 = 5;
 /// `control::admin::QUEUE_WAIT`; one still waiting then gets a canned 503. The
 /// open-files reserve (`fdlimit`) counts them.
 pub const MAX_ADMIN_CONNECTIONS: usize = 64;
+/// Seconds' worth of a rate limit a connection may send at once: a client that batches a
+/// second's messages, or reconnects and resubscribes in a rush, is not held for it.
+pub const DEFAULT_RATE_LIMIT_BURST_S: u32 = 2;
 /// The admin endpoint (metrics, health, publish API): loopback only by default.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9001";
 
@@ -142,6 +146,38 @@ pub struct Config {
     /// SO_REUSEPORT on the WebSocket listener: several processes share the port, for
     /// restarts without downtime; draining closes with 1012.
     pub reuse_port: bool,
+    /// Per-connection rate limits on what clients send.
+    pub rate: RateLimits,
+}
+
+/// Per-connection rate limits (`--max-messages-per-sec`, `--max-bytes-per-sec`,
+/// `--rate-limit-burst`, `--rate-limit-policy`); off while both rates are 0.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimits {
+    /// Data messages per second; 0 = no limit.
+    pub messages_per_sec: u32,
+    /// Bytes of data messages per second; 0 = no limit.
+    pub bytes_per_sec: u64,
+    /// The buckets hold this many seconds' worth.
+    pub burst_secs: u32,
+    pub policy: RatePolicy,
+}
+
+impl RateLimits {
+    pub fn on(&self) -> bool {
+        self.messages_per_sec > 0 || self.bytes_per_sec > 0
+    }
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            messages_per_sec: 0,
+            bytes_per_sec: 0,
+            burst_secs: DEFAULT_RATE_LIMIT_BURST_S,
+            policy: RatePolicy::Hold,
+        }
+    }
 }
 
 impl Default for Config {
@@ -176,6 +212,7 @@ impl Default for Config {
             redis: None,
             redis_prefix: DEFAULT_REDIS_PREFIX.into(),
             reuse_port: false,
+            rate: RateLimits::default(),
         }
     }
 }

@@ -173,6 +173,13 @@ counters! {
     /// Times a connection's token check waited for a later loop turn: the turn had spent its
     /// verification budget.
     auth_deferred,
+    /// Times a connection was held for sending faster than its rate limit
+    /// (`--rate-limit-policy hold`).
+    rate_limit_holds,
+    /// Messages refused with `rate_limited` (`--rate-limit-policy refuse`).
+    rate_limit_refusals,
+    /// Connections closed with 1008 for their rate (`--rate-limit-policy close`).
+    rate_limit_closes,
     }
     gauges {
     /// Connections currently open on this worker (handshaking ones included).

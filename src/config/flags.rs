@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use super::{
-    SlowConsumer, DEFAULT_ADMIN_LISTEN, DEFAULT_BACKPRESSURE_TIMEOUT_S, DEFAULT_DEFLATE_LEVEL,
-    DEFAULT_DEFLATE_MIN_SIZE, DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_HANDSHAKE_TIMEOUT_S,
-    DEFAULT_IDLE_TIMEOUT_S, DEFAULT_LISTEN, DEFAULT_MAX_MESSAGE, DEFAULT_MAX_OUTBOUND,
-    DEFAULT_MAX_SUBSCRIPTIONS, DEFAULT_MESSAGE_TIMEOUT_S, DEFAULT_PING_INTERVAL_S,
-    DEFAULT_REDIS_PREFIX,
+    RatePolicy, SlowConsumer, DEFAULT_ADMIN_LISTEN, DEFAULT_BACKPRESSURE_TIMEOUT_S,
+    DEFAULT_DEFLATE_LEVEL, DEFAULT_DEFLATE_MIN_SIZE, DEFAULT_DRAIN_TIMEOUT_S,
+    DEFAULT_HANDSHAKE_TIMEOUT_S, DEFAULT_IDLE_TIMEOUT_S, DEFAULT_LISTEN, DEFAULT_MAX_MESSAGE,
+    DEFAULT_MAX_OUTBOUND, DEFAULT_MAX_SUBSCRIPTIONS, DEFAULT_MESSAGE_TIMEOUT_S,
+    DEFAULT_PING_INTERVAL_S, DEFAULT_RATE_LIMIT_BURST_S, DEFAULT_REDIS_PREFIX,
 };
 
 /// corecast: a thread-per-core WebSocket pub/sub server.
@@ -205,6 +205,31 @@ pub struct Args {
     /// clients are then closed with 1012 (service restart), spread over --drain-timeout.
     #[arg(long, env = "CORECAST_REUSE_PORT")]
     pub reuse_port: bool,
+
+    /// Data messages one connection may send per second (counted after reassembly, on /ws
+    /// and /echo alike); 0 = no limit (the default). A connection may send
+    /// --rate-limit-burst seconds' worth at once; past it, --rate-limit-policy applies.
+    #[arg(long, env = "CORECAST_MAX_MESSAGES_PER_SEC", default_value_t = 0)]
+    pub max_messages_per_sec: u32,
+
+    /// Bytes of data messages one connection may send per second, as they arrive (K/M/G
+    /// suffixes allowed); 0 = no limit (the default). Same burst and policy as
+    /// --max-messages-per-sec.
+    #[arg(long, env = "CORECAST_MAX_BYTES_PER_SEC", default_value_t = 0,
+          value_parser = parse_byte_count)]
+    pub max_bytes_per_sec: usize,
+
+    /// Seconds' worth of --max-messages-per-sec and --max-bytes-per-sec a connection may
+    /// send at once before the limit applies (the size of its token buckets), 1 to 3600.
+    #[arg(long, env = "CORECAST_RATE_LIMIT_BURST", default_value_t = DEFAULT_RATE_LIMIT_BURST_S,
+          value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub rate_limit_burst: u32,
+
+    /// What a connection over its rate gets: `hold` stops reading it until its buckets
+    /// refill (TCP then slows the client down; nothing is lost), `refuse` drops the message
+    /// with an error reply (code `rate_limited`), `close` closes it with 1008.
+    #[arg(long, env = "CORECAST_RATE_LIMIT_POLICY", value_enum, default_value_t = RatePolicy::Hold)]
+    pub rate_limit_policy: RatePolicy,
 }
 
 /// Parses a byte count: `1048576`, `512K`, `64M`, `4G` (powers of 1024; `KiB`/`MB` spellings

@@ -442,3 +442,48 @@ fn the_example_file_has_every_flag_and_loads() {
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
+
+#[test]
+fn rate_limits_from_flags_and_the_file() {
+    let c = parse(&[]).unwrap();
+    assert!(!c.rate.on(), "off by default");
+    let c = parse(&[
+        "--max-messages-per-sec",
+        "100",
+        "--max-bytes-per-sec",
+        "64K",
+        "--rate-limit-burst",
+        "3",
+        "--rate-limit-policy",
+        "refuse",
+    ])
+    .unwrap();
+    assert_eq!(
+        c.rate,
+        RateLimits {
+            messages_per_sec: 100,
+            bytes_per_sec: 64 * 1024,
+            burst_secs: 3,
+            policy: RatePolicy::Refuse,
+        }
+    );
+    for bad in [
+        &["--rate-limit-burst", "0"][..],
+        &["--rate-limit-burst", "3601"],
+        &["--rate-limit-policy", "sometimes"],
+        &["--max-messages-per-sec", "-1"],
+    ] {
+        assert!(parse(bad).is_err(), "{bad:?}");
+    }
+    let f = file(
+        "rate",
+        "max-messages-per-sec = 5\nrate-limit-policy = \"close\"\n",
+    );
+    let c = parse(&with_file(&f, &[])).unwrap();
+    assert_eq!(
+        (c.rate.messages_per_sec, c.rate.policy),
+        (5, RatePolicy::Close)
+    );
+    let c = parse(&with_file(&f, &["--rate-limit-policy", "hold"])).unwrap();
+    assert_eq!(c.rate.policy, RatePolicy::Hold, "a flag overrides the file");
+}

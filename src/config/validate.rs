@@ -249,6 +249,12 @@ impl Args {
             redis: self.redis,
             redis_prefix: self.redis_prefix,
             reuse_port: self.reuse_port,
+            rate: super::RateLimits {
+                messages_per_sec: self.max_messages_per_sec,
+                bytes_per_sec: self.max_bytes_per_sec as u64,
+                burst_secs: self.rate_limit_burst,
+                policy: self.rate_limit_policy,
+            },
         };
         Ok((config, derived))
     }

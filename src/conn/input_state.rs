@@ -16,6 +16,10 @@ pub enum Hold {
     /// Its publishes found the other workers' queues full; the worker's check of those queues
     /// lets it go once they are down to half (its own output draining does not).
     Queues,
+    /// It sent faster than its rate limit (`--rate-limit-policy hold`); the deadline sweep
+    /// lets it go once its buckets have refilled. No backpressure timeout: the wait is as
+    /// long as the client's own excess.
+    Rate,
 }
 
 /// A connection's input. One byte: it lives in the state machine's padding (see

@@ -1,8 +1,9 @@
 //! What a connection is to auth and to the fair-use limits, for the connections that have
 //! any of it: who it is (waiting for its token, anonymous, or a verified user), when that
-//! lapses, and the topics it holds through a subscription token of their own. Boxed in
-//! `Conn::session`, which is `None` while auth and rate limits are off. Pure data and pure
-//! decisions; the worker carries them out. Runs on the connection's worker.
+//! lapses, the topics it holds through a subscription token of their own, and its rate-limit
+//! buckets. Boxed in `Conn::session`, which is `None` while auth and rate limits are off.
+//! Pure data and pure decisions; the worker carries them out. Runs on the connection's
+//! worker.
 
 use std::sync::Arc;
 
@@ -36,6 +37,8 @@ pub struct Session {
     /// Topics subscribed through a subscription token (the grant did not cover them), each
     /// with the tick its token expires at (plus the leeway).
     pub topic_grants: ThinVec<(Arc<str>, u32)>,
+    /// Token buckets, with `--max-messages-per-sec` or `--max-bytes-per-sec`.
+    pub rate: Option<Buckets>,
 }
 
 impl Session {
@@ -44,6 +47,7 @@ impl Session {
             standing,
             lapses,
             topic_grants: ThinVec::new(),
+            rate: None,
         }
     }
 
@@ -96,6 +100,119 @@ impl Session {
     }
 }
 
+/// What a connection over its rate gets (`--rate-limit-policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RatePolicy {
+    /// Stop reading it until its buckets refill: TCP slows the client down, nothing is lost.
+    Hold,
+    /// Drop the message and reply with error code `rate_limited`.
+    Refuse,
+    /// Close it with 1008.
+    Close,
+}
+
+/// A connection's two token buckets, messages and bytes, refilled continuously at their
+/// rates up to `burst` seconds' worth (a rate of 0 is no limit, and its bucket is ignored).
+/// 12 bytes: levels as `f32` (exact to a few bytes at tens of MiB per second), the time of
+/// the last refill in milliseconds of the worker's clock, which wraps after 49 days: a
+/// connection silent that long refills by less than it is owed, never by more.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Buckets {
+    messages: f32,
+    bytes: f32,
+    at_ms: u32,
+}
+
+/// The rates, as the buckets use them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rates {
+    /// Per second; 0: no limit.
+    pub messages: f32,
+    pub bytes: f32,
+    /// The buckets' size, in seconds of rate.
+    pub burst: f32,
+}
+
+impl Rates {
+    pub fn of(cfg: &crate::config::RateLimits) -> Rates {
+        Rates {
+            messages: cfg.messages_per_sec as f32,
+            bytes: cfg.bytes_per_sec as f32,
+            burst: cfg.burst_secs as f32,
+        }
+    }
+}
+
+impl Buckets {
+    /// Full buckets at `now_ms`.
+    pub fn full(r: &Rates, now_ms: u32) -> Buckets {
+        Buckets {
+            messages: r.messages * r.burst,
+            bytes: r.bytes * r.burst,
+            at_ms: now_ms,
+        }
+    }
+
+    fn refill(&mut self, r: &Rates, now_ms: u32) {
+        let secs = now_ms.wrapping_sub(self.at_ms) as f32 / 1000.0;
+        self.at_ms = now_ms;
+        self.messages = (self.messages + r.messages * secs).min(r.messages * r.burst);
+        self.bytes = (self.bytes + r.bytes * secs).min(r.bytes * r.burst);
+    }
+
+    /// For `refuse` and `close`: takes a message of `len` bytes if the buckets hold it (a
+    /// message larger than the whole byte bucket passes when that bucket is full); false,
+    /// taking nothing, if not.
+    pub fn try_take(&mut self, r: &Rates, now_ms: u32, len: usize) -> bool {
+        self.refill(r, now_ms);
+        let len = len as f32;
+        let fits_messages = r.messages == 0.0 || self.messages >= 1.0;
+        let fits_bytes = r.bytes == 0.0 || self.bytes >= len.min(r.bytes * r.burst);
+        if !(fits_messages && fits_bytes) {
+            return false;
+        }
+        self.take(r, len);
+        true
+    }
+
+    /// For `hold`: takes the message whatever the level (the buckets may go into debt), and
+    /// says whether the connection may read on (false: hold it until [`Buckets::ready_in_ms`]).
+    pub fn take_then_ready(&mut self, r: &Rates, now_ms: u32, len: usize) -> bool {
+        self.refill(r, now_ms);
+        self.take(r, len as f32);
+        self.ready(r)
+    }
+
+    fn take(&mut self, r: &Rates, len: f32) {
+        if r.messages > 0.0 {
+            self.messages -= 1.0;
+        }
+        if r.bytes > 0.0 {
+            self.bytes -= len;
+        }
+    }
+
+    /// Another message may be read: a whole message's token, and no byte debt (for the
+    /// limits that are on).
+    fn ready(&self, r: &Rates) -> bool {
+        (r.messages == 0.0 || self.messages >= 1.0) && (r.bytes == 0.0 || self.bytes >= 0.0)
+    }
+
+    /// Milliseconds from `now_ms` until the connection may read on (0: now).
+    pub fn ready_in_ms(&mut self, r: &Rates, now_ms: u32) -> u32 {
+        self.refill(r, now_ms);
+        let wait = |level: f32, want: f32, rate: f32| {
+            if rate == 0.0 || level >= want {
+                0.0
+            } else {
+                (want - level) / rate * 1000.0
+            }
+        };
+        let ms = wait(self.messages, 1.0, r.messages).max(wait(self.bytes, 0.0, r.bytes));
+        ms.ceil().min(u32::MAX as f32) as u32
+    }
+}
+
 /// The worker tick of unix time `at`, given that unix time `unix_now` is tick `now`;
 /// saturating at both ends ([`NEVER`] is never reached by a finite time, `u32::MAX - 1` at
 /// most).
@@ -116,6 +233,111 @@ mod tests {
         assert_eq!(tick_of(999_990, 1_000_000, 5), 5, "a past time is due now");
         assert_eq!(tick_of(u64::MAX, 0, 5), NEVER - 1);
         assert_eq!(tick_of(u64::from(u32::MAX) * 4, 0, u32::MAX - 3), NEVER - 1);
+    }
+
+    const TEN_A_SECOND: Rates = Rates {
+        messages: 10.0,
+        bytes: 0.0,
+        burst: 2.0,
+    };
+
+    #[test]
+    fn a_burst_then_the_rate() {
+        let r = TEN_A_SECOND;
+        let mut b = Buckets::full(&r, 0);
+        let taken = (0..100).filter(|_| b.try_take(&r, 0, 10)).count();
+        assert_eq!(taken, 20, "two seconds' worth at once");
+        assert!(!b.try_take(&r, 50, 10), "not a whole token after 50 ms");
+        assert!(b.try_take(&r, 100, 10), "one token after 100 ms");
+        let taken = (0..100).filter(|_| b.try_take(&r, 1100, 10)).count();
+        assert_eq!(taken, 10, "a second later: a second's worth");
+        let taken = (0..100).filter(|_| b.try_take(&r, 60_000, 10)).count();
+        assert_eq!(
+            taken, 20,
+            "never more than the burst, however long the wait"
+        );
+    }
+
+    #[test]
+    fn bytes_limit_and_a_message_larger_than_the_bucket() {
+        let r = Rates {
+            messages: 0.0,
+            bytes: 1000.0,
+            burst: 1.0,
+        };
+        let mut b = Buckets::full(&r, 0);
+        assert!(b.try_take(&r, 0, 600));
+        assert!(!b.try_take(&r, 0, 600), "400 left");
+        assert!(b.try_take(&r, 0, 400));
+        assert!(
+            !b.try_take(&r, 500, 5000),
+            "a huge one waits for a full bucket"
+        );
+        assert!(b.try_take(&r, 1000, 5000), "and then passes");
+        assert!(!b.try_take(&r, 1000, 1), "leaving a debt");
+        assert_eq!(b.ready_in_ms(&r, 1000), 4000);
+        assert!(b.try_take(&r, 5001, 1));
+    }
+
+    #[test]
+    fn hold_takes_everything_and_says_when_to_read_again() {
+        let r = Rates {
+            messages: 10.0,
+            bytes: 100.0,
+            burst: 1.0,
+        };
+        let mut b = Buckets::full(&r, 0);
+        for _ in 0..9 {
+            assert!(b.take_then_ready(&r, 0, 1));
+        }
+        assert!(
+            !b.take_then_ready(&r, 0, 1),
+            "the tenth empties the message bucket"
+        );
+        // (f32 arithmetic: a millisecond either way.)
+        let near = |ms: u32, want: u32| ms.abs_diff(want) <= 1;
+        assert!(near(b.ready_in_ms(&r, 0), 100));
+        assert!(near(b.ready_in_ms(&r, 60), 40));
+        assert!(near(b.ready_in_ms(&r, 101), 0));
+        assert!(!b.take_then_ready(&r, 101, 300), "200 bytes of debt");
+        assert!(near(b.ready_in_ms(&r, 101), 2000));
+        // One limit alone: the other bucket is not looked at.
+        let bytes_only = Rates {
+            messages: 0.0,
+            bytes: 100.0,
+            burst: 1.0,
+        };
+        let mut b = Buckets::full(&bytes_only, 0);
+        assert!(b.take_then_ready(&bytes_only, 0, 50));
+        assert!(!b.take_then_ready(&bytes_only, 0, 51));
+        let messages_only = Rates {
+            messages: 2.0,
+            bytes: 0.0,
+            burst: 1.0,
+        };
+        let mut b = Buckets::full(&messages_only, 0);
+        assert!(b.take_then_ready(&messages_only, 0, 1 << 30));
+        assert!(!b.take_then_ready(&messages_only, 0, 1));
+        let off = Rates {
+            messages: 0.0,
+            bytes: 0.0,
+            burst: 1.0,
+        };
+        let mut none = Buckets::full(&off, 0);
+        assert!(none.try_take(&off, 0, usize::MAX));
+        assert_eq!(none.ready_in_ms(&off, 0), 0);
+    }
+
+    #[test]
+    fn the_clock_wrapping_never_refills_more_than_the_burst() {
+        let r = TEN_A_SECOND;
+        let mut b = Buckets::full(&r, u32::MAX - 10);
+        for _ in 0..20 {
+            assert!(b.try_take(&r, u32::MAX - 10, 1));
+        }
+        assert!(b.try_take(&r, 200, 1), "211 ms across the wrap: two tokens");
+        assert!(b.try_take(&r, 200, 1));
+        assert!(!b.try_take(&r, 200, 1));
     }
 
     #[test]

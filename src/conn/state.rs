@@ -61,6 +61,9 @@ pub enum CloseReason {
     /// The admin API disconnected this user.
     #[error("disconnected")]
     Disconnected,
+    /// Sent faster than its rate limit (`--rate-limit-policy close`).
+    #[error("rate limit exceeded")]
+    RateLimited,
 }
 
 impl CloseReason {
@@ -71,9 +74,10 @@ impl CloseReason {
             CloseReason::Frame(e) => e.close_code(),
             CloseReason::Message(e) => e.close_code(),
             CloseReason::CloseFrame(e) => e.close_code(),
-            CloseReason::SlowConsumer | CloseReason::Backpressure | CloseReason::MessageTimeout => {
-                close_code::POLICY
-            }
+            CloseReason::SlowConsumer
+            | CloseReason::Backpressure
+            | CloseReason::MessageTimeout
+            | CloseReason::RateLimited => close_code::POLICY,
             CloseReason::Idle | CloseReason::Shutdown => close_code::GOING_AWAY,
             CloseReason::Restart => close_code::SERVICE_RESTART,
             CloseReason::Unauthorized(_) => close_code::UNAUTHORIZED,

@@ -170,6 +170,13 @@ static FAMILIES: &[Family] = &[
     f("auth_refreshes", "Tokens renewed by refresh.", Read::Counter(|r| r.totals.auth_refreshes)),
     f("auth_subscription_expiries", "Subscriptions ended because their subscription token expired.", Read::Counter(|r| r.totals.auth_topic_expiries)),
     f("auth_deferred", "Times a connection's token check waited for a later loop turn because the turn had spent its verification budget (1 ms).", Read::Counter(|r| r.totals.auth_deferred)),
+    f("rate_limited", "Times a connection went over --max-messages-per-sec or --max-bytes-per-sec, by what --rate-limit-policy did: held (input not read until its buckets refill), refused (message dropped, error rate_limited), closed (1008).", Read::Counters("action", |r| {
+        vec![
+            ("held".into(), r.totals.rate_limit_holds),
+            ("refused".into(), r.totals.rate_limit_refusals),
+            ("closed".into(), r.totals.rate_limit_closes),
+        ]
+    })),
     f("backplane_configured", "1 with --redis.", Read::Gauge(|r| r.shared.bus.backplane().is_some().into())),
     f("backplane_up", "1 while connected to Redis and subscribed (0 without --redis).", Read::Gauge(|r| bp(r, |s| s.up.load(Relaxed).into()))),
     f("backplane_forwarded", "Publishes sent to the other nodes through Redis.", Read::Counter(|r| bp(r, |s| s.forwarded.load(Relaxed)))),

@@ -48,6 +48,9 @@ pub(super) struct Conns {
     /// Unix time in whole seconds, as of this loop turn: the clock tokens' `exp` and `nbf`
     /// are read against.
     pub(super) unix_now: u64,
+    /// Milliseconds since the worker started, as of this loop turn (wrapping): the rate
+    /// limits' clock.
+    pub(super) now_ms: u32,
     /// Shutdown began: new sockets are refused, open connections are no longer read.
     pub(super) draining: bool,
 }
@@ -73,6 +76,7 @@ impl Conns {
             retry: Vec::new(),
             now: 0,
             unix_now: 0,
+            now_ms: 0,
             draining: false,
         }
     }
@@ -290,7 +294,12 @@ impl Conns {
     /// Stops reading a connection, for `why`: TCP's window then stops the client, and
     /// nothing more is buffered for it. The backpressure timeout closes it if the hold lasts.
     pub(super) fn hold(&mut self, key: usize, why: Hold) {
-        let at = self.after(self.cfg.backpressure_timeout);
+        let at = match why {
+            // The sweep lets it go once its buckets have refilled: a second from now at the
+            // latest, when it looks again.
+            Hold::Rate => self.now.saturating_add(1),
+            Hold::Output | Hold::Queues => self.after(self.cfg.backpressure_timeout),
+        };
         let conn = &mut self.slab[key];
         if conn.is_held() {
             return;
@@ -299,8 +308,11 @@ impl Conns {
         // The backpressure timeout runs from here; nothing is received while held.
         conn.last_rx = self.now;
         gauge(&self.stats.held, 1);
-        bump(&self.stats.input_held, 1);
+        if why != Hold::Rate {
+            bump(&self.stats.input_held, 1);
+        }
         match why {
+            Hold::Rate => bump(&self.stats.rate_limit_holds, 1),
             Hold::Output => log::debug!(
                 "worker {}: conn {key} output at {} bytes: input held back",
                 self.index,

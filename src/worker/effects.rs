@@ -11,7 +11,9 @@ use super::fanout::Fanout;
 use super::tokens::Tokens;
 use crate::broadcast::{self, Port, Target};
 use crate::codec::Kind;
+use crate::config::RatePolicy;
 use crate::conn::deflate::Inflater;
+use crate::conn::session::Rates;
 use crate::conn::{CloseReason, Event, Standing, NEVER};
 use crate::console::{self, Console};
 use crate::handler::{self, Access, Caller, Effect, Reply};
@@ -40,6 +42,9 @@ pub(super) struct Effects {
     pub(super) published: bool,
     /// Tokens and the sessions they establish.
     pub(super) tokens: Tokens,
+    /// The connection being handled went over its rate limit under `hold`: the reader holds
+    /// it after this message.
+    pub(super) rate_held: bool,
 }
 
 impl Effects {
@@ -52,6 +57,7 @@ impl Effects {
             inflated: Vec::new(),
             published: false,
             tokens,
+            rate_held: false,
         }
     }
 
@@ -117,14 +123,21 @@ impl Effects {
             }
             Event::Message { kind, data } => {
                 conns.slab[key].last_rx = now;
-                self.on_message(conns, fanout, key, kind, data);
+                if self.within_rate(conns, key, data.len()) {
+                    self.on_message(conns, fanout, key, kind, data);
+                }
             }
             Event::Compressed { kind, data } => {
                 conns.slab[key].last_rx = now;
-                self.on_compressed(conns, fanout, key, kind, data);
+                if self.within_rate(conns, key, data.len()) {
+                    self.on_compressed(conns, fanout, key, kind, data);
+                }
             }
             Event::Assembled(whole) => {
                 conns.slab[key].last_rx = now;
+                if !self.within_rate(conns, key, whole.data.len()) {
+                    return;
+                }
                 if whole.compressed {
                     self.on_compressed(conns, fanout, key, whole.kind, &whole.data);
                 } else {
@@ -147,6 +160,55 @@ impl Effects {
                     why.code()
                 );
                 conns.close_with(key, why);
+            }
+        }
+    }
+
+    /// The connection's rate limit on a `len`-byte message as it arrived: true to handle the
+    /// message. Under `hold` it always is, and `rate_held` tells the reader to hold the
+    /// connection after it if its buckets ran dry; `refuse` drops it with an error reply
+    /// (`id` null: the message is not even read), `close` closes with 1008.
+    fn within_rate(&mut self, conns: &mut Conns, key: usize, len: usize) -> bool {
+        let limits = conns.cfg.rate;
+        if !limits.on() {
+            return true;
+        }
+        let (now_ms, rates) = (conns.now_ms, Rates::of(&limits));
+        let conn = &mut conns.slab[key];
+        let json = conn.is_json();
+        let Some(b) = conn.session.as_mut().and_then(|s| s.rate.as_mut()) else {
+            return true;
+        };
+        match limits.policy {
+            RatePolicy::Hold => {
+                if !b.take_then_ready(&rates, now_ms, len) {
+                    self.rate_held = true;
+                }
+                true
+            }
+            RatePolicy::Refuse => {
+                if b.try_take(&rates, now_ms, len) {
+                    return true;
+                }
+                bump(&conns.stats.rate_limit_refusals, 1);
+                if json {
+                    let mut out = std::mem::take(&mut self.scratch);
+                    out.clear();
+                    let msg = "rate limit exceeded: message dropped";
+                    crate::protocol::error(&mut out, None, "rate_limited", msg);
+                    bump(&conns.stats.messages_out, 1);
+                    conns.send_frame(key, Kind::Text, &out);
+                    self.scratch = out;
+                }
+                false
+            }
+            RatePolicy::Close => {
+                if b.try_take(&rates, now_ms, len) {
+                    return true;
+                }
+                bump(&conns.stats.rate_limit_closes, 1);
+                conns.close_with(key, CloseReason::RateLimited);
+                false
             }
         }
     }

@@ -132,6 +132,7 @@ impl Worker {
             self.stats.turns.begin(woke);
             self.conns.now = woke.duration_since(self.started).as_secs() as u32;
             self.conns.unix_now = unix_now();
+            self.conns.now_ms = woke.duration_since(self.started).as_millis() as u32;
             self.effects.tokens.begin_turn();
 
             ready.clear();

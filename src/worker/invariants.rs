@@ -52,6 +52,13 @@ impl Worker {
                     held_publishers.contains(&key),
                     "conn {key} held for the queues but not on the publishers' list"
                 ),
+                crate::conn::InputState::Held(crate::conn::Hold::Rate) => {
+                    assert!(conn.machine.is_open(), "conn {key} held while not open");
+                    assert!(
+                        conn.session.as_ref().is_some_and(|s| s.rate.is_some()),
+                        "conn {key} held for its rate without rate buckets"
+                    );
+                }
                 crate::conn::InputState::Held(_) => {
                     assert!(conn.machine.is_open(), "conn {key} held while not open");
                     let left = out.queue_cost() + conn.transport.cost();

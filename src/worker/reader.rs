@@ -332,9 +332,15 @@ impl Reader {
             *frames -= 1;
             pos += used;
             e.published = false;
+            e.rate_held = false;
             e.on_event(c, f, key, event);
             if !c.slab.contains(key) {
                 return buf.len();
+            }
+            if e.rate_held && c.slab[key].machine.is_open() {
+                // Over its rate: nothing more is read until its buckets refill.
+                c.hold(key, Hold::Rate);
+                return pos;
             }
             if c.slab[key].machine.is_open() && c.out_cost(key) >= c.cfg.max_outbound_bytes {
                 c.hold(key, Hold::Output);

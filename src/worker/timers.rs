@@ -11,7 +11,8 @@
 
 use super::conns::Conns;
 use crate::codec::Kind;
-use crate::conn::{CloseReason, Phase, Standing, NEVER};
+use crate::conn::session::Rates;
+use crate::conn::{CloseReason, Hold, InputState, Phase, Standing, NEVER};
 use crate::protocol;
 use crate::stats::{self, bump};
 
@@ -184,6 +185,20 @@ fn on_session(conns: &mut Conns, key: usize, now: u32) -> bool {
 fn on_open_timer(conns: &mut Conns, key: usize, now: u32) {
     if !on_session(conns, key, now) {
         return;
+    }
+    if conns.slab[key].machine.input == InputState::Held(Hold::Rate) {
+        let rates = Rates::of(&conns.cfg.rate);
+        let now_ms = conns.now_ms;
+        let wait = conns.slab[key]
+            .session
+            .as_mut()
+            .and_then(|s| s.rate.as_mut())
+            .map_or(0, |b| b.ready_in_ms(&rates, now_ms));
+        if wait > 0 {
+            return rearm(conns, key, now.saturating_add(wait.div_ceil(1000)));
+        }
+        // Refilled: read again (from this tick: the wait was the rate's, not silence).
+        conns.release(key);
     }
     let secs = |d: std::time::Duration| d.as_secs().min(u64::from(u32::MAX)) as u32;
     let cfg = &conns.cfg;

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use super::conns::Conns;
 use crate::auth::{Auth, Refusal, Verified};
 use crate::codec::Kind;
-use crate::conn::session::tick_of;
+use crate::conn::session::{tick_of, Buckets, Rates};
 use crate::conn::{CloseReason, Session, Standing, NEVER};
 use crate::handler::{self, Denial};
 use crate::handshake::{self, Credential, Endpoint};
@@ -124,6 +124,9 @@ impl Tokens {
         credential: Credential<'_>,
     ) -> Result<(), Vec<u8>> {
         let Some(auth) = self.auth.clone() else {
+            if conns.cfg.rate.on() {
+                self.start(conns, key, Standing::Open, NEVER);
+            }
             return Ok(());
         };
         let s = auth.settings();
@@ -166,7 +169,11 @@ impl Tokens {
     /// Gives the connection its first session (the upgrade arms its deadline from it).
     fn start(&mut self, conns: &mut Conns, key: usize, standing: Standing, lapses: u32) {
         conns.standing_changed(None, Some(&standing));
-        conns.slab[key].session = Some(Box::new(Session::new(standing, lapses)));
+        let mut session = Session::new(standing, lapses);
+        if conns.cfg.rate.on() {
+            session.rate = Some(Buckets::full(&Rates::of(&conns.cfg.rate), conns.now_ms));
+        }
+        conns.slab[key].session = Some(Box::new(session));
     }
 
     /// `{"op":"connect"}` from a pending connection: with a token, it becomes that user or
