@@ -38,6 +38,8 @@ pub struct AdminStats {
     pub connections_refused: AtomicU64,
     /// Requests cut off for a head, body or response write past its deadline.
     pub request_timeouts: AtomicU64,
+    /// `POST /disconnect` requests carried out.
+    pub disconnects: AtomicU64,
 }
 
 /// What one scrape reads, once, before any family is written.
@@ -144,6 +146,8 @@ static FAMILIES: &[Family] = &[
     f("uptime_seconds", "Seconds since start.", Read::Seconds(|r| r.shared.started.elapsed().as_secs_f64())),
     f("admin_connections_open", "Admin endpoint connections being served.", Read::Gauge(|r| r.admin.connections_open.load(Relaxed))),
     f("admin_connections_refused", "Admin endpoint connections refused (503) after waiting 2 s in the listen backlog at the connection cap.", Read::Counter(|r| r.admin.connections_refused.load(Relaxed))),
+    f("admin_disconnects", "POST /disconnect requests carried out (each closes every connection of one user, 4003).", Read::Counter(|r| r.admin.disconnects.load(Relaxed))),
+    f("backplane_disconnects_received", "POST /disconnect commands received from other nodes through Redis.", Read::Counter(|r| bp(r, |s| s.disconnects_received.load(Relaxed)))),
     f("admin_request_timeouts", "Admin requests cut off at the head, body or write deadline.", Read::Counter(|r| r.admin.request_timeouts.load(Relaxed))),
     f("auth_connections", "Connections by auth standing right now: user (a verified token), anonymous, pending (waiting to connect).", Read::Gauges("standing", |r| {
         vec![

@@ -199,6 +199,34 @@ impl Conns {
         }
     }
 
+    /// Closes every open connection of `user` with 4003; returns how many.
+    pub(super) fn disconnect(&mut self, user: &str) -> usize {
+        let keys: Vec<usize> = self
+            .slab
+            .iter()
+            .filter(|(_, c)| c.machine.is_open())
+            .filter(|(_, c)| {
+                c.session
+                    .as_ref()
+                    .and_then(|s| s.user())
+                    .is_some_and(|v| &*v.sub == user)
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for &key in &keys {
+            bump(&self.stats.auth_disconnects, 1);
+            self.begin_close(key, CloseReason::Disconnected);
+        }
+        if !keys.is_empty() {
+            log::info!(
+                "worker {}: disconnected {} connection(s) of a user",
+                self.index,
+                keys.len()
+            );
+        }
+        keys.len()
+    }
+
     /// The transport failed: the connection is dropped, counted by why.
     pub(super) fn drop_failed(&mut self, key: usize, e: TransportError) {
         if let TransportError::Panicked(_) = e {

@@ -251,6 +251,12 @@ impl Worker {
                 }
                 Msg::Shutdown => self.drain.begin(&mut self.conns),
                 Msg::Fence => self.drain.on_fence(),
+                Msg::Disconnect { user, done } => {
+                    let n = self.conns.disconnect(&user);
+                    if let Some(done) = done {
+                        let _ = done.send(n);
+                    }
+                }
                 Msg::Tls(cfg) => {
                     self.reader.enable_tls();
                     self.tls = Some(cfg);

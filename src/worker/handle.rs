@@ -46,6 +46,12 @@ pub enum Msg {
     /// The TLS configuration for new connections from now on (a certificate reload);
     /// connections already open keep theirs.
     Tls(std::sync::Arc<rustls::ServerConfig>),
+    /// Close every connection of this user with 4003 (`POST /disconnect`, here or on
+    /// another node); the worker answers how many on `done`, if given.
+    Disconnect {
+        user: Arc<str>,
+        done: Option<tokio::sync::mpsc::UnboundedSender<usize>>,
+    },
     /// Tests only: panic inside the worker's loop, to prove a dead worker is reported.
     #[cfg(test)]
     Panic(&'static str),
