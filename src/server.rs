@@ -112,7 +112,7 @@ impl Server {
         let memory = Arc::new(memory::Guard::new(max_memory));
         memory.sample();
         let cfg = Arc::new(cfg);
-        let (admission, gate) = admission::new(max_connections, cfg.max_connections_per_ip);
+        let (admission, gate) = admission::new(max_connections, cfg.max_connections_per_ip, None);
         let admission = Arc::new(admission);
         let (exit_tx, exits) = crossbeam_channel::unbounded();
         let control_exit = exit_tx.clone();
