@@ -15,6 +15,7 @@ use clap::builder::Resettable;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, ValueEnum};
 
+use crate::admission::Rate;
 use crate::conn::TlsFiles;
 pub use file::{FileError, Problem};
 pub use flags::{parse_byte_count, parse_size, Args};
@@ -75,6 +76,10 @@ pub const DEFAULT_DRAIN_TIMEOUT_S: u64 = 5;
 /// `control::admin::QUEUE_WAIT`; one still waiting then gets a canned 503. The
 /// open-files reserve (`fdlimit`) counts them.
 pub const MAX_ADMIN_CONNECTIONS: usize = 64;
+/// The largest `--max-connection-rate-per-ip` and `--connection-rate-burst`. The acceptor is
+/// one thread, and accepts well under a million connections a second: a larger figure would
+/// be no limit at all.
+pub const MAX_CONNECTION_RATE: u32 = 1_000_000;
 /// The admin endpoint (metrics, health, publish API): loopback only by default.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9001";
 
@@ -106,6 +111,12 @@ pub struct Config {
     pub max_connections: Option<usize>,
     /// 0 = unlimited.
     pub max_connections_per_ip: usize,
+    /// New connections per second from one address; 0 = unlimited. At most
+    /// [`MAX_CONNECTION_RATE`].
+    pub max_connection_rate_per_ip: u32,
+    /// Connections one address may open at once (its bucket's size); `None`: the rate.
+    /// At least 1.
+    pub connection_rate_burst: Option<u32>,
     pub handshake_timeout: Duration,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
@@ -157,6 +168,8 @@ impl Default for Config {
             slow_consumer: SlowConsumer::Close,
             max_connections: None,
             max_connections_per_ip: 0,
+            max_connection_rate_per_ip: 0,
+            connection_rate_burst: None,
             handshake_timeout: Duration::from_secs(DEFAULT_HANDSHAKE_TIMEOUT_S),
             ping_interval: Duration::from_secs(DEFAULT_PING_INTERVAL_S),
             idle_timeout: Duration::from_secs(DEFAULT_IDLE_TIMEOUT_S),
@@ -177,6 +190,17 @@ impl Default for Config {
             redis_prefix: DEFAULT_REDIS_PREFIX.into(),
             reuse_port: false,
         }
+    }
+}
+
+impl Config {
+    /// The per-address rate of new connections, if there is one.
+    pub fn connection_rate(&self) -> Option<Rate> {
+        let per_second = self.max_connection_rate_per_ip;
+        (per_second > 0).then(|| Rate {
+            per_second,
+            burst: self.connection_rate_burst.unwrap_or(per_second),
+        })
     }
 }
 
