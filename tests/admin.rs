@@ -662,11 +662,14 @@ fn every_metric_keeps_its_name_type_and_labels() {
     for r in [
         "max_connections",
         "max_connections_per_ip",
+        "connection_rate",
         "memory",
         "descriptors",
     ] {
         add("connections_rejected_total", "counter", Some(("reason", r)));
     }
+    add("connection_rate_untracked_total", "counter", None);
+    add("connection_rate_addresses", "gauge", None);
     add("connections_closed_total", "counter", None);
     add("handshakes_total", "counter", None);
     for r in [
