@@ -15,6 +15,7 @@ use clap::builder::Resettable;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, ValueEnum};
 
+use crate::admission::Rate;
 pub use crate::conn::session::RatePolicy;
 use crate::conn::TlsFiles;
 pub use file::{FileError, Problem};
@@ -79,6 +80,10 @@ pub const MAX_ADMIN_CONNECTIONS: usize = 64;
 /// Seconds' worth of a rate limit a connection may send at once: a client that batches a
 /// second's messages, or reconnects and resubscribes in a rush, is not held for it.
 pub const DEFAULT_RATE_LIMIT_BURST_S: u32 = 2;
+/// The largest `--max-connection-rate-per-ip` and `--connection-rate-burst`. The acceptor is
+/// one thread, and accepts well under a million connections a second: a larger figure would
+/// be no limit at all.
+pub const MAX_CONNECTION_RATE: u32 = 1_000_000;
 /// The admin endpoint (metrics, health, publish API): loopback only by default.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9001";
 
@@ -110,6 +115,12 @@ pub struct Config {
     pub max_connections: Option<usize>,
     /// 0 = unlimited.
     pub max_connections_per_ip: usize,
+    /// New connections per second from one address; 0 = unlimited. At most
+    /// [`MAX_CONNECTION_RATE`].
+    pub max_connection_rate_per_ip: u32,
+    /// Connections one address may open at once (its bucket's size); `None`: the rate.
+    /// At least 1.
+    pub connection_rate_burst: Option<u32>,
     pub handshake_timeout: Duration,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
@@ -193,6 +204,8 @@ impl Default for Config {
             slow_consumer: SlowConsumer::Close,
             max_connections: None,
             max_connections_per_ip: 0,
+            max_connection_rate_per_ip: 0,
+            connection_rate_burst: None,
             handshake_timeout: Duration::from_secs(DEFAULT_HANDSHAKE_TIMEOUT_S),
             ping_interval: Duration::from_secs(DEFAULT_PING_INTERVAL_S),
             idle_timeout: Duration::from_secs(DEFAULT_IDLE_TIMEOUT_S),
@@ -214,6 +227,17 @@ impl Default for Config {
             reuse_port: false,
             rate: RateLimits::default(),
         }
+    }
+}
+
+impl Config {
+    /// The per-address rate of new connections, if there is one.
+    pub fn connection_rate(&self) -> Option<Rate> {
+        let per_second = self.max_connection_rate_per_ip;
+        (per_second > 0).then(|| Rate {
+            per_second,
+            burst: self.connection_rate_burst.unwrap_or(per_second),
+        })
     }
 }
 

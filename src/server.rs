@@ -112,7 +112,15 @@ impl Server {
         let memory = Arc::new(memory::Guard::new(max_memory));
         memory.sample();
         let cfg = Arc::new(cfg);
-        let (admission, gate) = admission::new(max_connections, cfg.max_connections_per_ip);
+        let rate = cfg.connection_rate();
+        if let Some(r) = rate {
+            log::info!(
+                "new connections limited to {}/s per address, {} at once",
+                r.per_second,
+                r.burst
+            );
+        }
+        let (admission, gate) = admission::new(max_connections, cfg.max_connections_per_ip, rate);
         let admission = Arc::new(admission);
         let (exit_tx, exits) = crossbeam_channel::unbounded();
         let control_exit = exit_tx.clone();

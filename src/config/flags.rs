@@ -11,7 +11,7 @@ use super::{
     DEFAULT_DEFLATE_LEVEL, DEFAULT_DEFLATE_MIN_SIZE, DEFAULT_DRAIN_TIMEOUT_S,
     DEFAULT_HANDSHAKE_TIMEOUT_S, DEFAULT_IDLE_TIMEOUT_S, DEFAULT_LISTEN, DEFAULT_MAX_MESSAGE,
     DEFAULT_MAX_OUTBOUND, DEFAULT_MAX_SUBSCRIPTIONS, DEFAULT_MESSAGE_TIMEOUT_S,
-    DEFAULT_PING_INTERVAL_S, DEFAULT_RATE_LIMIT_BURST_S, DEFAULT_REDIS_PREFIX,
+    DEFAULT_PING_INTERVAL_S, DEFAULT_RATE_LIMIT_BURST_S, DEFAULT_REDIS_PREFIX, MAX_CONNECTION_RATE,
 };
 
 /// corecast: a thread-per-core WebSocket pub/sub server.
@@ -83,6 +83,25 @@ pub struct Args {
     /// default: load generators and proxies legitimately open thousands from one address).
     #[arg(long, env = "CORECAST_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
     pub max_connections_per_ip: usize,
+
+    /// New connections per second allowed from one IP address: a token bucket per address
+    /// holds --connection-rate-burst tokens and gains this many a second, and each new
+    /// connection takes one. Over it, a connection is refused at accept, before any TLS
+    /// handshake or token check, with HTTP 429 and Retry-After: 1 (on a TLS listener it is
+    /// closed without a word). At most 1000000. 0 = no limit (the default: load generators
+    /// and proxies legitimately connect thousands of times a second from one address). Turn
+    /// it on where clients reach corecast directly; behind a proxy or load balancer every
+    /// client has the proxy's address, so leave it off and set the proxy's own limit.
+    #[arg(long, env = "CORECAST_MAX_CONNECTION_RATE_PER_IP", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_CONNECTION_RATE)))]
+    pub max_connection_rate_per_ip: u32,
+
+    /// With --max-connection-rate-per-ip: how many connections one IP address may open at
+    /// once after a quiet spell (the size of its bucket), 1 to 1000000. Default: equal to
+    /// the rate.
+    #[arg(long, env = "CORECAST_CONNECTION_RATE_BURST",
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_CONNECTION_RATE)))]
+    pub connection_rate_burst: Option<u32>,
 
     /// Seconds a client has to complete the HTTP upgrade.
     #[arg(long, env = "CORECAST_HANDSHAKE_TIMEOUT", default_value_t = DEFAULT_HANDSHAKE_TIMEOUT_S)]

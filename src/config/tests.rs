@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use super::*;
+use crate::admission::Rate;
 
 fn load(args: &[&str]) -> Result<Loaded, String> {
     let mut all = vec!["corecast"];
@@ -241,6 +242,92 @@ fn out_of_range_values_are_refused_not_wrapped() {
 }
 
 #[test]
+fn the_connection_rate_is_off_by_default_and_its_burst_follows_it() {
+    let c = parse(&[]).unwrap();
+    assert_eq!(
+        (c.max_connection_rate_per_ip, c.connection_rate_burst),
+        (0, None)
+    );
+    assert_eq!(c.connection_rate(), None);
+    // A burst alone sets nothing: there is no rate to burst above.
+    assert_eq!(
+        parse(&["--connection-rate-burst", "50"])
+            .unwrap()
+            .connection_rate(),
+        None
+    );
+    let rate = |per_second, burst| Some(Rate { per_second, burst });
+    assert_eq!(
+        parse(&["--max-connection-rate-per-ip", "20"])
+            .unwrap()
+            .connection_rate(),
+        rate(20, 20)
+    );
+    let c = parse(&[
+        "--max-connection-rate-per-ip",
+        "20",
+        "--connection-rate-burst",
+        "50",
+    ])
+    .unwrap();
+    assert_eq!(c.connection_rate(), rate(20, 50));
+    // The notes are for defaults that move; the burst's default is the rate, always.
+    assert!(load(&["--max-connection-rate-per-ip", "20"])
+        .unwrap()
+        .notes
+        .is_empty());
+    let c = parse(&[
+        "--max-connection-rate-per-ip",
+        "1000000",
+        "--connection-rate-burst",
+        "1",
+    ])
+    .unwrap();
+    assert_eq!(c.connection_rate(), rate(1_000_000, 1));
+
+    for (flag, value) in [
+        ("--max-connection-rate-per-ip", "1000001"),
+        ("--max-connection-rate-per-ip", "4294967297"),
+        ("--max-connection-rate-per-ip", "ten"),
+        ("--connection-rate-burst", "0"),
+        ("--connection-rate-burst", "1000001"),
+    ] {
+        let e = refused(&[flag, value]);
+        assert!(e.contains(&format!("'{value}' for '{flag} ")), "{e}");
+    }
+
+    // Each has its variable, named as every other flag's is.
+    let cmd = Args::command();
+    for (long, var) in [
+        (
+            "max-connection-rate-per-ip",
+            "CORECAST_MAX_CONNECTION_RATE_PER_IP",
+        ),
+        ("connection-rate-burst", "CORECAST_CONNECTION_RATE_BURST"),
+    ] {
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long))
+            .unwrap();
+        assert_eq!(arg.get_env(), Some(std::ffi::OsStr::new(var)));
+    }
+    let help = cmd.clone().render_long_help().to_string();
+    assert!(help.contains("Default: equal to the rate"), "{help}");
+
+    // The file sets both; a flag overrides the file.
+    let f = file(
+        "rate",
+        "max-connection-rate-per-ip = 5\nconnection-rate-burst = \"10\"\n",
+    );
+    assert_eq!(
+        parse(&with_file(&f, &[])).unwrap().connection_rate(),
+        rate(5, 10)
+    );
+    let c = parse(&with_file(&f, &["--max-connection-rate-per-ip", "7"])).unwrap();
+    assert_eq!(c.connection_rate(), rate(7, 10));
+}
+
+#[test]
 fn a_file_sets_what_flags_do_and_ranks_below_them() {
     let f = file(
         "ranks",
@@ -369,6 +456,16 @@ fn a_bad_file_names_the_key_and_its_line() {
             "range",
             "deflate-level = 12\n",
             "line 1: `deflate-level`: invalid value '12'",
+        ),
+        (
+            "rate",
+            "max-connection-rate-per-ip = 1000001\n",
+            "line 1: `max-connection-rate-per-ip`: invalid value '1000001'",
+        ),
+        (
+            "burst",
+            "\nconnection-rate-burst = 0\n",
+            "line 2: `connection-rate-burst`: invalid value '0'",
         ),
         (
             "choice",

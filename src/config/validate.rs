@@ -226,6 +226,8 @@ impl Args {
             slow_consumer: self.slow_consumer,
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
+            max_connection_rate_per_ip: self.max_connection_rate_per_ip,
+            connection_rate_burst: self.connection_rate_burst,
             handshake_timeout: Duration::from_secs(self.handshake_timeout),
             ping_interval: Duration::from_secs(ping),
             idle_timeout: Duration::from_secs(idle),

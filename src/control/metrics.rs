@@ -94,10 +94,13 @@ static FAMILIES: &[Family] = &[
         vec![
             ("max_connections".into(), a.refused_full.load(Relaxed)),
             ("max_connections_per_ip".into(), a.refused_per_ip.load(Relaxed)),
+            ("connection_rate".into(), a.refused_rate.load(Relaxed)),
             ("memory".into(), a.refused_memory.load(Relaxed)),
             ("descriptors".into(), a.refused_descriptors.load(Relaxed)),
         ]
     })),
+    f("connection_rate_untracked", "Connections admitted without a --max-connection-rate-per-ip bucket: the table of addresses was at its cap (65,536) with no full bucket to drop.", Read::Counter(|r| r.shared.admission.rate_untracked.load(Relaxed))),
+    f("connection_rate_addresses", "Addresses in the --max-connection-rate-per-ip table (at most 65,536; full buckets are dropped at the cap).", Read::Gauge(|r| saturate(r.shared.admission.rate_addresses.load(Relaxed) as u64))),
     f("connections_closed", "Connections closed and removed.", Read::Counter(|r| r.totals.closed)),
     f("handshakes", "WebSocket upgrades completed.", Read::Counter(|r| r.totals.handshakes)),
     f("handshake_failures", "Upgrades refused or timed out, by reason.", Read::Counters("reason", |r| {
