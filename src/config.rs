@@ -142,6 +142,9 @@ pub struct Config {
     /// SO_REUSEPORT on the WebSocket listener: several processes share the port, for
     /// restarts without downtime; draining closes with 1012.
     pub reuse_port: bool,
+    /// Client identity: the token keys, checks and anonymous grants (`--auth-*`,
+    /// `--anonymous-*`); verifying is on when a key source is set.
+    pub auth: crate::auth::Settings,
 }
 
 impl Default for Config {
@@ -176,6 +179,7 @@ impl Default for Config {
             redis: None,
             redis_prefix: DEFAULT_REDIS_PREFIX.into(),
             reuse_port: false,
+            auth: crate::auth::Settings::default(),
         }
     }
 }

@@ -24,6 +24,7 @@ use super::handle::{Inbox, Msg};
 use super::reader::{Hangup, Reader};
 use super::timers::Timers;
 use crate::admission;
+use crate::auth::Auth;
 use crate::broadcast::Port;
 use crate::config::Config;
 use crate::console::Console;
@@ -60,6 +61,9 @@ pub struct Worker {
     pub(super) fanout: Fanout,
     timers: Timers,
     drain: Drain,
+    /// The token verifier, when a key source is configured.
+    #[allow(dead_code)]
+    auth: Option<Arc<Auth>>,
 }
 
 /// What a worker shares with the rest of the server, handed over at start.
@@ -74,6 +78,8 @@ pub struct Context {
     /// The TLS configuration new connections get; `None`: plain ws.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub console: Arc<Console>,
+    /// The token verifier, when a key source is configured.
+    pub auth: Option<Arc<Auth>>,
 }
 
 impl Worker {
@@ -86,6 +92,7 @@ impl Worker {
             memory,
             tls,
             console,
+            auth,
         } = ctx;
         let topics = Topics::new(index, bus.backplane_link());
         let registry = poll.registry().try_clone()?;
@@ -102,6 +109,7 @@ impl Worker {
             effects: Effects::new(bus, console),
             conns: Conns::new(index, cfg, stats, admission, registry, topics),
             poll,
+            auth,
         })
     }
 
