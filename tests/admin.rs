@@ -765,7 +765,11 @@ fn every_metric_keeps_its_name_type_and_labels() {
         "wrong_audience",
         "wrong_issuer",
     ] {
-        add("auth_verifications_total", "counter", Some(("outcome", outcome)));
+        add(
+            "auth_verifications_total",
+            "counter",
+            Some(("outcome", outcome)),
+        );
     }
     add("auth_cache_hits_total", "counter", None);
     add("auth_cache_entries", "gauge", None);
