@@ -159,6 +159,9 @@ pub struct Config {
     pub reuse_port: bool,
     /// Per-connection rate limits on what clients send.
     pub rate: RateLimits,
+    /// Client identity: the token keys, checks and anonymous grants (`--auth-*`,
+    /// `--anonymous-*`); verifying is on when a key source is set.
+    pub auth: crate::auth::Settings,
 }
 
 /// Per-connection rate limits (`--max-messages-per-sec`, `--max-bytes-per-sec`,
@@ -226,6 +229,7 @@ impl Default for Config {
             redis_prefix: DEFAULT_REDIS_PREFIX.into(),
             reuse_port: false,
             rate: RateLimits::default(),
+            auth: crate::auth::Settings::default(),
         }
     }
 }

@@ -17,6 +17,7 @@ use mio::{Poll, Waker};
 use crate::acceptor::{self, Acceptor, ACCEPTOR_WAKER};
 use crate::admission;
 use crate::affinity;
+use crate::auth::{Auth, KeyError};
 use crate::backplane;
 use crate::broadcast::Bus;
 use crate::config::{Config, DEFAULT_MEMORY_SHARE_PERCENT};
@@ -45,6 +46,9 @@ pub enum StartError {
     /// `--redis` is not a usable Redis URL (exit 2 too).
     #[error("{0}")]
     Backplane(#[from] crate::backplane::OptionsError),
+    /// A token key file is missing, unreadable or not a usable key (exit 2 too).
+    #[error("auth: {0}")]
+    Auth(#[from] KeyError),
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -69,6 +73,20 @@ impl Server {
         let tls = match &cfg.tls {
             Some(files) => Some(tls_config::load(files)?),
             None => None,
+        };
+        // Then the token keys: a key file that cannot be used is a configuration mistake too.
+        let auth = if cfg.auth.enabled() {
+            let auth = Arc::new(Auth::new(&cfg.auth)?);
+            log::info!(
+                "auth: {} key(s) from files{}",
+                auth.key_count(),
+                auth.jwks_url()
+                    .map(|u| format!(", and a JWKS from {}", u.shown()))
+                    .unwrap_or_default()
+            );
+            Some(auth)
+        } else {
+            None
         };
         let backplane_opts = match &cfg.redis {
             Some(url) => Some(backplane::Options::parse(url, &cfg.redis_prefix)?),
@@ -156,6 +174,7 @@ impl Server {
             api_publishes_refused: AtomicU64::new(0),
             started: Instant::now(),
             memory: memory.clone(),
+            auth: auth.clone(),
         });
         let console: Arc<Console> = Arc::default();
 
@@ -180,13 +199,14 @@ impl Server {
             let st = stats[index].clone();
             let console = console.clone();
             let retire = shared.bus.clone();
-            let (bus, cfg, admission, exit_tx, memory, tls) = (
+            let (bus, cfg, admission, exit_tx, memory, tls, auth) = (
                 shared.bus.port(),
                 cfg.clone(),
                 admission.clone(),
                 exit_tx.clone(),
                 memory.clone(),
                 tls.clone(),
+                auth.clone(),
             );
             let t = std::thread::Builder::new()
                 .name(format!("corecast-w{index}"))
@@ -204,7 +224,7 @@ impl Server {
                         memory,
                         tls,
                         console,
-                        auth: None,
+                        auth,
                     };
                     let result = exit::guarded(|| Worker::new(index, poll, inbox, ctx)?.run());
                     // Nothing sent to this worker is read from now on: its budget comes back.
@@ -271,6 +291,18 @@ impl Server {
         let cfg = tls_config::load(files)?;
         self.shared.bus.tell_all(|| Msg::Tls(cfg.clone()));
         Ok(())
+    }
+
+    /// Reads the token key files again (SIGHUP), and has a JWKS URL fetched again. If a
+    /// file cannot be used, the error is returned and the keys held stay. `None` without
+    /// auth.
+    pub fn reload_auth(&self) -> Option<Result<(), KeyError>> {
+        self.shared.auth.as_ref().map(|a| a.reload())
+    }
+
+    /// The token verifier, when a key source is configured.
+    pub fn auth(&self) -> Option<&Arc<Auth>> {
+        self.shared.auth.as_ref()
     }
 
     pub fn local_addr(&self) -> SocketAddr {

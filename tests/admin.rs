@@ -798,6 +798,31 @@ fn every_metric_keeps_its_name_type_and_labels() {
     add("backplane_interest_queued", "gauge", None);
     add("backplane_interest_overflows_total", "counter", None);
     add("backplane_interest_resyncs_total", "counter", None);
+    add("auth_configured", "gauge", None);
+    for outcome in [
+        "ok",
+        "malformed",
+        "bad_signature",
+        "expired",
+        "not_yet_valid",
+        "unknown_key",
+        "wrong_audience",
+        "wrong_issuer",
+    ] {
+        add(
+            "auth_verifications_total",
+            "counter",
+            Some(("outcome", outcome)),
+        );
+    }
+    add("auth_cache_hits_total", "counter", None);
+    add("auth_cache_entries", "gauge", None);
+    add("auth_keys", "gauge", None);
+    for family in ["auth_jwks_fetches_total", "auth_key_reloads_total"] {
+        for result in ["ok", "failed"] {
+            add(family, "counter", Some(("result", result)));
+        }
+    }
     add(
         "worker_loop_turn_seconds",
         "histogram",

@@ -536,6 +536,174 @@ fn the_example_file_has_every_flag_and_loads() {
     assert_eq!(l.config.stats_interval, Some(secs(60)));
 }
 
+#[test]
+fn auth_flags_reach_the_settings() {
+    let a = parse(&[]).unwrap().auth;
+    assert_eq!(a, crate::auth::Settings::default());
+    assert!(!a.enabled());
+    assert_eq!(
+        (
+            a.jwks_refresh_interval,
+            a.jwks_max_age,
+            a.leeway,
+            a.connect_timeout
+        ),
+        (secs(30), secs(3600), secs(5), secs(10))
+    );
+    assert_eq!(a.token_cache, 65536);
+    let a = parse(&[
+        "--auth-hmac-secret-file",
+        "/run/secret",
+        "--auth-public-key",
+        "a.pem",
+        "--auth-public-key",
+        "b.pem",
+        "--auth-jwks",
+        "https://idp.example/jwks.json",
+        "--auth-jwks-refresh-interval",
+        "7",
+        "--auth-jwks-max-age",
+        "600",
+        "--auth-leeway",
+        "0",
+        "--auth-audience",
+        "corecast",
+        "--auth-issuer",
+        "https://idp.example/",
+        "--auth-connect-timeout",
+        "3",
+        "--auth-query-token",
+        "--anonymous-subscribe",
+        "public.>",
+        "--anonymous-subscribe",
+        "news.*",
+        "--anonymous-publish",
+        "lobby",
+        "--anonymous-without-connect",
+        "--auth-token-cache",
+        "0",
+    ])
+    .unwrap()
+    .auth;
+    assert!(a.enabled());
+    assert_eq!(a.hmac_secret_file, Some(PathBuf::from("/run/secret")));
+    assert_eq!(
+        a.public_keys,
+        [PathBuf::from("a.pem"), PathBuf::from("b.pem")]
+    );
+    assert_eq!(a.jwks_url(), Some("https://idp.example/jwks.json"));
+    assert_eq!(
+        (
+            a.jwks_refresh_interval,
+            a.jwks_max_age,
+            a.leeway,
+            a.connect_timeout
+        ),
+        (secs(7), secs(600), secs(0), secs(3))
+    );
+    assert_eq!(a.audience.as_deref(), Some("corecast"));
+    assert_eq!(a.issuer.as_deref(), Some("https://idp.example/"));
+    assert!(a.query_token && a.anonymous_without_connect);
+    assert_eq!(a.anonymous_subscribe, ["public.>", "news.*"]);
+    assert_eq!(a.anonymous_publish, ["lobby"]);
+    assert_eq!(a.token_cache, 0);
+    // Each source alone turns verification on; a JWKS that is not a URL is a file.
+    for flags in [
+        ["--auth-hmac-secret-file", "s"],
+        ["--auth-public-key", "k.pem"],
+        ["--auth-jwks", "/etc/jwks.json"],
+    ] {
+        let a = parse(&flags).unwrap().auth;
+        assert!(a.enabled(), "{flags:?}");
+        assert_eq!(a.jwks_url(), None);
+    }
+}
+
+#[test]
+fn auth_values_out_of_range_are_refused() {
+    for flag in [
+        "--auth-jwks-refresh-interval",
+        "--auth-jwks-max-age",
+        "--auth-connect-timeout",
+    ] {
+        assert_eq!(
+            refused(&[flag, "0"]),
+            format!("{flag} must be greater than 0")
+        );
+    }
+    for flag in [
+        "--auth-jwks-refresh-interval",
+        "--auth-jwks-max-age",
+        "--auth-leeway",
+        "--auth-connect-timeout",
+    ] {
+        let e = refused(&[flag, "86401"]);
+        assert_eq!(e, format!("{flag} (86401 s) is too long: at most 86400 s"));
+    }
+    assert!(refused(&["--auth-token-cache", "16777217"]).contains("at most 16777216"));
+    assert!(parse(&["--auth-token-cache", "16777216"]).is_ok());
+    for (flag, value) in [
+        ("--auth-jwks", ""),
+        ("--auth-audience", ""),
+        ("--auth-issuer", ""),
+    ] {
+        assert_eq!(refused(&[flag, value]), format!("{flag} must not be empty"));
+    }
+    let e = refused(&["--auth-jwks", "https://me:pa55word@idp.example/jwks"]);
+    assert!(e.contains("credentials in the URL"), "{e}");
+    assert!(!e.contains("pa55word"), "{e}");
+    assert!(refused(&["--auth-jwks", "http://"]).starts_with("--auth-jwks: "));
+}
+
+#[test]
+fn a_bad_anonymous_pattern_is_refused_by_name() {
+    let e = refused(&[
+        "--anonymous-subscribe",
+        "public.>",
+        "--anonymous-subscribe",
+        "a..b",
+    ]);
+    assert!(e.contains("\"a..b\"") && e.contains("empty segment"), "{e}");
+    let e = refused(&["--anonymous-publish", "user.{sub}"]);
+    assert!(e.contains("\"user.{sub}\""), "{e}");
+    assert!(e.contains("{sub} has no meaning"), "{e}");
+    assert!(refused(&["--anonymous-subscribe", "feed.>.x"]).contains("feed.>.x"));
+}
+
+#[test]
+fn auth_settings_come_from_the_file_below_the_flags() {
+    let f = file(
+        "auth",
+        "auth-public-key = [\"a.pem\", \"b.pem\"]\n\
+         auth-jwks = \"http://127.0.0.1:8000/jwks.json\"\n\
+         auth-leeway = 30\n\
+         auth-query-token = true\n\
+         anonymous-subscribe = [\"public.>\"]\n\
+         auth-token-cache = 1000\n",
+    );
+    let a = parse(&with_file(&f, &[])).unwrap().auth;
+    assert_eq!(
+        a.public_keys,
+        [PathBuf::from("a.pem"), PathBuf::from("b.pem")]
+    );
+    assert_eq!(a.jwks_url(), Some("http://127.0.0.1:8000/jwks.json"));
+    assert_eq!((a.leeway, a.token_cache), (secs(30), 1000));
+    assert!(a.query_token);
+    assert_eq!(a.anonymous_subscribe, ["public.>"]);
+    let a = parse(&with_file(
+        &f,
+        &["--auth-leeway", "2", "--auth-public-key", "c.pem"],
+    ))
+    .unwrap()
+    .auth;
+    assert_eq!(a.leeway, secs(2));
+    assert_eq!(a.public_keys, [PathBuf::from("c.pem")]);
+    let bad = file("auth-bad", "anonymous-publish = [\"x.{sub}\"]\n");
+    assert!(refused(&with_file(&bad, &[])).contains("x.{sub}"));
+    let bad = file("auth-type", "auth-public-key = \"a.pem\"\n");
+    assert!(refused(&with_file(&bad, &[])).contains("must be an array of strings"));
+}
+
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }

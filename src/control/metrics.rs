@@ -16,6 +16,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::auth::{Auth, Refusal};
 use crate::handler::Denial;
 use crate::memory;
 use crate::shared::Shared;
@@ -199,7 +200,29 @@ static FAMILIES: &[Family] = &[
     f("backplane_interest_queued", "Reports of workers' topic changes waiting for the backplane (bounded at 16,384).", Read::Gauge(|r| r.shared.bus.backplane().map_or(0, |b| saturate(b.interest_queued() as u64)))),
     f("backplane_interest_overflows", "Reports of topic changes that did not fit in the backplane's queue (the worker resends its whole topic set instead).", Read::Counter(|r| bp(r, |s| s.interest_overflows.load(Relaxed)))),
     f("backplane_interest_resyncs", "Whole topic sets resent by workers after an overflow.", Read::Counter(|r| bp(r, |s| s.interest_resyncs.load(Relaxed)))),
+    f("auth_configured", "1 when a token key source is configured (--auth-hmac-secret-file, --auth-public-key, --auth-jwks).", Read::Gauge(|r| r.shared.auth.is_some().into())),
+    f("auth_verifications", "Token checks made in full (signature included), by outcome: ok or the refusal's class.", Read::Counters("outcome", |r| {
+        r.shared.auth.as_ref().map(|a| a.stats().verifications()).unwrap_or_else(|| {
+            std::iter::once("ok").chain(Refusal::ALL.iter().map(|c| c.label())).map(|l| (l, 0)).collect()
+        }).into_iter().map(|(l, n)| (l.into(), n)).collect()
+    })),
+    f("auth_cache_hits", "Token verdicts answered from the verified-token cache.", Read::Counter(|r| au(r, |a| a.stats().cache_hits.load(Relaxed)))),
+    f("auth_cache_entries", "Verdicts in the verified-token cache (bounded by --auth-token-cache).", Read::Gauge(|r| au(r, |a| saturate(a.cache_len() as u64)))),
+    f("auth_keys", "Token keys held, from every source.", Read::Gauge(|r| au(r, |a| saturate(a.key_count() as u64)))),
+    f("auth_jwks_fetches", "Fetches of the --auth-jwks URL, by result (a failed one keeps the keys held).", Read::Counters("result", |r| vec![
+        ("ok".into(), au(r, |a| a.stats().jwks_fetches_ok.load(Relaxed))),
+        ("failed".into(), au(r, |a| a.stats().jwks_fetches_failed.load(Relaxed))),
+    ])),
+    f("auth_key_reloads", "SIGHUP reloads of the token key files, by result (a failed one keeps the keys held).", Read::Counters("result", |r| vec![
+        ("ok".into(), au(r, |a| a.stats().reloads_ok.load(Relaxed))),
+        ("failed".into(), au(r, |a| a.stats().reloads_failed.load(Relaxed))),
+    ])),
 ];
+
+/// An auth figure, or zero without a token key source.
+fn au<T: Default>(r: &Reading, read: impl Fn(&Auth) -> T) -> T {
+    r.shared.auth.as_deref().map_or_else(T::default, read)
+}
 
 /// A backplane figure, or zero without `--redis`.
 fn bp<T: Default>(r: &Reading, read: impl Fn(&crate::backplane::Stats) -> T) -> T {

@@ -25,6 +25,7 @@ use super::reader::{Hangup, Reader};
 use super::timers::Timers;
 use super::tokens::Tokens;
 use crate::admission;
+use crate::auth::Auth;
 use crate::broadcast::Port;
 use crate::config::Config;
 use crate::console::Console;
@@ -82,8 +83,8 @@ pub struct Context {
     /// The TLS configuration new connections get; `None`: plain ws.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub console: Arc<Console>,
-    /// The token verifier; `None` while auth is off.
-    pub auth: Option<Arc<crate::auth::Auth>>,
+    /// The token verifier, when a key source is configured.
+    pub auth: Option<Arc<Auth>>,
 }
 
 impl Worker {
