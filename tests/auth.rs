@@ -38,6 +38,8 @@ mod overreach;
 #[path = "auth/support.rs"]
 mod support;
 
+use std::time::Duration;
+
 use corecast::auth::Settings;
 use metrics::*;
 use serde_json::{json, Value};
@@ -121,7 +123,8 @@ fn jose_tokens_of_every_algorithm_arrive_every_way() {
 }
 
 /// `{"op":"connect"}` without a token: the anonymous grants when some are configured (reply
-/// `user: null`), 4001 when none are; with --anonymous-without-connect, at once.
+/// `user: null`), 4001 when none are; with --anonymous-without-connect, at once, but not on
+/// /echo, and not when nothing is granted (the connection then waits for its connect).
 #[test]
 fn anonymous_connections_get_the_anonymous_grants_only() {
     let anonymous = Settings {
@@ -197,7 +200,34 @@ fn anonymous_connections_get_the_anonymous_grants_only() {
     );
     let reply = request(&mut anon, json!({"op":"subscribe","topic":"chat.x","id":2}));
     assert_error(&reply, json!(2), "forbidden");
-    for s in [open_server, closed_server, at_once] {
+    // The anonymous grants are topics: /echo still needs a token.
+    let r = refusal(at_once.local_addr(), "/echo", None);
+    assert_eq!((r.status, r.challenge.as_str()), (401, "Bearer"), "{r:?}");
+    assert_eq!(metrics(&at_once).closes("upgrade_refused"), 1);
+
+    // --anonymous-without-connect with nothing granted: a tokenless connection waits for its
+    // connect as without the flag, and one without a token is refused.
+    let nothing = server(Settings {
+        anonymous_without_connect: true,
+        connect_timeout: Duration::from_secs(1),
+        ..settings()
+    });
+    let mut anon = open(nothing.local_addr(), "/ws", None);
+    let reply = request(&mut anon, json!({"op":"echo","data":1,"id":1}));
+    assert_error(&reply, json!(1), "unauthorized");
+    let want = "no connect within the connect timeout";
+    assert_eq!(closed(&mut anon), (4001, want.to_owned()));
+    let mut anon = open(nothing.local_addr(), "/ws", None);
+    common::send(&mut anon, json!({"op":"connect"}));
+    let want = "a token is required (no anonymous access is configured)";
+    assert_eq!(closed(&mut anon), (4001, want.to_owned()));
+    let r = refusal(nothing.local_addr(), "/echo", None);
+    assert_eq!(r.status, 401, "{r:?}");
+    let m = metrics(&nothing);
+    assert_eq!(m.closes("connect_timeout"), 1);
+    assert_eq!(m.closes("connect_refused"), 1);
+    assert_eq!(m.get("corecast_auth_connects_total", "as", "anonymous"), 0);
+    for s in [open_server, closed_server, at_once, nothing] {
         s.shutdown().expect("server shuts down cleanly");
     }
 }
