@@ -24,6 +24,11 @@
 // Exits 0 with the list, 1 with a message on a spec it cannot mint, 2 if jose is missing.
 
 import { readFileSync } from 'node:fs';
+import { webcrypto } from 'node:crypto';
+
+// jose 6 uses the WebCrypto global, which Node.js 18 (Debian 12's) has only behind
+// --experimental-global-webcrypto; it is the same object as node:crypto's webcrypto.
+if (globalThis.crypto === undefined) globalThis.crypto = webcrypto;
 
 let jose;
 try {
