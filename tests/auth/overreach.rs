@@ -95,7 +95,12 @@ fn subscribe_publish_and_broadcast_outside_the_grant_are_forbidden() {
     let server = server(settings());
     let addr = server.local_addr();
     let caster = token(Alg::Es256, "caster").claim("corecast", json!({"broadcast": true}));
-    let t = Lib::Jose.mint(&[token(Alg::Rs256, "alice"), token(Alg::EdDsa, "bob"), caster]);
+    let t = Lib::Jose.mint(&[
+        token(Alg::Rs256, "alice"),
+        token(Alg::EdDsa, "bob"),
+        caster,
+        token(Alg::Hs256, "carol"),
+    ]);
     let mut alice = open(addr, "/ws", Some(&t[0]));
     let mut bob = open(addr, "/ws", Some(&t[1]));
     let mut caster = open(addr, "/ws", Some(&t[2]));
@@ -141,6 +146,7 @@ fn subscribe_publish_and_broadcast_outside_the_grant_are_forbidden() {
         &metrics(&server),
         &[("subscribe", 1), ("publish", 4), ("broadcast", 1)],
     );
+    assert_healthy(&server, &t[3]);
     server.shutdown().expect("server shuts down cleanly");
 }
 
@@ -160,7 +166,13 @@ fn a_sub_with_pattern_characters_gains_nothing() {
     };
     let victim = token(Alg::Hs256, "x").claim("corecast", mine.clone());
     let mut tokens = Lib::PyJwt.mint(&[specs(Alg::Hs256), specs(Alg::Es256)].concat());
-    tokens.extend(Lib::Jose.mint(&[specs(Alg::Rs256), specs(Alg::EdDsa), vec![victim]].concat()));
+    let rest = [
+        specs(Alg::Rs256),
+        specs(Alg::EdDsa),
+        vec![victim, token(Alg::Hs256, "carol")],
+    ];
+    tokens.extend(Lib::Jose.mint(&rest.concat()));
+    let good = tokens.pop().unwrap();
     let victim = tokens.pop().unwrap();
     let mut x = open(addr, "/ws", Some(&victim));
     assert_eq!(
@@ -186,5 +198,6 @@ fn a_sub_with_pattern_characters_gains_nothing() {
         &metrics(&server),
         &[("subscribe", attempts), ("publish", attempts)],
     );
+    assert_healthy(&server, &good);
     server.shutdown().expect("server shuts down cleanly");
 }
