@@ -55,7 +55,7 @@ pub struct Settings {
     /// `--anonymous-publish` (repeatable): what connections without a token may publish to.
     pub anonymous_publish: Vec<String>,
     /// `--anonymous-without-connect`: anonymous grants apply from the upgrade on, without a
-    /// `{"op":"connect"}`.
+    /// `{"op":"connect"}` (if they grant anything; never on /echo).
     pub anonymous_without_connect: bool,
     /// `--auth-token-cache`: verified tokens remembered; 0 = no cache.
     pub token_cache: usize,

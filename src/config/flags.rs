@@ -325,7 +325,8 @@ pub struct Args {
     #[arg(long, env = "CORECAST_ANONYMOUS_PUBLISH", value_name = "PATTERN")]
     pub anonymous_publish: Vec<String>,
 
-    /// The anonymous grants apply from the upgrade on, without a {"op":"connect"} first.
+    /// The anonymous grants apply from the upgrade on, without a {"op":"connect"} first
+    /// (if they grant anything; /echo still needs a token).
     #[arg(long, env = "CORECAST_ANONYMOUS_WITHOUT_CONNECT")]
     pub anonymous_without_connect: bool,
 

@@ -128,13 +128,18 @@ impl Tokens {
         };
         let s = auth.settings();
         let token = match credential {
-            Credential::None if s.anonymous_without_connect => {
-                self.start(conns, key, Standing::Anonymous, NEVER);
-                return Ok(());
-            }
-            // Raw echo has no request in which a token could come later.
+            // Raw echo has no request in which a token could come later. Checked before the
+            // anonymous grants: they are topics, and /echo has none to apply them to, so
+            // --anonymous-without-connect must not open it to every tokenless client.
             Credential::None if endpoint == Endpoint::Echo => {
                 return Err(unauthorized(None, "a token is required on /echo"));
+            }
+            // Only when the anonymous flags grant something: otherwise the connection could
+            // do nothing but stay open, past the connect deadline that bounds tokenless
+            // connections, which is why `connect` refuses a tokenless connect then too.
+            Credential::None if s.anonymous_without_connect && anonymous_grants_anything(&auth) => {
+                self.start(conns, key, Standing::Anonymous, NEVER);
+                return Ok(());
             }
             Credential::None => {
                 let deadline = conns.after(s.connect_timeout);
