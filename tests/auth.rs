@@ -46,7 +46,7 @@ use serde_json::{json, Value};
 use support::*;
 
 /// Each algorithm's token, from `lib`, in the header, in a connect message, and in the
-/// query: accepted with --auth-query-token, 401 (`invalid_request`) without it, where the
+/// query: accepted with --auth-query-token, 400 (`invalid_request`) without it, where the
 /// header still works. Every acceptance is one full verification.
 fn tokens_arrive_every_way(lib: Lib) {
     let with_query = server(Settings {

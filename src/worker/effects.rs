@@ -77,12 +77,16 @@ impl Effects {
                 endpoint,
                 credential,
             } => {
-                if let Err(refusal) = self.tokens.admit(conns, key, endpoint, credential) {
-                    log::debug!("worker {}: conn {key} upgrade refused: 401", conns.index);
+                if let Err(refused) = self.tokens.admit(conns, key, endpoint, credential) {
+                    log::debug!(
+                        "worker {}: conn {key} upgrade refused for its token: {}",
+                        conns.index,
+                        refused.status
+                    );
                     conns.slab[key].machine.refuse_upgrade();
-                    stats::handshake_failed(&conns.stats, 401);
+                    stats::handshake_failed(&conns.stats, refused.status);
                     bump(&conns.stats.auth_upgrades_refused, 1);
-                    conns.send_raw(key, &refusal);
+                    conns.send_raw(key, &refused.response);
                     conns.enter_closing(key);
                     return;
                 }

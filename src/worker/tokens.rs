@@ -119,7 +119,7 @@ impl Tokens {
         key: usize,
         endpoint: Endpoint,
         credential: Credential<'_>,
-    ) -> Result<(), Vec<u8>> {
+    ) -> Result<(), Refused> {
         let Some(auth) = self.auth.clone() else {
             if conns.cfg.rate.on() {
                 self.start(conns, key, Standing::Open, NEVER);
@@ -333,16 +333,31 @@ fn anonymous_grants_anything(auth: &Auth) -> bool {
     !s.anonymous_subscribe.is_empty() || !s.anonymous_publish.is_empty()
 }
 
-/// A 401 refusal of an upgrade (RFC 6750 §3): `error` is the Bearer error code, absent when
-/// the request carried no token at all.
-fn unauthorized(error: Option<&str>, why: &str) -> Vec<u8> {
+/// An upgrade refused for its token (RFC 6750 §3): `error` is the Bearer error code, absent
+/// when the request carried no token at all. `invalid_request` (a token that cannot be used
+/// the way it came: another scheme, given twice, in a query that is not accepted) is a 400,
+/// as §3.1 says; a token that fails verification, or none, a 401.
+fn unauthorized(error: Option<&str>, why: &str) -> Refused {
     let challenge = match error {
         Some(e) => {
             format!("WWW-Authenticate: Bearer error=\"{e}\", error_description=\"{why}\"\r\n")
         }
         None => "WWW-Authenticate: Bearer\r\n".to_owned(),
     };
-    handshake::http_response(401, "Unauthorized", &challenge, why)
+    let (status, phrase) = match error {
+        Some("invalid_request") => (400, "Bad Request"),
+        _ => (401, "Unauthorized"),
+    };
+    Refused {
+        status,
+        response: handshake::http_response(status, phrase, &challenge, why),
+    }
+}
+
+/// An upgrade refused for its token: the HTTP status and the whole response to send.
+pub(super) struct Refused {
+    pub(super) status: u16,
+    pub(super) response: Vec<u8>,
 }
 
 fn deny(

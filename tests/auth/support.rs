@@ -450,8 +450,11 @@ pub fn refusal(addr: SocketAddr, path: &str, bearer: Option<&str>) -> Refusal {
 /// An upgrade that must be refused with 401 and a Bearer challenge naming `error`, whose
 /// answer does not repeat the token; returns the challenge's `error_description`.
 pub fn refused_401(addr: SocketAddr, path: &str, bearer: Option<&str>, error: &str) -> String {
+    // RFC 6750 §3.1: a request that cannot carry its token that way is a 400, a token that
+    // fails a 401; both with the Bearer challenge.
+    let status = if error == "invalid_request" { 400 } else { 401 };
     let r = refusal(addr, path, bearer);
-    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(r.status, status, "{r:?}");
     let want = format!("Bearer error=\"{error}\", error_description=\"");
     assert!(r.challenge.starts_with(&want), "{r:?}");
     let token = bearer.or_else(|| path.split_once("token=").map(|(_, t)| t));

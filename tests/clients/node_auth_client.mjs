@@ -252,7 +252,7 @@ async function checkGood(plan, g) {
   c = await openWs(`${url}${query}`, undefined, who);
   await useGrant(c, grant, who);
   await c.close();
-  await expectHttpRefusal(`${plan.url_no_query}${query}`, undefined, 401, 'error="invalid_request"', `${who} without --auth-query-token`);
+  await expectHttpRefusal(`${plan.url_no_query}${query}`, undefined, 400, 'error="invalid_request"', `${who} without --auth-query-token`);
   counts.no_query.upgrade_refused += 1;
 }
 

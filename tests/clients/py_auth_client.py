@@ -206,7 +206,7 @@ def check_good(plan, g):
     query = "/ws?token=" + urllib.parse.quote(token, safe="")
     with connect(url + query, open_timeout=TIMEOUT) as ws:
         use_grant(ws, grant, who)
-    expect_http_refusal(plan["url_no_query"] + query, None, 401, 'error="invalid_request"',
+    expect_http_refusal(plan["url_no_query"] + query, None, 400, 'error="invalid_request"',
                         who + " without --auth-query-token")
     counts["no_query"]["upgrade_refused"] += 1
 
