@@ -23,6 +23,8 @@ use crate::outbound::Flushed;
 use crate::stats::{bump, gauge, Stats};
 use crate::topics::Topics;
 
+use super::waiting::Waiting;
+
 /// Seconds a closing connection waits for the peer's close or EOF before it is dropped.
 pub(super) const CLOSE_TIMEOUT: u32 = 2;
 
@@ -39,9 +41,10 @@ pub(super) struct Conns {
     admission: Arc<admission::Shared>,
     /// For WRITABLE interest (a clone of the worker's poll registry).
     registry: Registry,
-    /// Connections to read again next turn without a readiness event: they hit the per-turn
-    /// work bound, their held input was let go, or they began closing while not read.
-    pub(super) retry: Vec<usize>,
+    /// Connections to come back to without a readiness event: next turn (they hit the
+    /// per-turn work bound, their held input was let go, or they began closing while not
+    /// read), or once a turn's verification budget allows (see `waiting`).
+    pub(super) waiting: Waiting,
     /// Whole seconds since the worker started, as of this loop turn: the clock of every
     /// deadline.
     pub(super) now: u32,
@@ -73,7 +76,7 @@ impl Conns {
             stats,
             admission,
             registry,
-            retry: Vec::new(),
+            waiting: Waiting::default(),
             now: 0,
             unix_now: 0,
             now_ms: 0,
@@ -314,7 +317,7 @@ impl Conns {
         }
         if was_held || self.draining {
             // Its readiness was not acted on while it was held or quiesced.
-            self.retry.push(key);
+            self.waiting.retry(key);
         }
         self.slab[key].deadline = self.now.saturating_add(CLOSE_TIMEOUT);
     }
@@ -374,9 +377,14 @@ impl Conns {
     /// nothing (see the reader): a connection that keeps sending gets one share of each turn.
     pub(super) fn read_next_turn(&mut self, key: usize) {
         self.slab[key].machine.input = InputState::Resuming;
-        if !self.retry.contains(&key) {
-            self.retry.push(key);
-        }
+        self.waiting.retry(key);
+    }
+
+    /// Comes back to `key` once a turn's verification budget allows, after the connections
+    /// that waited before it, with its buffered input handled first (`Resuming`).
+    pub(super) fn wait_for_verification(&mut self, key: usize) {
+        self.slab[key].machine.input = InputState::Resuming;
+        self.waiting.verify(key);
     }
 
     pub(super) fn mark_dirty(&mut self, key: usize) {

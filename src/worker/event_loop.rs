@@ -175,7 +175,7 @@ impl Worker {
     /// How long the next wait for readiness may last: not at all with work in hand, and at
     /// least once a second for timers.
     fn poll_timeout(&self) -> Duration {
-        let busy = !self.conns.retry.is_empty() || !self.fanout.is_idle();
+        let busy = self.conns.waiting.any() || !self.fanout.is_idle();
         if busy || !self.inbox.may_sleep() {
             Duration::ZERO
         } else if self.reader.publishers_held() {
@@ -198,6 +198,14 @@ impl Worker {
             fanout,
             ..
         } = self;
+        // Those that waited for a signature check go first, oldest first, while the turn's
+        // budget lasts; those that arrive in this turn's events queue up behind them.
+        while !effects.tokens.exhausted() {
+            let Some(key) = conns.waiting.next_verify() else {
+                break;
+            };
+            reader.on_readable(conns, effects, fanout, key, Hangup::No);
+        }
         for &(key, read, write, hup) in ready {
             if write {
                 conns.mark_dirty(key);
@@ -206,7 +214,7 @@ impl Worker {
                 reader.on_readable(conns, effects, fanout, key, hup);
             }
         }
-        for key in std::mem::take(&mut conns.retry) {
+        for key in conns.waiting.take_retry() {
             reader.on_readable(conns, effects, fanout, key, Hangup::No);
         }
         self.take_inbox();

@@ -28,5 +28,6 @@ mod invariants;
 mod reader;
 mod timers;
 mod tokens;
+mod waiting;
 
 pub use event_loop::{Context, Worker, WAKER};

@@ -78,6 +78,9 @@ pub(super) struct Reader {
     /// Connections held because their publishes found the other workers' queues
     /// [`CROSS_BYTES`] behind; let go once those queues are down to half.
     publishers_held: Vec<usize>,
+    /// The connection being read stopped for the verification budget, not for the frame
+    /// bound: it waits in the verification queue.
+    verify_later: bool,
 }
 
 impl Reader {
@@ -86,6 +89,7 @@ impl Reader {
             rbuf: vec![0; READ_BUF],
             tls_in: Vec::new(),
             publishers_held: Vec::new(),
+            verify_later: false,
         };
         if tls {
             r.enable_tls();
@@ -168,8 +172,8 @@ impl Reader {
         }
         let mut frames = MAX_FRAMES_PER_TURN;
         if conn.machine.input == InputState::Resuming {
-            if hup == Hangup::No && c.retry.contains(&key) {
-                // Queued for a retry pass still to come: it reads then, once per turn.
+            if hup == Hangup::No && c.waiting.holds(key) {
+                // Queued for a pass still to come: it reads then, once per turn.
                 return;
             }
             conn.machine.input = InputState::Reading;
@@ -177,7 +181,7 @@ impl Reader {
                 return;
             }
             if frames == 0 {
-                return out_of_frames(c, key);
+                return self.later(c, key);
             }
         }
         for _ in 0..MAX_READS_PER_TURN {
@@ -208,7 +212,7 @@ impl Reader {
                 Some(_) => {}
             }
             if frames == 0 {
-                return out_of_frames(c, key);
+                return self.later(c, key);
             }
             if drained && hup == Hangup::No {
                 return;
@@ -315,9 +319,10 @@ impl Reader {
             }
             if e.tokens.exhausted() && e.tokens.may_verify(c, key) {
                 // This turn has spent its verification budget, and what comes next may need
-                // a signature check: it waits, unread, for a later turn (as past the frame
-                // bound), and the connections already open are served meanwhile.
+                // a signature check: it waits, unread, in the verification queue, and the
+                // connections already open are served meanwhile.
                 bump(&c.stats.auth_deferred, 1);
+                self.verify_later = true;
                 *frames = 0;
                 return pos;
             }
@@ -354,6 +359,23 @@ impl Reader {
             if pos == buf.len() {
                 return pos;
             }
+        }
+    }
+
+    /// The connection stopped before its input was all handled: it waits for the
+    /// verification budget, or for the next turn (the frame bound).
+    fn later(&mut self, c: &mut Conns, key: usize) {
+        // The wait is the server's doing, so a message it is in the middle of gets its time
+        // back, as after a hold.
+        let now = c.now;
+        let partial_since = &mut c.slab[key].machine.partial_since;
+        if *partial_since != NEVER {
+            *partial_since = now;
+        }
+        if std::mem::take(&mut self.verify_later) {
+            c.wait_for_verification(key);
+        } else {
+            c.read_next_turn(key);
         }
     }
 
@@ -430,18 +452,6 @@ fn note_partial(c: &mut Conns, key: usize, now: u32) {
         conn.machine.partial_since = now;
         c.arm(key, at);
     }
-}
-
-/// The connection had its `MAX_FRAMES_PER_TURN`: the rest of its input waits for a later
-/// turn. The wait is the server's doing, so a message it is in the middle of gets its time
-/// back, as after a hold.
-fn out_of_frames(c: &mut Conns, key: usize) {
-    let now = c.now;
-    let partial_since = &mut c.slab[key].machine.partial_since;
-    if *partial_since != NEVER {
-        *partial_since = now;
-    }
-    c.read_next_turn(key);
 }
 
 fn on_eof(c: &mut Conns, key: usize) {
