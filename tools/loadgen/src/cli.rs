@@ -70,6 +70,24 @@ pub struct Common {
     /// Connection open rate per second for echo and broadcast set-up.
     #[arg(long, global = true, default_value_t = 5000.0)]
     pub connect_rate: f64,
+    /// JWTs for the connections, one per line: connection i presents line i mod n (blank
+    /// lines are skipped). Without it no connection presents a token.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tokens: Option<PathBuf>,
+    /// How a connection presents its token (with --tokens).
+    #[arg(long, global = true, value_enum, default_value_t = TokenVia::Header, requires = "tokens")]
+    pub token_via: TokenVia,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenVia {
+    /// `Authorization: Bearer TOKEN` on the upgrade request.
+    Header,
+    /// After the 101, `{"op":"connect","token":TOKEN,"id":"connect"}`; the connection counts
+    /// as connected when its `ok` arrives (JSON endpoint only).
+    Connect,
+    /// `?token=TOKEN` on the upgrade URL (the server needs --auth-query-token).
+    Query,
 }
 
 #[derive(Subcommand, Debug, Clone)]

@@ -55,6 +55,8 @@ pub struct ConnectSummary {
     pub tls_handshake_us: Option<Latency>,
     /// Connections that were open and then closed or reset by the server.
     pub dropped: u64,
+    /// `failed.unauthorized` by the server's reason ("token expired", "bad signature").
+    pub unauthorized_reasons: std::collections::BTreeMap<String, u64>,
 }
 
 impl ConnectSummary {
@@ -65,6 +67,7 @@ impl ConnectSummary {
             latency_us: Latency::from_hist(&s.connect_us),
             tls_handshake_us: Latency::from_hist(&s.tls_handshake_us),
             dropped: s.dropped,
+            unauthorized_reasons: s.unauthorized_reasons.clone(),
         }
     }
 }
@@ -216,9 +219,12 @@ impl Report {
             let f = &c.failed;
             let _ = writeln!(
                 o,
-                "connect: ok={} failed={} (refused={} reset={} timeout={} bad_handshake={} tls={} other={}) dropped_later={}",
-                c.ok, f.total(), f.refused, f.reset, f.timeout, f.bad_handshake, f.tls, f.other, c.dropped
+                "connect: ok={} failed={} (refused={} unauthorized={} reset={} timeout={} bad_handshake={} tls={} other={}) dropped_later={}",
+                c.ok, f.total(), f.refused, f.unauthorized, f.reset, f.timeout, f.bad_handshake, f.tls, f.other, c.dropped
             );
+            for (why, n) in &c.unauthorized_reasons {
+                let _ = writeln!(o, "  unauthorized: {n} x {why}");
+            }
             if let Some(l) = &c.latency_us {
                 let _ = writeln!(o, "connect latency us: {}", fmt_lat(l));
             }

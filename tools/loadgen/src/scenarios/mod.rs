@@ -11,7 +11,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
 
-use crate::cli::{Cli, Common, Scenario};
+use crate::cli::{Cli, Common, EchoMode, Scenario, TokenVia};
 use crate::clock;
 use crate::conn::{ConnStats, Worker};
 use crate::net::Target;
@@ -39,6 +39,7 @@ pub fn run(cli: &Cli) -> Result<Outcome, String> {
     if let Err(e) = crate::net::raise_fd_limit() {
         eprintln!("warning: cannot raise RLIMIT_NOFILE: {e}");
     }
+    check_token_via(cli)?;
     let target = target(c)?;
     let env = Env {
         common: c.clone(),
@@ -55,9 +56,35 @@ pub fn run(cli: &Cli) -> Result<Outcome, String> {
     }
 }
 
+/// `/echo` has no first message, so a token cannot come in a `connect` there.
+fn check_token_via(cli: &Cli) -> Result<(), String> {
+    if cli.common.tokens.is_none() || cli.common.token_via != TokenVia::Connect {
+        return Ok(());
+    }
+    let raw = match &cli.scenario {
+        Scenario::Echo(a) => a.mode == EchoMode::Raw,
+        _ => false,
+    };
+    if raw {
+        return Err(
+            "raw echo (/echo) takes its token in the header or the query: \
+                    --token-via header|query"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 /// The URL and the TLS flags as one [`Target`].
 fn target(c: &Common) -> Result<Target, String> {
     let url = crate::net::parse_url(&c.url)?;
+    let credentials = match &c.tokens {
+        Some(path) => Some(std::sync::Arc::new(crate::credentials::Credentials::load(
+            path,
+            c.token_via,
+        )?)),
+        None => None,
+    };
     if !url.tls {
         if c.ca.is_some() || c.insecure || c.server_name.is_some() {
             return Err("--ca, --insecure and --server-name need a wss:// --url".into());
@@ -67,6 +94,7 @@ fn target(c: &Common) -> Result<Target, String> {
             host: url.host_port,
             tls: None,
             deflate: c.deflate,
+            credentials,
         });
     }
     let trust = match (&c.ca, c.insecure) {
@@ -83,6 +111,7 @@ fn target(c: &Common) -> Result<Target, String> {
         host: url.host_port,
         tls: Some(crate::tls::Client::new(trust, name)?),
         deflate: c.deflate,
+        credentials,
     })
 }
 
