@@ -119,6 +119,9 @@ pub enum EchoMode {
     Raw,
     /// `/ws`: `{"op":"echo","data":"..."}` requests.
     Json,
+    /// `/ws`: each connection subscribes to its own `--topic` and publishes to it; the
+    /// delivery back is the reply (a publish in and a delivery out per message).
+    Publish,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -136,6 +139,9 @@ pub struct EchoArgs {
     /// In raw mode send text frames (payload is ASCII) instead of binary.
     #[arg(long)]
     pub text: bool,
+    /// Publish mode: the topic of connection i, `{i}` replaced by i (one subscriber each).
+    #[arg(long, default_value = "chat.load-{i}")]
+    pub topic: String,
 }
 
 #[derive(Args, Debug, Clone)]
