@@ -72,6 +72,20 @@ impl ConnectSummary {
     }
 }
 
+/// `connect`: the connect phase alone (first attempt to the last outcome), without the hold.
+#[derive(Debug, Serialize, Default)]
+pub struct ConnectPhase {
+    pub seconds: f64,
+    /// Connections connected per second in the phase.
+    pub conns_per_sec: Option<f64>,
+    pub server_core_busy_pct: Option<f64>,
+    pub server_cpu_pct: Option<f64>,
+    pub loadgen_cpu_pct: Option<f64>,
+    /// Busy time of the server's core per connection connected, in microseconds: what a
+    /// connection costs the server whether or not the phase saturated it.
+    pub server_core_us_per_conn: Option<f64>,
+}
+
 /// One object on stdout with `--json`. Keys not applicable to a scenario are `null`.
 #[derive(Debug, Serialize, Default)]
 pub struct Report {
@@ -114,6 +128,8 @@ pub struct Report {
     pub error_samples: Vec<String>,
     /// Per-second throughput of the scenario's main counter over the measurement window.
     pub timeline_per_sec: Vec<f64>,
+    /// `connect`: the connect phase on its own; null for the other scenarios.
+    pub connect_phase: Option<ConnectPhase>,
     /// Scenario parameters, echoed back so result files are self-describing.
     pub params: serde_json::Value,
 }
@@ -231,6 +247,16 @@ impl Report {
             if let Some(l) = &c.tls_handshake_us {
                 let _ = writeln!(o, "tls handshake us: {}", fmt_lat(l));
             }
+        }
+        if let Some(p) = &self.connect_phase {
+            let _ = writeln!(
+                o,
+                "connect phase: {:.3}s, {} conns/s, server core busy {}, {} us of server core per connection",
+                p.seconds,
+                p.conns_per_sec.map_or("-".into(), |v| format!("{v:.0}")),
+                p.server_core_busy_pct.map_or("n/a".into(), |v| format!("{v:.1}%")),
+                p.server_core_us_per_conn.map_or("-".into(), |v| format!("{v:.1}")),
+            );
         }
         if let Some(m) = self.messages_per_sec {
             let _ = writeln!(
