@@ -98,6 +98,9 @@ pub enum Scenario {
     Echo(EchoArgs),
     /// Subscribers on one topic, publishers at a fixed total rate; measure fan-out latency.
     Broadcast(BroadcastArgs),
+    /// A probe connection echoes closed-loop while N connections open as fast as allowed;
+    /// measures the time until all are connected and the probe's latency meanwhile.
+    Storm(StormArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -164,4 +167,31 @@ pub struct BroadcastArgs {
     /// Seconds to wait after the window for in-flight deliveries.
     #[arg(long, default_value_t = 2.0)]
     pub grace: f64,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeMode {
+    /// `/echo`: a binary frame echoed verbatim (needs a header or query token with auth on).
+    Raw,
+    /// `/ws`: `{"op":"echo","data":"..."}`.
+    Json,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StormArgs {
+    /// Connections in the storm (the probe is one more: it presents token line `conns`).
+    #[arg(long, default_value_t = 1000)]
+    pub conns: usize,
+    /// Connection attempts per second, total across threads (0: all at once).
+    #[arg(long, default_value_t = 50_000.0)]
+    pub rate: f64,
+    /// What the probe connection does: one request in flight at a time, the whole run.
+    #[arg(long, value_enum, default_value_t = ProbeMode::Json)]
+    pub probe: ProbeMode,
+    /// The probe's payload bytes (raw) or data string length (json).
+    #[arg(long, default_value_t = 32)]
+    pub probe_size: usize,
+    /// Seconds to keep everything open (and the probe echoing) after the storm settled.
+    #[arg(long, default_value_t = 0.0)]
+    pub hold: f64,
 }

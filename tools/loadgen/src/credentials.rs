@@ -64,6 +64,10 @@ impl Credentials {
         Ok(Credentials { tokens, via })
     }
 
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
     /// The token of connection `i`.
     pub fn token(&self, i: usize) -> &str {
         &self.tokens[i % self.tokens.len()]
@@ -147,6 +151,7 @@ mod tests {
     #[test]
     fn tokens_are_read_one_per_line_and_reused_round_robin() {
         let c = Credentials::parse("a.b.c\n\n  d.e.f \r\ng.h.i\n", TokenVia::Header).unwrap();
+        assert_eq!(c.len(), 3);
         assert_eq!(c.token(0), "a.b.c");
         assert_eq!(c.token(1), "d.e.f");
         assert_eq!(c.token(5), "g.h.i");

@@ -72,6 +72,40 @@ impl ConnectSummary {
     }
 }
 
+/// `storm`: how the storm went and what the probe saw.
+#[derive(Debug, Serialize)]
+pub struct StormSummary {
+    /// Every connection of the storm connected (and was authenticated, with tokens).
+    pub all_connected: bool,
+    /// First attempt -> the last connection connected; null unless all connected.
+    pub time_to_all_connected_s: Option<f64>,
+    /// First attempt -> the last outcome (connected or failed).
+    pub time_to_settle_s: f64,
+    /// Connections connected per second, first attempt to the last one connected.
+    pub conns_per_sec: Option<f64>,
+    /// Connections connected in each 100 ms from the first attempt: the storm's shape.
+    pub opened_per_100ms: Vec<u64>,
+    pub probe: ProbeSummary,
+}
+
+/// `storm`: the probe connection's echo latency (one request in flight) by phase.
+#[derive(Debug, Serialize)]
+pub struct ProbeSummary {
+    /// `raw` (`/echo`) or `json` (`{"op":"echo"}` on `/ws`).
+    pub mode: &'static str,
+    pub size: usize,
+    /// Alone, during the warm-up before the storm: the baseline.
+    pub before_us: Option<Latency>,
+    /// Requests answered after the storm began and sent before it settled.
+    pub during_us: Option<Latency>,
+    /// During `--hold`, after the storm settled.
+    pub after_us: Option<Latency>,
+    /// Replies that were not the echo of the request.
+    pub errors: u64,
+    /// The probe's connection ended before the run did.
+    pub dropped: bool,
+}
+
 /// `connect`: the connect phase alone (first attempt to the last outcome), without the hold.
 #[derive(Debug, Serialize, Default)]
 pub struct ConnectPhase {
@@ -130,6 +164,8 @@ pub struct Report {
     pub timeline_per_sec: Vec<f64>,
     /// `connect`: the connect phase on its own; null for the other scenarios.
     pub connect_phase: Option<ConnectPhase>,
+    /// `storm`: the storm and its probe; null for the other scenarios.
+    pub storm: Option<StormSummary>,
     /// Scenario parameters, echoed back so result files are self-describing.
     pub params: serde_json::Value,
 }
@@ -180,6 +216,9 @@ impl Report {
                 );
             }
             return Some(why);
+        }
+        if self.storm.as_ref().is_some_and(|s| s.probe.dropped) {
+            return Some(format!("the probe connection dropped{}", first("probe: ")));
         }
         if c.ok == 0 && self.conns > 0 {
             return Some(format!(
@@ -257,6 +296,30 @@ impl Report {
                 p.server_core_busy_pct.map_or("n/a".into(), |v| format!("{v:.1}%")),
                 p.server_core_us_per_conn.map_or("-".into(), |v| format!("{v:.1}")),
             );
+        }
+        if let Some(s) = &self.storm {
+            let t = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.3}s"));
+            let _ = writeln!(
+                o,
+                "storm: all connected: {} after {}, settled after {:.3}s, {} conns/s",
+                s.all_connected,
+                t(s.time_to_all_connected_s),
+                s.time_to_settle_s,
+                s.conns_per_sec.map_or("-".into(), |v| format!("{v:.0}")),
+            );
+            let lat = |l: &Option<Latency>| l.as_ref().map_or("none".into(), fmt_lat);
+            let p = &s.probe;
+            let _ = writeln!(
+                o,
+                "probe ({} {} B) before us: {}",
+                p.mode,
+                p.size,
+                lat(&p.before_us)
+            );
+            let _ = writeln!(o, "probe during the storm us: {}", lat(&p.during_us));
+            if p.after_us.is_some() {
+                let _ = writeln!(o, "probe after us: {}", lat(&p.after_us));
+            }
         }
         if let Some(m) = self.messages_per_sec {
             let _ = writeln!(

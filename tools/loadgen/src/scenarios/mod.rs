@@ -4,6 +4,7 @@
 pub mod broadcast;
 pub mod connect;
 pub mod echo;
+pub mod storm;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use std::time::Duration;
@@ -11,7 +12,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
 
-use crate::cli::{Cli, Common, EchoMode, Scenario, TokenVia};
+use crate::cli::{Cli, Common, EchoMode, ProbeMode, Scenario, TokenVia};
 use crate::clock;
 use crate::conn::{ConnStats, Worker};
 use crate::net::Target;
@@ -53,6 +54,7 @@ pub fn run(cli: &Cli) -> Result<Outcome, String> {
         Scenario::Connect(a) => connect::run(&env, a),
         Scenario::Echo(a) => echo::run(&env, a),
         Scenario::Broadcast(a) => broadcast::run(&env, a),
+        Scenario::Storm(a) => storm::run(&env, a),
     }
 }
 
@@ -63,6 +65,7 @@ fn check_token_via(cli: &Cli) -> Result<(), String> {
     }
     let raw = match &cli.scenario {
         Scenario::Echo(a) => a.mode == EchoMode::Raw,
+        Scenario::Storm(a) => a.probe == ProbeMode::Raw,
         _ => false,
     };
     if raw {
