@@ -265,11 +265,16 @@ def side(vs, metric, busy_key="server_core_busy_pct", load_key="loadgen_cpu_pct"
 def failures(vs):
     bad = [i for i, r in vs.items() if r is None]
     fails = sum(sum((get(r, "connect.failed") or {}).values()) for r in vs.values() if r)
+    # Error replies (a denied publish, a request before the connect) are counted as replies
+    # in messages_per_sec: a run with any is not a figure.
+    errors = sum(get(r, "server_errors") or 0 for r in vs.values() if r)
     notes = []
     if bad:
         notes.append(f"runs without a result: {bad}")
     if fails:
         notes.append(f"{fails} failed connections over the runs (see raw/)")
+    if errors:
+        notes.append(f"{errors} error or unexpected replies over the runs (see raw/)")
     return notes
 
 print(open(os.path.join(out, "setup.txt")).read().rstrip())
