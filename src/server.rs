@@ -173,7 +173,7 @@ impl Server {
             let console = console.clone();
             let retire = shared.bus.clone();
             let (bus, cfg, admission, exit_tx, memory, tls) = (
-                shared.bus.port(),
+                shared.bus.port(index),
                 cfg.clone(),
                 admission.clone(),
                 exit_tx.clone(),

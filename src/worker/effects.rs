@@ -270,7 +270,7 @@ impl Effects {
     fn publish(&mut self, conns: &mut Conns, fanout: &mut Fanout, target: Target, data: Raw<'_>) {
         bump(&conns.stats.publishes, 1);
         let d = broadcast::encode(target, data);
-        self.bus.publish_from(conns.index, d, &mut fanout.pending);
+        self.bus.publish_from(d, &mut fanout.pending);
         self.published = true;
     }
 }

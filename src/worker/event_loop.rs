@@ -225,9 +225,9 @@ impl Worker {
                 break;
             };
             match msg {
-                Msg::Deliver(d) => {
+                Msg::Deliver { from, d } => {
                     taken += d.frame.len();
-                    bus.cross_taken(&d);
+                    bus.cross_taken(from, &d);
                     self.fanout.pending.push(d);
                 }
                 Msg::DeliverOutside(d) => {
