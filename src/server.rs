@@ -672,8 +672,8 @@ mod tests {
     }
 
     /// A client's publishes to a dead worker are charged to the cross-worker budget: twice
-    /// [`CROSS_BYTES`] of them from a client of the live worker never hold it back, and the
-    /// budget comes back to nothing.
+    /// [`CROSS_BYTES`] of them from a client of the live worker never hold it back, neither
+    /// for the budget nor for its share of it, and the budget comes back to nothing.
     #[test]
     fn client_publishes_do_not_leave_their_budget_with_a_dead_worker() {
         let _one = one_at_a_time();
@@ -710,6 +710,11 @@ mod tests {
             }
         }
         assert_eq!(server.stats().publishers_held, 0);
+        assert_eq!(
+            server.stats().publishers_share_held,
+            0,
+            "a dead worker holds back no publisher's share"
+        );
         wait_for("the cross-worker budget back to 0", || {
             server.shared.bus.cross_queued() == 0
         });

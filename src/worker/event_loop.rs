@@ -164,7 +164,8 @@ impl Worker {
         if busy || !self.inbox.may_sleep() {
             Duration::ZERO
         } else if self.reader.publishers_held() {
-            // Nothing wakes a worker when the other workers' queues drain: look again.
+            // Nothing wakes a worker when the other workers' queues drain (or take its
+            // publishers' messages): look again.
             PUBLISHERS_RECHECK
         } else if self.drain.spreading() {
             SPREAD_TICK
@@ -197,6 +198,12 @@ impl Worker {
         self.take_inbox();
         // The turn's publishes to the backplane, and the budget of what it took, at once.
         self.effects.bus.flush();
+        if !self.conns.shares.is_idle() {
+            // What every other worker has taken of this one's publishes leaves the accounts
+            // of the connections that published it.
+            let taken = self.effects.bus.taken_by_all();
+            self.conns.shares.retire(taken);
+        }
         self.reader
             .release_publishers(&mut self.conns, &self.effects.bus);
         self.fanout.deliver(&mut self.conns);
