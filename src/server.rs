@@ -278,6 +278,12 @@ impl Server {
         self.shared.bus.outside_queued()
     }
 
+    /// Bytes of workers' publishes waiting in other workers' queues (the cross-worker
+    /// budget, `broadcast::CROSS_BYTES`).
+    pub fn cross_queued(&self) -> usize {
+        self.shared.bus.cross_queued()
+    }
+
     /// Where the admin endpoint listens, if enabled.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
