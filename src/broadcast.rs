@@ -43,12 +43,13 @@ pub const CROSS_BYTES: usize = 64 << 20;
 /// connection's input is held back until its own are down to half, however empty the
 /// queues are otherwise, while every other publisher goes on. One eighth: a client that
 /// publishes faster than the other workers deliver (its own topic, subscribers that never
-/// read) is held long before it fills the queues for everyone, as it did when the global
-/// bound was the only one; eight such clients at their share are what it takes to reach the
-/// global bound, which stays the outer one. A fixed fraction rather than one that shrinks
-/// with the number of publishers, so that no worker needs to know what the others' clients
-/// do: 8 MiB is still 8 loop turns of a consumer's take (1 MiB a turn), so a publisher whose
-/// subscribers' workers keep up is never held by it.
+/// read) is held long before it fills the queues for everyone (with the global bound alone
+/// it filled them, and every publisher on every worker was held with it); more than eight
+/// such clients at their share are what it takes to reach the global bound, which stays
+/// the outer one. A fixed fraction rather than one that shrinks with the number of
+/// publishers, so that no worker needs to know what the others' clients do. 8 MiB is 8 loop
+/// turns of the other workers' take (each takes 1 MiB a turn, and a frame counts once per
+/// worker), so a publisher whose subscribers' workers keep up is never held by it.
 pub const PUBLISHER_SHARE: usize = CROSS_BYTES / 8;
 
 /// A publish sent to the other workers: its number among this worker's publishes to them,
