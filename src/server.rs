@@ -200,7 +200,7 @@ impl Server {
             let console = console.clone();
             let retire = shared.bus.clone();
             let (bus, cfg, admission, exit_tx, memory, tls, auth) = (
-                shared.bus.port(),
+                shared.bus.port(index),
                 cfg.clone(),
                 admission.clone(),
                 exit_tx.clone(),
@@ -317,6 +317,12 @@ impl Server {
     /// Bytes of publishes from outside the workers (admin API, backplane) in their queues.
     pub fn outside_queued(&self) -> usize {
         self.shared.bus.outside_queued()
+    }
+
+    /// Bytes of workers' publishes waiting in other workers' queues (the cross-worker
+    /// budget, `broadcast::CROSS_BYTES`).
+    pub fn cross_queued(&self) -> usize {
+        self.shared.bus.cross_queued()
     }
 
     /// Where the admin endpoint listens, if enabled.
@@ -713,8 +719,8 @@ mod tests {
     }
 
     /// A client's publishes to a dead worker are charged to the cross-worker budget: twice
-    /// [`CROSS_BYTES`] of them from a client of the live worker never hold it back, and the
-    /// budget comes back to nothing.
+    /// [`CROSS_BYTES`] of them from a client of the live worker never hold it back, neither
+    /// for the budget nor for its share of it, and the budget comes back to nothing.
     #[test]
     fn client_publishes_do_not_leave_their_budget_with_a_dead_worker() {
         let _one = one_at_a_time();
@@ -751,6 +757,11 @@ mod tests {
             }
         }
         assert_eq!(server.stats().publishers_held, 0);
+        assert_eq!(
+            server.stats().publishers_share_held,
+            0,
+            "a dead worker holds back no publisher's share"
+        );
         wait_for("the cross-worker budget back to 0", || {
             server.shared.bus.cross_queued() == 0
         });

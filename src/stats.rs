@@ -128,6 +128,9 @@ counters! {
     /// Times a connection's input was held back because its publishes found the other
     /// workers' queues full (`broadcast::CROSS_BYTES`).
     publishers_held,
+    /// Times a connection's input was held back because its own publishes waiting in the
+    /// other workers' queues passed its share of them (`broadcast::PUBLISHER_SHARE`).
+    publishers_share_held,
     /// Connections closed (1008) because their output stayed over its bound past
     /// `--backpressure-timeout`.
     backpressure_closes,

@@ -704,6 +704,7 @@ fn every_metric_keeps_its_name_type_and_labels() {
         "timeouts_total",
         "input_held_total",
         "publishers_held_total",
+        "publishers_share_held_total",
         "backpressure_closed_total",
         "message_timeouts_total",
         "control_frames_dropped_total",

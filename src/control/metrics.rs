@@ -124,6 +124,7 @@ static FAMILIES: &[Family] = &[
     f("timeouts", "Connections closed for handshake or idle timeout.", Read::Counter(|r| r.totals.timeouts)),
     f("input_held", "Times a connection's input was held back because its output went over its bound.", Read::Counter(|r| r.totals.input_held)),
     f("publishers_held", "Times a publishing connection's input was held back because the other workers' queues were full (64 MiB).", Read::Counter(|r| r.totals.publishers_held)),
+    f("publishers_share_held", "Times a publishing connection's input was held back because its own publishes waiting in the other workers' queues passed its share of them (8 MiB).", Read::Counter(|r| r.totals.publishers_share_held)),
     f("backpressure_closed", "Connections closed (1008) for staying over their outbound bound past --backpressure-timeout.", Read::Counter(|r| r.totals.backpressure_closes)),
     f("message_timeouts", "Connections closed (1008) for taking longer than --message-timeout to send a message.", Read::Counter(|r| r.totals.message_timeouts)),
     f("control_frames_dropped", "Pings and pongs not sent because the queue was past its control allowance.", Read::Counter(|r| r.totals.control_dropped)),

@@ -12,6 +12,7 @@ use mio::{Interest, Registry, Token};
 use slab::Slab;
 use thin_vec::ThinVec;
 
+use super::share::Shares;
 use crate::admission;
 use crate::codec::Kind;
 use crate::config::Config;
@@ -56,6 +57,9 @@ pub(super) struct Conns {
     pub(super) now_ms: u32,
     /// Shutdown began: new sockets are refused, open connections are no longer read.
     pub(super) draining: bool,
+    /// Each publishing connection's bytes still in the other workers' queues, by slab key;
+    /// a connection's are forgotten when it is dropped, so its key comes clean to the next.
+    pub(super) shares: Shares,
 }
 
 impl Conns {
@@ -81,6 +85,7 @@ impl Conns {
             unix_now: 0,
             now_ms: 0,
             draining: false,
+            shares: Shares::default(),
         }
     }
 
@@ -130,6 +135,7 @@ impl Conns {
         let Some(conn) = self.slab.try_remove(key) else {
             return;
         };
+        self.shares.forget(key);
         for t in &conn.subs {
             self.topics.unsubscribe(t, key);
         }
@@ -349,7 +355,9 @@ impl Conns {
                 self.index,
                 self.out.cost(key, &conn.out)
             ),
-            Hold::Queues => bump(&self.stats.publishers_held, 1),
+            // Counted by the reader, under the bound that held it: the other workers' queues
+            // as a whole, or the connection's share of them.
+            Hold::Queues => {}
         }
         self.arm(key, at);
     }

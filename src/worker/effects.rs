@@ -356,20 +356,30 @@ impl Effects {
                     .topics
                     .name(&topic)
                     .unwrap_or_else(|| Arc::from(&*topic));
-                self.publish(conns, fanout, Target::Topic(name), data)
+                self.publish(conns, fanout, key, Target::Topic(name), data)
             }
-            Effect::Broadcast(data) => self.publish(conns, fanout, Target::All, data),
+            Effect::Broadcast(data) => self.publish(conns, fanout, key, Target::All, data),
         }
         send_reply(conns, key, reply, &out);
         self.scratch = out;
     }
 
     /// Encodes the message once and puts it on the bus: this worker's copy joins this turn's
-    /// deliveries, the other workers' go through their queues.
-    fn publish(&mut self, conns: &mut Conns, fanout: &mut Fanout, target: Target, data: Raw<'_>) {
+    /// deliveries, the other workers' go through their queues, where they count against the
+    /// publishing connection's share until taken.
+    fn publish(
+        &mut self,
+        conns: &mut Conns,
+        fanout: &mut Fanout,
+        key: usize,
+        target: Target,
+        data: Raw<'_>,
+    ) {
         bump(&conns.stats.publishes, 1);
         let d = broadcast::encode(target, data);
-        self.bus.publish_from(conns.index, d, &mut fanout.pending);
+        if let Some(sent) = self.bus.publish_from(d, &mut fanout.pending) {
+            conns.shares.charge(key, sent);
+        }
         self.published = true;
     }
 }

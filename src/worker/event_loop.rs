@@ -179,7 +179,8 @@ impl Worker {
         if busy || !self.inbox.may_sleep() {
             Duration::ZERO
         } else if self.reader.publishers_held() {
-            // Nothing wakes a worker when the other workers' queues drain: look again.
+            // Nothing wakes a worker when the other workers' queues drain (or take its
+            // publishers' messages): look again.
             PUBLISHERS_RECHECK
         } else if self.drain.spreading() {
             SPREAD_TICK
@@ -220,6 +221,12 @@ impl Worker {
         self.take_inbox();
         // The turn's publishes to the backplane, and the budget of what it took, at once.
         self.effects.bus.flush();
+        if !self.conns.shares.is_idle() {
+            // What every other worker has taken of this one's publishes leaves the accounts
+            // of the connections that published it.
+            let taken = self.effects.bus.taken_by_all();
+            self.conns.shares.retire(taken);
+        }
         self.reader
             .release_publishers(&mut self.conns, &self.effects.bus);
         self.fanout.deliver(&mut self.conns);
@@ -248,9 +255,9 @@ impl Worker {
                 break;
             };
             match msg {
-                Msg::Deliver(d) => {
+                Msg::Deliver { from, d } => {
                     taken += d.frame.len();
-                    bus.cross_taken(&d);
+                    bus.cross_taken(from, &d);
                     self.fanout.pending.push(d);
                 }
                 Msg::DeliverOutside(d) => {

@@ -12,7 +12,9 @@ impl Worker {
     /// WRITABLE; no closed write side has output behind it; a held connection's hold is
     /// explained (its output over half its bound, or a publisher waiting for the queues);
     /// a connection below its bound with nothing held back is not left held; every byte
-    /// budget and gauge equals the sum it stands for. O(connections) per turn.
+    /// budget and gauge equals the sum it stands for; only connections still open have bytes
+    /// in the other workers' queues charged to them, each the sum of its runs there.
+    /// O(connections + runs in flight) per turn.
     pub(super) fn check_invariants(&self) {
         let c = &self.conns;
         assert!(
@@ -50,7 +52,7 @@ impl Worker {
             match conn.machine.input {
                 crate::conn::InputState::Held(crate::conn::Hold::Queues) => assert!(
                     held_publishers.contains(&key),
-                    "conn {key} held for the queues but not on the publishers' list"
+                    "conn {key} held for the queues but not on the publishers' lists"
                 ),
                 crate::conn::InputState::Held(crate::conn::Hold::Rate) => {
                     assert!(conn.machine.is_open(), "conn {key} held while not open");
@@ -81,6 +83,12 @@ impl Worker {
             outbound += out.queue_cost() as i64;
             inbound += conn.inbound_cost() as i64;
             held += conn.is_held() as i64;
+        }
+        for key in c.shares.check() {
+            assert!(
+                c.slab.contains(key),
+                "conn {key} is gone but has bytes in flight charged to it"
+            );
         }
         let s = &self.stats;
         assert_eq!(s.queued_bytes.load(Relaxed), queued, "queued-bytes gauge");

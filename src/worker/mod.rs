@@ -15,6 +15,8 @@
 //! - `drain`: shutdown that loses no acknowledged publish;
 //! - `conns`: the slab, and what every part may do to one connection (send through its
 //!   output door, hold, close, flush, drop);
+//! - `share`: each publishing connection's bytes in the other workers' queues (kept by
+//!   `conns`, which forgets a connection's when it goes);
 //! - `handle`: how other threads reach a worker.
 
 mod conns;
@@ -26,6 +28,7 @@ pub mod handle;
 #[cfg(debug_assertions)]
 mod invariants;
 mod reader;
+mod share;
 mod timers;
 mod tokens;
 mod waiting;

@@ -10,7 +10,7 @@ use thin_vec::ThinVec;
 use super::conns::Conns;
 use super::effects::Effects;
 use super::fanout::Fanout;
-use crate::broadcast::{Port, CROSS_BYTES};
+use crate::broadcast::{Port, CROSS_BYTES, PUBLISHER_SHARE};
 use crate::conn::{Event, Hold, Input, InputState, Phase, Uncorked, NEVER};
 use crate::stats::{bump, gauge};
 
@@ -81,6 +81,9 @@ pub(super) struct Reader {
     /// The connection being read stopped for the verification budget, not for the frame
     /// bound: it waits in the verification queue.
     verify_later: bool,
+    /// Connections held because their own publishes in those queues passed their share,
+    /// [`PUBLISHER_SHARE`]; each is let go once its own are down to half of it.
+    over_share: Vec<usize>,
 }
 
 impl Reader {
@@ -90,6 +93,7 @@ impl Reader {
             tls_in: Vec::new(),
             publishers_held: Vec::new(),
             verify_later: false,
+            over_share: Vec::new(),
         };
         if tls {
             r.enable_tls();
@@ -104,16 +108,17 @@ impl Reader {
         }
     }
 
-    /// Some publisher is held for the other workers' queues (then nothing else wakes the
-    /// worker when they drain: it must look again).
+    /// Some publisher is held for the other workers' queues, as a whole or its share of them
+    /// (then nothing else wakes the worker when they drain: it must look again).
     pub(super) fn publishers_held(&self) -> bool {
-        !self.publishers_held.is_empty()
+        !self.publishers_held.is_empty() || !self.over_share.is_empty()
     }
 
-    /// The connections held for the other workers' queues (some may have left since).
+    /// The connections held for the other workers' queues, as a whole or their share of them
+    /// (some may have left since).
     #[cfg(debug_assertions)]
     pub(super) fn held_publishers(&self) -> impl Iterator<Item = usize> + '_ {
-        self.publishers_held.iter().copied()
+        self.publishers_held.iter().chain(&self.over_share).copied()
     }
 
     /// Reads until the socket is drained (`WouldBlock`, or a short read, which on a stream
@@ -298,8 +303,9 @@ impl Reader {
     /// Runs the state machine over the complete requests and frames at the start of `buf`
     /// and carries out what each calls for. Returns how many bytes were used. Stops early,
     /// leaving the rest unused, when the connection's input is held back (its output went
-    /// over its bound, or its publish found the other workers' queues full), and once it has
-    /// handled `frames` frames (counted off; the caller leaves the rest for a later turn).
+    /// over its bound, its publishes in the other workers' queues passed its share of them, or
+    /// its publish found those queues full), and once it has handled `frames` frames (counted
+    /// off; the caller leaves the rest for a later turn).
     fn process(
         &mut self,
         c: &mut Conns,
@@ -351,8 +357,17 @@ impl Reader {
                 c.hold(key, Hold::Output);
                 return pos;
             }
+            if e.published && c.shares.over(key) {
+                // Its own doing, whatever the others do: counted as such even if the queues
+                // are full too.
+                c.hold(key, Hold::Queues);
+                bump(&c.stats.publishers_share_held, 1);
+                self.over_share.push(key);
+                return pos;
+            }
             if e.published && e.bus.cross_full() {
                 c.hold(key, Hold::Queues);
+                bump(&c.stats.publishers_held, 1);
                 self.publishers_held.push(key);
                 return pos;
             }
@@ -379,27 +394,45 @@ impl Reader {
         }
     }
 
-    /// Lets held publishers go once the other workers' queues are down to half their bound
-    /// (one whose own output is over half its bound stays held, now as any other; its flush
-    /// lets it go).
+    /// Lets held publishers go: one held for its share once its own publishes in the other
+    /// workers' queues are down to half its share (after the turn's retiring of them), one
+    /// held for the queues as a whole once they are down to half their bound. One whose own
+    /// output is over half its bound stays held, now as any other; its flush lets it go.
     pub(super) fn release_publishers(&mut self, c: &mut Conns, bus: &Port) {
+        if !self.over_share.is_empty() {
+            let mut held = std::mem::take(&mut self.over_share);
+            held.retain(|&key| {
+                let keep = c.slab.contains(key) && c.shares.in_flight(key) > PUBLISHER_SHARE / 2;
+                if !keep {
+                    let_publisher_go(c, key);
+                }
+                keep
+            });
+            self.over_share = held;
+        }
         if self.publishers_held.is_empty() || bus.cross_queued() > CROSS_BYTES / 2 {
             return;
         }
         for key in std::mem::take(&mut self.publishers_held) {
-            if !c.slab.contains(key) {
-                continue; // a connection that took the key since, or one closed meanwhile
-            }
-            let cost = c.out_cost(key);
-            match c.slab[key]
-                .machine
-                .input
-                .after_queues_drained(cost, c.cfg.max_outbound_bytes)
-            {
-                None => c.release(key),
-                Some(next) => c.slab[key].machine.input = next,
-            }
+            let_publisher_go(c, key);
         }
+    }
+}
+
+/// Lets a connection held for the other workers' queues go, unless its own output holds it
+/// (see `InputState::after_queues_drained`).
+fn let_publisher_go(c: &mut Conns, key: usize) {
+    if !c.slab.contains(key) {
+        return; // a connection that took the key since, or one closed meanwhile
+    }
+    let cost = c.out_cost(key);
+    match c.slab[key]
+        .machine
+        .input
+        .after_queues_drained(cost, c.cfg.max_outbound_bytes)
+    {
+        None => c.release(key),
+        Some(next) => c.slab[key].machine.input = next,
     }
 }
 
