@@ -29,15 +29,27 @@ const MIN_PER_SHARD: usize = 64;
 /// The SHA-256 of a token.
 pub type Digest = [u8; 32];
 
-/// A cached verdict.
+/// A cached verdict: 24 bytes, so that with its key a slot of the map is 56 (the times in
+/// `u64` and `nbf` as an `Option` made it 72). Measured with 10,000 idle connections, each
+/// with a token of its own, the cache costs 122 bytes of anonymous memory a connection (150
+/// before), the map's slack and the allocator's size classes included
+/// (`tests/auth_cluster.rs`).
 #[derive(Debug, Clone)]
 struct Entry {
     verdict: Result<Arc<Verified>, Refusal>,
-    /// For an accepted token: its `nbf`, re-checked against the caller's clock.
-    nbf: Option<u64>,
     /// Unix seconds after which the entry is of no use: `exp` + leeway for an accepted
-    /// token, the refusal's time to live otherwise.
-    until: u64,
+    /// token, the refusal's time to live otherwise. Saturated at `u32::MAX` (in 2106): an
+    /// entry that would outlive that lives until then, or until the bound pushes it out.
+    until: u32,
+    /// For an accepted token: its `nbf`, re-checked against the caller's clock; 0 when it
+    /// has none, which no clock is before. Saturated as `until` is (a token not valid before
+    /// 2106 is refused, so never kept).
+    nbf: u32,
+}
+
+/// Unix seconds as an [`Entry`] keeps them.
+fn secs(t: u64) -> u32 {
+    u32::try_from(t).unwrap_or(u32::MAX)
 }
 
 #[derive(Debug)]
@@ -96,14 +108,14 @@ impl Cache {
         }
         let mut shard = self.shard(d);
         let e = shard.get(d)?;
-        if e.until < now {
+        if u64::from(e.until) < now {
             shard.remove(d);
             return None;
         }
         Some(match &e.verdict {
             Ok(v) => Hit::Accepted {
                 verified: v.clone(),
-                nbf: e.nbf,
+                nbf: (e.nbf != 0).then_some(u64::from(e.nbf)),
             },
             Err(r) => Hit::Refused(*r),
         })
@@ -129,8 +141,8 @@ impl Cache {
             gen,
             Entry {
                 verdict: Ok(v),
-                nbf,
-                until,
+                nbf: nbf.map_or(0, secs),
+                until: secs(until),
             },
             now,
         );
@@ -153,8 +165,8 @@ impl Cache {
             gen,
             Entry {
                 verdict: Err(r),
-                nbf: None,
-                until,
+                nbf: 0,
+                until: secs(until),
             },
             now,
         );
@@ -171,7 +183,7 @@ impl Cache {
             return;
         }
         if shard.len() >= self.per_shard && !shard.contains_key(&d) {
-            shard.retain(|_, e| e.until >= now);
+            shard.retain(|_, e| u64::from(e.until) >= now);
             if shard.len() >= self.per_shard {
                 if let Some(soonest) = shard.iter().min_by_key(|(_, e)| e.until).map(|(k, _)| *k) {
                     shard.remove(&soonest);
@@ -250,7 +262,7 @@ mod tests {
             gen,
             Entry {
                 verdict: Ok(verified("u", 3000)),
-                nbf: None,
+                nbf: 0,
                 until: 3000,
             },
             100,
@@ -276,6 +288,24 @@ mod tests {
             c.get(&digest("t1"), 100).is_none(),
             "the soonest to expire went"
         );
+    }
+
+    #[test]
+    fn an_entry_is_24_bytes_and_keeps_its_times_to_2106() {
+        assert_eq!(std::mem::size_of::<Entry>(), 24);
+        let c = Cache::new(10);
+        let gen = c.generation();
+        c.accept(digest("nbf"), gen, verified("u", 500), Some(7), 500, 1);
+        c.accept(digest("none"), gen, verified("u", 500), None, 500, 1);
+        let far = u64::from(u32::MAX) + 1000;
+        c.accept(digest("far"), gen, verified("u", far), None, far, 1);
+        let nbf = |d: &str| match c.get(&digest(d), 2) {
+            Some(Hit::Accepted { nbf, .. }) => nbf,
+            _ => panic!("{d} not cached"),
+        };
+        assert_eq!((nbf("nbf"), nbf("none"), nbf("far")), (Some(7), None, None));
+        assert!(c.get(&digest("far"), u64::from(u32::MAX)).is_some());
+        assert!(c.get(&digest("far"), u64::from(u32::MAX) + 1).is_none());
     }
 
     #[test]

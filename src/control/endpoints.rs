@@ -159,17 +159,9 @@ async fn disconnect(ep: &Endpoints, req: Request<Incoming>) -> Reply {
         Ok(b) => b,
         Err(refusal) => return refusal,
     };
-    #[derive(Deserialize)]
-    struct Body {
-        user: String,
-    }
-    let user = match serde_json::from_slice::<Body>(&body) {
-        Ok(b) if !b.user.is_empty() => Arc::<str>::from(b.user),
-        Ok(_) => return error(StatusCode::BAD_REQUEST, "\"user\" must not be empty"),
-        Err(e) => {
-            let msg = format!("expected {{\"user\":\"...\"}}: {e}");
-            return error(StatusCode::BAD_REQUEST, &msg);
-        }
+    let user = match disconnect_user(&body) {
+        Ok(u) => u,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, &msg),
     };
     if let Some(b) = ep.shared.bus.backplane() {
         if !b.disconnect(&user) {
@@ -208,6 +200,24 @@ async fn disconnect(ep: &Endpoints, req: Request<Incoming>) -> Reply {
     ep.stats.disconnects.fetch_add(1, Ordering::Relaxed);
     let json = format!("{{\"closed\":{closed}}}");
     text(StatusCode::OK, "application/json", json)
+}
+
+/// The user a `POST /disconnect` body names, or why it names none. Only the object form:
+/// serde would also take `["alice"]` for the struct, and a body that is not the documented
+/// shape must not close anyone's connections.
+fn disconnect_user(body: &[u8]) -> Result<Arc<str>, String> {
+    #[derive(Deserialize)]
+    struct Body {
+        user: String,
+    }
+    if !body.trim_ascii_start().starts_with(b"{") {
+        return Err("expected {\"user\":\"...\"}: not a JSON object".into());
+    }
+    match serde_json::from_slice::<Body>(body) {
+        Ok(b) if !b.user.is_empty() => Ok(Arc::from(b.user)),
+        Ok(_) => Err("\"user\" must not be empty".into()),
+        Err(e) => Err(format!("expected {{\"user\":\"...\"}}: {e}")),
+    }
 }
 
 /// Checks the bearer token, then reads a body of at most `limit` bytes within
@@ -346,5 +356,32 @@ mod tests {
         assert!(!authorized(Some("abc"), Some(b"Bearer abcd")));
         assert!(!authorized(Some("abc"), Some(b"Basic abc")));
         assert!(!authorized(Some("abc"), None));
+    }
+
+    #[test]
+    fn a_disconnect_body_names_one_user_as_an_object() {
+        assert_eq!(
+            disconnect_user(br#"{"user":"alice"}"#).as_deref(),
+            Ok("alice")
+        );
+        assert_eq!(
+            disconnect_user(b" \n{\"user\":\"bob\",\"why\":\"left\"}").as_deref(),
+            Ok("bob")
+        );
+        for bad in [
+            &br#"["alice"]"#[..],
+            b"",
+            b"alice",
+            b"{}",
+            br#"{"user":""}"#,
+            br#"{"user":7}"#,
+            br#"{"user":"alice""#,
+        ] {
+            assert!(
+                disconnect_user(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 }
