@@ -242,7 +242,7 @@ fn a_jwks_url_is_fetched_for_new_kids_at_most_once_per_refresh_interval() {
 
     let token_a = es256(&key_a, "a", "alice");
     let token_b = es256(&key_b, "b", "bob");
-    assert_eq!(auth.verify(&token_a, now()).unwrap().sub.as_ref(), "alice");
+    assert_eq!(auth.verify(&token_a, now()).unwrap().sub(), "alice");
     assert_eq!(
         auth.verify(&token_b, now()).err(),
         Some(Refusal::UnknownKey)
@@ -258,7 +258,7 @@ fn a_jwks_url_is_fetched_for_new_kids_at_most_once_per_refresh_interval() {
         fetched(2)
     });
     let second = Instant::now();
-    assert_eq!(auth.verify(&token_b, now()).unwrap().sub.as_ref(), "bob");
+    assert_eq!(auth.verify(&token_b, now()).unwrap().sub(), "bob");
     assert_eq!(
         auth.verify(&token_a, now()).err(),
         Some(Refusal::UnknownKey),
@@ -328,7 +328,7 @@ fn a_jwks_url_is_fetched_for_new_kids_at_most_once_per_refresh_interval() {
     });
     assert_eq!(auth.key_count(), 1);
     let fresh = es256(&key_b, "b", "carol");
-    assert_eq!(auth.verify(&fresh, now()).unwrap().sub.as_ref(), "carol");
+    assert_eq!(auth.verify(&fresh, now()).unwrap().sub(), "carol");
     server.shutdown().unwrap();
 }
 

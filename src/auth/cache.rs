@@ -5,8 +5,8 @@
 //!
 //! Bound: `--auth-token-cache` entries in all. A full shard first drops what has expired,
 //! then the entry that expires soonest: it never grows. An accepted token is kept until its
-//! `exp` plus the leeway plus [`REFUSAL_TTL_S`] (its `exp` and `nbf` are checked against the
-//! clock on every hit, so that last minute answers "expired" without a signature check); a
+//! `exp` plus the leeway plus [`REFUSAL_TTL_S`] (its `exp` is checked against the clock on
+//! every hit, so that last minute answers "expired" without a signature check); a
 //! refusal that cannot change (malformed, bad signature, wrong audience or issuer) for
 //! [`REFUSAL_TTL_S`]. Expired, not yet valid and unknown-key verdicts are never kept: time or
 //! a key fetch changes them. The whole cache is emptied when the key set changes, so that a
@@ -26,36 +26,68 @@ pub const REFUSAL_TTL_S: u64 = 60;
 const MAX_SHARDS: usize = 64;
 const MIN_PER_SHARD: usize = 64;
 
-/// The SHA-256 of a token.
-pub type Digest = [u8; 32];
+/// The first 128 bits of a token's SHA-256. To be taken for another token, a token must be
+/// made to match a cached one's digest: a second preimage of 128 bits, 2^128 tries, as out
+/// of reach as the signature itself; the half it leaves out would only add memory.
+pub type Digest = [u8; 16];
 
-/// A cached verdict: 24 bytes, so that with its key a slot of the map is 56 (the times in
-/// `u64` and `nbf` as an `Option` made it 72). Measured with 10,000 idle connections, each
-/// with a token of its own, the cache costs 122 bytes of anonymous memory a connection (150
-/// before), the map's slack and the allocator's size classes included
-/// (`tests/auth_cluster.rs`).
-#[derive(Debug, Clone)]
-struct Entry {
-    verdict: Result<Arc<Verified>, Refusal>,
-    /// Unix seconds after which the entry is of no use: `exp` + leeway for an accepted
-    /// token, the refusal's time to live otherwise. Saturated at `u32::MAX` (in 2106): an
-    /// entry that would outlive that lives until then, or until the bound pushes it out.
-    until: u32,
-    /// For an accepted token: its `nbf`, re-checked against the caller's clock; 0 when it
-    /// has none, which no clock is before. Saturated as `until` is (a token not valid before
-    /// 2106 is refused, so never kept).
-    nbf: u32,
+/// One shard: accepted tokens and refusals apart, so that an accepted token's slot is its
+/// key and the `Verified` its connections share (24 bytes; 72 with the whole digest, the
+/// times in `u64` and a verdict enum). Its time comes from its `exp`, and its `nbf` need not
+/// be kept: a token is accepted only once its `nbf` (less the leeway) has passed, which
+/// stays so. A refusal keeps its own time.
+#[derive(Debug, Default)]
+struct Shard {
+    accepted: HashMap<Digest, Arc<Verified>>,
+    /// The refusal and the unix second after which it is forgotten (saturated at
+    /// `u32::MAX`, in 2106).
+    refused: HashMap<Digest, (Refusal, u32)>,
 }
 
-/// Unix seconds as an [`Entry`] keeps them.
+impl Shard {
+    fn len(&self) -> usize {
+        self.accepted.len() + self.refused.len()
+    }
+
+    fn contains(&self, d: &Digest) -> bool {
+        self.accepted.contains_key(d) || self.refused.contains_key(d)
+    }
+
+    /// Makes room for one more entry under `per_shard`: drops what has expired at `now`,
+    /// then, if still full, the entry that expires soonest.
+    fn make_room(&mut self, per_shard: usize, keep: u64, now: u64) {
+        let until = |v: &Verified| v.exp().saturating_add(keep);
+        self.accepted.retain(|_, v| until(v) >= now);
+        self.refused.retain(|_, (_, t)| u64::from(*t) >= now);
+        if self.len() < per_shard {
+            return;
+        }
+        let a = self.accepted.iter().map(|(k, v)| (until(v), *k)).min();
+        let r = self
+            .refused
+            .iter()
+            .map(|(k, (_, t))| (u64::from(*t), *k))
+            .min();
+        match (a, r) {
+            (Some(a), Some(r)) if r <= a => self.refused.remove(&r.1).map(drop),
+            (Some(a), _) => self.accepted.remove(&a.1).map(drop),
+            (None, Some(r)) => self.refused.remove(&r.1).map(drop),
+            (None, None) => None,
+        };
+    }
+}
+
+/// Unix seconds as a refusal keeps them.
 fn secs(t: u64) -> u32 {
     u32::try_from(t).unwrap_or(u32::MAX)
 }
 
 #[derive(Debug)]
 pub struct Cache {
-    shards: Box<[Mutex<HashMap<Digest, Entry>>]>,
+    shards: Box<[Mutex<Shard>]>,
     per_shard: usize,
+    /// Seconds an accepted token stays past its `exp`.
+    keep: u64,
     /// Bumped whenever the cache is emptied: a verdict reached with the keys of an older
     /// generation is not inserted.
     generation: AtomicU64,
@@ -63,25 +95,24 @@ pub struct Cache {
 
 /// What a lookup found.
 pub enum Hit {
-    /// Accepted; `nbf` and `exp` still to be checked against the caller's clock.
-    Accepted {
-        verified: Arc<Verified>,
-        nbf: Option<u64>,
-    },
+    /// Accepted; its `exp` still to be checked against the caller's clock.
+    Accepted(Arc<Verified>),
     Refused(Refusal),
 }
 
-/// The SHA-256 of `token`: the cache's key, so that the token itself is never kept.
+/// The SHA-256 of `token`, cut to a [`Digest`]: the cache's key, so that the token itself is
+/// never kept.
 pub fn digest(token: &str) -> Digest {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&d.as_ref()[..16]);
     out
 }
 
 impl Cache {
-    /// A cache of at most `bound` entries (0: nothing is cached).
-    pub fn new(bound: usize) -> Cache {
+    /// A cache of at most `bound` entries (0: nothing is cached) that keeps an accepted
+    /// token until `keep` seconds past its `exp`.
+    pub fn new(bound: usize, keep: u64) -> Cache {
         let shards = (bound / MIN_PER_SHARD).clamp(1, MAX_SHARDS);
         // A power of two, so that the shard is a mask of the digest.
         let shards = if shards.is_power_of_two() {
@@ -92,11 +123,12 @@ impl Cache {
         Cache {
             shards: (0..shards).map(|_| Mutex::default()).collect(),
             per_shard: bound / shards,
+            keep,
             generation: AtomicU64::new(0),
         }
     }
 
-    fn shard(&self, d: &Digest) -> std::sync::MutexGuard<'_, HashMap<Digest, Entry>> {
+    fn shard(&self, d: &Digest) -> std::sync::MutexGuard<'_, Shard> {
         let i = usize::from(d[0]) & (self.shards.len() - 1);
         self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -107,45 +139,34 @@ impl Cache {
             return None;
         }
         let mut shard = self.shard(d);
-        let e = shard.get(d)?;
-        if u64::from(e.until) < now {
-            shard.remove(d);
+        if let Some(v) = shard.accepted.get(d) {
+            if v.exp().saturating_add(self.keep) < now {
+                shard.accepted.remove(d);
+                return None;
+            }
+            return Some(Hit::Accepted(v.clone()));
+        }
+        let &(r, until) = shard.refused.get(d)?;
+        if u64::from(until) < now {
+            shard.refused.remove(d);
             return None;
         }
-        Some(match &e.verdict {
-            Ok(v) => Hit::Accepted {
-                verified: v.clone(),
-                nbf: (e.nbf != 0).then_some(u64::from(e.nbf)),
-            },
-            Err(r) => Hit::Refused(*r),
-        })
+        Some(Hit::Refused(r))
     }
 
-    /// The generation a verdict is reached in: pass it to [`Cache::insert`].
+    /// The generation a verdict is reached in: pass it to [`Cache::accept`] or
+    /// [`Cache::refuse`].
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Remembers an accepted token until `until` (unix seconds; `now` is the clock's).
-    pub fn accept(
-        &self,
-        d: Digest,
-        gen: u64,
-        v: Arc<Verified>,
-        nbf: Option<u64>,
-        until: u64,
-        now: u64,
-    ) {
-        self.insert(
-            d,
-            gen,
-            Entry {
-                verdict: Ok(v),
-                nbf: nbf.map_or(0, secs),
-                until: secs(until),
-            },
-            now,
-        );
+    /// Remembers an accepted token until its `exp` plus the cache's `keep` (`now` is the
+    /// clock's).
+    pub fn accept(&self, d: Digest, gen: u64, v: Arc<Verified>, now: u64) {
+        if let Some(mut shard) = self.room_for(&d, gen, now) {
+            shard.refused.remove(&d);
+            shard.accepted.insert(d, v);
+        }
     }
 
     /// Remembers a refusal for [`REFUSAL_TTL_S`], if it is one that cannot change.
@@ -159,45 +180,38 @@ impl Cache {
         ) {
             return;
         }
-        let until = now.saturating_add(REFUSAL_TTL_S);
-        self.insert(
-            d,
-            gen,
-            Entry {
-                verdict: Err(r),
-                nbf: 0,
-                until: secs(until),
-            },
-            now,
-        );
+        let until = secs(now.saturating_add(REFUSAL_TTL_S));
+        if let Some(mut shard) = self.room_for(&d, gen, now) {
+            shard.accepted.remove(&d);
+            shard.refused.insert(d, (r, until));
+        }
     }
 
-    fn insert(&self, d: Digest, gen: u64, e: Entry, now: u64) {
+    /// The shard of `d`, locked and with room for it, unless nothing is cached or the
+    /// verdict was reached with keys that have been replaced since (generation `gen`).
+    fn room_for(&self, d: &Digest, gen: u64, now: u64) -> Option<std::sync::MutexGuard<'_, Shard>> {
         if self.per_shard == 0 {
-            return;
+            return None;
         }
-        let mut shard = self.shard(&d);
+        let mut shard = self.shard(d);
         // Under the shard's lock: `clear` bumps the generation before it takes the locks,
         // so either this sees the bump or `clear` empties the shard after this insert.
         if self.generation.load(Ordering::Acquire) != gen {
-            return;
+            return None;
         }
-        if shard.len() >= self.per_shard && !shard.contains_key(&d) {
-            shard.retain(|_, e| u64::from(e.until) >= now);
-            if shard.len() >= self.per_shard {
-                if let Some(soonest) = shard.iter().min_by_key(|(_, e)| e.until).map(|(k, _)| *k) {
-                    shard.remove(&soonest);
-                }
-            }
+        if shard.len() >= self.per_shard && !shard.contains(d) {
+            shard.make_room(self.per_shard, self.keep, now);
         }
-        shard.insert(d, e);
+        Some(shard)
     }
 
     /// Forgets every verdict (the key set changed).
     pub fn clear(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         for s in self.shards.iter() {
-            s.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            let mut s = s.lock().unwrap_or_else(|p| p.into_inner());
+            // New maps, not cleared ones: a cache emptied after a burst gives its memory back.
+            *s = Shard::default();
         }
     }
 
@@ -224,63 +238,35 @@ mod tests {
     use super::*;
 
     fn verified(sub: &str, exp: u64) -> Arc<Verified> {
-        Arc::new(Verified {
-            sub: sub.into(),
-            exp,
-            grant: Arc::default(),
-            topic: None,
-        })
+        Arc::new(Verified::new(sub, exp, Arc::default(), None))
     }
 
     #[test]
     fn the_bound_holds_and_expired_entries_go_first() {
         for bound in [1, 10, 63, 64, 100, 1000, 65_536] {
-            let c = Cache::new(bound);
+            let c = Cache::new(bound, 0);
             assert!(c.bound() <= bound, "{bound}: {}", c.bound());
             assert!(c.bound() * 2 > bound, "{bound}: {} is too lossy", c.bound());
         }
-        let c = Cache::new(100);
+        let c = Cache::new(100, 0);
         assert_eq!(c.bound(), 100);
         let gen = c.generation();
         // Half of them expire at 50, half at 1000.
         for i in 0..100u32 {
             let until = if i % 2 == 0 { 50 } else { 1000 };
-            c.accept(
-                digest(&format!("t{i}")),
-                gen,
-                verified("u", until),
-                None,
-                until,
-                10,
-            );
+            c.accept(digest(&format!("t{i}")), gen, verified("u", until), 10);
         }
         assert_eq!(c.len(), 100);
-        c.accept(digest("late"), gen, verified("u", 2000), None, 2000, 10);
+        c.accept(digest("late"), gen, verified("u", 2000), 10);
         // At 100 the full shard drops the 50 expired ones, then takes the new one.
-        c.insert(
-            digest("now"),
-            gen,
-            Entry {
-                verdict: Ok(verified("u", 3000)),
-                nbf: 0,
-                until: 3000,
-            },
-            100,
-        );
+        c.accept(digest("now"), gen, verified("u", 3000), 100);
         assert!(c.len() <= 100);
         assert!(c.get(&digest("now"), 100).is_some());
         assert!(c.get(&digest("t1"), 100).is_some(), "live entries stay");
         // Full of live entries: the one expiring soonest goes, and the cache never grows.
         for i in 0..500u32 {
             let until = 5000 + u64::from(i);
-            c.accept(
-                digest(&format!("n{i}")),
-                gen,
-                verified("u", until),
-                None,
-                until,
-                100,
-            );
+            c.accept(digest(&format!("n{i}")), gen, verified("u", until), 100);
             assert!(c.len() <= 100);
         }
         assert!(c.get(&digest("n499"), 100).is_some());
@@ -291,45 +277,47 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_is_24_bytes_and_keeps_its_times_to_2106() {
-        assert_eq!(std::mem::size_of::<Entry>(), 24);
-        let c = Cache::new(10);
+    fn a_slot_is_24_bytes_and_times_last_to_2106() {
+        assert_eq!(std::mem::size_of::<(Digest, Arc<Verified>)>(), 24);
+        assert_eq!(std::mem::size_of::<(Digest, (Refusal, u32))>(), 24);
+        assert_eq!(std::mem::size_of::<Verified>(), 32);
+        let c = Cache::new(10, 0);
         let gen = c.generation();
-        c.accept(digest("nbf"), gen, verified("u", 500), Some(7), 500, 1);
-        c.accept(digest("none"), gen, verified("u", 500), None, 500, 1);
         let far = u64::from(u32::MAX) + 1000;
-        c.accept(digest("far"), gen, verified("u", far), None, far, 1);
-        let nbf = |d: &str| match c.get(&digest(d), 2) {
-            Some(Hit::Accepted { nbf, .. }) => nbf,
-            _ => panic!("{d} not cached"),
-        };
-        assert_eq!((nbf("nbf"), nbf("none"), nbf("far")), (Some(7), None, None));
+        c.accept(digest("far"), gen, verified("u", far), 1);
         assert!(c.get(&digest("far"), u64::from(u32::MAX)).is_some());
         assert!(c.get(&digest("far"), u64::from(u32::MAX) + 1).is_none());
+        // A token's verdict replaces the other kind.
+        c.refuse(digest("t"), gen, Refusal::BadSignature, 1);
+        c.accept(digest("t"), gen, verified("u", 10), 1);
+        assert!(matches!(c.get(&digest("t"), 1), Some(Hit::Accepted(_))));
+        assert_eq!(
+            c.len(),
+            1,
+            "one entry for t; far was dropped when found expired"
+        );
     }
 
     #[test]
     fn a_verdict_from_before_a_clear_is_not_inserted() {
-        let c = Cache::new(10);
+        let c = Cache::new(10, 0);
         let old = c.generation();
         c.clear();
-        c.accept(digest("t"), old, verified("u", 100), None, 100, 1);
+        c.accept(digest("t"), old, verified("u", 100), 1);
         assert!(c.get(&digest("t"), 1).is_none());
-        c.accept(
-            digest("t"),
-            c.generation(),
-            verified("u", 100),
-            None,
-            100,
-            1,
-        );
+        c.accept(digest("t"), c.generation(), verified("u", 100), 1);
         assert!(c.get(&digest("t"), 1).is_some());
         assert!(c.get(&digest("t"), 101).is_none(), "past its time");
+        // An accepted token stays `keep` seconds past its `exp`.
+        let k = Cache::new(10, 65);
+        k.accept(digest("t"), k.generation(), verified("u", 100), 1);
+        assert!(k.get(&digest("t"), 165).is_some());
+        assert!(k.get(&digest("t"), 166).is_none());
     }
 
     #[test]
     fn only_refusals_that_cannot_change_are_kept() {
-        let c = Cache::new(10);
+        let c = Cache::new(10, 0);
         let gen = c.generation();
         for (r, kept) in [
             (Refusal::Malformed, true),
@@ -348,7 +336,7 @@ mod tests {
                 assert!(c.get(&d, 1001 + REFUSAL_TTL_S).is_none());
             }
         }
-        let none = Cache::new(0);
+        let none = Cache::new(0, 0);
         none.refuse(digest("x"), 0, Refusal::Malformed, 1);
         assert!(none.get(&digest("x"), 1).is_none());
     }

@@ -32,26 +32,54 @@ pub const MAX_TOKEN_LEN: usize = 16 * 1024;
 /// Longest `sub`: an identity, not a document.
 pub const MAX_SUB_LEN: usize = 1024;
 
-/// What a token that passed says.
-#[derive(Debug)]
+/// What a token that passed says. Held by every connection that connected with it and by the
+/// cache (one `Arc`), so it is kept small: 32 bytes, 48 with the `Arc`'s counts (a jemalloc
+/// size class), and the `sub` (and a subscription token's `topic`) in one allocation.
+#[derive(Debug, PartialEq, Eq)]
 pub struct Verified {
-    /// The `sub` claim: never empty, at most [`MAX_SUB_LEN`] bytes.
-    pub sub: Box<str>,
-    /// The `exp` claim, unix seconds.
-    pub exp: u64,
+    /// The `sub` claim, then a subscription token's `topic` claim, if any.
+    names: Box<str>,
     /// The `corecast` claim compiled, shared with every token that carries the same one
     /// (nothing granted without it).
     pub grant: Arc<Grant>,
-    /// A subscription token's `topic` claim, at most `protocol::MAX_TOPIC_LEN` bytes.
-    pub topic: Option<Box<str>>,
+    /// The `exp` claim, unix seconds, saturated at `u32::MAX` (in 2106).
+    exp: u32,
+    /// Bytes of `names` that are the `sub` (at most [`MAX_SUB_LEN`]).
+    sub_len: u16,
 }
 
-impl PartialEq for Verified {
-    fn eq(&self, o: &Verified) -> bool {
-        self.sub == o.sub && self.exp == o.exp && self.grant == o.grant && self.topic == o.topic
+impl Verified {
+    /// `sub` must be 1 to [`MAX_SUB_LEN`] bytes, `topic` (if any) non-empty.
+    pub fn new(sub: &str, exp: u64, grant: Arc<Grant>, topic: Option<&str>) -> Verified {
+        debug_assert!(!sub.is_empty() && sub.len() <= MAX_SUB_LEN);
+        debug_assert!(topic.is_none_or(|t| !t.is_empty()));
+        let mut names = String::with_capacity(sub.len() + topic.map_or(0, str::len));
+        names.push_str(sub);
+        names.push_str(topic.unwrap_or(""));
+        Verified {
+            names: names.into_boxed_str(),
+            grant,
+            exp: u32::try_from(exp).unwrap_or(u32::MAX),
+            sub_len: sub.len() as u16,
+        }
+    }
+
+    /// The `sub` claim: never empty.
+    pub fn sub(&self) -> &str {
+        &self.names[..usize::from(self.sub_len)]
+    }
+
+    /// A subscription token's `topic` claim (never empty), at most
+    /// `protocol::MAX_TOPIC_LEN` bytes.
+    pub fn topic(&self) -> Option<&str> {
+        Some(&self.names[usize::from(self.sub_len)..]).filter(|t| !t.is_empty())
+    }
+
+    /// The `exp` claim, unix seconds (times past 2106 read as 2106).
+    pub fn exp(&self) -> u64 {
+        u64::from(self.exp)
     }
 }
-impl Eq for Verified {}
 
 /// Why a token is refused: what the client is told, as a class. Never holds the token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -340,7 +368,15 @@ impl Auth {
                 files,
                 fetched: Vec::new(),
             }),
-            cache: Cache::new(settings.token_cache),
+            // Kept a while past its expiry, so that a client that retries an expired token
+            // is told so from the cache, without a signature check.
+            cache: Cache::new(
+                settings.token_cache,
+                settings
+                    .leeway
+                    .as_secs()
+                    .saturating_add(cache::REFUSAL_TTL_S),
+            ),
             validations: ALGORITHMS
                 .iter()
                 .map(|&a| (a, validation(settings, a)))
@@ -404,15 +440,8 @@ impl Auth {
         let outcome = self.check(token, now, &keys);
         self.stats.count(outcome.as_ref().map(drop).map_err(|r| *r));
         match outcome {
-            Ok((verified, nbf)) => {
-                // Kept a while past its expiry, so that a client that retries an expired
-                // token is told so from the cache, without a signature check.
-                let until = verified
-                    .exp
-                    .saturating_add(self.leeway())
-                    .saturating_add(cache::REFUSAL_TTL_S);
-                self.cache
-                    .accept(digest, generation, verified.clone(), nbf, until, now);
+            Ok(verified) => {
+                self.cache.accept(digest, generation, verified.clone(), now);
                 Ok(verified)
             }
             Err(r) => {
@@ -486,8 +515,9 @@ impl Auth {
     fn recheck(&self, hit: Hit, now: u64) -> Result<Arc<Verified>, Refusal> {
         match hit {
             Hit::Refused(r) => Err(r),
-            Hit::Accepted { verified, nbf } => {
-                self.in_time(verified.exp, nbf, now)?;
+            // Its `nbf` was passed when it was accepted, and stays so.
+            Hit::Accepted(verified) => {
+                self.in_time(verified.exp(), None, now)?;
                 Ok(verified)
             }
         }
@@ -510,7 +540,7 @@ impl Auth {
         token: &str,
         now: u64,
         keys: &KeySet,
-    ) -> Result<(Arc<Verified>, Option<u64>), Refusal> {
+    ) -> Result<Arc<Verified>, Refusal> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(Refusal::Malformed);
         }
@@ -542,7 +572,7 @@ impl Auth {
     }
 
     /// The claims of a token whose signature (and `aud`, `iss`) passed.
-    fn claims(&self, c: Claims, now: u64) -> Result<(Arc<Verified>, Option<u64>), Refusal> {
+    fn claims(&self, c: Claims, now: u64) -> Result<Arc<Verified>, Refusal> {
         self.in_time(c.exp, c.nbf, now)?;
         if c.sub.is_empty() || c.sub.len() > MAX_SUB_LEN {
             return Err(Refusal::Malformed);
@@ -560,14 +590,11 @@ impl Auth {
         let grant = grant::interner()
             .intern(spec)
             .map_err(|_: GrantError| Refusal::Malformed)?;
-        Ok((
-            Arc::new(Verified {
-                sub: c.sub.into(),
-                exp: c.exp,
-                grant,
-                topic: c.topic.map(Into::into),
-            }),
-            c.nbf,
-        ))
+        Ok(Arc::new(Verified::new(
+            &c.sub,
+            c.exp,
+            grant,
+            c.topic.as_deref(),
+        )))
     }
 }

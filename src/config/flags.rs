@@ -330,7 +330,7 @@ pub struct Args {
     #[arg(long, env = "CORECAST_ANONYMOUS_WITHOUT_CONNECT")]
     pub anonymous_without_connect: bool,
 
-    /// Verified tokens remembered (about 100 bytes each), so that a token seen again costs
+    /// Verified tokens remembered (about 50 bytes each), so that a token seen again costs
     /// no signature check until it expires; at the bound the soonest to expire is dropped.
     /// 0 = no cache. At most 16777216.
     #[arg(long, env = "CORECAST_AUTH_TOKEN_CACHE", value_name = "ENTRIES",

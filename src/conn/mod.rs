@@ -17,7 +17,7 @@ pub use connection::{Conn, NEVER};
 pub use input_state::{Hold, InputState};
 pub use outcome::{Input, TransportError};
 pub use output::{Output, Outputs, Took, Uncorked, Wire};
-pub use session::{Session, Standing};
+pub use session::{Session, Standing, StandingKind};
 pub use state::{CloseReason, Event, Machine, Phase};
 pub use tls::Tls;
 pub use tls_config::{TlsConfigError, TlsFiles};

@@ -12,7 +12,7 @@ use thin_vec::ThinVec;
 use super::connection::NEVER;
 use crate::auth::Verified;
 
-/// Where a connection stands with auth.
+/// Where a connection stands with auth, as it is given to a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Standing {
     /// Auth is off: everything is allowed, as without a session.
@@ -26,37 +26,77 @@ pub enum Standing {
     User(Arc<Verified>),
 }
 
-/// One connection's session (see the module doc).
+/// Which [`Standing`] a session is in, without its user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StandingKind {
+    Open,
+    Pending,
+    Anonymous,
+    User,
+}
+
+impl Standing {
+    pub fn kind(&self) -> StandingKind {
+        match self {
+            Standing::Open => StandingKind::Open,
+            Standing::Pending => StandingKind::Pending,
+            Standing::Anonymous => StandingKind::Anonymous,
+            Standing::User(_) => StandingKind::User,
+        }
+    }
+}
+
+/// One connection's session (see the module doc). 32 bytes, a jemalloc size class of its
+/// own: the standing is kept as its kind and the user beside it (a `Standing` is 16 bytes:
+/// a pointer has no room for three more variants), and the rate buckets, which most
+/// authenticated connections lack, in a box of their own.
 #[derive(Debug)]
 pub struct Session {
-    pub standing: Standing,
+    /// The user: `Some` exactly when `kind` is [`StandingKind::User`].
+    user: Option<Arc<Verified>>,
+    kind: StandingKind,
     /// The tick at which the standing lapses: the connect deadline while
-    /// [`Standing::Pending`], the token's expiry plus the leeway for a user; [`NEVER`]
+    /// [`StandingKind::Pending`], the token's expiry plus the leeway for a user; [`NEVER`]
     /// otherwise.
     pub lapses: u32,
     /// Topics subscribed through a subscription token (the grant did not cover them), each
     /// with the tick its token expires at (plus the leeway).
     pub topic_grants: ThinVec<(Arc<str>, u32)>,
     /// Token buckets, with `--max-messages-per-sec` or `--max-bytes-per-sec`.
-    pub rate: Option<Buckets>,
+    pub rate: Option<Box<Buckets>>,
 }
 
 impl Session {
     pub fn new(standing: Standing, lapses: u32) -> Session {
-        Session {
-            standing,
+        let mut s = Session {
+            user: None,
+            kind: StandingKind::Open,
             lapses,
             topic_grants: ThinVec::new(),
             rate: None,
-        }
+        };
+        s.set(standing);
+        s
+    }
+
+    pub fn kind(&self) -> StandingKind {
+        self.kind
+    }
+
+    /// Gives the session a new standing; returns the kind it had.
+    pub fn set(&mut self, standing: Standing) -> StandingKind {
+        let before = self.kind;
+        self.kind = standing.kind();
+        self.user = match standing {
+            Standing::User(v) => Some(v),
+            _ => None,
+        };
+        before
     }
 
     /// The user, if the connection has one.
     pub fn user(&self) -> Option<&Arc<Verified>> {
-        match &self.standing {
-            Standing::User(v) => Some(v),
-            _ => None,
-        }
+        self.user.as_ref()
     }
 
     /// The earliest tick something of this session falls due ([`NEVER`]: nothing does).
@@ -338,6 +378,21 @@ mod tests {
         assert!(b.try_take(&r, 200, 1), "211 ms across the wrap: two tokens");
         assert!(b.try_take(&r, 200, 1));
         assert!(!b.try_take(&r, 200, 1));
+    }
+
+    #[test]
+    fn a_session_is_32_bytes_and_keeps_its_user_with_its_kind() {
+        assert_eq!(std::mem::size_of::<Session>(), 32);
+        let mut s = Session::new(Standing::Pending, 7);
+        assert_eq!(
+            (s.kind(), s.user().is_none()),
+            (StandingKind::Pending, true)
+        );
+        assert_eq!(s.set(Standing::Anonymous), StandingKind::Pending);
+        assert_eq!(
+            (s.kind(), s.user().is_none()),
+            (StandingKind::Anonymous, true)
+        );
     }
 
     #[test]

@@ -16,9 +16,10 @@ use super::share::Shares;
 use crate::admission;
 use crate::codec::Kind;
 use crate::config::Config;
+use crate::conn::StandingKind;
 use crate::conn::{
-    CloseReason, Conn, Hold, InputState, Outputs, Phase, Standing, Tls, Took, Transport,
-    TransportError, NEVER,
+    CloseReason, Conn, Hold, InputState, Outputs, Phase, Tls, Took, Transport, TransportError,
+    NEVER,
 };
 use crate::outbound::Flushed;
 use crate::stats::{bump, gauge, Stats};
@@ -151,7 +152,7 @@ impl Conns {
             gauge(&self.stats.held, -1);
         }
         if let Some(s) = &conn.session {
-            self.standing_changed(Some(&s.standing), None);
+            self.standing_changed(Some(s.kind()), None);
         }
         bump(&self.stats.closed, 1);
         self.admission.release(conn.peer);
@@ -188,12 +189,16 @@ impl Conns {
 
     /// A connection's standing went from `before` to `after` (`None`: no session): the
     /// gauges that count connections by standing follow, and the connects are counted.
-    pub(super) fn standing_changed(&self, before: Option<&Standing>, after: Option<&Standing>) {
-        let gauge_of = |s: &Standing| match s {
-            Standing::Open => None,
-            Standing::Pending => Some(&self.stats.auth_pending),
-            Standing::Anonymous => Some(&self.stats.anonymous),
-            Standing::User(_) => Some(&self.stats.authenticated),
+    pub(super) fn standing_changed(
+        &self,
+        before: Option<StandingKind>,
+        after: Option<StandingKind>,
+    ) {
+        let gauge_of = |k: StandingKind| match k {
+            StandingKind::Open => None,
+            StandingKind::Pending => Some(&self.stats.auth_pending),
+            StandingKind::Anonymous => Some(&self.stats.anonymous),
+            StandingKind::User => Some(&self.stats.authenticated),
         };
         if let Some(g) = before.and_then(gauge_of) {
             gauge(g, -1);
@@ -202,8 +207,8 @@ impl Conns {
             gauge(g, 1);
         }
         match after {
-            Some(Standing::User(_)) => bump(&self.stats.auth_connects, 1),
-            Some(Standing::Anonymous) => bump(&self.stats.auth_anonymous_connects, 1),
+            Some(StandingKind::User) => bump(&self.stats.auth_connects, 1),
+            Some(StandingKind::Anonymous) => bump(&self.stats.auth_anonymous_connects, 1),
             _ => {}
         }
     }
@@ -218,7 +223,7 @@ impl Conns {
                 c.session
                     .as_ref()
                     .and_then(|s| s.user())
-                    .is_some_and(|v| &*v.sub == user)
+                    .is_some_and(|v| v.sub() == user)
             })
             .map(|(k, _)| k)
             .collect();

@@ -14,7 +14,7 @@ use crate::codec::Kind;
 use crate::config::RatePolicy;
 use crate::conn::deflate::Inflater;
 use crate::conn::session::Rates;
-use crate::conn::{CloseReason, Event, Standing, NEVER};
+use crate::conn::{CloseReason, Event, StandingKind, NEVER};
 use crate::console::{self, Console};
 use crate::handler::{self, Access, Caller, Effect, Reply};
 use crate::handshake::{self, Endpoint, Page};
@@ -318,21 +318,24 @@ impl Effects {
         let mut out = std::mem::take(&mut self.scratch);
         let conn = &conns.slab[key];
         let anonymous = self.tokens.anonymous();
-        let access = match conn.session.as_deref().map(|s| (&s.standing, s)) {
-            None | Some((Standing::Open, _)) => Access::Open,
-            Some((Standing::Pending, _)) => Access::Pending,
-            Some((Standing::Anonymous, s)) => Access::Granted {
+        let access = match conn.session.as_deref().map(|s| (s.kind(), s)) {
+            None | Some((StandingKind::Open, _)) => Access::Open,
+            Some((StandingKind::Pending, _)) => Access::Pending,
+            Some((StandingKind::Anonymous, s)) => Access::Granted {
                 grant: anonymous.expect("an anonymous connection has auth on"),
                 sub: "",
                 anonymous: true,
                 topic_grants: &s.topic_grants,
             },
-            Some((Standing::User(v), s)) => Access::Granted {
-                grant: &v.grant,
-                sub: &v.sub,
-                anonymous: false,
-                topic_grants: &s.topic_grants,
-            },
+            Some((StandingKind::User, s)) => {
+                let v = s.user().expect("a user's session has its user");
+                Access::Granted {
+                    grant: &v.grant,
+                    sub: v.sub(),
+                    anonymous: false,
+                    topic_grants: &s.topic_grants,
+                }
+            }
         };
         let caller = Caller {
             subs: &conn.subs,

@@ -12,7 +12,7 @@
 use super::conns::Conns;
 use crate::codec::Kind;
 use crate::conn::session::Rates;
-use crate::conn::{CloseReason, Hold, InputState, Phase, Standing, NEVER};
+use crate::conn::{CloseReason, Hold, InputState, Phase, StandingKind, NEVER};
 use crate::protocol;
 use crate::stats::{self, bump};
 
@@ -154,19 +154,19 @@ fn on_session(conns: &mut Conns, key: usize, now: u32) -> bool {
         return true;
     };
     if s.lapses <= now {
-        match s.standing {
-            Standing::Pending => {
+        match s.kind() {
+            StandingKind::Pending => {
                 bump(&conns.stats.auth_connect_timeouts, 1);
                 let why = "no connect within the connect timeout";
                 conns.begin_close(key, CloseReason::Unauthorized(why));
                 return false;
             }
-            Standing::User(_) => {
+            StandingKind::User => {
                 bump(&conns.stats.auth_expiries, 1);
                 conns.begin_close(key, CloseReason::TokenExpired);
                 return false;
             }
-            Standing::Open | Standing::Anonymous => s.lapses = NEVER,
+            StandingKind::Open | StandingKind::Anonymous => s.lapses = NEVER,
         }
     }
     let expired = s.expired_topics(now);

@@ -21,7 +21,7 @@ use super::conns::Conns;
 use crate::auth::{Auth, Refusal, Verified};
 use crate::codec::Kind;
 use crate::conn::session::{tick_of, Buckets, Rates};
-use crate::conn::{CloseReason, Session, Standing, NEVER};
+use crate::conn::{CloseReason, Session, Standing, StandingKind, NEVER};
 use crate::handler::{self, Denial};
 use crate::handshake::{self, Credential, Endpoint};
 use crate::protocol::{self, Raw};
@@ -83,7 +83,7 @@ impl Tokens {
             crate::conn::Phase::Open(_) => conn
                 .session
                 .as_ref()
-                .is_some_and(|s| s.standing == Standing::Pending),
+                .is_some_and(|s| s.kind() == StandingKind::Pending),
             crate::conn::Phase::Closing => false,
         }
     }
@@ -107,7 +107,7 @@ impl Tokens {
             .auth
             .as_ref()
             .map_or(0, |a| a.settings().leeway.as_secs());
-        tick_of(v.exp.saturating_add(leeway), conns.unix_now, conns.now)
+        tick_of(v.exp().saturating_add(leeway), conns.unix_now, conns.now)
     }
 
     /// An upgrade that the request itself is fit for: with auth on, its token decides. On
@@ -155,7 +155,7 @@ impl Tokens {
             Credential::Query(t) => t,
         };
         match self.check(conns, &token) {
-            Ok(v) if v.topic.is_some() => Err(unauthorized(
+            Ok(v) if v.topic().is_some() => Err(unauthorized(
                 Some("invalid_token"),
                 "a subscription token is not a connection token",
             )),
@@ -170,10 +170,11 @@ impl Tokens {
 
     /// Gives the connection its first session (the upgrade arms its deadline from it).
     fn start(&mut self, conns: &mut Conns, key: usize, standing: Standing, lapses: u32) {
-        conns.standing_changed(None, Some(&standing));
+        conns.standing_changed(None, Some(standing.kind()));
         let mut session = Session::new(standing, lapses);
         if conns.cfg.rate.on() {
-            session.rate = Some(Buckets::full(&Rates::of(&conns.cfg.rate), conns.now_ms));
+            let full = Buckets::full(&Rates::of(&conns.cfg.rate), conns.now_ms);
+            session.rate = Some(Box::new(full));
         }
         conns.slab[key].session = Some(Box::new(session));
     }
@@ -199,7 +200,7 @@ impl Tokens {
                 return conns.close_with(key, CloseReason::Unauthorized(why));
             }
             Some(t) => match self.check(conns, t) {
-                Ok(v) if v.topic.is_some() => {
+                Ok(v) if v.topic().is_some() => {
                     bump(&conns.stats.auth_connects_refused, 1);
                     let why = "a subscription token is not a connection token";
                     return conns.close_with(key, CloseReason::Unauthorized(why));
@@ -219,8 +220,8 @@ impl Tokens {
         let (lapses, user, expires_in) = match &standing {
             Standing::User(v) => (
                 self.lapses(conns, v),
-                Some(v.sub.clone()),
-                v.exp.saturating_sub(conns.unix_now),
+                Some(v.sub().to_owned()),
+                v.exp().saturating_sub(conns.unix_now),
             ),
             _ => (NEVER, None, 0),
         };
@@ -228,10 +229,10 @@ impl Tokens {
             .session
             .as_mut()
             .expect("a pending connection has a session");
-        let before = std::mem::replace(&mut session.standing, standing);
+        let after = standing.kind();
+        let before = session.set(standing);
         session.lapses = lapses;
-        let after = session.standing.clone();
-        conns.standing_changed(Some(&before), Some(&after));
+        conns.standing_changed(Some(before), Some(after));
         // The connect deadline that was armed may be earlier: the sweep finds nothing due
         // then and re-arms from the session.
         conns.arm(key, lapses);
@@ -269,18 +270,18 @@ impl Tokens {
                 "no token to refresh",
             );
         };
-        if v.topic.is_some() {
+        if v.topic().is_some() {
             let why = "a subscription token is not a connection token";
             return deny(conns, key, &mut out, id, Denial::BadToken, why);
         }
-        if v.sub != current.sub {
+        if v.sub() != current.sub() {
             let why = "the token is another user's";
             return deny(conns, key, &mut out, id, Denial::RefreshOtherUser, why);
         }
         let lapses = self.lapses(conns, &v);
-        let expires_in = v.exp.saturating_sub(conns.unix_now);
+        let expires_in = v.exp().saturating_sub(conns.unix_now);
         let session = conns.slab[key].session.as_mut().expect("checked above");
-        session.standing = Standing::User(v);
+        session.set(Standing::User(v));
         session.lapses = lapses;
         bump(&conns.stats.auth_refreshes, 1);
         conns.arm(key, lapses);
@@ -308,7 +309,7 @@ impl Tokens {
             .session
             .as_ref()
             .and_then(|s| s.user().cloned());
-        let fits = user.is_some_and(|u| u.sub == v.sub) && v.topic.as_deref() == Some(topic);
+        let fits = user.is_some_and(|u| u.sub() == v.sub()) && v.topic() == Some(topic);
         if !fits {
             let why = "the subscription token is for another topic or user";
             return deny(conns, key, &mut out, id, Denial::SubscriptionToken, why);
@@ -321,7 +322,7 @@ impl Tokens {
             s.grant_topic(name, until);
         }
         conns.arm(key, until);
-        protocol::renewed(&mut out, id, v.exp.saturating_sub(conns.unix_now));
+        protocol::renewed(&mut out, id, v.exp().saturating_sub(conns.unix_now));
         send(conns, key, &out);
     }
 }

@@ -207,7 +207,7 @@ fn a_burst_of_es256_upgrades_waits_for_the_budget_and_others_stay_prompt() {
 /// the binary's code pages as they are first run, 10-30 bytes a connection that vary from
 /// run to run.
 #[test]
-fn an_idle_authenticated_connection_holds_at_most_256_bytes_beside_its_cached_token() {
+fn an_idle_authenticated_connection_holds_at_most_256_bytes_with_its_cached_token() {
     const N: usize = 10_000;
     const WARM: usize = 200;
     let _load = load_lock();
@@ -259,12 +259,15 @@ fn an_idle_authenticated_connection_holds_at_most_256_bytes_beside_its_cached_to
         std::mem::size_of::<corecast::conn::Session>(),
         std::mem::size_of::<corecast::auth::Verified>()
     );
+    // The issue's bound, with everything an authenticated connection makes the server hold:
+    // its session, its verified token, and that token's entry in the cache.
     assert!(
-        own <= 256.0,
-        "{own:.0} bytes per idle authenticated connection ({plain:.0} without auth)"
+        cached <= 256.0,
+        "{cached:.0} bytes per idle authenticated connection, its cached token included \
+         ({own:.0} with the cache off, {plain:.0} without auth)"
     );
     assert!(
-        cached - own <= 160.0,
+        cached - own <= 80.0,
         "the token cache costs {:.0} bytes per idle connection ({cached:.0} with it, {own:.0} \
          with the cache off, {plain:.0} without auth)",
         cached - own

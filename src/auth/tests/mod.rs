@@ -175,7 +175,7 @@ fn with_secret(name: &str, secret: &str) -> Settings {
 }
 
 fn verdict(a: &Auth, token: &str) -> Result<String, Refusal> {
-    a.verify(token, NOW).map(|v| v.sub.to_string())
+    a.verify(token, NOW).map(|v| v.sub().to_string())
 }
 
 /// A JWT's three parts.
