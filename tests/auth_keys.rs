@@ -509,3 +509,51 @@ fn key_files_that_cannot_be_used_stop_the_start_with_exit_2() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+#[test]
+fn a_reload_fetches_at_once_even_while_an_unknown_kid_waits_for_the_interval() {
+    // A long interval: an unknown kid's fetch waits for it; a reload (SIGHUP) must not.
+    const INTERVAL: Duration = Duration::from_secs(60);
+    let dir = Dir::new("jwks-reload-wait");
+    let (key_a, _) = pair(&dir, "a", P256);
+    let (key_b, _) = pair(&dir, "b", P256);
+    let served = Dir::new("jwks-reload-wait-served");
+    served.write("jwks.json", &jwks(&[jwk(&key_a, "a")]));
+    let py = PyServer::start(&served.0, None);
+    let mut cfg = common::config(1);
+    cfg.auth = Settings {
+        jwks: Some(format!("http://127.0.0.1:{}/jwks.json", py.port)),
+        jwks_refresh_interval: INTERVAL,
+        ..Settings::default()
+    };
+    let server = common::start(cfg);
+    let auth: Arc<Auth> = server.auth().expect("auth is on").clone();
+    let fetched = |n: u64| auth.stats().jwks_fetches_ok.load(Relaxed) >= n;
+    wait_for("the first fetch", WATCHDOG, || fetched(1));
+    served.write("jwks.json", &jwks(&[jwk(&key_a, "a"), jwk(&key_b, "b")]));
+    let token_b = es256(&key_b, "b", "bob");
+    // Asks for a fetch, which waits out the interval after the first one.
+    assert_eq!(
+        auth.verify(&token_b, now()).err(),
+        Some(Refusal::UnknownKey)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        py.gets("/jwks.json"),
+        1,
+        "the kid's fetch waits for the interval"
+    );
+    let asked = Instant::now();
+    assert!(auth.reload().is_ok());
+    wait_for("the reload's fetch", WATCHDOG, || fetched(2));
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "the reload's fetch took {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(auth.verify(&token_b, now()).unwrap().sub(), "bob");
+    // And the kid's request was answered by that fetch: nothing more comes of it.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(py.gets("/jwks.json"), 2);
+    server.shutdown().unwrap();
+}

@@ -123,9 +123,23 @@ pub async fn run(auth: Arc<Auth>, mut stopping: Stopping) {
                 let forced = auth.refetch.forced.swap(false, std::sync::atomic::Ordering::Relaxed);
                 if let (false, Some(last)) = (forced, last) {
                     let at = (last + interval).min(due);
-                    tokio::select! {
-                        _ = stopped(&mut stopping) => return,
-                        _ = tokio::time::sleep_until(at) => {}
+                    loop {
+                        tokio::select! {
+                            _ = stopped(&mut stopping) => return,
+                            _ = tokio::time::sleep_until(at) => break,
+                            // A SIGHUP meanwhile fetches at once; another unknown kid only
+                            // asks for the fetch that already waits (and leaves no permit
+                            // behind to cause a second one).
+                            _ = auth.refetch.notify.notified() => {
+                                if auth
+                                    .refetch
+                                    .forced
+                                    .swap(false, std::sync::atomic::Ordering::Relaxed)
+                                {
+                                    break;
+                                }
+                            }
+                        }
                     }
                 }
             }

@@ -535,12 +535,7 @@ impl Auth {
     }
 
     /// The check itself, without the cache.
-    fn check(
-        &self,
-        token: &str,
-        now: u64,
-        keys: &KeySet,
-    ) -> Result<Arc<Verified>, Refusal> {
+    fn check(&self, token: &str, now: u64, keys: &KeySet) -> Result<Arc<Verified>, Refusal> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(Refusal::Malformed);
         }
