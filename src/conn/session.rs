@@ -46,51 +46,93 @@ impl Standing {
     }
 }
 
-/// One connection's session (see the module doc). 32 bytes, a jemalloc size class of its
-/// own: the standing is kept as its kind and the user beside it (a `Standing` is 16 bytes:
-/// a pointer has no room for three more variants), and the rate buckets, which most
-/// authenticated connections lack, in a box of their own.
-#[derive(Debug)]
+/// The clocks a session's deadlines are read against: the worker's tick and unix time as of
+/// this loop turn, and the leeway a token's `exp` gets.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    pub now: u32,
+    pub unix_now: u64,
+    pub leeway: u64,
+}
+
+impl Clock {
+    /// The tick at which a user's token lapses: its `exp` plus the leeway.
+    pub fn lapse_of(&self, v: &Verified) -> u32 {
+        tick_of(v.exp().saturating_add(self.leeway), self.unix_now, self.now)
+    }
+}
+
+/// One connection's session (see the module doc). 16 bytes, the smallest size class that
+/// holds it: a connection with a verified token and nothing else (no rate limit, no topic of
+/// its own), the usual case, is its user alone; what fewer connections have (a connect
+/// deadline, subscription-token topics, rate buckets) is in a second box, there only while
+/// some of it is. A user's lapse is its token's `exp`, read when needed.
+#[derive(Debug, Default)]
 pub struct Session {
-    /// The user: `Some` exactly when `kind` is [`StandingKind::User`].
     user: Option<Arc<Verified>>,
+    more: Option<Box<More>>,
+}
+
+/// The rest of a session, for the connections that have any of it.
+#[derive(Debug)]
+struct More {
     kind: StandingKind,
-    /// The tick at which the standing lapses: the connect deadline while
-    /// [`StandingKind::Pending`], the token's expiry plus the leeway for a user; [`NEVER`]
-    /// otherwise.
-    pub lapses: u32,
+    /// The connect deadline, while [`StandingKind::Pending`]; [`NEVER`] otherwise.
+    deadline: u32,
     /// Topics subscribed through a subscription token (the grant did not cover them), each
     /// with the tick its token expires at (plus the leeway).
-    pub topic_grants: ThinVec<(Arc<str>, u32)>,
+    topic_grants: ThinVec<(Arc<str>, u32)>,
     /// Token buckets, with `--max-messages-per-sec` or `--max-bytes-per-sec`.
-    pub rate: Option<Box<Buckets>>,
+    rate: Option<Buckets>,
+}
+
+impl More {
+    /// Nothing here that the kind cannot do without: a user or an anonymous connection with
+    /// no topic of its own and no rate limit.
+    fn is_spare(&self) -> bool {
+        matches!(self.kind, StandingKind::User | StandingKind::Anonymous)
+            && self.topic_grants.is_empty()
+            && self.rate.is_none()
+    }
 }
 
 impl Session {
-    pub fn new(standing: Standing, lapses: u32) -> Session {
-        let mut s = Session {
-            user: None,
-            kind: StandingKind::Open,
-            lapses,
-            topic_grants: ThinVec::new(),
-            rate: None,
-        };
+    /// A session of `standing`; `deadline` is a pending connection's connect deadline.
+    pub fn new(standing: Standing, deadline: u32) -> Session {
+        let mut s = Session::default();
         s.set(standing);
+        if let Some(m) = s.more.as_mut() {
+            if m.kind == StandingKind::Pending {
+                m.deadline = deadline;
+            }
+        }
         s
     }
 
     pub fn kind(&self) -> StandingKind {
-        self.kind
+        match (&self.more, &self.user) {
+            (Some(m), _) => m.kind,
+            (None, Some(_)) => StandingKind::User,
+            (None, None) => StandingKind::Anonymous,
+        }
     }
 
-    /// Gives the session a new standing; returns the kind it had.
+    /// Gives the session a new standing (its topics and buckets stay); returns the kind it
+    /// had. A pending connection's deadline is set with [`Session::new`] only.
     pub fn set(&mut self, standing: Standing) -> StandingKind {
-        let before = self.kind;
-        self.kind = standing.kind();
+        let before = self.kind();
+        let kind = standing.kind();
         self.user = match standing {
             Standing::User(v) => Some(v),
             _ => None,
         };
+        let needs_more = matches!(kind, StandingKind::Open | StandingKind::Pending);
+        if needs_more || self.more.is_some() {
+            let m = self.more_mut();
+            m.kind = kind;
+            m.deadline = NEVER;
+        }
+        self.tidy();
         before
     }
 
@@ -99,43 +141,98 @@ impl Session {
         self.user.as_ref()
     }
 
+    fn more_mut(&mut self) -> &mut More {
+        let kind = self.kind();
+        self.more.get_or_insert_with(|| {
+            Box::new(More {
+                kind,
+                deadline: NEVER,
+                topic_grants: ThinVec::new(),
+                rate: None,
+            })
+        })
+    }
+
+    /// Frees the second box once nothing in it is needed.
+    fn tidy(&mut self) {
+        if self.more.as_ref().is_some_and(|m| m.is_spare()) {
+            self.more = None;
+        }
+    }
+
+    /// The tick at which the standing lapses: the connect deadline while pending, the
+    /// token's `exp` plus the leeway for a user; [`NEVER`] otherwise.
+    pub fn lapses(&self, clock: &Clock) -> u32 {
+        match (self.kind(), &self.user) {
+            (StandingKind::User, Some(v)) => clock.lapse_of(v),
+            (StandingKind::Pending, _) => self.more.as_ref().map_or(NEVER, |m| m.deadline),
+            _ => NEVER,
+        }
+    }
+
+    /// Topics held through a subscription token, with the tick each token expires at.
+    pub fn topic_grants(&self) -> &[(Arc<str>, u32)] {
+        self.more.as_ref().map_or(&[], |m| &m.topic_grants)
+    }
+
+    /// The rate buckets, with a rate limit on.
+    pub fn rate(&mut self) -> Option<&mut Buckets> {
+        self.more.as_mut().and_then(|m| m.rate.as_mut())
+    }
+
+    pub fn has_rate(&self) -> bool {
+        self.more.as_ref().is_some_and(|m| m.rate.is_some())
+    }
+
+    /// Gives the session its rate buckets.
+    pub fn set_rate(&mut self, b: Buckets) {
+        self.more_mut().rate = Some(b);
+    }
+
     /// The earliest tick something of this session falls due ([`NEVER`]: nothing does).
-    pub fn next_due(&self) -> u32 {
-        self.topic_grants
+    pub fn next_due(&self, clock: &Clock) -> u32 {
+        self.topic_grants()
             .iter()
             .map(|(_, at)| *at)
-            .fold(self.lapses, u32::min)
+            .fold(self.lapses(clock), u32::min)
     }
 
     /// Keeps (or renews) `topic`'s own grant until tick `until`.
     pub fn grant_topic(&mut self, topic: Arc<str>, until: u32) {
-        match self.topic_grants.iter_mut().find(|(t, _)| *t == topic) {
+        let grants = &mut self.more_mut().topic_grants;
+        match grants.iter_mut().find(|(t, _)| *t == topic) {
             Some(g) => g.1 = until,
-            None => self.topic_grants.push((topic, until)),
+            None => grants.push((topic, until)),
         }
     }
 
     /// Forgets `topic`'s own grant (unsubscribed): true if it had one.
     pub fn drop_topic(&mut self, topic: &str) -> bool {
-        match self.topic_grants.iter().position(|(t, _)| **t == *topic) {
-            Some(i) => {
-                self.topic_grants.swap_remove(i);
-                true
-            }
-            None => false,
-        }
+        let Some(m) = self.more.as_mut() else {
+            return false;
+        };
+        let Some(i) = m.topic_grants.iter().position(|(t, _)| **t == *topic) else {
+            return false;
+        };
+        m.topic_grants.swap_remove(i);
+        self.tidy();
+        true
     }
 
     /// Takes out the topic grants whose tokens have expired at `now`.
     pub fn expired_topics(&mut self, now: u32) -> Vec<Arc<str>> {
+        let Some(m) = self.more.as_mut() else {
+            return Vec::new();
+        };
         let mut gone = Vec::new();
-        self.topic_grants.retain(|(t, at)| {
+        m.topic_grants.retain(|(t, at)| {
             let keep = *at > now;
             if !keep {
                 gone.push(t.clone());
             }
             keep
         });
+        self.tidy();
         gone
     }
 }
@@ -380,38 +477,75 @@ mod tests {
         assert!(!b.try_take(&r, 200, 1));
     }
 
+    const CLOCK: Clock = Clock {
+        now: 100,
+        unix_now: 1_000_000,
+        leeway: 5,
+    };
+
+    fn user(exp: u64) -> Arc<Verified> {
+        Arc::new(Verified::new("al", exp, Arc::default(), None))
+    }
+
     #[test]
-    fn a_session_is_32_bytes_and_keeps_its_user_with_its_kind() {
-        assert_eq!(std::mem::size_of::<Session>(), 32);
+    fn a_session_is_16_bytes_and_a_bare_user_needs_no_second_box() {
+        assert_eq!(std::mem::size_of::<Session>(), 16);
         let mut s = Session::new(Standing::Pending, 7);
         assert_eq!(
             (s.kind(), s.user().is_none()),
             (StandingKind::Pending, true)
         );
-        assert_eq!(s.set(Standing::Anonymous), StandingKind::Pending);
+        assert_eq!(s.lapses(&CLOCK), 7, "the connect deadline");
         assert_eq!(
-            (s.kind(), s.user().is_none()),
-            (StandingKind::Anonymous, true)
+            s.set(Standing::User(user(1_000_010))),
+            StandingKind::Pending
         );
+        assert_eq!(s.kind(), StandingKind::User);
+        assert!(s.more.is_none(), "a user alone is its user");
+        assert_eq!(s.lapses(&CLOCK), 115, "exp plus the leeway, as a tick");
+        s.grant_topic("t".into(), 50);
+        assert!(s.more.is_some());
+        assert_eq!((s.kind(), s.next_due(&CLOCK)), (StandingKind::User, 50));
+        assert!(s.drop_topic("t"));
+        assert!(s.more.is_none(), "and is again once its topic is gone");
+        assert_eq!(s.set(Standing::Anonymous), StandingKind::User);
+        assert_eq!(
+            (s.kind(), s.lapses(&CLOCK)),
+            (StandingKind::Anonymous, NEVER)
+        );
+        let mut open = Session::new(Standing::Open, NEVER);
+        assert_eq!(open.kind(), StandingKind::Open);
+        open.set_rate(Buckets::full(&TEN_A_SECOND, 0));
+        assert!(open.has_rate() && open.rate().is_some());
+        assert_eq!(
+            open.set(Standing::User(user(1_000_010))),
+            StandingKind::Open
+        );
+        assert!(open.has_rate(), "the buckets stay with a new standing");
     }
 
     #[test]
     fn topic_grants_are_renewed_dropped_and_expire() {
         let mut s = Session::new(Standing::Anonymous, NEVER);
-        assert_eq!(s.next_due(), NEVER);
+        assert_eq!(s.next_due(&CLOCK), NEVER);
         s.grant_topic("a".into(), 10);
         s.grant_topic("b".into(), 20);
         s.grant_topic("a".into(), 30);
-        assert_eq!(s.topic_grants.len(), 2, "renewed, not added twice");
-        assert_eq!(s.next_due(), 20);
+        assert_eq!(s.topic_grants().len(), 2, "renewed, not added twice");
+        assert_eq!(s.next_due(&CLOCK), 20);
         assert!(s.drop_topic("b"));
         assert!(!s.drop_topic("b"));
-        assert_eq!(s.next_due(), 30);
+        assert_eq!(s.next_due(&CLOCK), 30);
         s.grant_topic("c".into(), 25);
         let gone = s.expired_topics(25);
         assert_eq!(gone, vec![Arc::<str>::from("c")]);
-        assert_eq!(s.next_due(), 30);
-        s.lapses = 12;
-        assert_eq!(s.next_due(), 12);
+        assert_eq!(s.next_due(&CLOCK), 30);
+        s.set(Standing::User(user(1_000_002)));
+        assert_eq!(
+            s.next_due(&CLOCK),
+            30,
+            "exp + leeway is tick 107, the topic's 30"
+        );
+        assert!(s.expired_topics(30).len() == 1 && s.more.is_none());
     }
 }

@@ -16,6 +16,7 @@ use super::share::Shares;
 use crate::admission;
 use crate::codec::Kind;
 use crate::config::Config;
+use crate::conn::session::Clock;
 use crate::conn::StandingKind;
 use crate::conn::{
     CloseReason, Conn, Hold, InputState, Outputs, Phase, Tls, Took, Transport, TransportError,
@@ -157,6 +158,15 @@ impl Conns {
         bump(&self.stats.closed, 1);
         self.admission.release(conn.peer);
         // Dropping the socket closes it, which also takes it out of the epoll set.
+    }
+
+    /// The clocks sessions' deadlines are read against, as of this loop turn.
+    pub(super) fn clock(&self) -> Clock {
+        Clock {
+            now: self.now,
+            unix_now: self.unix_now,
+            leeway: self.cfg.auth.leeway.as_secs(),
+        }
     }
 
     /// Subscribes `key` to `topic` (once: again changes nothing); the shared name, or

@@ -91,10 +91,11 @@ impl Effects {
                     return;
                 }
                 let ping_at = conns.after(conns.cfg.ping_interval);
+                let clock = conns.clock();
                 let conn = &mut conns.slab[key];
                 conn.last_rx = now;
                 // The session's own deadline (a connect deadline, an expiry) may come first.
-                let lapses = conn.session.as_ref().map_or(NEVER, |s| s.next_due());
+                let lapses = conn.session.as_ref().map_or(NEVER, |s| s.next_due(&clock));
                 conn.deadline = ping_at.min(lapses);
                 let (tls, deflate) = (conn.transport.is_tls(), conn.machine.deflate().is_some());
                 gauge(&conns.stats.websockets, 1);
@@ -180,7 +181,7 @@ impl Effects {
         let (now_ms, rates) = (conns.now_ms, Rates::of(&limits));
         let conn = &mut conns.slab[key];
         let json = conn.is_json();
-        let Some(b) = conn.session.as_mut().and_then(|s| s.rate.as_mut()) else {
+        let Some(b) = conn.session.as_mut().and_then(|s| s.rate()) else {
             return true;
         };
         match limits.policy {
@@ -325,7 +326,7 @@ impl Effects {
                 grant: anonymous.expect("an anonymous connection has auth on"),
                 sub: "",
                 anonymous: true,
-                topic_grants: &s.topic_grants,
+                topic_grants: s.topic_grants(),
             },
             Some((StandingKind::User, s)) => {
                 let v = s.user().expect("a user's session has its user");
@@ -333,7 +334,7 @@ impl Effects {
                     grant: &v.grant,
                     sub: v.sub(),
                     anonymous: false,
-                    topic_grants: &s.topic_grants,
+                    topic_grants: s.topic_grants(),
                 }
             }
         };

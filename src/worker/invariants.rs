@@ -57,7 +57,7 @@ impl Worker {
                 crate::conn::InputState::Held(crate::conn::Hold::Rate) => {
                     assert!(conn.machine.is_open(), "conn {key} held while not open");
                     assert!(
-                        conn.session.as_ref().is_some_and(|s| s.rate.is_some()),
+                        conn.session.as_ref().is_some_and(|s| s.has_rate()),
                         "conn {key} held for its rate without rate buckets"
                     );
                 }

@@ -150,10 +150,11 @@ fn due(now: u32, last_rx: u32, held_since: Option<u32>, partial_since: u32, c: C
 /// in time is closed (4001), a user whose token expired (4002); subscriptions whose own token
 /// expired end, with an `unsubscribed` message. False if the connection is closing now.
 fn on_session(conns: &mut Conns, key: usize, now: u32) -> bool {
+    let clock = conns.clock();
     let Some(s) = conns.slab[key].session.as_deref_mut() else {
         return true;
     };
-    if s.lapses <= now {
+    if s.lapses(&clock) <= now {
         match s.kind() {
             StandingKind::Pending => {
                 bump(&conns.stats.auth_connect_timeouts, 1);
@@ -166,7 +167,8 @@ fn on_session(conns: &mut Conns, key: usize, now: u32) -> bool {
                 conns.begin_close(key, CloseReason::TokenExpired);
                 return false;
             }
-            StandingKind::Open | StandingKind::Anonymous => s.lapses = NEVER,
+            // They never lapse (`lapses` is NEVER for them).
+            StandingKind::Open | StandingKind::Anonymous => {}
         }
     }
     let expired = s.expired_topics(now);
@@ -192,7 +194,7 @@ fn on_open_timer(conns: &mut Conns, key: usize, now: u32) {
         let wait = conns.slab[key]
             .session
             .as_mut()
-            .and_then(|s| s.rate.as_mut())
+            .and_then(|s| s.rate())
             .map_or(0, |b| b.ready_in_ms(&rates, now_ms));
         if wait > 0 {
             return rearm(conns, key, now.saturating_add(wait.div_ceil(1000)));
@@ -250,8 +252,9 @@ fn on_open_timer(conns: &mut Conns, key: usize, now: u32) {
 /// Sets the next look at the connection to `next`, or earlier if its session falls due
 /// first.
 fn rearm(conns: &mut Conns, key: usize, next: u32) {
+    let clock = conns.clock();
     let conn = &mut conns.slab[key];
-    let session = conn.session.as_ref().map_or(NEVER, |s| s.next_due());
+    let session = conn.session.as_ref().map_or(NEVER, |s| s.next_due(&clock));
     conn.deadline = next.min(session);
 }
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use super::conns::Conns;
 use crate::auth::{Auth, Refusal, Verified};
 use crate::codec::Kind;
-use crate::conn::session::{tick_of, Buckets, Rates};
+use crate::conn::session::{Buckets, Rates};
 use crate::conn::{CloseReason, Session, Standing, StandingKind, NEVER};
 use crate::handler::{self, Denial};
 use crate::handshake::{self, Credential, Endpoint};
@@ -103,11 +103,7 @@ impl Tokens {
 
     /// The tick at which a user's standing lapses: its token's expiry plus the leeway.
     fn lapses(&self, conns: &Conns, v: &Verified) -> u32 {
-        let leeway = self
-            .auth
-            .as_ref()
-            .map_or(0, |a| a.settings().leeway.as_secs());
-        tick_of(v.exp().saturating_add(leeway), conns.unix_now, conns.now)
+        conns.clock().lapse_of(v)
     }
 
     /// An upgrade that the request itself is fit for: with auth on, its token decides. On
@@ -160,21 +156,20 @@ impl Tokens {
                 "a subscription token is not a connection token",
             )),
             Ok(v) => {
-                let lapses = self.lapses(conns, &v);
-                self.start(conns, key, Standing::User(v), lapses);
+                self.start(conns, key, Standing::User(v), NEVER);
                 Ok(())
             }
             Err(r) => Err(unauthorized(Some("invalid_token"), r.reason())),
         }
     }
 
-    /// Gives the connection its first session (the upgrade arms its deadline from it).
-    fn start(&mut self, conns: &mut Conns, key: usize, standing: Standing, lapses: u32) {
+    /// Gives the connection its first session (the upgrade arms its deadline from it);
+    /// `deadline` is a pending connection's connect deadline.
+    fn start(&mut self, conns: &mut Conns, key: usize, standing: Standing, deadline: u32) {
         conns.standing_changed(None, Some(standing.kind()));
-        let mut session = Session::new(standing, lapses);
+        let mut session = Session::new(standing, deadline);
         if conns.cfg.rate.on() {
-            let full = Buckets::full(&Rates::of(&conns.cfg.rate), conns.now_ms);
-            session.rate = Some(Box::new(full));
+            session.set_rate(Buckets::full(&Rates::of(&conns.cfg.rate), conns.now_ms));
         }
         conns.slab[key].session = Some(Box::new(session));
     }
@@ -231,7 +226,6 @@ impl Tokens {
             .expect("a pending connection has a session");
         let after = standing.kind();
         let before = session.set(standing);
-        session.lapses = lapses;
         conns.standing_changed(Some(before), Some(after));
         // The connect deadline that was armed may be earlier: the sweep finds nothing due
         // then and re-arms from the session.
@@ -282,7 +276,6 @@ impl Tokens {
         let expires_in = v.exp().saturating_sub(conns.unix_now);
         let session = conns.slab[key].session.as_mut().expect("checked above");
         session.set(Standing::User(v));
-        session.lapses = lapses;
         bump(&conns.stats.auth_refreshes, 1);
         conns.arm(key, lapses);
         protocol::renewed(&mut out, id, expires_in);
