@@ -132,6 +132,58 @@ fn a_tls12_client_is_served() {
     server.shutdown().unwrap();
 }
 
+/// TLS 1.3 session tickets wait for the 101 rather than following the client's Finished
+/// alone: a client that reads on one thread while it writes its upgrade request on another
+/// (Python's `websockets` over CPython's ssl) can lose that request if they arrive then.
+/// Held, they still come, and a second connection resumes with one.
+#[test]
+fn tls13_session_tickets_wait_for_the_upgrade_response_and_resume_a_session() {
+    let pki = Pki::new("tickets");
+    let server = start_tls(2, &pki);
+    let cfg = pki.client();
+    let mut tls = tls_stream(server.local_addr(), cfg.clone());
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock).expect("tls handshake");
+    }
+    assert_eq!(
+        tls.conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    // The handshake is done; nothing is to come until the client asks for something.
+    tls.sock
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    match tls.sock.peek(&mut byte) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("the server sent something before the upgrade request: {other:?}"),
+    }
+    tls.sock.set_read_timeout(Some(WATCHDOG)).unwrap();
+    let url = format!("wss://localhost:{}/ws", server.local_addr().port());
+    let (mut ws, resp) = tungstenite::client(url.as_str(), tls).expect("upgrade");
+    assert_eq!(resp.status(), 101);
+    send(&mut ws, json!({"op":"echo","data":"first"}));
+    assert_eq!(recv(&mut ws), json!({"op":"echo","data":"first"}));
+    // The tickets came with the 101: the next connection (to either worker) resumes.
+    for i in 0..2 {
+        let mut again = connect_wss(server.local_addr(), "/ws", cfg.clone());
+        assert_eq!(
+            again.get_ref().conn.handshake_kind(),
+            Some(rustls::HandshakeKind::Resumed),
+            "connection {i} after the first"
+        );
+        send(&mut again, json!({"op":"echo","data":i}));
+        assert_eq!(recv(&mut again), json!({"op":"echo","data":i}));
+    }
+    let stats = server.stats();
+    assert_eq!(stats.tls_errors, 0, "{stats:?}");
+    server.shutdown().unwrap();
+}
+
 #[test]
 fn a_client_that_cuts_everything_into_tiny_records_is_served() {
     let pki = Pki::new("fragments");

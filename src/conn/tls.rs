@@ -55,6 +55,9 @@ pub struct Tls {
     started: bool,
     /// The peer sent close_notify: nothing more will come.
     peer_closed: bool,
+    /// `outgoing` holds only post-handshake messages (the TLS 1.3 session tickets sent on
+    /// the client's Finished): they wait to leave with the first response (see `process`).
+    held: bool,
 }
 
 impl std::fmt::Debug for Tls {
@@ -76,6 +79,7 @@ impl Tls {
             sent: 0,
             started: false,
             peer_closed: false,
+            held: false,
         })
     }
 
@@ -88,8 +92,9 @@ impl Tls {
         self.incoming.capacity() + self.outgoing.capacity()
     }
 
+    /// Ciphertext is waiting for the socket (and not merely held for the next response).
     pub fn has_pending(&self) -> bool {
-        self.sent < self.outgoing.len()
+        !self.held && self.sent < self.outgoing.len()
     }
 
     /// The TLS version and cipher suite, once negotiated (for logs).
@@ -177,7 +182,12 @@ impl Tls {
     ) -> Result<(usize, usize), TransportError> {
         let mut used = 0;
         let mut len = 0;
+        // Nothing waits for the socket but what may be held: tickets can be held too.
+        let quiet = !self.has_pending();
         loop {
+            // TLS 1.3 only: a 1.2 server still has its Finished to send when it can read.
+            let settled = !self.conn.is_handshaking()
+                && self.conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
             let UnbufferedStatus { mut discard, state } =
                 self.conn.process_tls_records(&mut data[used..]);
             let state = match state {
@@ -207,6 +217,17 @@ impl Tls {
                     }
                 }
                 ConnectionState::EncodeTlsData(mut e) => encode(&mut e, &mut self.outgoing)?,
+                // Once a TLS 1.3 handshake is done, what rustls sends on its own (the session
+                // tickets that follow the client's Finished, a key update's answer) waits
+                // for the next response rather than arriving alone. A client that reads on
+                // one thread and writes on another (Python's `websockets` does) would
+                // otherwise take in the tickets while it sends its upgrade request, a race
+                // in CPython's ssl module over one OpenSSL object that can lose the request.
+                // Sent with the 101, they come when the client is waiting, not writing.
+                ConnectionState::TransmitTlsData(t) if quiet && settled => {
+                    self.held = true;
+                    t.done();
+                }
                 ConnectionState::TransmitTlsData(t) => {
                     write_out(&mut self.sock, &mut self.outgoing, &mut self.sent)?;
                     t.done();
@@ -235,7 +256,9 @@ impl Tls {
         out: &mut Outbound,
         scratch: &mut Vec<u8>,
     ) -> Result<Flushed, TransportError> {
-        if !write_out(&mut self.sock, &mut self.outgoing, &mut self.sent)? {
+        // Held tickets go out in one write with the first records below.
+        let held = std::mem::take(&mut self.held) && !out.is_empty();
+        if !held && !write_out(&mut self.sock, &mut self.outgoing, &mut self.sent)? {
             return Ok(Flushed::Blocked);
         }
         while !out.is_empty() {
