@@ -86,7 +86,8 @@ impl Acceptor {
                             continue;
                         }
                         let client = admission::Peer::of(peer.ip());
-                        if let Err(why) = self.gate.admit(&self.shared.admission, client) {
+                        let now = Instant::now();
+                        if let Err(why) = self.gate.admit(&self.shared.admission, client, now) {
                             log::debug!("refused {peer}: {why:?}");
                             refuse(sock, why, self.tls);
                             continue;
@@ -217,6 +218,12 @@ fn refuse(mut sock: mio::net::TcpStream, why: Refusal, tls: bool) {
             "Too Many Requests",
             "Retry-After: 1\r\n",
             "too many connections from this address",
+        ),
+        Refusal::Rate => handshake::http_response(
+            429,
+            "Too Many Requests",
+            "Retry-After: 1\r\n",
+            "too many new connections from this address",
         ),
     };
     // A fresh socket's send buffer takes this small response whole, or not at all.

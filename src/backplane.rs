@@ -47,6 +47,7 @@ use crate::codec::{self, Kind, MAX_SERVER_HEADER};
 use crate::delivery::{Delivery, Target};
 use crate::link::{Forward, Forwards, Interest};
 use crate::stop::{stopped, Stopping};
+use crate::worker::handle::Msg;
 
 pub use crate::link::{link, Link, Receivers, Stats, INTEREST_QUEUE, QUEUE, QUEUE_BYTES};
 
@@ -125,6 +126,23 @@ fn channel(prefix: &str, target: &Target) -> String {
     }
 }
 
+/// The channel of commands between nodes (`POST /disconnect`), which every node
+/// subscribes to: `PREFIX:ctl`. Its envelope carries `{"op":"disconnect","user":..}`.
+fn control_channel(prefix: &str) -> String {
+    format!("{prefix}:ctl")
+}
+
+/// The user a control envelope's message asks to disconnect, if it is such a command.
+fn disconnect_of(message: &[u8]) -> Option<Arc<str>> {
+    #[derive(serde::Deserialize)]
+    struct Command<'a> {
+        op: &'a str,
+        user: String,
+    }
+    let c: Command<'_> = serde_json::from_slice(message).ok()?;
+    (c.op == "disconnect" && !c.user.is_empty()).then(|| Arc::from(c.user))
+}
+
 /// The target a channel name stands for, if it is one of ours.
 fn target_of(prefix: &str, channel: &[u8]) -> Option<Target> {
     let rest = channel
@@ -192,6 +210,9 @@ impl Inbound {
                     self.link.stats.bad_envelopes.fetch_add(1, Relaxed);
                     return;
                 };
+                if ch.as_slice() == control_channel(&self.prefix).as_bytes() {
+                    return self.on_control(e);
+                }
                 let (Some(target), Some((node, message))) =
                     (target_of(&self.prefix, ch), open_envelope(e))
                 else {
@@ -227,6 +248,28 @@ impl Inbound {
     }
 }
 
+impl Inbound {
+    /// A command from another node on the control channel.
+    fn on_control(&self, e: &[u8]) {
+        let Some((node, message)) = open_envelope(e) else {
+            self.link.stats.bad_envelopes.fetch_add(1, Relaxed);
+            return;
+        };
+        if node == self.node {
+            return; // our own: the local workers were told directly
+        }
+        let Some(user) = disconnect_of(message) else {
+            self.link.stats.bad_envelopes.fetch_add(1, Relaxed);
+            return;
+        };
+        self.link.stats.disconnects_received.fetch_add(1, Relaxed);
+        self.bus.tell_all(|| Msg::Disconnect {
+            user: user.clone(),
+            done: None,
+        });
+    }
+}
+
 /// The backplane task's state.
 struct Backplane {
     opts: Options,
@@ -253,6 +296,7 @@ pub async fn run(opts: Options, link: Arc<Link>, rx: Receivers, bus: Bus, mut st
     let Receivers {
         forwards,
         mut interest,
+        mut disconnects,
     } = rx;
     let inbound = Arc::new(Inbound {
         node: link.node(),
@@ -310,6 +354,7 @@ pub async fn run(opts: Options, link: Arc<Link>, rx: Receivers, bus: Bus, mut st
                 bp.shrink();
                 bp.subscribe(new).await;
             }
+            Some(user) = disconnects.recv() => bp.disconnect(&user).await,
             _ = forwards.ready() => {
                 forwards.take(&mut batch, BATCH);
                 bp.forward(&forwards, &mut batch).await;
@@ -337,7 +382,10 @@ impl Backplane {
             let mut conn = client
                 .get_multiplexed_async_connection_with_config(&config)
                 .await?;
-            let mut channels = vec![channel(&self.opts.prefix, &Target::All)];
+            let mut channels = vec![
+                channel(&self.opts.prefix, &Target::All),
+                control_channel(&self.opts.prefix),
+            ];
             channels.extend(
                 self.interest
                     .keys()
@@ -378,6 +426,29 @@ impl Backplane {
                 self.next_attempt = Instant::now() + self.backoff;
                 self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
             }
+        }
+    }
+
+    /// Asks the other nodes to disconnect `user`: one PUBLISH on the control channel (at
+    /// most once: a disconnect taken while Redis is away is counted as failed).
+    async fn disconnect(&mut self, user: &str) {
+        let Some(conn) = self.conn.as_mut() else {
+            self.link.stats.forward_failed.fetch_add(1, Relaxed);
+            return;
+        };
+        let command = serde_json::json!({"op": "disconnect", "user": user}).to_string();
+        let mut e = Vec::with_capacity(VERSION.len() + 18 + command.len());
+        e.extend_from_slice(VERSION);
+        e.extend_from_slice(format!(" {:016x} ", self.link.node()).as_bytes());
+        e.extend_from_slice(command.as_bytes());
+        let r: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+            .arg(control_channel(&self.opts.prefix))
+            .arg(e)
+            .query_async(conn)
+            .await;
+        if let Err(e) = r {
+            self.link.stats.forward_failed.fetch_add(1, Relaxed);
+            self.lost(&format!("PUBLISH failed: {e}"));
         }
     }
 

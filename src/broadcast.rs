@@ -2,6 +2,12 @@
 //! one place a publish leaves for the workers, whether it comes from a WebSocket client or
 //! the admin API. Runs on the publishing thread (encode, send) and on every worker (merge
 //! before delivery); each worker reaches the bus through its own [`Port`].
+//!
+//! What workers queue to each other has two bounds: [`CROSS_BYTES`] for all of it, and
+//! [`PUBLISHER_SHARE`] for what one publishing connection has in flight. The first is one
+//! shared counter; the second is kept by each worker for its own connections
+//! (`worker::share`), from the numbers of the publishes every other worker has taken
+//! (`progress`).
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -11,6 +17,7 @@ use bytes::{Bytes, BytesMut};
 use crate::budget;
 use crate::codec::{self, Kind, MAX_SERVER_HEADER};
 use crate::link::{Forward, Link};
+use crate::progress::Progress;
 use crate::protocol::{self, Raw};
 use crate::worker::handle::{Msg, WorkerHandle};
 
@@ -31,6 +38,28 @@ pub const OUTSIDE_BYTES: usize = 64 << 20;
 /// its queue per loop turn, and a turn that writes to thousands of sockets is slow.
 pub const CROSS_BYTES: usize = 64 << 20;
 
+/// What one publishing connection may have of [`CROSS_BYTES`]: its publishes still waiting
+/// in the other workers' queues, counted as there (once per worker). Past it that
+/// connection's input is held back until its own are down to half, however empty the
+/// queues are otherwise, while every other publisher goes on. One eighth: a client that
+/// publishes faster than the other workers deliver (its own topic, subscribers that never
+/// read) is held long before it fills the queues for everyone (with the global bound alone
+/// it filled them, and every publisher on every worker was held with it); more than eight
+/// such clients at their share are what it takes to reach the global bound, which stays
+/// the outer one. A fixed fraction rather than one that shrinks with the number of
+/// publishers, so that no worker needs to know what the others' clients do. 8 MiB is 8 loop
+/// turns of the other workers' take (each takes 1 MiB a turn, and a frame counts once per
+/// worker), so a publisher whose subscribers' workers keep up is never held by it.
+pub const PUBLISHER_SHARE: usize = CROSS_BYTES / 8;
+
+/// A publish sent to the other workers: its number among this worker's publishes to them,
+/// and the bytes it holds in their queues (its frame once per worker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    pub seq: u64,
+    pub bytes: usize,
+}
+
 /// Every worker's queue, for fan-out, and the backplane to the other nodes if there is one.
 /// Cheap to clone; sending never blocks.
 #[derive(Debug, Clone)]
@@ -41,11 +70,14 @@ pub struct Bus {
     outside: Arc<AtomicUsize>,
     /// Bytes queued by workers to other workers and not yet taken by them.
     cross: Arc<AtomicUsize>,
+    /// How many of each other's publishes the workers have taken.
+    progress: Arc<Progress>,
 }
 
 impl Bus {
     pub fn new(workers: Arc<[WorkerHandle]>, backplane: Option<Arc<Link>>) -> Bus {
         Bus {
+            progress: Arc::new(Progress::new(workers.len())),
             workers,
             backplane,
             outside: Arc::new(AtomicUsize::new(0)),
@@ -140,24 +172,28 @@ impl Bus {
     /// sent to it from now on, comes back at once instead of never.
     pub fn retire(&self, index: usize) {
         self.workers[index].retire(|m| self.unread(m));
+        self.progress.retire(index);
     }
 
     /// A message no worker will read: gives back what it was charged.
     fn unread(&self, msg: Msg) {
         match msg {
-            Msg::Deliver(d) => budget::give_back(&self.cross, d.frame.len()),
+            Msg::Deliver { d, .. } => budget::give_back(&self.cross, d.frame.len()),
             Msg::DeliverOutside(d) => budget::give_back(&self.outside, d.frame.len()),
             _ => {}
         }
     }
 
-    /// A worker's end of the bus.
-    pub fn port(&self) -> Port {
+    /// Worker `me`'s end of the bus.
+    pub fn port(&self, me: usize) -> Port {
         Port {
             bus: self.clone(),
+            me,
             forwards: Vec::new(),
             cross_taken: 0,
             outside_taken: 0,
+            sent: 0,
+            taken_from: vec![0; self.workers.len()].into(),
         }
     }
 }
@@ -165,45 +201,66 @@ impl Bus {
 /// One worker's end of the bus. What its loop turn gathers leaves in one go at
 /// [`flush`](Port::flush): the turn's publishes reach the backplane as one batch, and the
 /// budgets of the deliveries the turn took come back with one atomic operation each, not one
-/// per delivery on counters every worker shares. Until then the budgets count those bytes
-/// as still queued, so a bound is never looser for it.
+/// per delivery on counters every worker shares, and the counts of the publishes it took
+/// from each other worker are stored then too (one store per worker, on this worker's own
+/// cache lines). Until then the budgets count those bytes as still queued, so a bound is
+/// never looser for it.
 #[derive(Debug)]
 pub struct Port {
     bus: Bus,
+    /// The worker this port belongs to.
+    me: usize,
     /// This turn's publishes, for the other nodes (with `--redis`).
     forwards: Vec<Forward>,
     /// Bytes of deliveries taken this turn and not yet given back to [`CROSS_BYTES`] and
     /// [`OUTSIDE_BYTES`].
     cross_taken: usize,
     outside_taken: usize,
+    /// Publishes this worker has sent to the other workers: the last one's number.
+    sent: u64,
+    /// Publishes taken so far from each worker; stored to `progress` at each flush.
+    taken_from: Box<[u64]>,
 }
 
 impl Port {
-    /// A publish made on worker `me`: its own copy goes straight to `local` (delivered this
+    /// A publish made on this worker: its own copy goes straight to `local` (delivered this
     /// loop turn), the others through their queues; the other nodes get it through the
-    /// backplane at the next [`flush`](Port::flush).
-    pub fn publish_from(&mut self, me: usize, d: Delivery, local: &mut Vec<Delivery>) {
+    /// backplane at the next [`flush`](Port::flush). Returns what it holds in the other
+    /// workers' queues, and under which number; `None` if there are no other workers.
+    pub fn publish_from(&mut self, d: Delivery, local: &mut Vec<Delivery>) -> Option<Sent> {
         let bus = &self.bus;
         if bus.backplane.is_some() {
             self.forwards.push(Forward::of(&d));
         }
         let others = bus.workers.len() - 1;
-        if others > 0 {
+        let sent = (others > 0).then(|| {
+            let bytes = d.frame.len() * others;
             // Counted before it is sent, so that the taker never gives back first.
-            bus.cross.fetch_add(d.frame.len() * others, Relaxed);
-        }
+            bus.cross.fetch_add(bytes, Relaxed);
+            self.sent += 1;
+            Sent {
+                seq: self.sent,
+                bytes,
+            }
+        });
         for (i, w) in bus.workers.iter().enumerate() {
-            if i != me {
-                w.send(Msg::Deliver(d.clone()), |m| bus.unread(m));
+            if i != self.me {
+                let msg = Msg::Deliver {
+                    from: self.me as u32,
+                    d: d.clone(),
+                };
+                w.send(msg, |m| bus.unread(m));
             }
         }
         local.push(d);
+        sent
     }
 
-    /// This worker took a delivery another worker published off its queue; its room comes
-    /// back at the next flush.
-    pub fn cross_taken(&mut self, d: &Delivery) {
+    /// This worker took a delivery that worker `from` published off its queue; its room
+    /// comes back, and `from` learns it was taken, at the next flush.
+    pub fn cross_taken(&mut self, from: u32, d: &Delivery) {
         self.cross_taken += d.frame.len();
+        self.taken_from[from as usize] += 1;
     }
 
     /// This worker took a delivery from outside off its queue (the frame lives on only in
@@ -217,6 +274,9 @@ impl Port {
     pub fn flush(&mut self) {
         if let Some(b) = &self.bus.backplane {
             b.forward(&mut self.forwards);
+        }
+        if self.cross_taken > 0 {
+            self.bus.progress.store_row(self.me, &self.taken_from);
         }
         budget::give_back(&self.bus.cross, std::mem::take(&mut self.cross_taken));
         budget::give_back(&self.bus.outside, std::mem::take(&mut self.outside_taken));
@@ -245,6 +305,12 @@ impl Port {
     /// Publishers must wait: the other workers are [`CROSS_BYTES`] behind.
     pub fn cross_full(&self) -> bool {
         self.bus.cross_full()
+    }
+
+    /// How many of this worker's publishes every other worker has taken, as of their last
+    /// flushes: those numbered up to it wait in no queue. One load per other worker.
+    pub fn taken_by_all(&self) -> u64 {
+        self.bus.progress.taken_by_all(self.me)
     }
 
     /// See [`Bus::fence_from`].
@@ -348,19 +414,21 @@ mod tests {
     }
 
     /// What a worker takes in a loop turn stays charged until the turn's flush, which gives
-    /// it all back at once; and the turn's publishes reach the backplane at that flush.
+    /// it all back at once and tells the publisher how many it took; and the turn's
+    /// publishes reach the backplane at that flush.
     #[test]
     fn a_port_gives_back_and_hands_over_once_per_turn() {
         let (_polls, workers, inboxes) = two_workers();
         let (link, _rx) = crate::link::link();
         let bus = Bus::new(workers, Some(link.clone()));
-        let (mut port0, mut port1) = (bus.port(), bus.port());
+        let (mut port0, mut port1) = (bus.port(0), bus.port(1));
         let d = encode(Target::All, raw("1"));
         let len = d.frame.len();
 
         let mut local = Vec::new();
-        for _ in 0..5 {
-            port0.publish_from(0, d.clone(), &mut local);
+        for seq in 1..=5 {
+            let sent = port0.publish_from(d.clone(), &mut local);
+            assert_eq!(sent, Some(Sent { seq, bytes: len }), "numbered from 1");
         }
         assert_eq!(local.len(), 5);
         assert_eq!(bus.cross_queued(), 5 * len, "charged as sent");
@@ -372,15 +440,18 @@ mod tests {
         assert_eq!(bus.outside_queued(), 2 * len);
         for msg in inboxes[1].msgs.try_iter() {
             match msg {
-                Msg::Deliver(d) => port1.cross_taken(&d),
+                Msg::Deliver { from, d } => port1.cross_taken(from, &d),
                 Msg::DeliverOutside(d) => port1.outside_taken(&d),
                 other => panic!("{other:?}"),
             }
             assert_eq!(bus.cross_queued(), 5 * len, "nothing given back mid-turn");
             assert_eq!(bus.outside_queued(), 2 * len, "nothing given back mid-turn");
+            assert_eq!(port0.taken_by_all(), 0, "nor told mid-turn");
         }
         port1.flush();
         assert_eq!(bus.cross_queued(), 0);
+        assert_eq!(port0.taken_by_all(), 5, "all five taken");
+        assert_eq!(port1.taken_by_all(), 0, "worker 1 published nothing");
         assert_eq!(bus.outside_queued(), len, "worker 0's copy not taken yet");
         let Ok(Msg::DeliverOutside(d)) = inboxes[0].msgs.try_recv() else {
             panic!("worker 0's copy");
@@ -400,18 +471,37 @@ mod tests {
     fn a_retired_worker_gives_back_what_it_did_not_read() {
         let (_polls, workers, inboxes) = two_workers();
         let bus = Bus::new(workers, None);
-        let mut port0 = bus.port();
+        let mut port0 = bus.port(0);
         let d = encode(Target::All, raw("1"));
         let mut local = Vec::new();
-        port0.publish_from(0, d.clone(), &mut local);
+        port0.publish_from(d.clone(), &mut local);
         assert_eq!(bus.publish(d.clone()), Some(2));
         drop(inboxes);
+        assert_eq!(port0.taken_by_all(), 0);
         bus.retire(1);
         assert_eq!(bus.cross_queued(), 0, "left unread");
+        assert_eq!(port0.taken_by_all(), u64::MAX, "nobody left to wait for");
         assert_eq!(bus.outside_queued(), d.frame.len(), "worker 0's copy only");
-        port0.publish_from(0, d.clone(), &mut local);
+        port0.publish_from(d.clone(), &mut local);
         assert_eq!(bus.cross_queued(), 0, "sent after");
         assert_eq!(bus.publish(d.clone()), Some(1), "queued to worker 0 only");
+    }
+
+    /// With one worker nothing is queued between workers, numbered, or charged.
+    #[test]
+    fn a_single_worker_sends_nothing_across() {
+        let poll = mio::Poll::new().unwrap();
+        let (handle, inbox) = channel(mio::Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let bus = Bus::new(vec![handle].into(), None);
+        let mut port = bus.port(0);
+        let mut local = Vec::new();
+        assert_eq!(
+            port.publish_from(encode(Target::All, raw("1")), &mut local),
+            None
+        );
+        assert_eq!(local.len(), 1);
+        assert_eq!(bus.cross_queued(), 0);
+        assert!(inbox.msgs.is_empty());
     }
 
     #[test]

@@ -24,6 +24,13 @@ pub mod close_code {
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const INTERNAL: u16 = 1011;
+    /// corecast's own (RFC 6455 §7.4.2 leaves 4000-4999 to applications): the token was
+    /// refused, or none came within `--auth-connect-timeout`.
+    pub const UNAUTHORIZED: u16 = 4001;
+    /// The connection's token expired and no `refresh` replaced it.
+    pub const TOKEN_EXPIRED: u16 = 4002;
+    /// The admin API disconnected the connection's user (`POST /disconnect`).
+    pub const DISCONNECTED: u16 = 4003;
 }
 
 /// What kind of frame was decoded; reserved opcodes never get this far.

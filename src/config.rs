@@ -15,6 +15,8 @@ use clap::builder::Resettable;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, ValueEnum};
 
+use crate::admission::Rate;
+pub use crate::conn::session::RatePolicy;
 use crate::conn::TlsFiles;
 pub use file::{FileError, Problem};
 pub use flags::{parse_byte_count, parse_size, Args};
@@ -75,6 +77,13 @@ pub const DEFAULT_DRAIN_TIMEOUT_S: u64 = 5;
 /// `control::admin::QUEUE_WAIT`; one still waiting then gets a canned 503. The
 /// open-files reserve (`fdlimit`) counts them.
 pub const MAX_ADMIN_CONNECTIONS: usize = 64;
+/// Seconds' worth of a rate limit a connection may send at once: a client that batches a
+/// second's messages, or reconnects and resubscribes in a rush, is not held for it.
+pub const DEFAULT_RATE_LIMIT_BURST_S: u32 = 2;
+/// The largest `--max-connection-rate-per-ip` and `--connection-rate-burst`. The acceptor is
+/// one thread, and accepts well under a million connections a second: a larger figure would
+/// be no limit at all.
+pub const MAX_CONNECTION_RATE: u32 = 1_000_000;
 /// The admin endpoint (metrics, health, publish API): loopback only by default.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9001";
 
@@ -106,6 +115,12 @@ pub struct Config {
     pub max_connections: Option<usize>,
     /// 0 = unlimited.
     pub max_connections_per_ip: usize,
+    /// New connections per second from one address; 0 = unlimited. At most
+    /// [`MAX_CONNECTION_RATE`].
+    pub max_connection_rate_per_ip: u32,
+    /// Connections one address may open at once (its bucket's size); `None`: the rate.
+    /// At least 1.
+    pub connection_rate_burst: Option<u32>,
     pub handshake_timeout: Duration,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
@@ -142,6 +157,41 @@ pub struct Config {
     /// SO_REUSEPORT on the WebSocket listener: several processes share the port, for
     /// restarts without downtime; draining closes with 1012.
     pub reuse_port: bool,
+    /// Per-connection rate limits on what clients send.
+    pub rate: RateLimits,
+    /// Client identity: the token keys, checks and anonymous grants (`--auth-*`,
+    /// `--anonymous-*`); verifying is on when a key source is set.
+    pub auth: crate::auth::Settings,
+}
+
+/// Per-connection rate limits (`--max-messages-per-sec`, `--max-bytes-per-sec`,
+/// `--rate-limit-burst`, `--rate-limit-policy`); off while both rates are 0.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimits {
+    /// Data messages per second; 0 = no limit.
+    pub messages_per_sec: u32,
+    /// Bytes of data messages per second; 0 = no limit.
+    pub bytes_per_sec: u64,
+    /// The buckets hold this many seconds' worth.
+    pub burst_secs: u32,
+    pub policy: RatePolicy,
+}
+
+impl RateLimits {
+    pub fn on(&self) -> bool {
+        self.messages_per_sec > 0 || self.bytes_per_sec > 0
+    }
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            messages_per_sec: 0,
+            bytes_per_sec: 0,
+            burst_secs: DEFAULT_RATE_LIMIT_BURST_S,
+            policy: RatePolicy::Hold,
+        }
+    }
 }
 
 impl Default for Config {
@@ -157,6 +207,8 @@ impl Default for Config {
             slow_consumer: SlowConsumer::Close,
             max_connections: None,
             max_connections_per_ip: 0,
+            max_connection_rate_per_ip: 0,
+            connection_rate_burst: None,
             handshake_timeout: Duration::from_secs(DEFAULT_HANDSHAKE_TIMEOUT_S),
             ping_interval: Duration::from_secs(DEFAULT_PING_INTERVAL_S),
             idle_timeout: Duration::from_secs(DEFAULT_IDLE_TIMEOUT_S),
@@ -176,7 +228,20 @@ impl Default for Config {
             redis: None,
             redis_prefix: DEFAULT_REDIS_PREFIX.into(),
             reuse_port: false,
+            rate: RateLimits::default(),
+            auth: crate::auth::Settings::default(),
         }
+    }
+}
+
+impl Config {
+    /// The per-address rate of new connections, if there is one.
+    pub fn connection_rate(&self) -> Option<Rate> {
+        let per_second = self.max_connection_rate_per_ip;
+        (per_second > 0).then(|| Rate {
+            per_second,
+            burst: self.connection_rate_burst.unwrap_or(per_second),
+        })
     }
 }
 

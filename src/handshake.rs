@@ -5,6 +5,8 @@
 //! events (the resumable state tungstenite calls `MidHandshake`) and calls [`parse`] again;
 //! an idle connection that has finished its handshake keeps none of this.
 
+use std::borrow::Cow;
+
 use tungstenite::error::{Error as WsError, ProtocolError};
 
 use crate::conn::deflate::{self, Agreed};
@@ -24,9 +26,24 @@ pub enum Endpoint {
     Echo,
 }
 
+/// The token an upgrade request carries, as it carries it. Read whether auth is on or not;
+/// the worker ignores it while auth is off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential<'a> {
+    /// No token.
+    None,
+    /// `Authorization: Bearer TOKEN` (RFC 6750 §2.1).
+    Bearer(&'a str),
+    /// `?token=TOKEN` in the request target, percent-decoded.
+    Query(Cow<'a, str>),
+    /// A token that cannot be used, and why: a scheme other than Bearer, an empty token, a
+    /// bad percent escape, or a token given twice.
+    Invalid(&'static str),
+}
+
 /// Result of looking at the bytes received so far.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Outcome<'a> {
     /// The request head is not complete yet.
     Partial,
     /// Accepted: send `response`, then frames start at byte `consumed`.
@@ -36,6 +53,8 @@ pub enum Outcome {
         consumed: usize,
         /// permessage-deflate, if enabled and offered in a form corecast can honour.
         deflate: Option<Agreed>,
+        /// The token the request carries, borrowed from it.
+        credential: Credential<'a>,
     },
     /// Refused: send `response` and close. `status` and `reason` are for counters and logs.
     Reject {
@@ -63,7 +82,12 @@ pub enum Page {
 /// and are refused too when the list is set).
 /// With `deflate`, a permessage-deflate offer is accepted if one can be (RFC 7692). With
 /// `console`, a GET of `/` without an upgrade and of `/stats.json` are pages (404 without).
-pub fn parse(buf: &[u8], allowed_origins: &[String], deflate: bool, console: bool) -> Outcome {
+pub fn parse<'a>(
+    buf: &'a [u8],
+    allowed_origins: &[String],
+    deflate: bool,
+    console: bool,
+) -> Outcome<'a> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let consumed = match req.parse(buf) {
@@ -153,6 +177,7 @@ pub fn parse(buf: &[u8], allowed_origins: &[String], deflate: bool, console: boo
                 response,
                 consumed,
                 deflate: agreed,
+                credential: credential(&req, path),
             }
         }
         Err(WsError::Protocol(p)) => match p {
@@ -216,7 +241,96 @@ fn check_headers(req: &httparse::Request<'_, '_>) -> Result<(), &'static str> {
     if count("origin") > 1 {
         return Err("more than one Origin header");
     }
+    if count("authorization") > 1 {
+        return Err("more than one Authorization header");
+    }
     Ok(())
+}
+
+/// The token of an upgrade request: its `Authorization` header's, or its query's `token`
+/// parameter (whether that may be used is the worker's to decide).
+fn credential<'a>(req: &httparse::Request<'_, 'a>, target: &'a str) -> Credential<'a> {
+    let header = req
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("authorization"))
+        .map(|h| bearer(h.value));
+    let query = target
+        .split_once('?')
+        .map_or(Credential::None, |(_, q)| query_token(q));
+    match (header, query) {
+        (None, q) => q,
+        (Some(h), Credential::None) => h,
+        (Some(_), _) => {
+            Credential::Invalid("a token both in the Authorization header and in the query")
+        }
+    }
+}
+
+/// An `Authorization` value: the scheme is case-insensitive and the token one b64token
+/// (RFC 6750 §2.1), which a JWT always is.
+fn bearer(value: &[u8]) -> Credential<'_> {
+    let Ok(value) = std::str::from_utf8(value) else {
+        return Credential::Invalid("the Authorization header is not ASCII");
+    };
+    let Some((scheme, token)) = value.trim().split_once(' ') else {
+        return Credential::Invalid("the Authorization header holds no Bearer token");
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Credential::Invalid("the Authorization scheme is not Bearer");
+    }
+    let token = token.trim_start_matches(' ');
+    let b64token = |c: u8| c.is_ascii_alphanumeric() || b"-._~+/=".contains(&c);
+    if token.is_empty() || !token.bytes().all(b64token) {
+        return Credential::Invalid("the Bearer token is empty or not a b64token");
+    }
+    Credential::Bearer(token)
+}
+
+/// The `token` parameter of a query string, percent-decoded.
+fn query_token(query: &str) -> Credential<'_> {
+    let mut found = None;
+    for pair in query.split('&') {
+        let Some(value) = pair.strip_prefix("token=") else {
+            continue;
+        };
+        if found.is_some() {
+            return Credential::Invalid("more than one token parameter");
+        }
+        found = Some(value);
+    }
+    let Some(value) = found else {
+        return Credential::None;
+    };
+    if value.is_empty() {
+        return Credential::Invalid("the token parameter is empty");
+    }
+    if !value.contains('%') {
+        return Credential::Query(Cow::Borrowed(value));
+    }
+    match percent_decode(value) {
+        Some(t) => Credential::Query(Cow::Owned(t)),
+        None => Credential::Invalid("the token parameter has a bad percent escape"),
+    }
+}
+
+/// `%XX` escapes decoded; `None` for a malformed escape or a result that is not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// The path and query of a request target. A server must accept the absolute form
@@ -254,7 +368,7 @@ fn to_http(req: &httparse::Request<'_, '_>) -> Option<tungstenite::handshake::se
 }
 
 /// Builds a plain-text HTTP error response that closes the connection.
-pub fn reject(status: u16, phrase: &str, reason: &'static str, extra: &str) -> Outcome {
+pub fn reject(status: u16, phrase: &str, reason: &'static str, extra: &str) -> Outcome<'static> {
     Outcome::Reject {
         response: http_response(status, phrase, extra, reason),
         status,
@@ -289,7 +403,7 @@ pub fn http_ok(content_type: &str, extra_headers: &str, body: &[u8]) -> Vec<u8> 
 mod tests {
     use super::*;
 
-    fn p(buf: &[u8]) -> Outcome {
+    fn p(buf: &[u8]) -> Outcome<'_> {
         parse(buf, &[], false, true)
     }
 
@@ -322,8 +436,10 @@ mod tests {
                 response,
                 consumed,
                 deflate,
+                credential,
             } => {
                 assert_eq!(deflate, None);
+                assert_eq!(credential, Credential::None);
                 assert_eq!(endpoint, Endpoint::Json);
                 assert_eq!(consumed, head);
                 let text = String::from_utf8(response).unwrap();
@@ -349,7 +465,7 @@ mod tests {
             other => panic!("{other:?}"),
         };
         let (resp, agreed) = answer(offer.as_bytes(), true);
-        assert_eq!(agreed.map(|a| a.window_bits), Some(15));
+        assert_eq!(agreed.map(|a| a.window_bits()), Some(15));
         assert!(
             resp.to_ascii_lowercase().contains(
                 "sec-websocket-extensions: permessage-deflate; server_no_context_takeover; \
@@ -416,8 +532,12 @@ mod tests {
     #[test]
     fn plain_gets_of_the_console_and_its_stats_are_pages_unless_disabled() {
         let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
-        let on = |r: &str| parse(r.as_bytes(), &[], false, true);
-        let off = |r: &str| parse(r.as_bytes(), &[], false, false);
+        fn on(r: &str) -> Outcome<'_> {
+            parse(r.as_bytes(), &[], false, true)
+        }
+        fn off(r: &str) -> Outcome<'_> {
+            parse(r.as_bytes(), &[], false, false)
+        }
         assert_eq!(on(&get("/")), Outcome::Page(Page::Console));
         assert_eq!(on(&get("/?x=1")), Outcome::Page(Page::Console));
         assert_eq!(on(&get("/stats.json")), Outcome::Page(Page::Stats));
@@ -473,7 +593,8 @@ mod tests {
             "https://x/echo",
             "http://x",
         ] {
-            let o = p(upgrade(target, "13").as_bytes());
+            let req = upgrade(target, "13");
+            let o = p(req.as_bytes());
             assert!(matches!(o, Outcome::Upgrade { .. }), "{target}: {o:?}");
         }
         assert!(matches!(
@@ -529,5 +650,59 @@ mod tests {
             )),
             "HTTP/1.1 403"
         );
+    }
+
+    fn credential_of(req: &str) -> Credential<'_> {
+        match p(req.as_bytes()) {
+            Outcome::Upgrade { credential, .. } => credential,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn with_header(path: &str, header: &str) -> String {
+        upgrade(path, "13").replacen("Host: x\r\n", &format!("Host: x\r\n{header}\r\n"), 1)
+    }
+
+    #[test]
+    fn a_bearer_token_or_a_query_token_is_read_from_the_upgrade() {
+        let req = with_header("/ws", "Authorization: Bearer aa.bb.cc");
+        assert_eq!(credential_of(&req), Credential::Bearer("aa.bb.cc"));
+        let req = with_header("/ws", "authorization: bearer   aa.bb-_cc=");
+        assert_eq!(credential_of(&req), Credential::Bearer("aa.bb-_cc="));
+        let req = upgrade("/ws?x=1&token=aa.bb.cc", "13");
+        assert_eq!(credential_of(&req), Credential::Query("aa.bb.cc".into()));
+        let req = upgrade("/ws?token=aa%2Ebb.cc", "13");
+        assert_eq!(credential_of(&req), Credential::Query("aa.bb.cc".into()));
+        let req = upgrade("/echo?tokens=1", "13");
+        assert_eq!(credential_of(&req), Credential::None);
+    }
+
+    #[test]
+    fn tokens_that_cannot_be_used_are_named_so() {
+        for (req, what) in [
+            (
+                with_header("/ws", "Authorization: Basic dXNlcjpwYXNz"),
+                "scheme",
+            ),
+            (with_header("/ws", "Authorization: Bearer"), "no token"),
+            (with_header("/ws", "Authorization: Bearer a b"), "space"),
+            (with_header("/ws", "Authorization: Bearer a\"b"), "quote"),
+            (upgrade("/ws?token=", "13"), "empty"),
+            (upgrade("/ws?token=a&token=b", "13"), "twice"),
+            (upgrade("/ws?token=a%zz", "13"), "escape"),
+            (upgrade("/ws?token=%ff", "13"), "not UTF-8"),
+            (
+                with_header("/ws?token=q", "Authorization: Bearer h"),
+                "both",
+            ),
+        ] {
+            assert!(
+                matches!(credential_of(&req), Credential::Invalid(_)),
+                "{what}: {:?}",
+                credential_of(&req)
+            );
+        }
+        let two = with_header("/ws", "Authorization: Bearer a\r\nAuthorization: Bearer b");
+        assert_eq!(status(&p(two.as_bytes())), "HTTP/1.1 400");
     }
 }

@@ -23,6 +23,7 @@ mod link;
 pub mod memory;
 pub mod message;
 pub mod outbound;
+mod progress;
 pub mod protocol;
 pub mod server;
 pub mod shared;

@@ -37,6 +37,10 @@ pub const QUEUE_BYTES: usize = 64 << 20;
 /// SUBSCRIBE waits on a stalled Redis.
 pub const INTEREST_QUEUE: usize = 16_384;
 
+/// `POST /disconnect`s waiting to reach the other nodes. An admin calls it, a handful at a
+/// time; past this many (Redis stalled) the admin API answers 503.
+pub const DISCONNECT_QUEUE: usize = 1024;
+
 /// Backplane counters, read by `/metrics`. Written by the control thread, except
 /// `forward_failed` and `interest_overflows`, which a worker bumps when a queue is full.
 #[derive(Debug, Default)]
@@ -68,6 +72,8 @@ pub struct Stats {
     pub interest_overflows: AtomicU64,
     /// Whole topic sets received from workers after an overflow.
     pub interest_resyncs: AtomicU64,
+    /// `POST /disconnect` commands received from other nodes.
+    pub disconnects_received: AtomicU64,
 }
 
 /// What a publish sends to the backplane: the frame as local subscribers got it.
@@ -132,6 +138,8 @@ pub struct Link {
     /// Hand-overs that woke the task (tests read it).
     wakes: AtomicU64,
     interest: mpsc::Sender<Interest>,
+    /// Users to disconnect on the other nodes (`POST /disconnect`), for the task to PUBLISH.
+    disconnects: mpsc::Sender<Arc<str>>,
     pub stats: Stats,
 }
 
@@ -224,6 +232,12 @@ impl Link {
         }
     }
 
+    /// Asks the other nodes to disconnect `user` (the control thread's admin API). False if
+    /// the queue is full (a flood of disconnects while Redis stalls) or the task is gone.
+    pub fn disconnect(&self, user: &Arc<str>) -> bool {
+        self.disconnects.try_send(user.clone()).is_ok()
+    }
+
     /// Reports of interest waiting for the backplane task (at most [`INTEREST_QUEUE`]).
     pub fn interest_queued(&self) -> usize {
         self.interest.max_capacity() - self.interest.capacity()
@@ -300,6 +314,7 @@ impl Forwards {
 pub struct Receivers {
     pub(crate) forwards: Forwards,
     pub(crate) interest: mpsc::Receiver<Interest>,
+    pub(crate) disconnects: mpsc::Receiver<Arc<str>>,
 }
 
 impl std::fmt::Debug for Receivers {
@@ -313,6 +328,7 @@ pub fn link() -> (Arc<Link>, Receivers) {
     // Unbounded as a channel: `Link::queued` bounds what it holds, without blocking.
     let (forwards, batches) = crossbeam_channel::unbounded();
     let (interest, interest_rx) = mpsc::channel(INTEREST_QUEUE);
+    let (disconnects, disconnects_rx) = mpsc::channel(DISCONNECT_QUEUE);
     let link = Arc::new(Link {
         node: node_id(),
         forwards,
@@ -321,6 +337,7 @@ pub fn link() -> (Arc<Link>, Receivers) {
         wake: Notify::new(),
         wakes: AtomicU64::new(0),
         interest,
+        disconnects,
         stats: Stats::default(),
     });
     let forwards = Forwards {
@@ -332,6 +349,7 @@ pub fn link() -> (Arc<Link>, Receivers) {
         Receivers {
             forwards,
             interest: interest_rx,
+            disconnects: disconnects_rx,
         },
     )
 }

@@ -52,6 +52,7 @@ fn run() -> Result<ExitCode, Failure> {
     let server = Server::start(cfg).map_err(|e| match e {
         StartError::Tls(e) => Failure::Config(format!("cannot start: {e}")),
         StartError::Backplane(e) => Failure::Config(format!("cannot start: {e}")),
+        StartError::Auth(e) => Failure::Config(format!("cannot start: {e}")),
         StartError::Io(e) => Failure::Runtime(format!("cannot start on {listen}: {e}")),
     })?;
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
@@ -74,6 +75,19 @@ fn run() -> Result<ExitCode, Failure> {
                     Ok(()) => log::info!("SIGHUP: certificate and key reloaded"),
                     Err(e) => {
                         log::error!("SIGHUP: reload failed, keeping the current certificate: {e}")
+                    }
+                }
+                // The errors name the key files, never a secret.
+                match server.reload_auth() {
+                    None => {}
+                    Some(Ok(())) => log::info!(
+                        "SIGHUP: token keys reloaded ({} key(s))",
+                        server.auth().map_or(0, |a| a.key_count())
+                    ),
+                    Some(Err(e)) => {
+                        log::error!(
+                            "SIGHUP: token key reload failed, keeping the current keys: {e}"
+                        )
                     }
                 }
                 continue;

@@ -18,6 +18,10 @@ mod scan;
 /// Longest topic name accepted, in bytes.
 pub const MAX_TOPIC_LEN: usize = 256;
 
+/// Longest token accepted in a request, in bytes: the same as in an upgrade request's head
+/// (`handshake::MAX_REQUEST_HEAD`), where a token travels in the `Authorization` header.
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+
 /// The text of one JSON value, borrowed from the message it came in: already validated as
 /// exactly one JSON value, with no whitespace around it, so it can be written into a reply
 /// as it is. The only ways to make one check that (or take a `RawValue`, which serde_json
@@ -67,9 +71,11 @@ pub enum Request<'a> {
         id: Option<Raw<'a>>,
         data: Raw<'a>,
     },
+    /// `token`: a subscription token, for a topic the connection's grant does not cover.
     Subscribe {
         id: Option<Raw<'a>>,
         topic: Cow<'a, str>,
+        token: Option<Cow<'a, str>>,
     },
     Unsubscribe {
         id: Option<Raw<'a>>,
@@ -84,6 +90,16 @@ pub enum Request<'a> {
         id: Option<Raw<'a>>,
         data: Raw<'a>,
     },
+    /// The first request with auth on: a token, or none to connect anonymously.
+    Connect {
+        id: Option<Raw<'a>>,
+        token: Option<Cow<'a, str>>,
+    },
+    /// A new token for the same user, before the current one expires.
+    Refresh {
+        id: Option<Raw<'a>>,
+        token: Cow<'a, str>,
+    },
 }
 
 /// A request that cannot be served; the connection stays open.
@@ -93,14 +109,15 @@ pub struct BadRequest<'a> {
     pub message: Cow<'static, str>,
 }
 
-/// The envelope's four members as serde's derived [`Envelope`] reads them: `None` when absent,
-/// and for `op`, `id` and `topic` also when `null`; `data` keeps a `null` as a value.
+/// The envelope's five members as serde's derived [`Envelope`] reads them: `None` when absent,
+/// and for `op`, `id`, `topic` and `token` also when `null`; `data` keeps a `null` as a value.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Fields<'a> {
     op: Option<Raw<'a>>,
     id: Option<Raw<'a>>,
     topic: Option<Raw<'a>>,
     data: Option<Raw<'a>>,
+    token: Option<Raw<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -114,6 +131,8 @@ struct Envelope<'a> {
     /// `null` is a value here, not an absence, hence the custom path.
     #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
+    #[serde(borrow)]
+    token: Option<&'a RawValue>,
 }
 
 /// Deserializes a field that is present (called only then), keeping a JSON `null` as `Some`.
@@ -190,11 +209,22 @@ fn decode_with<'a>(
         check_topic(&t).map_err(|m| bad(id, m))?;
         Ok(t)
     };
+    let token = || -> Result<Option<Cow<'_, str>>, BadRequest<'_>> {
+        let Some(raw) = env.token else {
+            return Ok(None);
+        };
+        let t = json_str(raw).ok_or_else(|| bad(id, "\"token\" must be a string"))?;
+        if t.len() > MAX_TOKEN_LEN {
+            return Err(bad(id, "\"token\" is longer than 8192 bytes"));
+        }
+        Ok(Some(t))
+    };
     Ok(match &*op {
         "echo" => Request::Echo { id, data: data()? },
         "subscribe" => Request::Subscribe {
             id,
             topic: topic()?,
+            token: token()?,
         },
         "unsubscribe" => Request::Unsubscribe {
             id,
@@ -206,6 +236,14 @@ fn decode_with<'a>(
             data: data()?,
         },
         "broadcast" => Request::Broadcast { id, data: data()? },
+        "connect" => Request::Connect {
+            id,
+            token: token()?,
+        },
+        "refresh" => Request::Refresh {
+            id,
+            token: token()?.ok_or_else(|| bad(id, "missing field \"token\""))?,
+        },
         _ => return Err(bad(id, "unknown \"op\"")),
     })
 }
@@ -229,6 +267,7 @@ fn envelope_by_serde(text: &str) -> Result<Fields<'_>, BadRequest<'_>> {
         id: env.id.map(Raw::from),
         topic: env.topic.map(Raw::from),
         data: env.data.map(Raw::from),
+        token: env.token.map(Raw::from),
     })
 }
 
@@ -266,6 +305,40 @@ fn write_id(out: &mut Vec<u8>, id: Option<Raw<'_>>) {
 pub fn ok(out: &mut Vec<u8>, id: Option<Raw<'_>>) {
     out.extend_from_slice(b"{\"op\":\"ok\"");
     write_id(out, id);
+    out.push(b'}');
+}
+
+/// `{"op":"ok","id":..,"user":..,"expires_in":..}`: the answer to a `connect` (`user` is
+/// `null` for an anonymous connection, which has no expiry).
+pub fn connected(out: &mut Vec<u8>, id: Option<Raw<'_>>, user: Option<&str>, expires_in: u64) {
+    out.extend_from_slice(b"{\"op\":\"ok\"");
+    write_id(out, id);
+    out.extend_from_slice(b",\"user\":");
+    match user {
+        Some(u) => {
+            write_str(out, u);
+            out.extend_from_slice(format!(",\"expires_in\":{expires_in}").as_bytes());
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.push(b'}');
+}
+
+/// `{"op":"ok","id":..,"expires_in":..}`: the answer to a `refresh`, or to a subscribe with a
+/// subscription token (how long that topic's grant lasts).
+pub fn renewed(out: &mut Vec<u8>, id: Option<Raw<'_>>, expires_in: u64) {
+    out.extend_from_slice(b"{\"op\":\"ok\"");
+    write_id(out, id);
+    out.extend_from_slice(format!(",\"expires_in\":{expires_in}}}").as_bytes());
+}
+
+/// `{"op":"unsubscribed","topic":..,"reason":..}`: the server ended a subscription (its
+/// subscription token expired).
+pub fn unsubscribed(out: &mut Vec<u8>, topic: &str, reason: &str) {
+    out.extend_from_slice(b"{\"op\":\"unsubscribed\",\"topic\":");
+    write_str(out, topic);
+    out.extend_from_slice(b",\"reason\":");
+    write_str(out, reason);
     out.push(b'}');
 }
 
@@ -347,7 +420,7 @@ mod tests {
         }
         assert!(
             matches!(decode(r#"{"op":"subscribe","topic":"n\u00e9ws"}"#).unwrap(),
-            Request::Subscribe { topic, id: None } if topic == "néws")
+            Request::Subscribe { topic, id: None, token: None } if topic == "néws")
         );
         assert!(
             matches!(decode(r#"{"op":"unsubscribe","topic":"a","id":"x"}"#).unwrap(),

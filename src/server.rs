@@ -17,6 +17,7 @@ use mio::{Poll, Waker};
 use crate::acceptor::{self, Acceptor, ACCEPTOR_WAKER};
 use crate::admission;
 use crate::affinity;
+use crate::auth::{Auth, KeyError};
 use crate::backplane;
 use crate::broadcast::Bus;
 use crate::config::{Config, DEFAULT_MEMORY_SHARE_PERCENT};
@@ -45,6 +46,9 @@ pub enum StartError {
     /// `--redis` is not a usable Redis URL (exit 2 too).
     #[error("{0}")]
     Backplane(#[from] crate::backplane::OptionsError),
+    /// A token key file is missing, unreadable or not a usable key (exit 2 too).
+    #[error("auth: {0}")]
+    Auth(#[from] KeyError),
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -69,6 +73,20 @@ impl Server {
         let tls = match &cfg.tls {
             Some(files) => Some(tls_config::load(files)?),
             None => None,
+        };
+        // Then the token keys: a key file that cannot be used is a configuration mistake too.
+        let auth = if cfg.auth.enabled() {
+            let auth = Arc::new(Auth::new(&cfg.auth)?);
+            log::info!(
+                "auth: {} key(s) from files{}",
+                auth.key_count(),
+                auth.jwks_url()
+                    .map(|u| format!(", and a JWKS from {}", u.shown()))
+                    .unwrap_or_default()
+            );
+            Some(auth)
+        } else {
+            None
         };
         let backplane_opts = match &cfg.redis {
             Some(url) => Some(backplane::Options::parse(url, &cfg.redis_prefix)?),
@@ -112,7 +130,15 @@ impl Server {
         let memory = Arc::new(memory::Guard::new(max_memory));
         memory.sample();
         let cfg = Arc::new(cfg);
-        let (admission, gate) = admission::new(max_connections, cfg.max_connections_per_ip);
+        let rate = cfg.connection_rate();
+        if let Some(r) = rate {
+            log::info!(
+                "new connections limited to {}/s per address, {} at once",
+                r.per_second,
+                r.burst
+            );
+        }
+        let (admission, gate) = admission::new(max_connections, cfg.max_connections_per_ip, rate);
         let admission = Arc::new(admission);
         let (exit_tx, exits) = crossbeam_channel::unbounded();
         let control_exit = exit_tx.clone();
@@ -148,6 +174,7 @@ impl Server {
             api_publishes_refused: AtomicU64::new(0),
             started: Instant::now(),
             memory: memory.clone(),
+            auth: auth.clone(),
         });
         let console: Arc<Console> = Arc::default();
 
@@ -172,13 +199,14 @@ impl Server {
             let st = stats[index].clone();
             let console = console.clone();
             let retire = shared.bus.clone();
-            let (bus, cfg, admission, exit_tx, memory, tls) = (
-                shared.bus.port(),
+            let (bus, cfg, admission, exit_tx, memory, tls, auth) = (
+                shared.bus.port(index),
                 cfg.clone(),
                 admission.clone(),
                 exit_tx.clone(),
                 memory.clone(),
                 tls.clone(),
+                auth.clone(),
             );
             let t = std::thread::Builder::new()
                 .name(format!("corecast-w{index}"))
@@ -196,6 +224,7 @@ impl Server {
                         memory,
                         tls,
                         console,
+                        auth,
                     };
                     let result = exit::guarded(|| Worker::new(index, poll, inbox, ctx)?.run());
                     // Nothing sent to this worker is read from now on: its budget comes back.
@@ -264,6 +293,18 @@ impl Server {
         Ok(())
     }
 
+    /// Reads the token key files again (SIGHUP), and has a JWKS URL fetched again. If a
+    /// file cannot be used, the error is returned and the keys held stay. `None` without
+    /// auth.
+    pub fn reload_auth(&self) -> Option<Result<(), KeyError>> {
+        self.shared.auth.as_ref().map(|a| a.reload())
+    }
+
+    /// The token verifier, when a key source is configured.
+    pub fn auth(&self) -> Option<&Arc<Auth>> {
+        self.shared.auth.as_ref()
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }
@@ -276,6 +317,12 @@ impl Server {
     /// Bytes of publishes from outside the workers (admin API, backplane) in their queues.
     pub fn outside_queued(&self) -> usize {
         self.shared.bus.outside_queued()
+    }
+
+    /// Bytes of workers' publishes waiting in other workers' queues (the cross-worker
+    /// budget, `broadcast::CROSS_BYTES`).
+    pub fn cross_queued(&self) -> usize {
+        self.shared.bus.cross_queued()
     }
 
     /// Where the admin endpoint listens, if enabled.
@@ -672,8 +719,8 @@ mod tests {
     }
 
     /// A client's publishes to a dead worker are charged to the cross-worker budget: twice
-    /// [`CROSS_BYTES`] of them from a client of the live worker never hold it back, and the
-    /// budget comes back to nothing.
+    /// [`CROSS_BYTES`] of them from a client of the live worker never hold it back, neither
+    /// for the budget nor for its share of it, and the budget comes back to nothing.
     #[test]
     fn client_publishes_do_not_leave_their_budget_with_a_dead_worker() {
         let _one = one_at_a_time();
@@ -710,6 +757,11 @@ mod tests {
             }
         }
         assert_eq!(server.stats().publishers_held, 0);
+        assert_eq!(
+            server.stats().publishers_share_held,
+            0,
+            "a dead worker holds back no publisher's share"
+        );
         wait_for("the cross-worker budget back to 0", || {
             server.shared.bus.cross_queued() == 0
         });

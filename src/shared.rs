@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::admission;
+use crate::auth::Auth;
 use crate::broadcast::Bus;
 use crate::config::Config;
 use crate::memory;
@@ -30,6 +31,8 @@ pub struct Shared {
     pub started: Instant,
     /// Resident memory against `--max-memory`.
     pub memory: Arc<memory::Guard>,
+    /// The token verifier, when a key source is configured (`--auth-*`).
+    pub auth: Option<Arc<Auth>>,
 }
 
 impl Shared {

@@ -5,6 +5,8 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
+use crate::handler::Denial;
+
 macro_rules! counters {
     (
         counters { $($(#[$doc:meta])* $name:ident),* $(,)? }
@@ -17,6 +19,8 @@ macro_rules! counters {
             $($(#[$gdoc])* pub $gauge: AtomicI64,)*
             /// Failed handshakes by HTTP status answered (see [`HANDSHAKE_STATUSES`]).
             pub handshake_failures_by: [AtomicU64; HANDSHAKE_STATUSES.len()],
+            /// Requests auth refused, by why (see [`Denial::ALL`]).
+            pub denials_by: [AtomicU64; Denial::ALL.len()],
             /// How long this worker's event-loop turns take.
             pub turns: Turns,
         }
@@ -27,6 +31,7 @@ macro_rules! counters {
             $(pub $name: u64,)*
             $(pub $gauge: i64,)*
             pub handshake_failures_by: [u64; HANDSHAKE_STATUSES.len()],
+            pub denials_by: [u64; Denial::ALL.len()],
         }
 
         impl Stats {
@@ -37,6 +42,7 @@ macro_rules! counters {
                     handshake_failures_by: std::array::from_fn(|i| {
                         self.handshake_failures_by[i].load(Relaxed)
                     }),
+                    denials_by: std::array::from_fn(|i| self.denials_by[i].load(Relaxed)),
                 }
             }
         }
@@ -48,15 +54,19 @@ macro_rules! counters {
                 for (a, b) in self.handshake_failures_by.iter_mut().zip(o.handshake_failures_by) {
                     *a += b;
                 }
+                for (a, b) in self.denials_by.iter_mut().zip(o.denials_by) {
+                    *a += b;
+                }
             }
         }
     };
 }
 
 /// Why handshakes fail, as the label of the HTTP status sent (0 = timed out, nothing sent).
-pub const HANDSHAKE_STATUSES: [(u16, &str); 9] = [
+pub const HANDSHAKE_STATUSES: [(u16, &str); 10] = [
     (0, "timeout"),
     (400, "bad_request"),
+    (401, "unauthorized"),
     (403, "forbidden"),
     (404, "not_found"),
     (405, "method_not_allowed"),
@@ -118,6 +128,9 @@ counters! {
     /// Times a connection's input was held back because its publishes found the other
     /// workers' queues full (`broadcast::CROSS_BYTES`).
     publishers_held,
+    /// Times a connection's input was held back because its own publishes waiting in the
+    /// other workers' queues passed its share of them (`broadcast::PUBLISHER_SHARE`).
+    publishers_share_held,
     /// Connections closed (1008) because their output stayed over its bound past
     /// `--backpressure-timeout`.
     backpressure_closes,
@@ -141,6 +154,35 @@ counters! {
     /// Published messages compressed: once per message, worker and window size, whatever
     /// the number of subscribers that get it.
     messages_compressed,
+    /// Upgrades refused with 401 for their token (also under `handshake_failures`).
+    auth_upgrades_refused,
+    /// Connections that connected with a token (at the upgrade or by `connect`).
+    auth_connects,
+    /// Connections that connected anonymously.
+    auth_anonymous_connects,
+    /// `connect`s whose token was refused (closed with 4001).
+    auth_connects_refused,
+    /// Connections closed with 4001 for sending no `connect` within
+    /// `--auth-connect-timeout`.
+    auth_connect_timeouts,
+    /// Tokens renewed by `refresh`.
+    auth_refreshes,
+    /// Connections closed with 4002: their token expired without a refresh.
+    auth_expiries,
+    /// Subscriptions ended because their subscription token expired.
+    auth_topic_expiries,
+    /// Connections closed with 4003 by `POST /disconnect`.
+    auth_disconnects,
+    /// Times a connection's token check waited for a later loop turn: the turn had spent its
+    /// verification budget.
+    auth_deferred,
+    /// Times a connection was held for sending faster than its rate limit
+    /// (`--rate-limit-policy hold`).
+    rate_limit_holds,
+    /// Messages refused with `rate_limited` (`--rate-limit-policy refuse`).
+    rate_limit_refusals,
+    /// Connections closed with 1008 for their rate (`--rate-limit-policy close`).
+    rate_limit_closes,
     }
     gauges {
     /// Connections currently open on this worker (handshaking ones included).
@@ -158,6 +200,12 @@ counters! {
     /// Memory in TLS connections' own buffers: a half-received record, ciphertext the
     /// socket has not taken yet.
     tls_memory,
+    /// Connections connected with a verified token right now.
+    authenticated,
+    /// Connections connected anonymously right now.
+    anonymous,
+    /// Connections waiting to `connect` right now.
+    auth_pending,
     }
 }
 

@@ -662,16 +662,20 @@ fn every_metric_keeps_its_name_type_and_labels() {
     for r in [
         "max_connections",
         "max_connections_per_ip",
+        "connection_rate",
         "memory",
         "descriptors",
     ] {
         add("connections_rejected_total", "counter", Some(("reason", r)));
     }
+    add("connection_rate_untracked_total", "counter", None);
+    add("connection_rate_addresses", "gauge", None);
     add("connections_closed_total", "counter", None);
     add("handshakes_total", "counter", None);
     for r in [
         "timeout",
         "bad_request",
+        "unauthorized",
         "forbidden",
         "not_found",
         "method_not_allowed",
@@ -700,6 +704,7 @@ fn every_metric_keeps_its_name_type_and_labels() {
         "timeouts_total",
         "input_held_total",
         "publishers_held_total",
+        "publishers_share_held_total",
         "backpressure_closed_total",
         "message_timeouts_total",
         "control_frames_dropped_total",
@@ -733,7 +738,47 @@ fn every_metric_keeps_its_name_type_and_labels() {
         add(name, "gauge", None);
     }
     add("admin_connections_refused_total", "counter", None);
+    add("admin_disconnects_total", "counter", None);
+    add("backplane_disconnects_received_total", "counter", None);
     add("admin_request_timeouts_total", "counter", None);
+    for s in ["user", "anonymous", "pending"] {
+        add("auth_connections", "gauge", Some(("standing", s)));
+    }
+    for s in ["user", "anonymous"] {
+        add("auth_connects_total", "counter", Some(("as", s)));
+    }
+    for r in [
+        "upgrade_refused",
+        "connect_refused",
+        "connect_timeout",
+        "expired",
+        "disconnected",
+    ] {
+        add("auth_closes_total", "counter", Some(("reason", r)));
+    }
+    for r in [
+        "not_connected",
+        "subscribe",
+        "publish",
+        "broadcast",
+        "second_connect",
+        "refresh_other_user",
+        "refresh_anonymous",
+        "subscription_token",
+        "bad_token",
+    ] {
+        add("auth_refusals_total", "counter", Some(("reason", r)));
+    }
+    for name in [
+        "auth_refreshes_total",
+        "auth_subscription_expiries_total",
+        "auth_deferred_total",
+    ] {
+        add(name, "counter", None);
+    }
+    for a in ["held", "refused", "closed"] {
+        add("rate_limited_total", "counter", Some(("action", a)));
+    }
     for name in ["backplane_configured", "backplane_up"] {
         add(name, "gauge", None);
     }
@@ -754,6 +799,31 @@ fn every_metric_keeps_its_name_type_and_labels() {
     add("backplane_interest_queued", "gauge", None);
     add("backplane_interest_overflows_total", "counter", None);
     add("backplane_interest_resyncs_total", "counter", None);
+    add("auth_configured", "gauge", None);
+    for outcome in [
+        "ok",
+        "malformed",
+        "bad_signature",
+        "expired",
+        "not_yet_valid",
+        "unknown_key",
+        "wrong_audience",
+        "wrong_issuer",
+    ] {
+        add(
+            "auth_verifications_total",
+            "counter",
+            Some(("outcome", outcome)),
+        );
+    }
+    add("auth_cache_hits_total", "counter", None);
+    add("auth_cache_entries", "gauge", None);
+    add("auth_keys", "gauge", None);
+    for family in ["auth_jwks_fetches_total", "auth_key_reloads_total"] {
+        for result in ["ok", "failed"] {
+            add(family, "counter", Some(("result", result)));
+        }
+    }
     add(
         "worker_loop_turn_seconds",
         "histogram",

@@ -232,3 +232,27 @@ fn a_delivery_to_a_subscriber_that_keeps_up_costs_no_allocation() {
     assert_eq!(churned, 0.0, "subscribing to a kept topic allocates");
     server.shutdown().unwrap();
 }
+
+/// The same across workers: with two, half the subscribers are on the other worker, so each
+/// publish is also queued to it, numbered, counted as taken and retired from the publisher's
+/// account there (`worker::share`); none of that may allocate per delivery, nor per publish
+/// once warm (an account closed at zero keeps its map's room for the next).
+#[test]
+fn a_delivery_on_another_worker_costs_no_allocation() {
+    let _turn = serial();
+    let server = start(config(2));
+    let addr = server.local_addr();
+    let few = per_publish(addr, "alloc-few", 5);
+    let many = per_publish(addr, "alloc-many", 50);
+    eprintln!(
+        "two workers: worker allocations per publish: {few:.3} with 5 subscribers, {many:.3} \
+         with 50 ({:.4} per delivery)",
+        (many - few) / 45.0
+    );
+    assert!(
+        many - few < 0.1,
+        "deliveries allocate: {few:.3} per publish with 5 subscribers, {many:.3} with 50"
+    );
+    assert!(few <= 4.0, "a publish costs {few:.3} allocations");
+    server.shutdown().unwrap();
+}

@@ -193,9 +193,9 @@ fn a_node_subscribes_to_a_topic_only_while_a_local_connection_holds_it() {
     let r = Redis::start();
     let a = node(&r.url());
     wait_for("connected", || up(&a));
-    // The broadcast channel, always; no topic yet.
-    wait_for("the broadcast channel", || {
-        r.channels() == vec!["corecast:all".to_string()]
+    // The broadcast and control channels, always; no topic yet.
+    wait_for("the broadcast and control channels", || {
+        r.channels() == vec!["corecast:all".to_string(), "corecast:ctl".to_string()]
     });
     // Two subscribers, on the two workers (connections are dealt in turn).
     let mut one = connect(a.local_addr(), "/ws");
@@ -524,6 +524,7 @@ fn churning_topics_against_a_stalled_redis_overflows_the_interest_queue_and_resy
     const CHURN: usize = 20_000;
     let mut expected = vec![
         "corecast:all".to_string(),
+        "corecast:ctl".to_string(),
         "corecast:topic:first".to_string(),
     ];
     let mut churners = Vec::new();

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::process::{set_int_opt, Proc};
 use common::*;
+use corecast::broadcast::PUBLISHER_SHARE;
 use corecast::config::SlowConsumer;
 use serde_json::json;
 use tungstenite::Message;
@@ -457,12 +458,15 @@ fn every_acknowledged_publish_is_delivered_before_the_shutdown_close() {
     }
 }
 
-/// A client publishing on one worker to subscribers on another faster than that worker
+/// Clients publishing on one worker to subscribers on another faster than that worker
 /// delivers: what waits in the other worker's queue stays within its 64 MiB bound, because
-/// the publisher's input is held back instead (TCP then slows it), and the queue drains
-/// once it stops.
+/// the publishers' input is held back instead (TCP then slows them), and the queue drains
+/// once they stop. One publisher alone is held at its share (1/8 of the bound; see
+/// `a_heavy_publisher_is_held_at_its_share_while_light_ones_keep_publishing`), so it takes
+/// more than eight to reach the bound: sixteen, which at half their shares still fill it.
 #[test]
-fn a_publisher_faster_than_the_other_worker_is_held_back_not_buffered() {
+fn publishers_faster_than_the_other_worker_are_held_back_not_buffered() {
+    const PUBLISHERS: usize = 16;
     let p = Proc::start(&[
         "--workers",
         "2",
@@ -474,10 +478,11 @@ fn a_publisher_faster_than_the_other_worker_is_held_back_not_buffered() {
         "drop",
     ]);
     let base = p.rss();
-    let publisher = raw_upgraded(p.addr, "/ws");
-    // Connections go round robin, so every other one after the publisher is on the other
-    // worker: those subscribe (and never read, so that every delivery costs that worker a
-    // refusal per subscriber), the rest stay idle beside the publisher.
+    let mut publishers = vec![raw_upgraded(p.addr, "/ws")];
+    // Connections go round robin, so every other one after the first publisher is on the
+    // other worker: those subscribe (and never read, so that every delivery costs that worker
+    // a refusal per subscriber); of the rest, beside the first publisher, the first are
+    // publishers too and the others stay idle.
     let mut far = Vec::new();
     let mut near = Vec::new();
     for i in 0..2000 {
@@ -489,6 +494,8 @@ fn a_publisher_faster_than_the_other_worker_is_held_back_not_buffered() {
             let (_, ok) = raw_frame(&mut s);
             assert_eq!(ok, br#"{"op":"ok"}"#);
             far.push(s);
+        } else if publishers.len() < PUBLISHERS {
+            publishers.push(s);
         } else {
             near.push(s);
         }
@@ -499,27 +506,32 @@ fn a_publisher_faster_than_the_other_worker_is_held_back_not_buffered() {
         format!(r#"{{"op":"publish","id":1,"topic":"far","data":"{data}"}}"#).as_bytes(),
     );
     let stop = Arc::new(AtomicBool::new(false));
-    // Each publish carries an id, so the publisher also gets an `ok` per publish, which it
-    // reads: a held publisher with replies to flush must stay held all the same.
-    let mut acks = publisher.try_clone().unwrap();
-    acks.set_read_timeout(Some(Duration::from_secs(40)))
-        .unwrap();
-    // Reads the acks until the last request's; returns how many came before it.
-    let acked = std::thread::spawn(move || {
-        let mut n = 0;
-        loop {
-            let (_, payload) = raw_frame(&mut acks);
-            if payload == br#"{"op":"ok","id":"last"}"# {
-                return n;
-            }
-            assert_eq!(payload, br#"{"op":"ok","id":1}"#);
-            n += 1;
-        }
-    });
-    let flooding = {
-        let stop = stop.clone();
-        std::thread::spawn(move || flood(publisher, frame, &stop, 30))
-    };
+    let floods: Vec<_> = publishers
+        .into_iter()
+        .map(|publisher| {
+            // Each publish carries an id, so the publisher also gets an `ok` per publish,
+            // which it reads: a held publisher with replies to flush must stay held all the
+            // same.
+            let mut acks = publisher.try_clone().unwrap();
+            acks.set_read_timeout(Some(Duration::from_secs(40)))
+                .unwrap();
+            // Reads the acks until the last request's; returns how many came before it.
+            let acked = std::thread::spawn(move || {
+                let mut n = 0;
+                loop {
+                    let (_, payload) = raw_frame(&mut acks);
+                    if payload == br#"{"op":"ok","id":"last"}"# {
+                        return n;
+                    }
+                    assert_eq!(payload, br#"{"op":"ok","id":1}"#);
+                    n += 1;
+                }
+            });
+            let (stop, frame) = (stop.clone(), frame.clone());
+            let flooding = std::thread::spawn(move || flood(publisher, frame, &stop, 30));
+            (flooding, acked)
+        })
+        .collect();
     let (mut peak_queue, mut peak_rss) = (0.0f64, 0);
     let until = Instant::now() + Duration::from_secs(5);
     while Instant::now() < until {
@@ -528,15 +540,25 @@ fn a_publisher_faster_than_the_other_worker_is_held_back_not_buffered() {
         std::thread::sleep(Duration::from_millis(50));
     }
     stop.store(true, Ordering::Relaxed);
-    let (publisher, sent) = flooding.join().unwrap();
+    let mut sent = 0;
+    let floods: Vec<_> = floods
+        .into_iter()
+        .map(|(flooding, acked)| {
+            let (publisher, n) = flooding.join().unwrap();
+            sent += n;
+            (publisher, acked)
+        })
+        .collect();
     let held = p.metric("corecast_publishers_held_total", None);
+    let share_held = p.metric("corecast_publishers_share_held_total", None);
     eprintln!(
-        "sent {} MiB; peak cross-worker queue {:.1} MiB; publisher held {held} times; RSS +{} MiB",
+        "sent {} MiB; peak cross-worker queue {:.1} MiB; publishers held {held} times for the \
+         bound, {share_held} times for their shares; RSS +{} MiB",
         sent >> 20,
         peak_queue / MIB as f64,
         peak_rss.saturating_sub(base) / MIB
     );
-    assert!(held >= 1.0, "the publisher was never held back");
+    assert!(held >= 1.0, "no publisher was ever held back for the bound");
     assert!(
         peak_queue <= (64 + 4) as f64 * MIB as f64,
         "cross-worker queue reached {peak_queue} bytes"
@@ -544,25 +566,222 @@ fn a_publisher_faster_than_the_other_worker_is_held_back_not_buffered() {
     // The far subscribers' queues (1,000 × 192 KiB) and the bounded cross-worker queue.
     let grown = peak_rss.saturating_sub(base);
     assert!(grown < 400 * MIB, "RSS grew by {} MiB", grown / MIB);
-    // Stopped: the far worker catches up, the queue empties, and the publisher is read
-    // again: what it sent while held is handled, then this request is answered.
+    // Stopped: the far worker catches up, the queue empties, and the publishers are read
+    // again: what they sent while held is handled, then this request is answered.
     p.wait_metric("corecast_cross_worker_queued_bytes", None, WATCHDOG, |v| {
         v == 0.0
     });
-    let mut publisher = publisher;
-    publisher.set_write_timeout(None).unwrap();
-    publisher
+    let mut publishers = Vec::new();
+    for (mut publisher, acked) in floods {
+        publisher.set_write_timeout(None).unwrap();
+        publisher
+            .write_all(&masked(
+                0x81,
+                br#"{"op":"publish","id":"last","topic":"nobody","data":0}"#,
+            ))
+            .unwrap();
+        let acks = acked
+            .join()
+            .expect("every publish is acknowledged, the last one too");
+        assert!(acks > 0);
+        publishers.push(publisher);
+    }
+    drop((publishers, far, near));
+    assert!(p.terminate().success());
+}
+
+/// Publishes `n` small numbered messages to `topic`, one every `gap` whatever the answers,
+/// each carrying when it was sent (µs after `t0`), also as its id, so that the server's `ok`
+/// tells how long it took to be read; on threads of their own. Returns the socket and the
+/// longest wait for an `ok`: a publisher whose input is held back waits until it is let go.
+fn publish_numbered(
+    s: TcpStream,
+    topic: &'static str,
+    n: usize,
+    gap: Duration,
+    t0: Instant,
+) -> std::thread::JoinHandle<(TcpStream, Duration)> {
+    let mut acks = s.try_clone().unwrap();
+    let acked = std::thread::spawn(move || {
+        let mut worst = Duration::ZERO;
+        for _ in 0..n {
+            let (_, ok) = raw_frame(&mut acks);
+            let ok: serde_json::Value = serde_json::from_slice(&ok).unwrap();
+            assert_eq!(ok["op"], "ok", "{ok}");
+            let sent = Duration::from_micros(ok["id"].as_u64().unwrap());
+            worst = worst.max(t0.elapsed().saturating_sub(sent));
+        }
+        worst
+    });
+    std::thread::spawn(move || {
+        let mut s = s;
+        for i in 0..n {
+            let us = t0.elapsed().as_micros() as u64;
+            let req = json!({"op":"publish","topic":topic,"id":us,"data":{"i":i,"us":us}});
+            s.write_all(&masked(0x81, req.to_string().as_bytes()))
+                .unwrap();
+            std::thread::sleep(gap);
+        }
+        (s, acked.join().unwrap())
+    })
+}
+
+/// Reads `n` numbered messages (see `publish_numbered`), checks that they come in order,
+/// and returns the longest any took from its publisher to here.
+fn receive_numbered(mut c: Client, n: usize, t0: Instant) -> std::thread::JoinHandle<Duration> {
+    std::thread::spawn(move || {
+        let mut worst = Duration::ZERO;
+        for i in 0..n {
+            let m = recv(&mut c);
+            assert_eq!(m["data"]["i"], i, "{m}");
+            let sent = Duration::from_micros(m["data"]["us"].as_u64().unwrap());
+            worst = worst.max(t0.elapsed().saturating_sub(sent));
+        }
+        worst
+    })
+}
+
+/// One publisher took the whole cross-worker budget and held back every other publisher.
+/// Here a client floods 60 KB publishes to a topic whose subscribers on the other worker
+/// make it far slower than the publisher's worker: one never reads (its messages are
+/// dropped at its bound), one negotiated permessage-deflate, so that worker compresses every
+/// message at level 9, and the text (8 letters) makes zlib follow long hash chains for
+/// short matches (about 11 MB/s on the 2-core dev VM, against some 40 to 130 MB/s that the
+/// publisher's worker reads). The heavy publisher is held at its own share of the
+/// cross-worker queues, well inside the global bound, while a light publisher on each
+/// worker, publishing small numbered messages to a reading subscriber on the other worker,
+/// is never held: every publish is acknowledged at once, and every message arrives, in order.
+/// (The light publisher beside the heavy one shares its worker's queue to the slow worker,
+/// so its messages wait behind the heavy one's share: their delay is bounded, not small.)
+#[test]
+fn a_heavy_publisher_is_held_at_its_share_while_light_ones_keep_publishing() {
+    let mut cfg = config(2);
+    cfg.slow_consumer = SlowConsumer::Drop;
+    cfg.permessage_deflate = true;
+    cfg.deflate_level = 9;
+    let server = start(cfg);
+    let addr = server.local_addr();
+    // Round robin from worker 0: even connections go to worker 0, odd ones to worker 1.
+    let heavy = raw_upgraded(addr, "/ws");
+    let stalled: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = raw_upgraded(addr, "/ws");
+            set_int_opt(&s, libc::SOL_SOCKET, libc::SO_RCVBUF, 4096);
+            s.write_all(&masked(0x81, br#"{"op":"subscribe","topic":"heavy"}"#))
+                .unwrap();
+            assert_eq!(raw_frame(&mut s).1, br#"{"op":"ok"}"#);
+            s
+        })
+        .collect();
+    let subscribed = |topic: &str| {
+        let mut c = connect(addr, "/ws");
+        send(&mut c, json!({"op":"subscribe","topic":topic}));
+        assert_eq!(recv(&mut c), json!({"op":"ok"}));
+        c
+    };
+    // The heavy publisher is connection 0 (worker 0), the stalled subscribers 1 and 2.
+    let sub0 = subscribed("light0"); // worker 1
+    let light0 = raw_upgraded(addr, "/ws"); // worker 0, beside the heavy publisher
+    let compressing = deflate_reader(addr, "heavy"); // worker 1
+    let sub1 = subscribed("light1"); // worker 0
+    let light1 = raw_upgraded(addr, "/ws"); // worker 1
+    assert_eq!(server.stats().open, 8);
+
+    let data: String = slow_to_compress(60_000)
+        .bytes()
+        .map(|b| char::from(b'a' + (b - b'a') % 8))
+        .collect();
+    let frame = masked(
+        0x81,
+        format!(r#"{{"op":"publish","topic":"heavy","data":"{data}"}}"#).as_bytes(),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooding = {
+        let stop = stop.clone();
+        std::thread::spawn(move || flood(heavy, frame, &stop, 20))
+    };
+    // The heavy publisher's backlog builds up first; then the light ones publish through it.
+    std::thread::sleep(Duration::from_millis(500));
+    let (n, gap, t0) = (100, Duration::from_millis(10), Instant::now());
+    let receivers = [receive_numbered(sub0, n, t0), receive_numbered(sub1, n, t0)];
+    let publishers = [
+        publish_numbered(light0, "light0", n, gap, t0),
+        publish_numbered(light1, "light1", n, gap, t0),
+    ];
+    let mut peak = 0;
+    while !receivers.iter().all(|r| r.is_finished()) {
+        peak = peak.max(server.cross_queued());
+        assert!(
+            t0.elapsed() < WATCHDOG,
+            "the light publishers' messages stalled; cross-worker queue up to {:.1} MiB, \
+             publishers held {} times for the global bound",
+            peak as f64 / MIB as f64,
+            server.stats().publishers_held
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let took = t0.elapsed();
+    let delivery: Vec<Duration> = receivers.into_iter().map(|r| r.join().unwrap()).collect();
+    let (lights, ack): (Vec<TcpStream>, Vec<Duration>) =
+        publishers.into_iter().map(|p| p.join().unwrap()).unzip();
+    stop.store(true, Ordering::Relaxed);
+    let (mut heavy, sent) = flooding.join().unwrap();
+    let st = server.stats();
+    eprintln!(
+        "heavy sent {} MiB; peak cross-worker queue {:.1} MiB; light publishers' slowest \
+         acknowledgement {ack:?}, slowest delivery {delivery:?}, all in after {took:?}; {st:?}",
+        sent >> 20,
+        peak as f64 / MIB as f64,
+    );
+    // The heavy publisher's share, a publish past it, and the light publishers' few
+    // messages: nowhere near the global bound.
+    assert!(
+        peak <= PUBLISHER_SHARE + MIB as usize,
+        "cross-worker queue reached {:.1} MiB",
+        peak as f64 / MIB as f64
+    );
+    assert_eq!(
+        st.publishers_held, 0,
+        "a publisher was held for the global bound"
+    );
+    // A loop turn or two of the slow worker (1 MiB compressed: about 100 ms), not a hold.
+    assert!(
+        ack.iter().all(|a| *a < Duration::from_secs(1)),
+        "a light publisher waited {ack:?} for an acknowledgement"
+    );
+    // What waits ahead of a light message in its worker's queue to the slow worker is at
+    // most the heavy publisher's share (about a second of that worker's work here).
+    assert!(
+        delivery.iter().all(|d| *d < Duration::from_secs(5)),
+        "light messages took up to {delivery:?}"
+    );
+    assert!(
+        st.publishers_share_held > 0,
+        "the heavy publisher was never held at its share"
+    );
+    // Stopped: the other worker catches up and the heavy publisher is read again.
+    let deadline = Instant::now() + WATCHDOG;
+    while server.cross_queued() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the cross-worker queue never drained"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    heavy.set_write_timeout(None).unwrap();
+    heavy
         .write_all(&masked(
             0x81,
             br#"{"op":"publish","id":"last","topic":"nobody","data":0}"#,
         ))
         .unwrap();
-    let acks = acked
-        .join()
-        .expect("every publish is acknowledged, the last one too");
-    assert!(acks > 0);
-    drop((publisher, far, near));
-    assert!(p.terminate().success());
+    heavy
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    assert_eq!(raw_frame(&mut heavy).1, br#"{"op":"ok","id":"last"}"#);
+    drop((heavy, stalled, lights));
+    server.shutdown().unwrap();
+    compressing.join().unwrap();
 }
 
 /// Turns of worker 0 so far, as `corecast_worker_loop_turn_seconds` exports them: (upper

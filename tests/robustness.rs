@@ -262,6 +262,82 @@ fn connection_limits_refuse_with_a_reason_and_free_up_again() {
     server.shutdown().unwrap();
 }
 
+/// Sends an upgrade from a socket bound to `source` (loopback is 127.0.0.0/8) and reads the
+/// response: a 101's head, or a refusal with its body.
+fn upgrade_from(source: [u8; 4], addr: SocketAddr) -> (TcpStream, HttpResponse) {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&SocketAddr::from((source, 0)).into()).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let mut s = TcpStream::from(sock);
+    s.set_read_timeout(Some(WATCHDOG)).unwrap();
+    s.write_all(UPGRADE).unwrap();
+    let resp = read_response(&mut s).expect("a response");
+    (s, resp)
+}
+
+#[test]
+fn connections_over_the_per_ip_rate_get_429_while_other_addresses_are_admitted() {
+    const ONE: [u8; 4] = [127, 0, 0, 1];
+    const TWO: [u8; 4] = [127, 0, 0, 2];
+    let mut cfg = config(1);
+    cfg.max_connection_rate_per_ip = 1;
+    cfg.connection_rate_burst = Some(3);
+    cfg.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    let server = start(cfg);
+    let (addr, admin) = (server.local_addr(), server.admin_addr().unwrap());
+    let admitted = |source| {
+        let (s, resp) = upgrade_from(source, addr);
+        assert_eq!(resp.status, 101, "{source:?}: {}", resp.head);
+        s
+    };
+    let refused = |source| {
+        let (_, resp) = upgrade_from(source, addr);
+        assert_eq!(resp.status, 429, "{source:?}: {}", resp.head);
+        assert_eq!(resp.header("retry-after"), Some("1"), "{}", resp.head);
+        assert!(
+            resp.body.contains("too many new connections"),
+            "{}",
+            resp.body
+        );
+    };
+
+    // The burst, at once; then the bucket is empty. The server took the first token before
+    // it answered the first upgrade, so a second from `first` it has one again. Five
+    // loopback connections take milliseconds, far from that second.
+    let mut open = vec![admitted(ONE)];
+    let first = Instant::now();
+    open.push(admitted(ONE));
+    open.push(admitted(ONE));
+    refused(ONE);
+    refused(ONE);
+    // Another address has a bucket of its own, as full as ever.
+    for _ in 0..3 {
+        open.push(admitted(TWO));
+    }
+    refused(TWO);
+
+    // A token a second: one connection more, not a burst.
+    std::thread::sleep(
+        (first + Duration::from_millis(1050)).saturating_duration_since(Instant::now()),
+    );
+    open.push(admitted(ONE));
+    refused(ONE);
+
+    let mut s = TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(WATCHDOG)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let metrics = read_response(&mut s).unwrap().body;
+    assert!(
+        metrics.contains("corecast_connections_rejected_total{reason=\"connection_rate\"} 4\n"),
+        "{metrics}"
+    );
+    assert_eq!(server.refused(), (0, 0), "no cap refused anyone");
+    assert_eq!(server.stats().accepted, 7);
+    drop(open);
+    server.shutdown().unwrap();
+}
+
 #[test]
 fn malformed_frames_get_rfc_close_codes() {
     let server = start(config(1));

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Installs what the tests need beyond Rust: the Python `websockets` package
-# (tests/clients/requirements.txt) for the `python3` on PATH and the Node `ws` package
+# Installs what the tests need beyond Rust: the Python `websockets`, `PyJWT` and
+# `cryptography` packages (tests/clients/requirements.txt) for the `python3` on PATH (with
+# Debian's python3-pip when pip is missing) and the Node `ws` and `jose` packages
 # (tests/clients/package-lock.json) into tests/clients/node_modules, for
-# tests/independent_clients.rs; the openssl CLI (Debian package `openssl`), which
+# tests/independent_clients.rs and tests/auth.rs (the WebSocket clients, and tokens minted
+# by libraries corecast did not write); the openssl CLI (Debian package `openssl`), which
 # tests/tls.rs uses to make RSA and SEC1 EC keys, the formats rcgen does not write; and
 # redis-server (Debian package `redis-server`, Redis 7), which tests/backplane.rs starts,
 # one per test, and haproxy and nginx, which tests/load_balancers.rs runs with deploy/'s
@@ -34,6 +36,7 @@ command -v openssl >/dev/null || apt_missing+=(openssl)
 [ -x /usr/bin/chromium ] || apt_missing+=(chromium)
 [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || apt_missing+=(fonts-dejavu-core)
 command -v systemd-analyze >/dev/null || apt_missing+=(systemd)
+python3 -c "import pip" 2>/dev/null || apt_missing+=(python3-pip)
 if [ "${#apt_missing[@]}" -gt 0 ]; then
     apt-get update -qq
     # policy-rc.d: no service is started by the install (the tests start their own).
@@ -44,21 +47,51 @@ if [ "${#apt_missing[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null
 fi
 
-want_py=$(sed -n 's/^websockets==//p' "$clients/requirements.txt")
-have_py=$(python3 -c 'import websockets; print(websockets.__version__)' 2>/dev/null || true)
-if [ "$have_py" != "$want_py" ]; then
+# Every `name==version` of requirements.txt, as installed for this python3 (case and `-`/`_`
+# do not matter to pip, nor here); an empty list when all match.
+py_stale=$(python3 - "$clients/requirements.txt" <<'PY'
+import re, sys
+from importlib import metadata
+for line in open(sys.argv[1]):
+    line = line.split("#")[0].strip()
+    if not line:
+        continue
+    name, want = line.split("==")
+    try:
+        have = metadata.version(re.sub(r"[-_.]+", "-", name))
+    except metadata.PackageNotFoundError:
+        have = None
+    if have != want:
+        print("%s (have %s, want %s)" % (name, have, want))
+PY
+)
+if [ -n "$py_stale" ]; then
     extra=()
     if python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))'; then
         extra+=(--break-system-packages)
     fi
     python3 -m pip install --user -q --disable-pip-version-check --no-warn-script-location \
         "${extra[@]}" -r "$clients/requirements.txt" 2>&1 | { grep -v "Running pip as the 'root' user" || true; } >&2
-    python3 -c 'import websockets' || { echo "websockets still not importable by python3" >&2; exit 1; }
+    python3 -c 'import websockets, jwt, cryptography' \
+        || { echo "websockets, PyJWT or cryptography still not importable by python3" >&2; exit 1; }
 fi
 
-want_ws=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["packages"]["node_modules/ws"]["version"])' "$clients/package-lock.json")
-have_ws=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["version"])' "$clients/node_modules/ws/package.json" 2>/dev/null || true)
-if [ "$have_ws" != "$want_ws" ]; then
+# Each top-level package of the lock (ws, jose), against what node_modules holds.
+node_stale=$(python3 - "$clients" <<'PY'
+import json, os, sys
+clients = sys.argv[1]
+lock = json.load(open(os.path.join(clients, "package-lock.json")))
+for name in lock["packages"][""]["dependencies"]:
+    want = lock["packages"]["node_modules/" + name]["version"]
+    try:
+        have = json.load(open(os.path.join(clients, "node_modules", name, "package.json")))["version"]
+    except OSError:
+        have = None
+    if have != want:
+        print("%s (have %s, want %s)" % (name, have, want))
+PY
+)
+if [ -n "$node_stale" ]; then
     npm ci --prefix "$clients" --no-audit --no-fund --loglevel=error >/dev/null
 fi
 

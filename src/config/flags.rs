@@ -6,12 +6,17 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use crate::auth::settings::{
+    DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_JWKS_MAX_AGE_S, DEFAULT_JWKS_REFRESH_INTERVAL_S,
+    DEFAULT_LEEWAY_S, DEFAULT_TOKEN_CACHE,
+};
+
 use super::{
-    SlowConsumer, DEFAULT_ADMIN_LISTEN, DEFAULT_BACKPRESSURE_TIMEOUT_S, DEFAULT_DEFLATE_LEVEL,
-    DEFAULT_DEFLATE_MIN_SIZE, DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_HANDSHAKE_TIMEOUT_S,
-    DEFAULT_IDLE_TIMEOUT_S, DEFAULT_LISTEN, DEFAULT_MAX_MESSAGE, DEFAULT_MAX_OUTBOUND,
-    DEFAULT_MAX_SUBSCRIPTIONS, DEFAULT_MESSAGE_TIMEOUT_S, DEFAULT_PING_INTERVAL_S,
-    DEFAULT_REDIS_PREFIX,
+    RatePolicy, SlowConsumer, DEFAULT_ADMIN_LISTEN, DEFAULT_BACKPRESSURE_TIMEOUT_S,
+    DEFAULT_DEFLATE_LEVEL, DEFAULT_DEFLATE_MIN_SIZE, DEFAULT_DRAIN_TIMEOUT_S,
+    DEFAULT_HANDSHAKE_TIMEOUT_S, DEFAULT_IDLE_TIMEOUT_S, DEFAULT_LISTEN, DEFAULT_MAX_MESSAGE,
+    DEFAULT_MAX_OUTBOUND, DEFAULT_MAX_SUBSCRIPTIONS, DEFAULT_MESSAGE_TIMEOUT_S,
+    DEFAULT_PING_INTERVAL_S, DEFAULT_RATE_LIMIT_BURST_S, DEFAULT_REDIS_PREFIX, MAX_CONNECTION_RATE,
 };
 
 /// corecast: a thread-per-core WebSocket pub/sub server.
@@ -83,6 +88,25 @@ pub struct Args {
     /// default: load generators and proxies legitimately open thousands from one address).
     #[arg(long, env = "CORECAST_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
     pub max_connections_per_ip: usize,
+
+    /// New connections per second allowed from one IP address: a token bucket per address
+    /// holds --connection-rate-burst tokens and gains this many a second, and each new
+    /// connection takes one. Over it, a connection is refused at accept, before any TLS
+    /// handshake or token check, with HTTP 429 and Retry-After: 1 (on a TLS listener it is
+    /// closed without a word). At most 1000000. 0 = no limit (the default: load generators
+    /// and proxies legitimately connect thousands of times a second from one address). Turn
+    /// it on where clients reach corecast directly; behind a proxy or load balancer every
+    /// client has the proxy's address, so leave it off and set the proxy's own limit.
+    #[arg(long, env = "CORECAST_MAX_CONNECTION_RATE_PER_IP", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_CONNECTION_RATE)))]
+    pub max_connection_rate_per_ip: u32,
+
+    /// With --max-connection-rate-per-ip: how many connections one IP address may open at
+    /// once after a quiet spell (the size of its bucket), 1 to 1000000. Default: equal to
+    /// the rate.
+    #[arg(long, env = "CORECAST_CONNECTION_RATE_BURST",
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_CONNECTION_RATE)))]
+    pub connection_rate_burst: Option<u32>,
 
     /// Seconds a client has to complete the HTTP upgrade.
     #[arg(long, env = "CORECAST_HANDSHAKE_TIMEOUT", default_value_t = DEFAULT_HANDSHAKE_TIMEOUT_S)]
@@ -205,6 +229,113 @@ pub struct Args {
     /// clients are then closed with 1012 (service restart), spread over --drain-timeout.
     #[arg(long, env = "CORECAST_REUSE_PORT")]
     pub reuse_port: bool,
+
+    /// Data messages one connection may send per second (counted after reassembly, on /ws
+    /// and /echo alike); 0 = no limit (the default). A connection may send
+    /// --rate-limit-burst seconds' worth at once; past it, --rate-limit-policy applies.
+    #[arg(long, env = "CORECAST_MAX_MESSAGES_PER_SEC", default_value_t = 0)]
+    pub max_messages_per_sec: u32,
+
+    /// Bytes of data messages one connection may send per second, as they arrive (K/M/G
+    /// suffixes allowed); 0 = no limit (the default). Same burst and policy as
+    /// --max-messages-per-sec.
+    #[arg(long, env = "CORECAST_MAX_BYTES_PER_SEC", default_value_t = 0,
+          value_parser = parse_byte_count)]
+    pub max_bytes_per_sec: usize,
+
+    /// Seconds' worth of --max-messages-per-sec and --max-bytes-per-sec a connection may
+    /// send at once before the limit applies (the size of its token buckets), 1 to 3600.
+    #[arg(long, env = "CORECAST_RATE_LIMIT_BURST", default_value_t = DEFAULT_RATE_LIMIT_BURST_S,
+          value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub rate_limit_burst: u32,
+
+    /// What a connection over its rate gets: `hold` stops reading it until its buckets
+    /// refill (TCP then slows the client down; nothing is lost), `refuse` drops the message
+    /// with an error reply (code `rate_limited`), `close` closes it with 1008.
+    #[arg(long, env = "CORECAST_RATE_LIMIT_POLICY", value_enum, default_value_t = RatePolicy::Hold)]
+    pub rate_limit_policy: RatePolicy,
+    /// Verify client tokens (JWT, HS256/384/512) with the secret in FILE: its bytes, less
+    /// one trailing newline, at least 32 of them. The secret is never given on the command
+    /// line nor logged; SIGHUP reads the file again.
+    #[arg(long, env = "CORECAST_AUTH_HMAC_SECRET_FILE", value_name = "FILE")]
+    pub auth_hmac_secret_file: Option<PathBuf>,
+
+    /// Verify client tokens (RS256/384/512, PS256/384/512, ES256, ES384, EdDSA) with the PEM
+    /// public key in FILE (one key per file). Repeat the flag for several keys at once, to
+    /// rotate them; SIGHUP reads the files again. A token tries each key whose type fits its
+    /// alg.
+    #[arg(
+        long,
+        env = "CORECAST_AUTH_PUBLIC_KEYS",
+        value_name = "FILE",
+        value_delimiter = ','
+    )]
+    pub auth_public_key: Vec<PathBuf>,
+
+    /// Verify client tokens with the keys of a JWKS: a file (read again on SIGHUP) or an
+    /// http(s) URL, fetched off the workers at start, every --auth-jwks-max-age, on SIGHUP,
+    /// and when a token names an unknown kid (at most once per
+    /// --auth-jwks-refresh-interval). A failed fetch keeps the keys held.
+    #[arg(long, env = "CORECAST_AUTH_JWKS", value_name = "FILE_OR_URL")]
+    pub auth_jwks: Option<String>,
+
+    /// Least seconds between two JWKS URL fetches that tokens with unknown kids ask for,
+    /// however many arrive.
+    #[arg(long, env = "CORECAST_AUTH_JWKS_REFRESH_INTERVAL", value_name = "SECS",
+          default_value_t = DEFAULT_JWKS_REFRESH_INTERVAL_S)]
+    pub auth_jwks_refresh_interval: u64,
+
+    /// Seconds after which a JWKS URL is fetched again even if no token asks for it.
+    #[arg(long, env = "CORECAST_AUTH_JWKS_MAX_AGE", value_name = "SECS",
+          default_value_t = DEFAULT_JWKS_MAX_AGE_S)]
+    pub auth_jwks_max_age: u64,
+
+    /// Seconds of clock skew allowed when checking a token's exp and nbf.
+    #[arg(long, env = "CORECAST_AUTH_LEEWAY", value_name = "SECS", default_value_t = DEFAULT_LEEWAY_S)]
+    pub auth_leeway: u64,
+
+    /// A token's aud must name this (and tokens without aud are refused). Default: aud is
+    /// not checked.
+    #[arg(long, env = "CORECAST_AUTH_AUDIENCE")]
+    pub auth_audience: Option<String>,
+
+    /// A token's iss must be this (and tokens without iss are refused). Default: iss is not
+    /// checked.
+    #[arg(long, env = "CORECAST_AUTH_ISSUER")]
+    pub auth_issuer: Option<String>,
+
+    /// Seconds a client has, after the upgrade, to present its token.
+    #[arg(long, env = "CORECAST_AUTH_CONNECT_TIMEOUT", value_name = "SECS",
+          default_value_t = DEFAULT_CONNECT_TIMEOUT_S)]
+    pub auth_connect_timeout: u64,
+
+    /// Also accept the token as ?token= on the upgrade URL, for clients that cannot set
+    /// headers. A risk: URLs end up in proxy and access logs, and with them the token.
+    #[arg(long, env = "CORECAST_AUTH_QUERY_TOKEN")]
+    pub auth_query_token: bool,
+
+    /// A topic pattern connections without a token may subscribe to (repeat the flag for
+    /// several; `*` one segment, `>` the rest). Checked at start: a bad pattern, or one with
+    /// {sub} (there is no user), stops it. The environment variable holds one pattern.
+    #[arg(long, env = "CORECAST_ANONYMOUS_SUBSCRIBE", value_name = "PATTERN")]
+    pub anonymous_subscribe: Vec<String>,
+
+    /// A topic pattern connections without a token may publish to (repeatable, as
+    /// --anonymous-subscribe).
+    #[arg(long, env = "CORECAST_ANONYMOUS_PUBLISH", value_name = "PATTERN")]
+    pub anonymous_publish: Vec<String>,
+
+    /// The anonymous grants apply from the upgrade on, without a {"op":"connect"} first
+    /// (if they grant anything; /echo still needs a token).
+    #[arg(long, env = "CORECAST_ANONYMOUS_WITHOUT_CONNECT")]
+    pub anonymous_without_connect: bool,
+
+    /// Verified tokens remembered (about 50 bytes each), so that a token seen again costs
+    /// no signature check until it expires; at the bound the soonest to expire is dropped.
+    /// 0 = no cache. At most 16777216.
+    #[arg(long, env = "CORECAST_AUTH_TOKEN_CACHE", value_name = "ENTRIES",
+          default_value_t = DEFAULT_TOKEN_CACHE)]
+    pub auth_token_cache: usize,
 }
 
 /// Parses a byte count: `1048576`, `512K`, `64M`, `4G` (powers of 1024; `KiB`/`MB` spellings

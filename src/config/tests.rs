@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use super::*;
+use crate::admission::Rate;
 
 fn load(args: &[&str]) -> Result<Loaded, String> {
     let mut all = vec!["corecast"];
@@ -241,6 +242,92 @@ fn out_of_range_values_are_refused_not_wrapped() {
 }
 
 #[test]
+fn the_connection_rate_is_off_by_default_and_its_burst_follows_it() {
+    let c = parse(&[]).unwrap();
+    assert_eq!(
+        (c.max_connection_rate_per_ip, c.connection_rate_burst),
+        (0, None)
+    );
+    assert_eq!(c.connection_rate(), None);
+    // A burst alone sets nothing: there is no rate to burst above.
+    assert_eq!(
+        parse(&["--connection-rate-burst", "50"])
+            .unwrap()
+            .connection_rate(),
+        None
+    );
+    let rate = |per_second, burst| Some(Rate { per_second, burst });
+    assert_eq!(
+        parse(&["--max-connection-rate-per-ip", "20"])
+            .unwrap()
+            .connection_rate(),
+        rate(20, 20)
+    );
+    let c = parse(&[
+        "--max-connection-rate-per-ip",
+        "20",
+        "--connection-rate-burst",
+        "50",
+    ])
+    .unwrap();
+    assert_eq!(c.connection_rate(), rate(20, 50));
+    // The notes are for defaults that move; the burst's default is the rate, always.
+    assert!(load(&["--max-connection-rate-per-ip", "20"])
+        .unwrap()
+        .notes
+        .is_empty());
+    let c = parse(&[
+        "--max-connection-rate-per-ip",
+        "1000000",
+        "--connection-rate-burst",
+        "1",
+    ])
+    .unwrap();
+    assert_eq!(c.connection_rate(), rate(1_000_000, 1));
+
+    for (flag, value) in [
+        ("--max-connection-rate-per-ip", "1000001"),
+        ("--max-connection-rate-per-ip", "4294967297"),
+        ("--max-connection-rate-per-ip", "ten"),
+        ("--connection-rate-burst", "0"),
+        ("--connection-rate-burst", "1000001"),
+    ] {
+        let e = refused(&[flag, value]);
+        assert!(e.contains(&format!("'{value}' for '{flag} ")), "{e}");
+    }
+
+    // Each has its variable, named as every other flag's is.
+    let cmd = Args::command();
+    for (long, var) in [
+        (
+            "max-connection-rate-per-ip",
+            "CORECAST_MAX_CONNECTION_RATE_PER_IP",
+        ),
+        ("connection-rate-burst", "CORECAST_CONNECTION_RATE_BURST"),
+    ] {
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long))
+            .unwrap();
+        assert_eq!(arg.get_env(), Some(std::ffi::OsStr::new(var)));
+    }
+    let help = cmd.clone().render_long_help().to_string();
+    assert!(help.contains("Default: equal to the rate"), "{help}");
+
+    // The file sets both; a flag overrides the file.
+    let f = file(
+        "rate",
+        "max-connection-rate-per-ip = 5\nconnection-rate-burst = \"10\"\n",
+    );
+    assert_eq!(
+        parse(&with_file(&f, &[])).unwrap().connection_rate(),
+        rate(5, 10)
+    );
+    let c = parse(&with_file(&f, &["--max-connection-rate-per-ip", "7"])).unwrap();
+    assert_eq!(c.connection_rate(), rate(7, 10));
+}
+
+#[test]
 fn a_file_sets_what_flags_do_and_ranks_below_them() {
     let f = file(
         "ranks",
@@ -371,6 +458,16 @@ fn a_bad_file_names_the_key_and_its_line() {
             "line 1: `deflate-level`: invalid value '12'",
         ),
         (
+            "rate",
+            "max-connection-rate-per-ip = 1000001\n",
+            "line 1: `max-connection-rate-per-ip`: invalid value '1000001'",
+        ),
+        (
+            "burst",
+            "\nconnection-rate-burst = 0\n",
+            "line 2: `connection-rate-burst`: invalid value '0'",
+        ),
+        (
             "choice",
             "slow-consumer = \"maybe\"\n",
             "(one of: close, drop)",
@@ -439,6 +536,219 @@ fn the_example_file_has_every_flag_and_loads() {
     assert_eq!(l.config.stats_interval, Some(secs(60)));
 }
 
+#[test]
+fn auth_flags_reach_the_settings() {
+    let a = parse(&[]).unwrap().auth;
+    assert_eq!(a, crate::auth::Settings::default());
+    assert!(!a.enabled());
+    assert_eq!(
+        (
+            a.jwks_refresh_interval,
+            a.jwks_max_age,
+            a.leeway,
+            a.connect_timeout
+        ),
+        (secs(30), secs(3600), secs(5), secs(10))
+    );
+    assert_eq!(a.token_cache, 65536);
+    let a = parse(&[
+        "--auth-hmac-secret-file",
+        "/run/secret",
+        "--auth-public-key",
+        "a.pem",
+        "--auth-public-key",
+        "b.pem",
+        "--auth-jwks",
+        "https://idp.example/jwks.json",
+        "--auth-jwks-refresh-interval",
+        "7",
+        "--auth-jwks-max-age",
+        "600",
+        "--auth-leeway",
+        "0",
+        "--auth-audience",
+        "corecast",
+        "--auth-issuer",
+        "https://idp.example/",
+        "--auth-connect-timeout",
+        "3",
+        "--auth-query-token",
+        "--anonymous-subscribe",
+        "public.>",
+        "--anonymous-subscribe",
+        "news.*",
+        "--anonymous-publish",
+        "lobby",
+        "--anonymous-without-connect",
+        "--auth-token-cache",
+        "0",
+    ])
+    .unwrap()
+    .auth;
+    assert!(a.enabled());
+    assert_eq!(a.hmac_secret_file, Some(PathBuf::from("/run/secret")));
+    assert_eq!(
+        a.public_keys,
+        [PathBuf::from("a.pem"), PathBuf::from("b.pem")]
+    );
+    assert_eq!(a.jwks_url(), Some("https://idp.example/jwks.json"));
+    assert_eq!(
+        (
+            a.jwks_refresh_interval,
+            a.jwks_max_age,
+            a.leeway,
+            a.connect_timeout
+        ),
+        (secs(7), secs(600), secs(0), secs(3))
+    );
+    assert_eq!(a.audience.as_deref(), Some("corecast"));
+    assert_eq!(a.issuer.as_deref(), Some("https://idp.example/"));
+    assert!(a.query_token && a.anonymous_without_connect);
+    assert_eq!(a.anonymous_subscribe, ["public.>", "news.*"]);
+    assert_eq!(a.anonymous_publish, ["lobby"]);
+    assert_eq!(a.token_cache, 0);
+    // Each source alone turns verification on; a JWKS that is not a URL is a file.
+    for flags in [
+        ["--auth-hmac-secret-file", "s"],
+        ["--auth-public-key", "k.pem"],
+        ["--auth-jwks", "/etc/jwks.json"],
+    ] {
+        let a = parse(&flags).unwrap().auth;
+        assert!(a.enabled(), "{flags:?}");
+        assert_eq!(a.jwks_url(), None);
+    }
+}
+
+#[test]
+fn auth_values_out_of_range_are_refused() {
+    for flag in [
+        "--auth-jwks-refresh-interval",
+        "--auth-jwks-max-age",
+        "--auth-connect-timeout",
+    ] {
+        assert_eq!(
+            refused(&[flag, "0"]),
+            format!("{flag} must be greater than 0")
+        );
+    }
+    for flag in [
+        "--auth-jwks-refresh-interval",
+        "--auth-jwks-max-age",
+        "--auth-leeway",
+        "--auth-connect-timeout",
+    ] {
+        let e = refused(&[flag, "86401"]);
+        assert_eq!(e, format!("{flag} (86401 s) is too long: at most 86400 s"));
+    }
+    assert!(refused(&["--auth-token-cache", "16777217"]).contains("at most 16777216"));
+    assert!(parse(&["--auth-token-cache", "16777216"]).is_ok());
+    for (flag, value) in [
+        ("--auth-jwks", ""),
+        ("--auth-audience", ""),
+        ("--auth-issuer", ""),
+    ] {
+        assert_eq!(refused(&[flag, value]), format!("{flag} must not be empty"));
+    }
+    let e = refused(&["--auth-jwks", "https://me:pa55word@idp.example/jwks"]);
+    assert!(e.contains("credentials in the URL"), "{e}");
+    assert!(!e.contains("pa55word"), "{e}");
+    assert!(refused(&["--auth-jwks", "http://"]).starts_with("--auth-jwks: "));
+}
+
+#[test]
+fn a_bad_anonymous_pattern_is_refused_by_name() {
+    let e = refused(&[
+        "--anonymous-subscribe",
+        "public.>",
+        "--anonymous-subscribe",
+        "a..b",
+    ]);
+    assert!(e.contains("\"a..b\"") && e.contains("empty segment"), "{e}");
+    let e = refused(&["--anonymous-publish", "user.{sub}"]);
+    assert!(e.contains("\"user.{sub}\""), "{e}");
+    assert!(e.contains("{sub} has no meaning"), "{e}");
+    assert!(refused(&["--anonymous-subscribe", "feed.>.x"]).contains("feed.>.x"));
+}
+
+#[test]
+fn auth_settings_come_from_the_file_below_the_flags() {
+    let f = file(
+        "auth",
+        "auth-public-key = [\"a.pem\", \"b.pem\"]\n\
+         auth-jwks = \"http://127.0.0.1:8000/jwks.json\"\n\
+         auth-leeway = 30\n\
+         auth-query-token = true\n\
+         anonymous-subscribe = [\"public.>\"]\n\
+         auth-token-cache = 1000\n",
+    );
+    let a = parse(&with_file(&f, &[])).unwrap().auth;
+    assert_eq!(
+        a.public_keys,
+        [PathBuf::from("a.pem"), PathBuf::from("b.pem")]
+    );
+    assert_eq!(a.jwks_url(), Some("http://127.0.0.1:8000/jwks.json"));
+    assert_eq!((a.leeway, a.token_cache), (secs(30), 1000));
+    assert!(a.query_token);
+    assert_eq!(a.anonymous_subscribe, ["public.>"]);
+    let a = parse(&with_file(
+        &f,
+        &["--auth-leeway", "2", "--auth-public-key", "c.pem"],
+    ))
+    .unwrap()
+    .auth;
+    assert_eq!(a.leeway, secs(2));
+    assert_eq!(a.public_keys, [PathBuf::from("c.pem")]);
+    let bad = file("auth-bad", "anonymous-publish = [\"x.{sub}\"]\n");
+    assert!(refused(&with_file(&bad, &[])).contains("x.{sub}"));
+    let bad = file("auth-type", "auth-public-key = \"a.pem\"\n");
+    assert!(refused(&with_file(&bad, &[])).contains("must be an array of strings"));
+}
+
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
+}
+
+#[test]
+fn rate_limits_from_flags_and_the_file() {
+    let c = parse(&[]).unwrap();
+    assert!(!c.rate.on(), "off by default");
+    let c = parse(&[
+        "--max-messages-per-sec",
+        "100",
+        "--max-bytes-per-sec",
+        "64K",
+        "--rate-limit-burst",
+        "3",
+        "--rate-limit-policy",
+        "refuse",
+    ])
+    .unwrap();
+    assert_eq!(
+        c.rate,
+        RateLimits {
+            messages_per_sec: 100,
+            bytes_per_sec: 64 * 1024,
+            burst_secs: 3,
+            policy: RatePolicy::Refuse,
+        }
+    );
+    for bad in [
+        &["--rate-limit-burst", "0"][..],
+        &["--rate-limit-burst", "3601"],
+        &["--rate-limit-policy", "sometimes"],
+        &["--max-messages-per-sec", "-1"],
+    ] {
+        assert!(parse(bad).is_err(), "{bad:?}");
+    }
+    let f = file(
+        "rate",
+        "max-messages-per-sec = 5\nrate-limit-policy = \"close\"\n",
+    );
+    let c = parse(&with_file(&f, &[])).unwrap();
+    assert_eq!(
+        (c.rate.messages_per_sec, c.rate.policy),
+        (5, RatePolicy::Close)
+    );
+    let c = parse(&with_file(&f, &["--rate-limit-policy", "hold"])).unwrap();
+    assert_eq!(c.rate.policy, RatePolicy::Hold, "a flag overrides the file");
 }

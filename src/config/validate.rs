@@ -9,6 +9,8 @@ use super::{
     DEFAULT_MAX_OUTBOUND, DEFAULT_MESSAGE_TIMEOUT_S, DEFAULT_PING_INTERVAL_S, MAX_MESSAGE_CEILING,
     MAX_OUTBOUND_CEILING, MAX_TIMEOUT_S, MESSAGE_ENVELOPE,
 };
+use crate::auth::settings::{is_url, MAX_TOKEN_CACHE};
+use crate::auth::{Grant, GrantError, Settings};
 use crate::conn::TlsFiles;
 
 /// A flag combination that cannot work. Only values the user set can conflict: a default
@@ -62,6 +64,14 @@ pub enum ConfigError {
     OutboundTooLarge(usize),
     #[error("--message-timeout ({message} s) must be shorter than --idle-timeout ({idle} s)")]
     MessageTimeoutTooLong { message: u64, idle: u64 },
+    #[error("--{0} must not be empty")]
+    Empty(&'static str),
+    #[error("--auth-jwks: {0}")]
+    JwksUrl(String),
+    #[error("--auth-token-cache ({0}) is too large: at most {MAX_TOKEN_CACHE}")]
+    TokenCacheTooLarge(usize),
+    #[error("--anonymous-subscribe/--anonymous-publish: {0}")]
+    Anonymous(GrantError),
 }
 
 /// `ping` scaled in the default's proportion of idle timeout to ping interval, rounded up.
@@ -73,7 +83,7 @@ fn idle_for_ping(ping: u64) -> u64 {
 impl Args {
     /// Validates, and derives the defaults that must follow what `given` set; returns the
     /// configuration and one line per derived default, for the start-up log.
-    pub fn into_config(self, given: &Given) -> Result<(Config, Vec<String>), ConfigError> {
+    pub fn into_config(mut self, given: &Given) -> Result<(Config, Vec<String>), ConfigError> {
         for (name, v) in [
             ("max-message-size", self.max_message_size as u64),
             ("max-subscriptions", self.max_subscriptions as u64),
@@ -82,6 +92,12 @@ impl Args {
             ("ping-interval", self.ping_interval),
             ("backpressure-timeout", self.backpressure_timeout),
             ("message-timeout", self.message_timeout),
+            (
+                "auth-jwks-refresh-interval",
+                self.auth_jwks_refresh_interval,
+            ),
+            ("auth-jwks-max-age", self.auth_jwks_max_age),
+            ("auth-connect-timeout", self.auth_connect_timeout),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero(name));
@@ -107,6 +123,18 @@ impl Args {
             ),
             ("message-timeout", self.message_timeout, MAX_TIMEOUT_S - 1),
             ("stats-interval", self.stats_interval, MAX_TIMEOUT_S),
+            (
+                "auth-jwks-refresh-interval",
+                self.auth_jwks_refresh_interval,
+                MAX_TIMEOUT_S,
+            ),
+            ("auth-jwks-max-age", self.auth_jwks_max_age, MAX_TIMEOUT_S),
+            ("auth-leeway", self.auth_leeway, MAX_TIMEOUT_S),
+            (
+                "auth-connect-timeout",
+                self.auth_connect_timeout,
+                MAX_TIMEOUT_S,
+            ),
         ] {
             if value > max {
                 return Err(ConfigError::TooLong { name, value, max });
@@ -211,6 +239,7 @@ impl Args {
                 return Err(ConfigError::AdminWithoutToken(a));
             }
         }
+        let auth = self.auth_settings()?;
         let config = Config {
             listen: self.listen,
             workers: if self.workers == 0 {
@@ -226,6 +255,8 @@ impl Args {
             slow_consumer: self.slow_consumer,
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
+            max_connection_rate_per_ip: self.max_connection_rate_per_ip,
+            connection_rate_burst: self.connection_rate_burst,
             handshake_timeout: Duration::from_secs(self.handshake_timeout),
             ping_interval: Duration::from_secs(ping),
             idle_timeout: Duration::from_secs(idle),
@@ -249,7 +280,53 @@ impl Args {
             redis: self.redis,
             redis_prefix: self.redis_prefix,
             reuse_port: self.reuse_port,
+            rate: super::RateLimits {
+                messages_per_sec: self.max_messages_per_sec,
+                bytes_per_sec: self.max_bytes_per_sec as u64,
+                burst_secs: self.rate_limit_burst,
+                policy: self.rate_limit_policy,
+            },
+            auth,
         };
         Ok((config, derived))
+    }
+
+    /// The auth flags, checked: a JWKS URL's form, the anonymous patterns compiled (a bad
+    /// one, or one naming `{sub}`, is refused here with its text), the cache's bound.
+    /// Timeouts were bounded with the others; key files are read when the server starts.
+    fn auth_settings(&mut self) -> Result<Settings, ConfigError> {
+        for (name, v) in [
+            ("auth-jwks", &self.auth_jwks),
+            ("auth-audience", &self.auth_audience),
+            ("auth-issuer", &self.auth_issuer),
+        ] {
+            if v.as_deref() == Some("") {
+                return Err(ConfigError::Empty(name));
+            }
+        }
+        if let Some(url) = self.auth_jwks.as_deref().filter(|j| is_url(j)) {
+            crate::auth::jwks::JwksUrl::parse(url).map_err(ConfigError::JwksUrl)?;
+        }
+        if self.auth_token_cache > MAX_TOKEN_CACHE {
+            return Err(ConfigError::TokenCacheTooLarge(self.auth_token_cache));
+        }
+        Grant::anonymous(&self.anonymous_subscribe, &self.anonymous_publish)
+            .map_err(ConfigError::Anonymous)?;
+        Ok(Settings {
+            hmac_secret_file: self.auth_hmac_secret_file.take(),
+            public_keys: std::mem::take(&mut self.auth_public_key),
+            jwks: self.auth_jwks.take(),
+            jwks_refresh_interval: Duration::from_secs(self.auth_jwks_refresh_interval),
+            jwks_max_age: Duration::from_secs(self.auth_jwks_max_age),
+            leeway: Duration::from_secs(self.auth_leeway),
+            audience: self.auth_audience.take(),
+            issuer: self.auth_issuer.take(),
+            connect_timeout: Duration::from_secs(self.auth_connect_timeout),
+            query_token: self.auth_query_token,
+            anonymous_subscribe: std::mem::take(&mut self.anonymous_subscribe),
+            anonymous_publish: std::mem::take(&mut self.anonymous_publish),
+            anonymous_without_connect: self.anonymous_without_connect,
+            token_cache: self.auth_token_cache,
+        })
     }
 }

@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use thin_vec::ThinVec;
 
-use super::input_state::InputState;
 use super::output::Output;
+use super::session::Session;
 use super::state::Machine;
 use super::transport::Transport;
 use crate::admission::Peer;
@@ -38,13 +38,15 @@ pub struct Conn {
     pub out: Output,
     /// Topics this connection is subscribed to; the same `Arc`s as the worker's index keys.
     pub subs: ThinVec<Arc<str>>,
-    /// Tick of the last frame received.
+    /// Tick of the last frame received; while input is held back, the tick the hold began
+    /// (nothing is received then, and a release sets it to the release's tick).
     pub last_rx: u32,
     /// Tick at which the connection must next be looked at ([`NEVER`]: not before
     /// something sets it); the worker's once-a-second sweep finds it.
     pub deadline: u32,
-    /// Read, held back, or resuming; see [`InputState`].
-    pub input: InputState,
+    /// Who the connection is, what it may do and its fair-use state, boxed: `None` unless
+    /// auth or rate limits are on, so that they cost a connection nothing while they are off.
+    pub session: Option<Box<Session>>,
 }
 
 impl Conn {
@@ -58,7 +60,7 @@ impl Conn {
             subs: ThinVec::new(),
             last_rx: now,
             deadline: NEVER,
-            input: InputState::Reading,
+            session: None,
         }
     }
 
@@ -66,9 +68,9 @@ impl Conn {
         self.machine.is_json()
     }
 
-    /// Input is held back (see [`InputState::Held`]).
+    /// Input is held back (see [`InputState::Held`](super::InputState::Held)).
     pub fn is_held(&self) -> bool {
-        self.input.is_held()
+        self.machine.input.is_held()
     }
 
     /// Heap memory held for input: a partial frame or request, and a fragmented message.

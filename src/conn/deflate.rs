@@ -19,22 +19,37 @@ pub const MAX_WINDOW_BITS: u8 = 15;
 pub const MIN_WINDOW_BITS: u8 = 9;
 
 /// What a connection agreed to: the server compresses with a window of `window_bits`; no
-/// context takeover either way.
+/// context takeover either way. One byte, never zero (the window is 9 to 15 bits: the low
+/// four; bit 4 says the offer named `server_max_window_bits`, so the response must name it
+/// back), so that the state machine keeps it, `None` included, in one byte of `Conn`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Agreed {
-    pub window_bits: u8,
-    /// The offer named `server_max_window_bits`, so the response must name it back.
-    limited: bool,
-}
+pub struct Agreed(std::num::NonZeroU8);
+
+const LIMITED: u8 = 1 << 4;
 
 impl Agreed {
+    fn new(window_bits: u8, limited: bool) -> Agreed {
+        debug_assert!((MIN_WINDOW_BITS..=MAX_WINDOW_BITS).contains(&window_bits));
+        let bits = window_bits | if limited { LIMITED } else { 0 };
+        Agreed(std::num::NonZeroU8::new(bits).expect("a window is at least 9 bits"))
+    }
+
+    /// The server's LZ77 window, in bits.
+    pub fn window_bits(self) -> u8 {
+        self.0.get() & 0x0f
+    }
+
+    fn limited(self) -> bool {
+        self.0.get() & LIMITED != 0
+    }
+
     /// The `Sec-WebSocket-Extensions` value of the 101 response.
     pub fn response(&self) -> String {
         let mut r = String::from(
             "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
         );
-        if self.limited {
-            r.push_str(&format!("; server_max_window_bits={}", self.window_bits));
+        if self.limited() {
+            r.push_str(&format!("; server_max_window_bits={}", self.window_bits()));
         }
         r
     }
@@ -99,10 +114,7 @@ fn accept(offer: &str) -> Option<Agreed> {
     if window_bits < MIN_WINDOW_BITS {
         return None;
     }
-    Some(Agreed {
-        window_bits,
-        limited: smwb.is_some(),
-    })
+    Some(Agreed::new(window_bits, smwb.is_some()))
 }
 
 /// A window size: a decimal 8 to 15 without leading zeros (§7.1.2.1).
@@ -345,10 +357,7 @@ mod tests {
 
     #[test]
     fn offers_are_read_in_order_and_the_first_usable_one_wins() {
-        let full = Agreed {
-            window_bits: 15,
-            limited: false,
-        };
+        let full = Agreed::new(15, false);
         let plain = Some(full);
         assert_eq!(neg("permessage-deflate"), plain);
         assert_eq!(neg("permessage-deflate; client_max_window_bits"), plain);
@@ -358,7 +367,7 @@ mod tests {
             plain
         );
         let nine = neg("permessage-deflate; server_max_window_bits=9").unwrap();
-        assert_eq!(nine.window_bits, 9);
+        assert_eq!(nine.window_bits(), 9);
         assert_eq!(
             nine.response(),
             "permessage-deflate; server_no_context_takeover; client_no_context_takeover; \
@@ -380,7 +389,7 @@ mod tests {
                 &b"x-webkit-deflate-frame"[..],
                 b"permessage-deflate; server_max_window_bits=\"10\""
             ])
-            .map(|a| a.window_bits),
+            .map(|a| a.window_bits()),
             Some(10)
         );
     }

@@ -16,15 +16,22 @@ pub enum Hold {
     /// Its publishes found the other workers' queues full; the worker's check of those queues
     /// lets it go once they are down to half (its own output draining does not).
     Queues,
+    /// It sent faster than its rate limit (`--rate-limit-policy hold`); the deadline sweep
+    /// lets it go once its buckets have refilled. No backpressure timeout: the wait is as
+    /// long as the client's own excess.
+    Rate,
 }
 
-/// A connection's input.
+/// A connection's input. One byte: it lives in the state machine's padding (see
+/// `Machine::input`), and the tick a hold began is the connection's `last_rx`, which a hold
+/// sets and nothing else moves while the connection is not read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InputState {
     /// Read as it arrives.
     Reading,
-    /// Not read since tick `since`, for `why`. The backpressure timeout runs from `since`.
-    Held { since: u32, why: Hold },
+    /// Not read, for this reason, since the connection's `last_rx`. The backpressure timeout
+    /// runs from then.
+    Held(Hold),
     /// Just let go, or stopped by the per-turn work bound: the connection's input buffer may
     /// hold whole frames not handled yet, which are handled before anything more is read.
     Resuming,
@@ -32,28 +39,14 @@ pub enum InputState {
 
 impl InputState {
     pub fn is_held(&self) -> bool {
-        matches!(self, InputState::Held { .. })
-    }
-
-    /// The tick since which input has been held, if it is.
-    pub fn held_since(&self) -> Option<u32> {
-        match *self {
-            InputState::Held { since, .. } => Some(since),
-            _ => None,
-        }
+        matches!(self, InputState::Held(_))
     }
 
     /// After a flush: whether a hold for the connection's own output ends, the output (queue
     /// and transport) having drained to `out_cost` against a bound of `limit`. A hold for the
     /// other workers' queues does not end here.
     pub fn released_by_flush(&self, out_cost: usize, limit: usize) -> bool {
-        matches!(
-            self,
-            InputState::Held {
-                why: Hold::Output,
-                ..
-            }
-        ) && out_cost <= limit / 2
+        matches!(self, InputState::Held(Hold::Output)) && out_cost <= limit / 2
     }
 
     /// The other workers' queues are down to half: what becomes of a connection held for
@@ -62,16 +55,10 @@ impl InputState {
     /// output, from the same tick (its flush lets it go). Anything else is left as it is.
     pub fn after_queues_drained(&self, out_cost: usize, limit: usize) -> Option<InputState> {
         match *self {
-            InputState::Held {
-                since,
-                why: Hold::Queues,
-            } if out_cost > limit / 2 => Some(InputState::Held {
-                since,
-                why: Hold::Output,
-            }),
-            InputState::Held {
-                why: Hold::Queues, ..
-            } => None,
+            InputState::Held(Hold::Queues) if out_cost > limit / 2 => {
+                Some(InputState::Held(Hold::Output))
+            }
+            InputState::Held(Hold::Queues) => None,
             other => Some(other),
         }
     }
@@ -85,12 +72,8 @@ mod tests {
 
     #[test]
     fn a_hold_for_output_ends_at_half_the_bound_and_not_before() {
-        let held = InputState::Held {
-            since: 7,
-            why: Hold::Output,
-        };
+        let held = InputState::Held(Hold::Output);
         assert!(held.is_held());
-        assert_eq!(held.held_since(), Some(7));
         assert!(!held.released_by_flush(501, LIMIT));
         assert!(held.released_by_flush(500, LIMIT));
         assert!(held.released_by_flush(0, LIMIT));
@@ -98,37 +81,24 @@ mod tests {
 
     #[test]
     fn a_hold_for_the_queues_is_not_ended_by_the_connections_own_flush() {
-        let held = InputState::Held {
-            since: 7,
-            why: Hold::Queues,
-        };
+        let held = InputState::Held(Hold::Queues);
         assert!(!held.released_by_flush(0, LIMIT));
         for s in [InputState::Reading, InputState::Resuming] {
             assert!(!s.released_by_flush(0, LIMIT), "{s:?} is not held");
             assert!(!s.is_held());
-            assert_eq!(s.held_since(), None);
         }
     }
 
     #[test]
     fn drained_queues_let_a_publisher_go_unless_its_own_output_is_over_half() {
-        let held = InputState::Held {
-            since: 7,
-            why: Hold::Queues,
-        };
+        let held = InputState::Held(Hold::Queues);
         assert_eq!(held.after_queues_drained(500, LIMIT), None);
         assert_eq!(
             held.after_queues_drained(501, LIMIT),
-            Some(InputState::Held {
-                since: 7,
-                why: Hold::Output
-            }),
-            "still held, for its output, from the same tick"
+            Some(InputState::Held(Hold::Output)),
+            "still held, for its output (from the same tick: last_rx is not touched)"
         );
-        let for_output = InputState::Held {
-            since: 3,
-            why: Hold::Output,
-        };
+        let for_output = InputState::Held(Hold::Output);
         assert_eq!(for_output.after_queues_drained(0, LIMIT), Some(for_output));
         assert_eq!(
             InputState::Reading.after_queues_drained(0, LIMIT),

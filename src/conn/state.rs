@@ -6,10 +6,11 @@
 
 use crate::codec::{self, close_code, CloseFrameError, Decoded, FrameError, Kind};
 use crate::config::Config;
-use crate::handshake::{self, Endpoint, Outcome, Page};
+use crate::handshake::{self, Credential, Endpoint, Outcome, Page};
 use crate::message::{self, Fragmented, MessageError, MessageKind, Step};
 
 use super::deflate::{Agreed, InflateError, Inflater};
+use super::input_state::InputState;
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +51,19 @@ pub enum CloseReason {
     /// Shutting down for a restart (`--reuse-port`): another process takes over.
     #[error("server restarting")]
     Restart,
+    /// Auth refused the connection's token (the reason says its class, never the token),
+    /// or no `connect` came in time.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// The token expired and no `refresh` replaced it.
+    #[error("token expired")]
+    TokenExpired,
+    /// The admin API disconnected this user.
+    #[error("disconnected")]
+    Disconnected,
+    /// Sent faster than its rate limit (`--rate-limit-policy close`).
+    #[error("rate limit exceeded")]
+    RateLimited,
 }
 
 impl CloseReason {
@@ -60,11 +74,15 @@ impl CloseReason {
             CloseReason::Frame(e) => e.close_code(),
             CloseReason::Message(e) => e.close_code(),
             CloseReason::CloseFrame(e) => e.close_code(),
-            CloseReason::SlowConsumer | CloseReason::Backpressure | CloseReason::MessageTimeout => {
-                close_code::POLICY
-            }
+            CloseReason::SlowConsumer
+            | CloseReason::Backpressure
+            | CloseReason::MessageTimeout
+            | CloseReason::RateLimited => close_code::POLICY,
             CloseReason::Idle | CloseReason::Shutdown => close_code::GOING_AWAY,
             CloseReason::Restart => close_code::SERVICE_RESTART,
+            CloseReason::Unauthorized(_) => close_code::UNAUTHORIZED,
+            CloseReason::TokenExpired => close_code::TOKEN_EXPIRED,
+            CloseReason::Disconnected => close_code::DISCONNECTED,
         }
     }
 
@@ -87,10 +105,12 @@ impl CloseReason {
 pub enum Event<'b> {
     /// Not enough bytes for the next request head or frame; nothing was used.
     NeedMore,
-    /// Upgraded: send `response`; frames follow.
+    /// Upgraded: send `response`; frames follow. With auth on, the worker first checks
+    /// `credential`, and may still refuse ([`Machine::refuse_upgrade`]).
     Upgraded {
         endpoint: Endpoint,
         response: Vec<u8>,
+        credential: Credential<'b>,
     },
     /// Refused: send `response` (an HTTP error) and close. `status` and `reason` are for
     /// counters and logs.
@@ -145,6 +165,10 @@ pub struct Machine {
     /// The upgrade completed: this is (or was, while closing) a WebSocket. In the padding,
     /// like `partial_since`.
     upgraded: bool,
+    /// Whether the worker reads this connection's input, holds it back, or resumes it; see
+    /// [`InputState`]. Kept by the worker; here because the machine's padding has room for
+    /// its one byte (the connection's own fields have none).
+    pub input: InputState,
 }
 
 impl Default for Machine {
@@ -161,6 +185,7 @@ impl Machine {
             partial: None,
             partial_since: super::NEVER,
             upgraded: false,
+            input: InputState::Reading,
         }
     }
 
@@ -208,6 +233,14 @@ impl Machine {
         self.partial.as_ref().map_or(0, |p| p.data.capacity())
     }
 
+    /// The worker refused an upgrade the request itself was fit for (its token): the
+    /// connection never was a WebSocket, and closes after the HTTP refusal is out.
+    pub fn refuse_upgrade(&mut self) {
+        self.upgraded = false;
+        self.deflate = None;
+        self.close();
+    }
+
     /// Stops all traffic but what is queued: from now on input is discarded. Drops a message
     /// in progress.
     pub fn close(&mut self) {
@@ -238,11 +271,17 @@ impl Machine {
                 response,
                 consumed,
                 deflate,
+                credential,
             } => {
                 self.phase = Phase::Open(endpoint);
                 self.upgraded = true;
                 self.deflate = deflate;
-                (consumed, Event::Upgraded { endpoint, response })
+                let event = Event::Upgraded {
+                    endpoint,
+                    response,
+                    credential,
+                };
+                (consumed, event)
             }
             Outcome::Page(page) => {
                 self.close();

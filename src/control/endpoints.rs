@@ -1,5 +1,6 @@
-//! What each admin request gets: `GET /metrics`, `GET /healthz`, `POST /publish`, and the
-//! refusals around them (token, framing, body size and deadline, shutdown). Runs in the
+//! What each admin request gets: `GET /metrics`, `GET /healthz`, `POST /publish`,
+//! `POST /disconnect`, and the refusals around them (token, framing, body size and
+//! deadline, shutdown). Runs in the
 //! connection tasks of the control thread; the only way out to the workers is their queues.
 
 use std::borrow::Cow;
@@ -21,6 +22,7 @@ use crate::broadcast::{self, Target};
 use crate::protocol::{self, Raw};
 use crate::shared::Shared;
 use crate::stats::bump;
+use crate::worker::handle::Msg;
 
 /// Time for a whole request body (at most `--max-message-size`) to arrive once its head has;
 /// over it the request gets 408 and the connection is closed.
@@ -96,9 +98,14 @@ async fn route(ep: &Endpoints, req: Request<Incoming>) -> Reply {
             }
         }
         (&Method::POST, "/publish") => publish(ep, req).await,
-        (_, path @ ("/metrics" | "/healthz" | "/publish")) => {
+        (&Method::POST, "/disconnect") => disconnect(ep, req).await,
+        (_, path @ ("/metrics" | "/healthz" | "/publish" | "/disconnect")) => {
             let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
-            let allow = if path == "/publish" { "POST" } else { "GET" };
+            let allow = if matches!(path, "/publish" | "/disconnect") {
+                "POST"
+            } else {
+                "GET"
+            };
             r.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static(allow));
             r
@@ -108,50 +115,9 @@ async fn route(ep: &Endpoints, req: Request<Incoming>) -> Reply {
 }
 
 async fn publish(ep: &Endpoints, req: Request<Incoming>) -> Reply {
-    let auth = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map(HeaderValue::as_bytes);
-    if !authorized(ep.shared.cfg.api_token.as_deref(), auth) {
-        let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return r;
-    }
-    // hyper has already refused invalid or differing values (400) and removed the header
-    // from chunked requests, so here it is either one valid length or absent.
-    let length = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let Some(length) = length else {
-        // RFC 9110 §15.5.12: we accept bodies only with a length known up front.
-        return closing(error(
-            StatusCode::LENGTH_REQUIRED,
-            "POST /publish needs a Content-Length",
-        ));
-    };
-    let limit = ep.shared.cfg.max_message_size;
-    if length > limit as u64 {
-        let msg = format!("body of {length} bytes exceeds the {limit}-byte limit");
-        return closing(error(StatusCode::PAYLOAD_TOO_LARGE, &msg));
-    }
-    let body = Limited::new(req.into_body(), limit).collect();
-    let body = match tokio::time::timeout(BODY_DEADLINE, body).await {
-        Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(e)) => {
-            // The client went away mid-body (or sent more than it announced); this answer
-            // rarely reaches anyone, but it must not be a panic.
-            return closing(error(
-                StatusCode::BAD_REQUEST,
-                &format!("request body: {e}"),
-            ));
-        }
-        Err(_) => {
-            bump(&ep.stats.request_timeouts, 1);
-            let msg = format!("the body did not arrive within {BODY_DEADLINE:?}");
-            return closing(error(StatusCode::REQUEST_TIMEOUT, &msg));
-        }
+    let body = match body(ep, req, ep.shared.cfg.max_message_size).await {
+        Ok(b) => b,
+        Err(refusal) => return refusal,
     };
     // No await from this check to the last worker send, so a publish that saw the flag set
     // is queued to every worker before the control thread handles anything else, including
@@ -175,6 +141,127 @@ async fn publish(ep: &Endpoints, req: Request<Incoming>) -> Reply {
             error_code(StatusCode::SERVICE_UNAVAILABLE, "behind", &e.to_string())
         }
         Err(e) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
+}
+
+/// Longest `POST /disconnect` body: `{"user":"..."}` with a user id of a few hundred bytes.
+const DISCONNECT_BODY: usize = 4096;
+
+/// How long `POST /disconnect` waits for the workers' counts. They answer within a loop
+/// turn; the bound is for a worker stuck or gone.
+const DISCONNECT_WAIT: Duration = Duration::from_secs(2);
+
+/// `POST /disconnect` with `{"user":"<sub>"}`: every connection of that user, on every
+/// worker (and, with `--redis`, on every node), is closed with 4003. Answers
+/// `{"closed":N}`, the count on this node.
+async fn disconnect(ep: &Endpoints, req: Request<Incoming>) -> Reply {
+    let body = match body(ep, req, DISCONNECT_BODY).await {
+        Ok(b) => b,
+        Err(refusal) => return refusal,
+    };
+    let user = match disconnect_user(&body) {
+        Ok(u) => u,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, &msg),
+    };
+    if let Some(b) = ep.shared.bus.backplane() {
+        if !b.disconnect(&user) {
+            return error_code(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "behind",
+                "too many disconnects waiting for the backplane; retry later",
+            );
+        }
+    }
+    let (done, mut counts) = tokio::sync::mpsc::unbounded_channel();
+    for w in ep.shared.workers.iter() {
+        let msg = Msg::Disconnect {
+            user: user.clone(),
+            done: Some(done.clone()),
+        };
+        // A worker that has exited drops the message, and its sender with it.
+        w.send(msg, drop);
+    }
+    drop(done);
+    let mut closed = 0;
+    let wait = tokio::time::sleep(DISCONNECT_WAIT);
+    tokio::pin!(wait);
+    loop {
+        tokio::select! {
+            n = counts.recv() => match n {
+                Some(n) => closed += n,
+                None => break,
+            },
+            _ = &mut wait => {
+                log::warn!("POST /disconnect: not every worker answered within {DISCONNECT_WAIT:?}");
+                break;
+            }
+        }
+    }
+    ep.stats.disconnects.fetch_add(1, Ordering::Relaxed);
+    let json = format!("{{\"closed\":{closed}}}");
+    text(StatusCode::OK, "application/json", json)
+}
+
+/// The user a `POST /disconnect` body names, or why it names none. Only the object form:
+/// serde would also take `["alice"]` for the struct, and a body that is not the documented
+/// shape must not close anyone's connections.
+fn disconnect_user(body: &[u8]) -> Result<Arc<str>, String> {
+    #[derive(Deserialize)]
+    struct Body {
+        user: String,
+    }
+    if !body.trim_ascii_start().starts_with(b"{") {
+        return Err("expected {\"user\":\"...\"}: not a JSON object".into());
+    }
+    match serde_json::from_slice::<Body>(body) {
+        Ok(b) if !b.user.is_empty() => Ok(Arc::from(b.user)),
+        Ok(_) => Err("\"user\" must not be empty".into()),
+        Err(e) => Err(format!("expected {{\"user\":\"...\"}}: {e}")),
+    }
+}
+
+/// Checks the bearer token, then reads a body of at most `limit` bytes within
+/// [`BODY_DEADLINE`]; the refusal to answer with otherwise.
+async fn body(ep: &Endpoints, req: Request<Incoming>, limit: usize) -> Result<Bytes, Reply> {
+    let auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    if !authorized(ep.shared.cfg.api_token.as_deref(), auth) {
+        let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return Err(r);
+    }
+    // hyper has already refused invalid or differing values (400) and removed the header
+    // from chunked requests, so here it is either one valid length or absent.
+    let length = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let Some(length) = length else {
+        // RFC 9110 §15.5.12: we accept bodies only with a length known up front.
+        let msg = format!("POST {} needs a Content-Length", req.uri().path());
+        return Err(closing(error(StatusCode::LENGTH_REQUIRED, &msg)));
+    };
+    if length > limit as u64 {
+        let msg = format!("body of {length} bytes exceeds the {limit}-byte limit");
+        return Err(closing(error(StatusCode::PAYLOAD_TOO_LARGE, &msg)));
+    }
+    let body = Limited::new(req.into_body(), limit).collect();
+    match tokio::time::timeout(BODY_DEADLINE, body).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        // The client went away mid-body (or sent more than it announced); this answer
+        // rarely reaches anyone, but it must not be a panic.
+        Ok(Err(e)) => Err(closing(error(
+            StatusCode::BAD_REQUEST,
+            &format!("request body: {e}"),
+        ))),
+        Err(_) => {
+            bump(&ep.stats.request_timeouts, 1);
+            let msg = format!("the body did not arrive within {BODY_DEADLINE:?}");
+            Err(closing(error(StatusCode::REQUEST_TIMEOUT, &msg)))
+        }
     }
 }
 
@@ -269,5 +356,32 @@ mod tests {
         assert!(!authorized(Some("abc"), Some(b"Bearer abcd")));
         assert!(!authorized(Some("abc"), Some(b"Basic abc")));
         assert!(!authorized(Some("abc"), None));
+    }
+
+    #[test]
+    fn a_disconnect_body_names_one_user_as_an_object() {
+        assert_eq!(
+            disconnect_user(br#"{"user":"alice"}"#).as_deref(),
+            Ok("alice")
+        );
+        assert_eq!(
+            disconnect_user(b" \n{\"user\":\"bob\",\"why\":\"left\"}").as_deref(),
+            Ok("bob")
+        );
+        for bad in [
+            &br#"["alice"]"#[..],
+            b"",
+            b"alice",
+            b"{}",
+            br#"{"user":""}"#,
+            br#"{"user":7}"#,
+            br#"{"user":"alice""#,
+        ] {
+            assert!(
+                disconnect_user(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 }

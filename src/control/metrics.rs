@@ -16,6 +16,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::auth::{Auth, Refusal};
+use crate::handler::Denial;
 use crate::memory;
 use crate::shared::Shared;
 use crate::stats::{turn_bound_us, Snapshot, TurnCounts, HANDSHAKE_STATUSES};
@@ -37,6 +39,8 @@ pub struct AdminStats {
     pub connections_refused: AtomicU64,
     /// Requests cut off for a head, body or response write past its deadline.
     pub request_timeouts: AtomicU64,
+    /// `POST /disconnect` requests carried out.
+    pub disconnects: AtomicU64,
 }
 
 /// What one scrape reads, once, before any family is written.
@@ -91,10 +95,13 @@ static FAMILIES: &[Family] = &[
         vec![
             ("max_connections".into(), a.refused_full.load(Relaxed)),
             ("max_connections_per_ip".into(), a.refused_per_ip.load(Relaxed)),
+            ("connection_rate".into(), a.refused_rate.load(Relaxed)),
             ("memory".into(), a.refused_memory.load(Relaxed)),
             ("descriptors".into(), a.refused_descriptors.load(Relaxed)),
         ]
     })),
+    f("connection_rate_untracked", "Connections admitted without a --max-connection-rate-per-ip bucket: the table of addresses was at its cap (65,536) with no full bucket to drop.", Read::Counter(|r| r.shared.admission.rate_untracked.load(Relaxed))),
+    f("connection_rate_addresses", "Addresses in the --max-connection-rate-per-ip table (at most 65,536; full buckets are dropped at the cap).", Read::Gauge(|r| saturate(r.shared.admission.rate_addresses.load(Relaxed) as u64))),
     f("connections_closed", "Connections closed and removed.", Read::Counter(|r| r.totals.closed)),
     f("handshakes", "WebSocket upgrades completed.", Read::Counter(|r| r.totals.handshakes)),
     f("handshake_failures", "Upgrades refused or timed out, by reason.", Read::Counters("reason", |r| {
@@ -117,6 +124,7 @@ static FAMILIES: &[Family] = &[
     f("timeouts", "Connections closed for handshake or idle timeout.", Read::Counter(|r| r.totals.timeouts)),
     f("input_held", "Times a connection's input was held back because its output went over its bound.", Read::Counter(|r| r.totals.input_held)),
     f("publishers_held", "Times a publishing connection's input was held back because the other workers' queues were full (64 MiB).", Read::Counter(|r| r.totals.publishers_held)),
+    f("publishers_share_held", "Times a publishing connection's input was held back because its own publishes waiting in the other workers' queues passed its share of them (8 MiB).", Read::Counter(|r| r.totals.publishers_share_held)),
     f("backpressure_closed", "Connections closed (1008) for staying over their outbound bound past --backpressure-timeout.", Read::Counter(|r| r.totals.backpressure_closes)),
     f("message_timeouts", "Connections closed (1008) for taking longer than --message-timeout to send a message.", Read::Counter(|r| r.totals.message_timeouts)),
     f("control_frames_dropped", "Pings and pongs not sent because the queue was past its control allowance.", Read::Counter(|r| r.totals.control_dropped)),
@@ -143,7 +151,41 @@ static FAMILIES: &[Family] = &[
     f("uptime_seconds", "Seconds since start.", Read::Seconds(|r| r.shared.started.elapsed().as_secs_f64())),
     f("admin_connections_open", "Admin endpoint connections being served.", Read::Gauge(|r| r.admin.connections_open.load(Relaxed))),
     f("admin_connections_refused", "Admin endpoint connections refused (503) after waiting 2 s in the listen backlog at the connection cap.", Read::Counter(|r| r.admin.connections_refused.load(Relaxed))),
+    f("admin_disconnects", "POST /disconnect requests carried out (each closes every connection of one user, 4003).", Read::Counter(|r| r.admin.disconnects.load(Relaxed))),
+    f("backplane_disconnects_received", "POST /disconnect commands received from other nodes through Redis.", Read::Counter(|r| bp(r, |s| s.disconnects_received.load(Relaxed)))),
     f("admin_request_timeouts", "Admin requests cut off at the head, body or write deadline.", Read::Counter(|r| r.admin.request_timeouts.load(Relaxed))),
+    f("auth_connections", "Connections by auth standing right now: user (a verified token), anonymous, pending (waiting to connect).", Read::Gauges("standing", |r| {
+        vec![
+            ("user".into(), r.totals.authenticated),
+            ("anonymous".into(), r.totals.anonymous),
+            ("pending".into(), r.totals.auth_pending),
+        ]
+    })),
+    f("auth_connects", "Connections that connected: with a verified token (user) or anonymously.", Read::Counters("as", |r| {
+        vec![("user".into(), r.totals.auth_connects), ("anonymous".into(), r.totals.auth_anonymous_connects)]
+    })),
+    f("auth_closes", "Connections closed by auth: upgrade refused with 401, connect refused (4001), no connect in time (4001), token expired (4002), disconnected by the admin API (4003).", Read::Counters("reason", |r| {
+        vec![
+            ("upgrade_refused".into(), r.totals.auth_upgrades_refused),
+            ("connect_refused".into(), r.totals.auth_connects_refused),
+            ("connect_timeout".into(), r.totals.auth_connect_timeouts),
+            ("expired".into(), r.totals.auth_expiries),
+            ("disconnected".into(), r.totals.auth_disconnects),
+        ]
+    })),
+    f("auth_refusals", "Requests refused by auth with an error reply (the connection stays open), by reason.", Read::Counters("reason", |r| {
+        Denial::ALL.iter().zip(r.totals.denials_by).map(|(d, v)| (d.label().into(), v)).collect()
+    })),
+    f("auth_refreshes", "Tokens renewed by refresh.", Read::Counter(|r| r.totals.auth_refreshes)),
+    f("auth_subscription_expiries", "Subscriptions ended because their subscription token expired.", Read::Counter(|r| r.totals.auth_topic_expiries)),
+    f("auth_deferred", "Times a connection's token check waited for a later loop turn because the turn had spent its verification budget (1 ms).", Read::Counter(|r| r.totals.auth_deferred)),
+    f("rate_limited", "Times a connection went over --max-messages-per-sec or --max-bytes-per-sec, by what --rate-limit-policy did: held (input not read until its buckets refill), refused (message dropped, error rate_limited), closed (1008).", Read::Counters("action", |r| {
+        vec![
+            ("held".into(), r.totals.rate_limit_holds),
+            ("refused".into(), r.totals.rate_limit_refusals),
+            ("closed".into(), r.totals.rate_limit_closes),
+        ]
+    })),
     f("backplane_configured", "1 with --redis.", Read::Gauge(|r| r.shared.bus.backplane().is_some().into())),
     f("backplane_up", "1 while connected to Redis and subscribed (0 without --redis).", Read::Gauge(|r| bp(r, |s| s.up.load(Relaxed).into()))),
     f("backplane_forwarded", "Publishes sent to the other nodes through Redis.", Read::Counter(|r| bp(r, |s| s.forwarded.load(Relaxed)))),
@@ -159,7 +201,29 @@ static FAMILIES: &[Family] = &[
     f("backplane_interest_queued", "Reports of workers' topic changes waiting for the backplane (bounded at 16,384).", Read::Gauge(|r| r.shared.bus.backplane().map_or(0, |b| saturate(b.interest_queued() as u64)))),
     f("backplane_interest_overflows", "Reports of topic changes that did not fit in the backplane's queue (the worker resends its whole topic set instead).", Read::Counter(|r| bp(r, |s| s.interest_overflows.load(Relaxed)))),
     f("backplane_interest_resyncs", "Whole topic sets resent by workers after an overflow.", Read::Counter(|r| bp(r, |s| s.interest_resyncs.load(Relaxed)))),
+    f("auth_configured", "1 when a token key source is configured (--auth-hmac-secret-file, --auth-public-key, --auth-jwks).", Read::Gauge(|r| r.shared.auth.is_some().into())),
+    f("auth_verifications", "Token checks made in full (signature included), by outcome: ok or the refusal's class.", Read::Counters("outcome", |r| {
+        r.shared.auth.as_ref().map(|a| a.stats().verifications()).unwrap_or_else(|| {
+            std::iter::once("ok").chain(Refusal::ALL.iter().map(|c| c.label())).map(|l| (l, 0)).collect()
+        }).into_iter().map(|(l, n)| (l.into(), n)).collect()
+    })),
+    f("auth_cache_hits", "Token verdicts answered from the verified-token cache.", Read::Counter(|r| au(r, |a| a.stats().cache_hits.load(Relaxed)))),
+    f("auth_cache_entries", "Verdicts in the verified-token cache (bounded by --auth-token-cache).", Read::Gauge(|r| au(r, |a| saturate(a.cache_len() as u64)))),
+    f("auth_keys", "Token keys held, from every source.", Read::Gauge(|r| au(r, |a| saturate(a.key_count() as u64)))),
+    f("auth_jwks_fetches", "Fetches of the --auth-jwks URL, by result (a failed one keeps the keys held).", Read::Counters("result", |r| vec![
+        ("ok".into(), au(r, |a| a.stats().jwks_fetches_ok.load(Relaxed))),
+        ("failed".into(), au(r, |a| a.stats().jwks_fetches_failed.load(Relaxed))),
+    ])),
+    f("auth_key_reloads", "SIGHUP reloads of the token key files, by result (a failed one keeps the keys held).", Read::Counters("result", |r| vec![
+        ("ok".into(), au(r, |a| a.stats().reloads_ok.load(Relaxed))),
+        ("failed".into(), au(r, |a| a.stats().reloads_failed.load(Relaxed))),
+    ])),
 ];
+
+/// An auth figure, or zero without a token key source.
+fn au<T: Default>(r: &Reading, read: impl Fn(&Auth) -> T) -> T {
+    r.shared.auth.as_deref().map_or_else(T::default, read)
+}
 
 /// A backplane figure, or zero without `--redis`.
 fn bp<T: Default>(r: &Reading, read: impl Fn(&crate::backplane::Stats) -> T) -> T {

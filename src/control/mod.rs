@@ -1,8 +1,9 @@
 //! The control plane: everything off the workers, on ONE thread, `corecast-control`, that
 //! runs a current-thread tokio runtime. It hosts the admin HTTP endpoint (`admin`,
-//! `endpoints`), the periodic stats line (`stats_line`), the memory guard's sampler and the
-//! Redis backplane (`crate::backplane`). It reaches the workers only through their queues
-//! (`WorkerHandle::send`), which never block, and no worker ever waits on it.
+//! `endpoints`), the periodic stats line (`stats_line`), the memory guard's sampler, the
+//! Redis backplane (`crate::backplane`) and the JWKS URL's fetches (`crate::auth::jwks`). It
+//! reaches the workers only through their queues (`WorkerHandle::send`), which never block,
+//! and no worker ever waits on it.
 
 pub mod admin;
 pub mod endpoints;
@@ -116,6 +117,10 @@ impl Control {
                 console,
                 stopping.clone(),
             ));
+        }
+        // A JWKS URL's keys: fetched here, off the workers (they only read the result).
+        if let Some(auth) = shared.auth.as_ref().filter(|a| a.jwks_url().is_some()) {
+            rt.spawn(crate::auth::jwks::run(auth.clone(), stopping.clone()));
         }
         let mut backplane_task = None;
         if let (Some((opts, rx)), Some(link)) = (backplane, shared.bus.backplane_link()) {

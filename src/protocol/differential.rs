@@ -1,7 +1,7 @@
 //! The envelope scanner against serde_json's derived [`Envelope`], the reference it must
 //! match: on a hand-written list of tricky messages and on ~120k generated ones (valid
 //! envelopes and mutations of them), both must accept or both refuse, and on acceptance give
-//! the same slices of the message for `op`, `id`, `topic` and `data`. `decode` as a whole must
+//! the same slices of the message for `op`, `id`, `topic`, `data` and `token`. `decode` as a whole must
 //! also give what the serde_json-only path gives, and no input may panic.
 //!
 //! The generator is a fixed-seed xorshift, so a failure reproduces; the message that failed
@@ -64,6 +64,7 @@ fn same_slices(text: &str, a: Fields<'_>, b: Fields<'_>) {
         ("id", a.id, b.id),
         ("topic", a.topic, b.topic),
         ("data", a.data, b.data),
+        ("token", a.token, b.token),
     ] {
         assert_eq!(
             (x.map(Raw::get), place(x)),
@@ -508,11 +509,12 @@ fn value(r: &mut Rng, out: &mut String, depth: usize) {
 }
 
 /// How a top-level name may be spelled; escapes included.
-const SPELLINGS: [&[&str]; 5] = [
+const SPELLINGS: [&[&str]; 6] = [
     &["op", "op", "op", "o\\u0070", "\\u006f\\u0070", "\\u006Fp"],
     &["id", "id", "\\u0069d", "i\\u0064"],
     &["topic", "topic", "t\\u006fpic", "\\u0074opic"],
     &["data", "data", "d\\u0061ta", "\\u0064\\u0061\\u0074\\u0061"],
+    &["token", "token", "t\\u006fken", "\\u0074oke\\u006e"],
     &[
         "x",
         "opx",
@@ -525,6 +527,8 @@ const SPELLINGS: [&[&str]; 5] = [
         "",
         "\u{ef}d",
         "top\\u0069c!",
+        "tokens",
+        "toke",
         "\\ud800",
         "\\udc00x",
         "\\ud800\\u0041",
@@ -550,11 +554,11 @@ fn op_value(r: &mut Rng, out: &mut String) {
     }
 }
 
-/// An envelope: some of the four members (now and then one twice), some others, any order.
+/// An envelope: some of the five members (now and then one twice), some others, any order.
 fn envelope(r: &mut Rng) -> String {
-    let mut names: Vec<usize> = (0..4).filter(|_| !r.one_in(4)).collect();
+    let mut names: Vec<usize> = (0..5).filter(|_| !r.one_in(4)).collect();
     let others = r.below(3);
-    names.extend(std::iter::repeat_n(4, others));
+    names.extend(std::iter::repeat_n(5, others));
     if r.one_in(8) && !names.is_empty() {
         let again = r.pick(&names);
         names.push(again);
@@ -586,6 +590,11 @@ fn envelope(r: &mut Rng) -> String {
                 _ => value(r, &mut out, 1),
             },
             2 => match r.below(5) {
+                0 => value(r, &mut out, 1),
+                1 => out.push_str("null"),
+                _ => string(r, &mut out),
+            },
+            4 => match r.below(4) {
                 0 => value(r, &mut out, 1),
                 1 => out.push_str("null"),
                 _ => string(r, &mut out),

@@ -1,6 +1,6 @@
 //! The request envelope read in one pass without allocating: every byte is validated as JSON
-//! (RFC 8259) while values are skipped, and the top-level members `op`, `id`, `topic` and
-//! `data` come back as slices of the message. Runs on worker threads, for every request.
+//! (RFC 8259) while values are skipped, and the top-level members `op`, `id`, `topic`,
+//! `data` and `token` come back as slices of the message. Runs on worker threads, for every request.
 //!
 //! The rules are serde_json's (1.0.154) for the derived [`Envelope`](super::Envelope), so
 //! that the scanner accepts exactly what that deserialization accepts and gives the same
@@ -10,9 +10,9 @@
 //!   escapes must pair surrogates, since serde_json decodes a field name into a `str`;
 //! * a string inside a skipped value only needs well-formed escapes: serde_json skips it
 //!   without decoding, so a lone surrogate there is accepted;
-//! * a second `op`, `id`, `topic` or `data` is refused (serde's "duplicate field"), while
+//! * a second `op`, `id`, `topic`, `data` or `token` is refused (serde's "duplicate field"), while
 //!   other names may repeat and their values are validated and dropped;
-//! * `null` for `op`, `id` or `topic` reads as absent; `data` keeps it as a value;
+//! * `null` for `op`, `id`, `topic` or `token` reads as absent; `data` keeps it as a value;
 //! * only whitespace may follow the object.
 //!
 //! The nesting is followed with one bit per open bracket in a `u128` on the stack. Input
@@ -45,6 +45,7 @@ enum Name {
     Id,
     Topic,
     Data,
+    Token,
     Other,
 }
 
@@ -56,7 +57,7 @@ pub(super) fn envelope(text: &str) -> Result<Fields<'_>, Refusal> {
     };
     let mut f = Fields::default();
     // Presence, not value: `"id": null` twice is a duplicate too.
-    let mut seen = [false; 4];
+    let mut seen = [false; 5];
     c.ws();
     c.eat(b'{')?;
     c.ws();
@@ -71,6 +72,7 @@ pub(super) fn envelope(text: &str) -> Result<Fields<'_>, Refusal> {
                 Name::Id => Some(1),
                 Name::Topic => Some(2),
                 Name::Data => Some(3),
+                Name::Token => Some(4),
                 Name::Other => None,
             };
             if let Some(s) = slot {
@@ -91,6 +93,7 @@ pub(super) fn envelope(text: &str) -> Result<Fields<'_>, Refusal> {
                 Name::Id => f.id = absent_if_null,
                 Name::Topic => f.topic = absent_if_null,
                 Name::Data => f.data = Some(raw),
+                Name::Token => f.token = absent_if_null,
                 Name::Other => {}
             }
             c.ws();
@@ -276,7 +279,7 @@ impl Cursor<'_> {
     fn name(&mut self) -> Result<Name, Refusal> {
         let mut buf = [0u8; 5];
         let mut len = 0;
-        // False once the decoded name cannot be one of the four.
+        // False once the decoded name cannot be one of the five.
         let mut fits = true;
         loop {
             let byte = match self.next_byte() {
@@ -326,6 +329,7 @@ impl Cursor<'_> {
             (true, Some(b"id")) => Name::Id,
             (true, Some(b"topic")) => Name::Topic,
             (true, Some(b"data")) => Name::Data,
+            (true, Some(b"token")) => Name::Token,
             _ => Name::Other,
         })
     }

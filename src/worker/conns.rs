@@ -12,9 +12,12 @@ use mio::{Interest, Registry, Token};
 use slab::Slab;
 use thin_vec::ThinVec;
 
+use super::share::Shares;
 use crate::admission;
 use crate::codec::Kind;
 use crate::config::Config;
+use crate::conn::session::Clock;
+use crate::conn::StandingKind;
 use crate::conn::{
     CloseReason, Conn, Hold, InputState, Outputs, Phase, Tls, Took, Transport, TransportError,
     NEVER,
@@ -22,6 +25,8 @@ use crate::conn::{
 use crate::outbound::Flushed;
 use crate::stats::{bump, gauge, Stats};
 use crate::topics::Topics;
+
+use super::waiting::Waiting;
 
 /// Seconds a closing connection waits for the peer's close or EOF before it is dropped.
 pub(super) const CLOSE_TIMEOUT: u32 = 2;
@@ -39,14 +44,24 @@ pub(super) struct Conns {
     admission: Arc<admission::Shared>,
     /// For WRITABLE interest (a clone of the worker's poll registry).
     registry: Registry,
-    /// Connections to read again next turn without a readiness event: they hit the per-turn
-    /// work bound, their held input was let go, or they began closing while not read.
-    pub(super) retry: Vec<usize>,
+    /// Connections to come back to without a readiness event: next turn (they hit the
+    /// per-turn work bound, their held input was let go, or they began closing while not
+    /// read), or once a turn's verification budget allows (see `waiting`).
+    pub(super) waiting: Waiting,
     /// Whole seconds since the worker started, as of this loop turn: the clock of every
     /// deadline.
     pub(super) now: u32,
+    /// Unix time in whole seconds, as of this loop turn: the clock tokens' `exp` and `nbf`
+    /// are read against.
+    pub(super) unix_now: u64,
+    /// Milliseconds since the worker started, as of this loop turn (wrapping): the rate
+    /// limits' clock.
+    pub(super) now_ms: u32,
     /// Shutdown began: new sockets are refused, open connections are no longer read.
     pub(super) draining: bool,
+    /// Each publishing connection's bytes still in the other workers' queues, by slab key;
+    /// a connection's are forgotten when it is dropped, so its key comes clean to the next.
+    pub(super) shares: Shares,
 }
 
 impl Conns {
@@ -67,9 +82,12 @@ impl Conns {
             stats,
             admission,
             registry,
-            retry: Vec::new(),
+            waiting: Waiting::default(),
             now: 0,
+            unix_now: 0,
+            now_ms: 0,
             draining: false,
+            shares: Shares::default(),
         }
     }
 
@@ -119,6 +137,7 @@ impl Conns {
         let Some(conn) = self.slab.try_remove(key) else {
             return;
         };
+        self.shares.forget(key);
         for t in &conn.subs {
             self.topics.unsubscribe(t, key);
         }
@@ -133,9 +152,103 @@ impl Conns {
         if conn.is_held() {
             gauge(&self.stats.held, -1);
         }
+        if let Some(s) = &conn.session {
+            self.standing_changed(Some(s.kind()), None);
+        }
         bump(&self.stats.closed, 1);
         self.admission.release(conn.peer);
         // Dropping the socket closes it, which also takes it out of the epoll set.
+    }
+
+    /// The clocks sessions' deadlines are read against, as of this loop turn.
+    pub(super) fn clock(&self) -> Clock {
+        Clock {
+            now: self.now,
+            unix_now: self.unix_now,
+            leeway: self.cfg.auth.leeway.as_secs(),
+        }
+    }
+
+    /// Subscribes `key` to `topic` (once: again changes nothing); the shared name, or
+    /// `None` if the connection is closing.
+    pub(super) fn subscribe(&mut self, key: usize, topic: &str) -> Option<Arc<str>> {
+        if !self.slab[key].machine.is_open() {
+            return None;
+        }
+        match self.topics.subscribe(topic, key) {
+            Some(name) => {
+                self.slab[key].subs.push(name.clone());
+                Some(name)
+            }
+            None => self.topics.name(topic),
+        }
+    }
+
+    /// Unsubscribes `key` from `topic`, and forgets the topic's own grant if it had one.
+    pub(super) fn unsubscribe(&mut self, key: usize, topic: &str) {
+        if self.topics.unsubscribe(topic, key) {
+            let subs = &mut self.slab[key].subs;
+            if let Some(i) = subs.iter().position(|t| **t == *topic) {
+                subs.swap_remove(i);
+            }
+        }
+        if let Some(s) = self.slab[key].session.as_mut() {
+            s.drop_topic(topic);
+        }
+    }
+
+    /// A connection's standing went from `before` to `after` (`None`: no session): the
+    /// gauges that count connections by standing follow, and the connects are counted.
+    pub(super) fn standing_changed(
+        &self,
+        before: Option<StandingKind>,
+        after: Option<StandingKind>,
+    ) {
+        let gauge_of = |k: StandingKind| match k {
+            StandingKind::Open => None,
+            StandingKind::Pending => Some(&self.stats.auth_pending),
+            StandingKind::Anonymous => Some(&self.stats.anonymous),
+            StandingKind::User => Some(&self.stats.authenticated),
+        };
+        if let Some(g) = before.and_then(gauge_of) {
+            gauge(g, -1);
+        }
+        if let Some(g) = after.and_then(gauge_of) {
+            gauge(g, 1);
+        }
+        match after {
+            Some(StandingKind::User) => bump(&self.stats.auth_connects, 1),
+            Some(StandingKind::Anonymous) => bump(&self.stats.auth_anonymous_connects, 1),
+            _ => {}
+        }
+    }
+
+    /// Closes every open connection of `user` with 4003; returns how many.
+    pub(super) fn disconnect(&mut self, user: &str) -> usize {
+        let keys: Vec<usize> = self
+            .slab
+            .iter()
+            .filter(|(_, c)| c.machine.is_open())
+            .filter(|(_, c)| {
+                c.session
+                    .as_ref()
+                    .and_then(|s| s.user())
+                    .is_some_and(|v| v.sub() == user)
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for &key in &keys {
+            bump(&self.stats.auth_disconnects, 1);
+            self.begin_close(key, CloseReason::Disconnected);
+        }
+        if !keys.is_empty() {
+            log::info!(
+                "worker {}: disconnected {} connection(s) of a user",
+                self.index,
+                keys.len()
+            );
+        }
+        keys.len()
     }
 
     /// The transport failed: the connection is dropped, counted by why.
@@ -219,13 +332,13 @@ impl Conns {
         if was_held {
             gauge(&self.stats.held, -1);
         }
-        conn.input = InputState::Reading;
+        conn.machine.input = InputState::Reading;
         for t in std::mem::take(&mut conn.subs) {
             self.topics.unsubscribe(&t, key);
         }
         if was_held || self.draining {
             // Its readiness was not acted on while it was held or quiesced.
-            self.retry.push(key);
+            self.waiting.retry(key);
         }
         self.slab[key].deadline = self.now.saturating_add(CLOSE_TIMEOUT);
     }
@@ -233,24 +346,33 @@ impl Conns {
     /// Stops reading a connection, for `why`: TCP's window then stops the client, and
     /// nothing more is buffered for it. The backpressure timeout closes it if the hold lasts.
     pub(super) fn hold(&mut self, key: usize, why: Hold) {
-        let at = self.after(self.cfg.backpressure_timeout);
+        let at = match why {
+            // The sweep lets it go once its buckets have refilled: a second from now at the
+            // latest, when it looks again.
+            Hold::Rate => self.now.saturating_add(1),
+            Hold::Output | Hold::Queues => self.after(self.cfg.backpressure_timeout),
+        };
         let conn = &mut self.slab[key];
         if conn.is_held() {
             return;
         }
-        conn.input = InputState::Held {
-            since: self.now,
-            why,
-        };
+        conn.machine.input = InputState::Held(why);
+        // The backpressure timeout runs from here; nothing is received while held.
+        conn.last_rx = self.now;
         gauge(&self.stats.held, 1);
-        bump(&self.stats.input_held, 1);
+        if why != Hold::Rate {
+            bump(&self.stats.input_held, 1);
+        }
         match why {
+            Hold::Rate => bump(&self.stats.rate_limit_holds, 1),
             Hold::Output => log::debug!(
                 "worker {}: conn {key} output at {} bytes: input held back",
                 self.index,
                 self.out.cost(key, &conn.out)
             ),
-            Hold::Queues => bump(&self.stats.publishers_held, 1),
+            // Counted by the reader, under the bound that held it: the other workers' queues
+            // as a whole, or the connection's share of them.
+            Hold::Queues => {}
         }
         self.arm(key, at);
     }
@@ -262,7 +384,7 @@ impl Conns {
         if !conn.is_held() {
             return;
         }
-        conn.input = InputState::Resuming;
+        conn.machine.input = InputState::Resuming;
         // The client was not silent or slow while we were not reading: restart its clocks.
         conn.last_rx = now;
         if conn.machine.partial_since != NEVER {
@@ -277,10 +399,15 @@ impl Conns {
     /// is queued once however often it is asked, and a readiness event while it is queued adds
     /// nothing (see the reader): a connection that keeps sending gets one share of each turn.
     pub(super) fn read_next_turn(&mut self, key: usize) {
-        self.slab[key].input = InputState::Resuming;
-        if !self.retry.contains(&key) {
-            self.retry.push(key);
-        }
+        self.slab[key].machine.input = InputState::Resuming;
+        self.waiting.retry(key);
+    }
+
+    /// Comes back to `key` once a turn's verification budget allows, after the connections
+    /// that waited before it, with its buffered input handled first (`Resuming`).
+    pub(super) fn wait_for_verification(&mut self, key: usize) {
+        self.slab[key].machine.input = InputState::Resuming;
+        self.waiting.verify(key);
     }
 
     pub(super) fn mark_dirty(&mut self, key: usize) {
@@ -326,6 +453,7 @@ impl Conns {
         }
         let left = conn.out.queue_cost() + conn.transport.cost();
         if conn
+            .machine
             .input
             .released_by_flush(left, self.cfg.max_outbound_bytes)
         {

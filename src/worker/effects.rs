@@ -8,12 +8,15 @@ use std::sync::Arc;
 
 use super::conns::Conns;
 use super::fanout::Fanout;
+use super::tokens::Tokens;
 use crate::broadcast::{self, Port, Target};
 use crate::codec::Kind;
+use crate::config::RatePolicy;
 use crate::conn::deflate::Inflater;
-use crate::conn::{CloseReason, Event};
+use crate::conn::session::Rates;
+use crate::conn::{CloseReason, Event, StandingKind, NEVER};
 use crate::console::{self, Console};
-use crate::handler::{self, Effect, Reply, Session};
+use crate::handler::{self, Access, Caller, Effect, Reply};
 use crate::handshake::{self, Endpoint, Page};
 use crate::message::MessageKind;
 use crate::protocol::Raw;
@@ -37,10 +40,15 @@ pub(super) struct Effects {
     /// The connection being handled has just published (see `Reader`'s hold for the
     /// other workers' queues).
     pub(super) published: bool,
+    /// Tokens and the sessions they establish.
+    pub(super) tokens: Tokens,
+    /// The connection being handled went over its rate limit under `hold`: the reader holds
+    /// it after this message.
+    pub(super) rate_held: bool,
 }
 
 impl Effects {
-    pub(super) fn new(bus: Port, console: Arc<Console>) -> Self {
+    pub(super) fn new(bus: Port, console: Arc<Console>, tokens: Tokens) -> Self {
         Effects {
             bus,
             console,
@@ -48,10 +56,11 @@ impl Effects {
             inflater: Inflater::default(),
             inflated: Vec::new(),
             published: false,
+            tokens,
+            rate_held: false,
         }
     }
 
-    /// Carries out one event of the connection's state machine.
     /// Carries out one event of the connection's state machine.
     pub(super) fn on_event(
         &mut self,
@@ -63,11 +72,31 @@ impl Effects {
         let now = conns.now;
         match event {
             Event::NeedMore | Event::Discarded => {}
-            Event::Upgraded { response, .. } => {
+            Event::Upgraded {
+                response,
+                endpoint,
+                credential,
+            } => {
+                if let Err(refused) = self.tokens.admit(conns, key, endpoint, credential) {
+                    log::debug!(
+                        "worker {}: conn {key} upgrade refused for its token: {}",
+                        conns.index,
+                        refused.status
+                    );
+                    conns.slab[key].machine.refuse_upgrade();
+                    stats::handshake_failed(&conns.stats, refused.status);
+                    bump(&conns.stats.auth_upgrades_refused, 1);
+                    conns.send_raw(key, &refused.response);
+                    conns.enter_closing(key);
+                    return;
+                }
                 let ping_at = conns.after(conns.cfg.ping_interval);
+                let clock = conns.clock();
                 let conn = &mut conns.slab[key];
                 conn.last_rx = now;
-                conn.deadline = ping_at;
+                // The session's own deadline (a connect deadline, an expiry) may come first.
+                let lapses = conn.session.as_ref().map_or(NEVER, |s| s.next_due(&clock));
+                conn.deadline = ping_at.min(lapses);
                 let (tls, deflate) = (conn.transport.is_tls(), conn.machine.deflate().is_some());
                 gauge(&conns.stats.websockets, 1);
                 conns.send_raw(key, &response);
@@ -99,14 +128,21 @@ impl Effects {
             }
             Event::Message { kind, data } => {
                 conns.slab[key].last_rx = now;
-                self.on_message(conns, fanout, key, kind, data);
+                if self.within_rate(conns, key, data.len()) {
+                    self.on_message(conns, fanout, key, kind, data);
+                }
             }
             Event::Compressed { kind, data } => {
                 conns.slab[key].last_rx = now;
-                self.on_compressed(conns, fanout, key, kind, data);
+                if self.within_rate(conns, key, data.len()) {
+                    self.on_compressed(conns, fanout, key, kind, data);
+                }
             }
             Event::Assembled(whole) => {
                 conns.slab[key].last_rx = now;
+                if !self.within_rate(conns, key, whole.data.len()) {
+                    return;
+                }
                 if whole.compressed {
                     self.on_compressed(conns, fanout, key, whole.kind, &whole.data);
                 } else {
@@ -129,6 +165,55 @@ impl Effects {
                     why.code()
                 );
                 conns.close_with(key, why);
+            }
+        }
+    }
+
+    /// The connection's rate limit on a `len`-byte message as it arrived: true to handle the
+    /// message. Under `hold` it always is, and `rate_held` tells the reader to hold the
+    /// connection after it if its buckets ran dry; `refuse` drops it with an error reply
+    /// (`id` null: the message is not even read), `close` closes with 1008.
+    fn within_rate(&mut self, conns: &mut Conns, key: usize, len: usize) -> bool {
+        let limits = conns.cfg.rate;
+        if !limits.on() {
+            return true;
+        }
+        let (now_ms, rates) = (conns.now_ms, Rates::of(&limits));
+        let conn = &mut conns.slab[key];
+        let json = conn.is_json();
+        let Some(b) = conn.session.as_mut().and_then(|s| s.rate()) else {
+            return true;
+        };
+        match limits.policy {
+            RatePolicy::Hold => {
+                if !b.take_then_ready(&rates, now_ms, len) {
+                    self.rate_held = true;
+                }
+                true
+            }
+            RatePolicy::Refuse => {
+                if b.try_take(&rates, now_ms, len) {
+                    return true;
+                }
+                bump(&conns.stats.rate_limit_refusals, 1);
+                if json {
+                    let mut out = std::mem::take(&mut self.scratch);
+                    out.clear();
+                    let msg = "rate limit exceeded: message dropped";
+                    crate::protocol::error(&mut out, None, "rate_limited", msg);
+                    bump(&conns.stats.messages_out, 1);
+                    conns.send_frame(key, Kind::Text, &out);
+                    self.scratch = out;
+                }
+                false
+            }
+            RatePolicy::Close => {
+                if b.try_take(&rates, now_ms, len) {
+                    return true;
+                }
+                bump(&conns.stats.rate_limit_closes, 1);
+                conns.close_with(key, CloseReason::RateLimited);
+                false
             }
         }
     }
@@ -232,45 +317,73 @@ impl Effects {
     /// reply.
     fn on_request(&mut self, conns: &mut Conns, fanout: &mut Fanout, key: usize, text: &str) {
         let mut out = std::mem::take(&mut self.scratch);
-        let session = Session {
-            subs: &conns.slab[key].subs,
-            max_subscriptions: conns.cfg.max_subscriptions,
+        let conn = &conns.slab[key];
+        let anonymous = self.tokens.anonymous();
+        let access = match conn.session.as_deref().map(|s| (s.kind(), s)) {
+            None | Some((StandingKind::Open, _)) => Access::Open,
+            Some((StandingKind::Pending, _)) => Access::Pending,
+            Some((StandingKind::Anonymous, s)) => Access::Granted {
+                grant: anonymous.expect("an anonymous connection has auth on"),
+                sub: "",
+                anonymous: true,
+                topic_grants: s.topic_grants(),
+            },
+            Some((StandingKind::User, s)) => {
+                let v = s.user().expect("a user's session has its user");
+                Access::Granted {
+                    grant: &v.grant,
+                    sub: v.sub(),
+                    anonymous: false,
+                    topic_grants: s.topic_grants(),
+                }
+            }
         };
-        let (reply, effect) = handler::handle(text, session, &mut out);
+        let caller = Caller {
+            subs: &conn.subs,
+            max_subscriptions: conns.cfg.max_subscriptions,
+            access,
+        };
+        let (reply, effect) = handler::handle(text, caller, &mut out);
         match effect {
             Effect::None => {}
             Effect::Subscribe(topic) => {
-                if let Some(name) = conns.topics.subscribe(&topic, key) {
-                    conns.slab[key].subs.push(name);
-                }
+                conns.subscribe(key, &topic);
             }
-            Effect::Unsubscribe(topic) => {
-                if conns.topics.unsubscribe(&topic, key) {
-                    let subs = &mut conns.slab[key].subs;
-                    if let Some(i) = subs.iter().position(|t| **t == *topic) {
-                        subs.swap_remove(i);
-                    }
-                }
-            }
+            Effect::Unsubscribe(topic) => conns.unsubscribe(key, &topic),
+            Effect::SubscribeWithToken { id, topic, token } => self
+                .tokens
+                .subscribe_with_token(conns, key, id, &topic, &token),
+            Effect::Connect { id, token } => self.tokens.connect(conns, key, id, token.as_deref()),
+            Effect::Refresh { id, token } => self.tokens.refresh(conns, key, id, &token),
             Effect::Publish { topic, data } => {
                 let name = conns
                     .topics
                     .name(&topic)
                     .unwrap_or_else(|| Arc::from(&*topic));
-                self.publish(conns, fanout, Target::Topic(name), data)
+                self.publish(conns, fanout, key, Target::Topic(name), data)
             }
-            Effect::Broadcast(data) => self.publish(conns, fanout, Target::All, data),
+            Effect::Broadcast(data) => self.publish(conns, fanout, key, Target::All, data),
         }
         send_reply(conns, key, reply, &out);
         self.scratch = out;
     }
 
     /// Encodes the message once and puts it on the bus: this worker's copy joins this turn's
-    /// deliveries, the other workers' go through their queues.
-    fn publish(&mut self, conns: &mut Conns, fanout: &mut Fanout, target: Target, data: Raw<'_>) {
+    /// deliveries, the other workers' go through their queues, where they count against the
+    /// publishing connection's share until taken.
+    fn publish(
+        &mut self,
+        conns: &mut Conns,
+        fanout: &mut Fanout,
+        key: usize,
+        target: Target,
+        data: Raw<'_>,
+    ) {
         bump(&conns.stats.publishes, 1);
         let d = broadcast::encode(target, data);
-        self.bus.publish_from(conns.index, d, &mut fanout.pending);
+        if let Some(sent) = self.bus.publish_from(d, &mut fanout.pending) {
+            conns.shares.charge(key, sent);
+        }
         self.published = true;
     }
 }
@@ -286,6 +399,10 @@ fn send_reply(conns: &mut Conns, key: usize, reply: Reply, json: &[u8]) {
                 conns.index,
                 String::from_utf8_lossy(json)
             );
+        }
+        Reply::Denied(why) => {
+            bump(&conns.stats.denials_by[why.index()], 1);
+            log::debug!("worker {}: conn {key} denied: {}", conns.index, why.label());
         }
     }
     bump(&conns.stats.messages_out, 1);

@@ -23,7 +23,9 @@ use super::fanout::Fanout;
 use super::handle::{Inbox, Msg};
 use super::reader::{Hangup, Reader};
 use super::timers::Timers;
+use super::tokens::Tokens;
 use crate::admission;
+use crate::auth::Auth;
 use crate::broadcast::Port;
 use crate::config::Config;
 use crate::console::Console;
@@ -43,6 +45,13 @@ const PUBLISHERS_RECHECK: Duration = Duration::from_millis(2);
 /// Bytes of deliveries a turn takes from the worker's queue at most (and at least one
 /// delivery); the rest waits for the next turn, which then comes at once.
 const INBOX_BYTES_PER_TURN: usize = 1 << 20;
+
+/// Unix time in whole seconds (0 before 1970, which no clock here reads).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 /// Everything a worker owns, as parts that each own their state. Nothing here is touched by
 /// another thread except through `inbox` (channels) and the counters (single-writer).
@@ -74,6 +83,8 @@ pub struct Context {
     /// The TLS configuration new connections get; `None`: plain ws.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub console: Arc<Console>,
+    /// The token verifier, when a key source is configured.
+    pub auth: Option<Arc<Auth>>,
 }
 
 impl Worker {
@@ -86,6 +97,7 @@ impl Worker {
             memory,
             tls,
             console,
+            auth,
         } = ctx;
         let topics = Topics::new(index, bus.backplane_link());
         let registry = poll.registry().try_clone()?;
@@ -99,7 +111,7 @@ impl Worker {
             fanout: Fanout::new(cfg.deflate_level, memory),
             timers: Timers::default(),
             drain: Drain::new(cfg.drain_timeout, cfg.reuse_port),
-            effects: Effects::new(bus, console),
+            effects: Effects::new(bus, console, Tokens::new(auth)),
             conns: Conns::new(index, cfg, stats, admission, registry, topics),
             poll,
         })
@@ -120,6 +132,9 @@ impl Worker {
             let woke = Instant::now();
             self.stats.turns.begin(woke);
             self.conns.now = woke.duration_since(self.started).as_secs() as u32;
+            self.conns.unix_now = unix_now();
+            self.conns.now_ms = woke.duration_since(self.started).as_millis() as u32;
+            self.effects.tokens.begin_turn();
 
             ready.clear();
             for ev in events.iter() {
@@ -160,11 +175,12 @@ impl Worker {
     /// How long the next wait for readiness may last: not at all with work in hand, and at
     /// least once a second for timers.
     fn poll_timeout(&self) -> Duration {
-        let busy = !self.conns.retry.is_empty() || !self.fanout.is_idle();
+        let busy = self.conns.waiting.any() || !self.fanout.is_idle();
         if busy || !self.inbox.may_sleep() {
             Duration::ZERO
         } else if self.reader.publishers_held() {
-            // Nothing wakes a worker when the other workers' queues drain: look again.
+            // Nothing wakes a worker when the other workers' queues drain (or take its
+            // publishers' messages): look again.
             PUBLISHERS_RECHECK
         } else if self.drain.spreading() {
             SPREAD_TICK
@@ -183,6 +199,14 @@ impl Worker {
             fanout,
             ..
         } = self;
+        // Those that waited for a signature check go first, oldest first, while the turn's
+        // budget lasts; those that arrive in this turn's events queue up behind them.
+        while !effects.tokens.exhausted() {
+            let Some(key) = conns.waiting.next_verify() else {
+                break;
+            };
+            reader.on_readable(conns, effects, fanout, key, Hangup::No);
+        }
         for &(key, read, write, hup) in ready {
             if write {
                 conns.mark_dirty(key);
@@ -191,12 +215,18 @@ impl Worker {
                 reader.on_readable(conns, effects, fanout, key, hup);
             }
         }
-        for key in std::mem::take(&mut conns.retry) {
+        for key in conns.waiting.take_retry() {
             reader.on_readable(conns, effects, fanout, key, Hangup::No);
         }
         self.take_inbox();
         // The turn's publishes to the backplane, and the budget of what it took, at once.
         self.effects.bus.flush();
+        if !self.conns.shares.is_idle() {
+            // What every other worker has taken of this one's publishes leaves the accounts
+            // of the connections that published it.
+            let taken = self.effects.bus.taken_by_all();
+            self.conns.shares.retire(taken);
+        }
         self.reader
             .release_publishers(&mut self.conns, &self.effects.bus);
         self.fanout.deliver(&mut self.conns);
@@ -225,9 +255,9 @@ impl Worker {
                 break;
             };
             match msg {
-                Msg::Deliver(d) => {
+                Msg::Deliver { from, d } => {
                     taken += d.frame.len();
-                    bus.cross_taken(&d);
+                    bus.cross_taken(from, &d);
                     self.fanout.pending.push(d);
                 }
                 Msg::DeliverOutside(d) => {
@@ -237,6 +267,12 @@ impl Worker {
                 }
                 Msg::Shutdown => self.drain.begin(&mut self.conns),
                 Msg::Fence => self.drain.on_fence(),
+                Msg::Disconnect { user, done } => {
+                    let n = self.conns.disconnect(&user);
+                    if let Some(done) = done {
+                        let _ = done.send(n);
+                    }
+                }
                 Msg::Tls(cfg) => {
                     self.reader.enable_tls();
                     self.tls = Some(cfg);

@@ -83,10 +83,10 @@ impl Fanout {
                         limit,
                     ),
                     Some(a) => {
-                        let z = zipped[slot(a.window_bits)].get_or_insert_with(|| {
+                        let z = zipped[slot(a.window_bits())].get_or_insert_with(|| {
                             let z = deflater.zip_run(
                                 run.iter().map(|d| &d.frame),
-                                a.window_bits,
+                                a.window_bits(),
                                 min_size,
                                 zscratch,
                             );
@@ -172,7 +172,7 @@ impl Fanout {
                     limit,
                 ),
                 Some(a) => {
-                    let z = zipped[slot(a.window_bits)]
+                    let z = zipped[slot(a.window_bits())]
                         .as_ref()
                         .expect("compressed in the first pass over the run");
                     conns.out.offer_run(

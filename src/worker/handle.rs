@@ -32,8 +32,10 @@ pub const CONN_QUEUE: usize = 1024;
 /// Messages between threads other than new sockets.
 #[derive(Debug)]
 pub enum Msg {
-    /// A frame for this worker's subscribers, from another worker.
-    Deliver(Delivery),
+    /// A frame for this worker's subscribers, published on worker `from`: taking it counts
+    /// one more of `from`'s publishes taken (see `progress`). A `u32`, so that the message
+    /// stays 56 bytes, as it was without it (the tag shares its word).
+    Deliver { from: u32, d: Delivery },
     /// The same from outside the workers (admin API, backplane): its bytes count against
     /// [`crate::broadcast::OUTSIDE_BYTES`] until taken.
     DeliverOutside(Delivery),
@@ -46,6 +48,12 @@ pub enum Msg {
     /// The TLS configuration for new connections from now on (a certificate reload);
     /// connections already open keep theirs.
     Tls(std::sync::Arc<rustls::ServerConfig>),
+    /// Close every connection of this user with 4003 (`POST /disconnect`, here or on
+    /// another node); the worker answers how many on `done`, if given.
+    Disconnect {
+        user: Arc<str>,
+        done: Option<tokio::sync::mpsc::UnboundedSender<usize>>,
+    },
     /// Tests only: panic inside the worker's loop, to prove a dead worker is reported.
     #[cfg(test)]
     Panic(&'static str),
@@ -187,5 +195,18 @@ impl Inbox {
 
     pub fn awake(&self) {
         self.state.asleep.store(false, SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_between_workers_stays_seven_words() {
+        // Every delivery between workers is one channel slot of this size: naming its
+        // publisher (`Deliver::from`) must not grow it.
+        let size = std::mem::size_of::<Msg>();
+        assert!(size <= 56, "Msg grew to {size} bytes");
     }
 }

@@ -12,7 +12,9 @@ impl Worker {
     /// WRITABLE; no closed write side has output behind it; a held connection's hold is
     /// explained (its output over half its bound, or a publisher waiting for the queues);
     /// a connection below its bound with nothing held back is not left held; every byte
-    /// budget and gauge equals the sum it stands for. O(connections) per turn.
+    /// budget and gauge equals the sum it stands for; only connections still open have bytes
+    /// in the other workers' queues charged to them, each the sum of its runs there.
+    /// O(connections + runs in flight) per turn.
     pub(super) fn check_invariants(&self) {
         let c = &self.conns;
         assert!(
@@ -47,15 +49,19 @@ impl Worker {
                 !out.is_shut() || !pending,
                 "conn {key} shut its write side with output queued"
             );
-            match conn.input {
-                crate::conn::InputState::Held {
-                    why: crate::conn::Hold::Queues,
-                    ..
-                } => assert!(
+            match conn.machine.input {
+                crate::conn::InputState::Held(crate::conn::Hold::Queues) => assert!(
                     held_publishers.contains(&key),
-                    "conn {key} held for the queues but not on the publishers' list"
+                    "conn {key} held for the queues but not on the publishers' lists"
                 ),
-                crate::conn::InputState::Held { .. } => {
+                crate::conn::InputState::Held(crate::conn::Hold::Rate) => {
+                    assert!(conn.machine.is_open(), "conn {key} held while not open");
+                    assert!(
+                        conn.session.as_ref().is_some_and(|s| s.has_rate()),
+                        "conn {key} held for its rate without rate buckets"
+                    );
+                }
+                crate::conn::InputState::Held(_) => {
                     assert!(conn.machine.is_open(), "conn {key} held while not open");
                     let left = out.queue_cost() + conn.transport.cost();
                     assert!(
@@ -77,6 +83,12 @@ impl Worker {
             outbound += out.queue_cost() as i64;
             inbound += conn.inbound_cost() as i64;
             held += conn.is_held() as i64;
+        }
+        for key in c.shares.check() {
+            assert!(
+                c.slab.contains(key),
+                "conn {key} is gone but has bytes in flight charged to it"
+            );
         }
         let s = &self.stats;
         assert_eq!(s.queued_bytes.load(Relaxed), queued, "queued-bytes gauge");

@@ -10,7 +10,7 @@ use thin_vec::ThinVec;
 use super::conns::Conns;
 use super::effects::Effects;
 use super::fanout::Fanout;
-use crate::broadcast::{Port, CROSS_BYTES};
+use crate::broadcast::{Port, CROSS_BYTES, PUBLISHER_SHARE};
 use crate::conn::{Event, Hold, Input, InputState, Phase, Uncorked, NEVER};
 use crate::stats::{bump, gauge};
 
@@ -78,6 +78,12 @@ pub(super) struct Reader {
     /// Connections held because their publishes found the other workers' queues
     /// [`CROSS_BYTES`] behind; let go once those queues are down to half.
     publishers_held: Vec<usize>,
+    /// The connection being read stopped for the verification budget, not for the frame
+    /// bound: it waits in the verification queue.
+    verify_later: bool,
+    /// Connections held because their own publishes in those queues passed their share,
+    /// [`PUBLISHER_SHARE`]; each is let go once its own are down to half of it.
+    over_share: Vec<usize>,
 }
 
 impl Reader {
@@ -86,6 +92,8 @@ impl Reader {
             rbuf: vec![0; READ_BUF],
             tls_in: Vec::new(),
             publishers_held: Vec::new(),
+            verify_later: false,
+            over_share: Vec::new(),
         };
         if tls {
             r.enable_tls();
@@ -100,16 +108,17 @@ impl Reader {
         }
     }
 
-    /// Some publisher is held for the other workers' queues (then nothing else wakes the
-    /// worker when they drain: it must look again).
+    /// Some publisher is held for the other workers' queues, as a whole or its share of them
+    /// (then nothing else wakes the worker when they drain: it must look again).
     pub(super) fn publishers_held(&self) -> bool {
-        !self.publishers_held.is_empty()
+        !self.publishers_held.is_empty() || !self.over_share.is_empty()
     }
 
-    /// The connections held for the other workers' queues (some may have left since).
+    /// The connections held for the other workers' queues, as a whole or their share of them
+    /// (some may have left since).
     #[cfg(debug_assertions)]
     pub(super) fn held_publishers(&self) -> impl Iterator<Item = usize> + '_ {
-        self.publishers_held.iter().copied()
+        self.publishers_held.iter().chain(&self.over_share).copied()
     }
 
     /// Reads until the socket is drained (`WouldBlock`, or a short read, which on a stream
@@ -167,17 +176,17 @@ impl Reader {
             return;
         }
         let mut frames = MAX_FRAMES_PER_TURN;
-        if conn.input == InputState::Resuming {
-            if hup == Hangup::No && c.retry.contains(&key) {
-                // Queued for a retry pass still to come: it reads then, once per turn.
+        if conn.machine.input == InputState::Resuming {
+            if hup == Hangup::No && c.waiting.holds(key) {
+                // Queued for a pass still to come: it reads then, once per turn.
                 return;
             }
-            conn.input = InputState::Reading;
+            conn.machine.input = InputState::Reading;
             if !self.resume(c, e, f, key, &mut frames) {
                 return;
             }
             if frames == 0 {
-                return out_of_frames(c, key);
+                return self.later(c, key);
             }
         }
         for _ in 0..MAX_READS_PER_TURN {
@@ -208,7 +217,7 @@ impl Reader {
                 Some(_) => {}
             }
             if frames == 0 {
-                return out_of_frames(c, key);
+                return self.later(c, key);
             }
             if drained && hup == Hangup::No {
                 return;
@@ -294,8 +303,9 @@ impl Reader {
     /// Runs the state machine over the complete requests and frames at the start of `buf`
     /// and carries out what each calls for. Returns how many bytes were used. Stops early,
     /// leaving the rest unused, when the connection's input is held back (its output went
-    /// over its bound, or its publish found the other workers' queues full), and once it has
-    /// handled `frames` frames (counted off; the caller leaves the rest for a later turn).
+    /// over its bound, its publishes in the other workers' queues passed its share of them, or
+    /// its publish found those queues full), and once it has handled `frames` frames (counted
+    /// off; the caller leaves the rest for a later turn).
     fn process(
         &mut self,
         c: &mut Conns,
@@ -310,9 +320,19 @@ impl Reader {
             if *frames == 0 {
                 return pos;
             }
-            let Some(conn) = c.slab.get_mut(key) else {
+            if !c.slab.contains(key) {
                 return buf.len();
-            };
+            }
+            if e.tokens.exhausted() && e.tokens.may_verify(c, key) {
+                // This turn has spent its verification budget, and what comes next may need
+                // a signature check: it waits, unread, in the verification queue, and the
+                // connections already open are served meanwhile.
+                bump(&c.stats.auth_deferred, 1);
+                self.verify_later = true;
+                *frames = 0;
+                return pos;
+            }
+            let conn = &mut c.slab[key];
             let held0 = conn.machine.partial_cost();
             let (used, event) = conn.machine.next(&mut buf[pos..], &c.cfg);
             let held1 = conn.machine.partial_cost();
@@ -323,16 +343,31 @@ impl Reader {
             *frames -= 1;
             pos += used;
             e.published = false;
+            e.rate_held = false;
             e.on_event(c, f, key, event);
             if !c.slab.contains(key) {
                 return buf.len();
+            }
+            if e.rate_held && c.slab[key].machine.is_open() {
+                // Over its rate: nothing more is read until its buckets refill.
+                c.hold(key, Hold::Rate);
+                return pos;
             }
             if c.slab[key].machine.is_open() && c.out_cost(key) >= c.cfg.max_outbound_bytes {
                 c.hold(key, Hold::Output);
                 return pos;
             }
+            if e.published && c.shares.over(key) {
+                // Its own doing, whatever the others do: counted as such even if the queues
+                // are full too.
+                c.hold(key, Hold::Queues);
+                bump(&c.stats.publishers_share_held, 1);
+                self.over_share.push(key);
+                return pos;
+            }
             if e.published && e.bus.cross_full() {
                 c.hold(key, Hold::Queues);
+                bump(&c.stats.publishers_held, 1);
                 self.publishers_held.push(key);
                 return pos;
             }
@@ -342,26 +377,62 @@ impl Reader {
         }
     }
 
-    /// Lets held publishers go once the other workers' queues are down to half their bound
-    /// (one whose own output is over half its bound stays held, now as any other; its flush
-    /// lets it go).
+    /// The connection stopped before its input was all handled: it waits for the
+    /// verification budget, or for the next turn (the frame bound).
+    fn later(&mut self, c: &mut Conns, key: usize) {
+        // The wait is the server's doing, so a message it is in the middle of gets its time
+        // back, as after a hold.
+        let now = c.now;
+        let partial_since = &mut c.slab[key].machine.partial_since;
+        if *partial_since != NEVER {
+            *partial_since = now;
+        }
+        if std::mem::take(&mut self.verify_later) {
+            c.wait_for_verification(key);
+        } else {
+            c.read_next_turn(key);
+        }
+    }
+
+    /// Lets held publishers go: one held for its share once its own publishes in the other
+    /// workers' queues are down to half its share (after the turn's retiring of them), one
+    /// held for the queues as a whole once they are down to half their bound. One whose own
+    /// output is over half its bound stays held, now as any other; its flush lets it go.
     pub(super) fn release_publishers(&mut self, c: &mut Conns, bus: &Port) {
+        if !self.over_share.is_empty() {
+            let mut held = std::mem::take(&mut self.over_share);
+            held.retain(|&key| {
+                let keep = c.slab.contains(key) && c.shares.in_flight(key) > PUBLISHER_SHARE / 2;
+                if !keep {
+                    let_publisher_go(c, key);
+                }
+                keep
+            });
+            self.over_share = held;
+        }
         if self.publishers_held.is_empty() || bus.cross_queued() > CROSS_BYTES / 2 {
             return;
         }
         for key in std::mem::take(&mut self.publishers_held) {
-            if !c.slab.contains(key) {
-                continue; // a connection that took the key since, or one closed meanwhile
-            }
-            let cost = c.out_cost(key);
-            match c.slab[key]
-                .input
-                .after_queues_drained(cost, c.cfg.max_outbound_bytes)
-            {
-                None => c.release(key),
-                Some(next) => c.slab[key].input = next,
-            }
+            let_publisher_go(c, key);
         }
+    }
+}
+
+/// Lets a connection held for the other workers' queues go, unless its own output holds it
+/// (see `InputState::after_queues_drained`).
+fn let_publisher_go(c: &mut Conns, key: usize) {
+    if !c.slab.contains(key) {
+        return; // a connection that took the key since, or one closed meanwhile
+    }
+    let cost = c.out_cost(key);
+    match c.slab[key]
+        .machine
+        .input
+        .after_queues_drained(cost, c.cfg.max_outbound_bytes)
+    {
+        None => c.release(key),
+        Some(next) => c.slab[key].machine.input = next,
     }
 }
 
@@ -414,18 +485,6 @@ fn note_partial(c: &mut Conns, key: usize, now: u32) {
         conn.machine.partial_since = now;
         c.arm(key, at);
     }
-}
-
-/// The connection had its `MAX_FRAMES_PER_TURN`: the rest of its input waits for a later
-/// turn. The wait is the server's doing, so a message it is in the middle of gets its time
-/// back, as after a hold.
-fn out_of_frames(c: &mut Conns, key: usize) {
-    let now = c.now;
-    let partial_since = &mut c.slab[key].machine.partial_since;
-    if *partial_since != NEVER {
-        *partial_since = now;
-    }
-    c.read_next_turn(key);
 }
 
 fn on_eof(c: &mut Conns, key: usize) {

@@ -11,7 +11,9 @@
 
 use super::conns::Conns;
 use crate::codec::Kind;
-use crate::conn::{CloseReason, Phase, NEVER};
+use crate::conn::session::Rates;
+use crate::conn::{CloseReason, Hold, InputState, Phase, StandingKind, NEVER};
+use crate::protocol;
 use crate::stats::{self, bump};
 
 /// A due list that grew past this many keys is freed once empty.
@@ -144,8 +146,62 @@ fn due(now: u32, last_rx: u32, held_since: Option<u32>, partial_since: u32, c: C
     }
 }
 
+/// What an open connection's session finds due: a pending connection that did not connect
+/// in time is closed (4001), a user whose token expired (4002); subscriptions whose own token
+/// expired end, with an `unsubscribed` message. False if the connection is closing now.
+fn on_session(conns: &mut Conns, key: usize, now: u32) -> bool {
+    let clock = conns.clock();
+    let Some(s) = conns.slab[key].session.as_deref_mut() else {
+        return true;
+    };
+    if s.lapses(&clock) <= now {
+        match s.kind() {
+            StandingKind::Pending => {
+                bump(&conns.stats.auth_connect_timeouts, 1);
+                let why = "no connect within the connect timeout";
+                conns.begin_close(key, CloseReason::Unauthorized(why));
+                return false;
+            }
+            StandingKind::User => {
+                bump(&conns.stats.auth_expiries, 1);
+                conns.begin_close(key, CloseReason::TokenExpired);
+                return false;
+            }
+            // They never lapse (`lapses` is NEVER for them).
+            StandingKind::Open | StandingKind::Anonymous => {}
+        }
+    }
+    let expired = s.expired_topics(now);
+    for topic in expired {
+        conns.unsubscribe(key, &topic);
+        bump(&conns.stats.auth_topic_expiries, 1);
+        let mut out = Vec::with_capacity(64 + topic.len());
+        protocol::unsubscribed(&mut out, &topic, "subscription token expired");
+        bump(&conns.stats.messages_out, 1);
+        conns.send_frame(key, Kind::Text, &out);
+    }
+    true
+}
+
 /// What is due for an open connection, and when to look again.
 fn on_open_timer(conns: &mut Conns, key: usize, now: u32) {
+    if !on_session(conns, key, now) {
+        return;
+    }
+    if conns.slab[key].machine.input == InputState::Held(Hold::Rate) {
+        let rates = Rates::of(&conns.cfg.rate);
+        let now_ms = conns.now_ms;
+        let wait = conns.slab[key]
+            .session
+            .as_mut()
+            .and_then(|s| s.rate())
+            .map_or(0, |b| b.ready_in_ms(&rates, now_ms));
+        if wait > 0 {
+            return rearm(conns, key, now.saturating_add(wait.div_ceil(1000)));
+        }
+        // Refilled: read again (from this tick: the wait was the rate's, not silence).
+        conns.release(key);
+    }
     let secs = |d: std::time::Duration| d.as_secs().min(u64::from(u32::MAX)) as u32;
     let cfg = &conns.cfg;
     let clocks = Clocks {
@@ -155,7 +211,8 @@ fn on_open_timer(conns: &mut Conns, key: usize, now: u32) {
         backpressure: secs(cfg.backpressure_timeout),
     };
     let conn = &conns.slab[key];
-    let held_since = conn.input.held_since();
+    // A hold began at `last_rx` (see `Conn::last_rx`).
+    let held_since = conn.is_held().then_some(conn.last_rx);
     let partial_since = conn.machine.partial_since;
     let last_rx = conn.last_rx;
     let index = conns.index;
@@ -186,10 +243,19 @@ fn on_open_timer(conns: &mut Conns, key: usize, now: u32) {
         }
         Due::Ping { next } => {
             conns.send_frame(key, Kind::Ping, b"");
-            conns.slab[key].deadline = next;
+            rearm(conns, key, next);
         }
-        Due::Later { next } => conns.slab[key].deadline = next,
+        Due::Later { next } => rearm(conns, key, next),
     }
+}
+
+/// Sets the next look at the connection to `next`, or earlier if its session falls due
+/// first.
+fn rearm(conns: &mut Conns, key: usize, next: u32) {
+    let clock = conns.clock();
+    let conn = &mut conns.slab[key];
+    let session = conn.session.as_ref().map_or(NEVER, |s| s.next_due(&clock));
+    conn.deadline = next.min(session);
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ pub mod pki;
 pub mod process;
 pub mod redis_server;
 pub mod tls;
+pub mod tokens;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -50,16 +50,28 @@ impl Proc {
     /// Like `start`, with the open-files limit (soft and hard) set to `nofile`.
     pub fn start_limited(args: &[&str], nofile: Option<u64>) -> Proc {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        Proc::spawn(addr, args, nofile, args.contains(&"--tls-cert"))
+        Proc::spawn(addr, args, nofile, args.contains(&"--tls-cert"), &[])
+    }
+
+    /// Like `start`, with environment variables set (`Some`) or removed (`None`).
+    pub fn start_with_env(args: &[&str], env: &[(&str, Option<&str>)]) -> Proc {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Proc::spawn(addr, args, None, args.contains(&"--tls-cert"), env)
     }
 
     /// Starts the binary listening on `addr` (which another process may share, with
     /// `--reuse-port`), and waits until its own admin port answers health checks.
     pub fn start_on(addr: SocketAddr, args: &[&str]) -> Proc {
-        Proc::spawn(addr, args, None, true)
+        Proc::spawn(addr, args, None, true, &[])
     }
 
-    fn spawn(addr: SocketAddr, args: &[&str], nofile: Option<u64>, probe_admin: bool) -> Proc {
+    fn spawn(
+        addr: SocketAddr,
+        args: &[&str],
+        nofile: Option<u64>,
+        probe_admin: bool,
+        env: &[(&str, Option<&str>)],
+    ) -> Proc {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_corecast"));
         cmd.args(["--listen", &addr.to_string()])
@@ -68,6 +80,12 @@ impl Proc {
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        for (name, value) in env {
+            match value {
+                Some(v) => cmd.env(name, v),
+                None => cmd.env_remove(name),
+            };
+        }
         if let Some(n) = nofile {
             // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
             unsafe {

@@ -70,6 +70,24 @@ pub struct Common {
     /// Connection open rate per second for echo and broadcast set-up.
     #[arg(long, global = true, default_value_t = 5000.0)]
     pub connect_rate: f64,
+    /// JWTs for the connections, one per line: connection i presents line i mod n (blank
+    /// lines are skipped). Without it no connection presents a token.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tokens: Option<PathBuf>,
+    /// How a connection presents its token (with --tokens).
+    #[arg(long, global = true, value_enum, default_value_t = TokenVia::Header, requires = "tokens")]
+    pub token_via: TokenVia,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenVia {
+    /// `Authorization: Bearer TOKEN` on the upgrade request.
+    Header,
+    /// After the 101, `{"op":"connect","token":TOKEN,"id":"connect"}`; the connection counts
+    /// as connected when its `ok` arrives (JSON endpoint only).
+    Connect,
+    /// `?token=TOKEN` on the upgrade URL (the server needs --auth-query-token).
+    Query,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -80,6 +98,9 @@ pub enum Scenario {
     Echo(EchoArgs),
     /// Subscribers on one topic, publishers at a fixed total rate; measure fan-out latency.
     Broadcast(BroadcastArgs),
+    /// A probe connection echoes closed-loop while N connections open as fast as allowed;
+    /// measures the time until all are connected and the probe's latency meanwhile.
+    Storm(StormArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -101,6 +122,9 @@ pub enum EchoMode {
     Raw,
     /// `/ws`: `{"op":"echo","data":"..."}` requests.
     Json,
+    /// `/ws`: each connection subscribes to its own `--topic` and publishes to it; the
+    /// delivery back is the reply (a publish in and a delivery out per message).
+    Publish,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -118,6 +142,9 @@ pub struct EchoArgs {
     /// In raw mode send text frames (payload is ASCII) instead of binary.
     #[arg(long)]
     pub text: bool,
+    /// Publish mode: the topic of connection i, `{i}` replaced by i (one subscriber each).
+    #[arg(long, default_value = "chat.load-{i}")]
+    pub topic: String,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -140,4 +167,31 @@ pub struct BroadcastArgs {
     /// Seconds to wait after the window for in-flight deliveries.
     #[arg(long, default_value_t = 2.0)]
     pub grace: f64,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeMode {
+    /// `/echo`: a binary frame echoed verbatim (needs a header or query token with auth on).
+    Raw,
+    /// `/ws`: `{"op":"echo","data":"..."}`.
+    Json,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StormArgs {
+    /// Connections in the storm (the probe is one more: it presents token line `conns`).
+    #[arg(long, default_value_t = 1000)]
+    pub conns: usize,
+    /// Connection attempts per second, total across threads (0: all at once).
+    #[arg(long, default_value_t = 50_000.0)]
+    pub rate: f64,
+    /// What the probe connection does: one request in flight at a time, the whole run.
+    #[arg(long, value_enum, default_value_t = ProbeMode::Json)]
+    pub probe: ProbeMode,
+    /// The probe's payload bytes (raw) or data string length (json).
+    #[arg(long, default_value_t = 32)]
+    pub probe_size: usize,
+    /// Seconds to keep everything open (and the probe echoing) after the storm settled.
+    #[arg(long, default_value_t = 0.0)]
+    pub hold: f64,
 }

@@ -1,6 +1,7 @@
 //! One client WebSocket connection (buffers, handshake, frame I/O) and the per-thread mio
 //! worker that drives many of them edge-triggered, over plain TCP or TLS (`transport`).
 
+use std::collections::BTreeMap;
 use std::io;
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use hdrhistogram::Histogram;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::clock::{self, Rng};
+use crate::credentials::{self, Credentials, Presented};
 use crate::deflate;
 use crate::frame::{self, FrameError};
 use crate::handshake::{self, Response};
@@ -17,8 +19,14 @@ use crate::transport::{self, Transport};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
+    /// TCP connect in progress.
     Connecting,
+    /// Upgrade request sent (after TLS, for wss), waiting for the 101.
     Handshaking,
+    /// 101 received and `{"op":"connect"}` sent (`--token-via connect`), waiting for its `ok`;
+    /// the connection is not connected yet.
+    Authenticating,
+    /// Connected: the scenario's traffic flows.
     Open,
     Closed,
 }
@@ -30,8 +38,15 @@ pub enum End {
     Eof,
     BadHandshake(String),
     Protocol(FrameError),
-    /// The server sent a close frame (we already queued our reply).
-    CloseFrame,
+    /// The server sent a close frame (we already queued our reply) with this code and reason.
+    CloseFrame {
+        code: Option<u16>,
+        reason: String,
+    },
+    /// The server refused the token: a 401 on the upgrade, for this reason.
+    Unauthorized(String),
+    /// The `connect` request was answered with something other than its `ok`.
+    ConnectReply(String),
     /// The TLS session failed: a certificate that does not verify, an alert, a bad record.
     Tls(rustls::Error),
     /// A compressed message that does not inflate (or inflates past the size limit).
@@ -51,8 +66,13 @@ impl End {
     fn failure(&self) -> Failure {
         match self {
             End::Io(e) => net::classify(e),
-            End::Eof | End::CloseFrame => Failure::Reset,
-            End::BadHandshake(_) => Failure::BadHandshake,
+            End::CloseFrame {
+                code: Some(CLOSE_UNAUTHORIZED),
+                ..
+            }
+            | End::Unauthorized(_) => Failure::Unauthorized,
+            End::Eof | End::CloseFrame { .. } => Failure::Reset,
+            End::BadHandshake(_) | End::ConnectReply(_) => Failure::BadHandshake,
             End::Protocol(_) | End::Inflate(_) => Failure::Other,
             End::Tls(_) => Failure::Tls,
         }
@@ -64,12 +84,37 @@ impl End {
             End::Eof => "eof".into(),
             End::BadHandshake(s) => format!("bad handshake: {s}"),
             End::Protocol(e) => format!("protocol: {e}"),
-            End::CloseFrame => "close frame".into(),
+            End::CloseFrame { code: None, .. } => "close frame".into(),
+            End::CloseFrame {
+                code: Some(c),
+                reason,
+            } => format!("close frame {c} {reason:?}"),
+            End::Unauthorized(why) => format!("401: {why}"),
+            End::ConnectReply(s) => s.clone(),
             End::Tls(e) => format!("tls: {e}"),
             End::Inflate(e) => format!("permessage-deflate: {e}"),
         }
     }
+
+    /// Why the server refused the token, when it did: the 401's reason or the 4001's.
+    fn unauthorized(&self) -> Option<&str> {
+        match self {
+            End::Unauthorized(why) => Some(why),
+            End::CloseFrame {
+                code: Some(CLOSE_UNAUTHORIZED),
+                reason,
+            } => Some(reason),
+            _ => None,
+        }
+    }
 }
+
+/// corecast's close code for a refused `connect` (and for a pending connection's timeout).
+const CLOSE_UNAUTHORIZED: u16 = 4001;
+
+/// Distinct refusal reasons kept in [`ConnStats::unauthorized_reasons`]; the rest are
+/// counted under "other". corecast's reasons are a handful of fixed classes.
+const MAX_REASONS: usize = 16;
 
 pub struct Conn<S> {
     /// `None` once the connection ended.
@@ -103,6 +148,8 @@ pub struct Conn<S> {
     /// and messages that arrived compressed, not yet added to the worker's [`ConnStats`].
     bytes_in: u64,
     inflated: u64,
+    /// `--token-via connect`: the token line to send in a `connect` once the 101 arrives.
+    connect_token: Option<u32>,
     pub ext: S,
 }
 
@@ -212,7 +259,11 @@ impl<S> Conn<S> {
 
     /// Reads until WouldBlock or a short read, handling the handshake reply and every complete
     /// frame. Returns whether the connection became Open during this call.
-    fn read(&mut self, mut on_data: impl FnMut(&mut S, u8, &[u8])) -> Result<bool, End> {
+    fn read(
+        &mut self,
+        creds: Option<&Credentials>,
+        mut on_data: impl FnMut(&mut S, u8, &[u8]),
+    ) -> Result<bool, End> {
         let mut upgraded = false;
         loop {
             self.make_room()?;
@@ -226,7 +277,7 @@ impl<S> Conn<S> {
                 Ok(n) => {
                     self.rend += n;
                     self.bytes_in += n as u64;
-                    upgraded |= self.process(&mut on_data)?;
+                    upgraded |= self.process(creds, &mut on_data)?;
                     // A short read means the socket queue was drained; new data will raise a
                     // fresh edge, so skip the extra read that would only return WouldBlock.
                     if n < space && short_read_drains {
@@ -240,26 +291,20 @@ impl<S> Conn<S> {
         }
     }
 
-    fn process(&mut self, on_data: &mut impl FnMut(&mut S, u8, &[u8])) -> Result<bool, End> {
+    /// Handles what arrived: the 101 and the `connect` reply while the connection is not
+    /// open yet, then every complete frame. Returns whether it became Open in this call.
+    fn process(
+        &mut self,
+        creds: Option<&Credentials>,
+        on_data: &mut impl FnMut(&mut S, u8, &[u8]),
+    ) -> Result<bool, End> {
+        // One comparison per read; the set-up steps below run only until the connection opens.
         let mut upgraded = false;
-        if self.state == State::Handshaking {
-            let head = &self.rbuf[self.rstart..self.rend];
-            match handshake::parse_response(head, self.key, self.offered_deflate) {
-                Response::Partial => return Ok(false),
-                Response::Rejected(s) => return Err(End::BadHandshake(s)),
-                Response::Upgraded(n, agreed) => {
-                    self.deflate = agreed.map(|agreed| {
-                        Box::new(Deflate {
-                            agreed,
-                            inflater: (!agreed.server_no_context_takeover)
-                                .then(deflate::own_inflater),
-                        })
-                    });
-                    self.rstart += n;
-                    self.state = State::Open;
-                    upgraded = true;
-                }
+        if self.state != State::Open {
+            if !self.open_up(creds)? {
+                return Ok(false);
             }
+            upgraded = true;
         }
         loop {
             let parsed =
@@ -275,11 +320,9 @@ impl<S> Conn<S> {
                 }
                 frame::OP_PONG => {}
                 frame::OP_CLOSE => {
-                    // Echo the status code back, as RFC 6455 5.5.1 suggests.
-                    let code = &f.payload[..f.payload.len().min(2)];
-                    frame::encode_masked(&mut self.out, true, frame::OP_CLOSE, code, self.mask);
+                    let end = close_frame(&mut self.out, self.mask, f.payload);
                     self.rstart += used;
-                    return Err(End::CloseFrame);
+                    return Err(end);
                 }
                 op if f.compressed => {
                     // corecast sends each message in one frame; reassembling fragmented
@@ -307,6 +350,100 @@ impl<S> Conn<S> {
             self.rend = 0;
         }
         Ok(upgraded)
+    }
+
+    /// The steps before Open: the 101, then (with `--token-via connect`) the `connect` and its
+    /// reply. Returns whether the connection is Open now.
+    fn open_up(&mut self, creds: Option<&Credentials>) -> Result<bool, End> {
+        if self.state == State::Handshaking {
+            let head = &self.rbuf[self.rstart..self.rend];
+            match handshake::parse_response(head, self.key, self.offered_deflate) {
+                Response::Partial => return Ok(false),
+                Response::Unauthorized(why) => return Err(End::Unauthorized(why)),
+                Response::Rejected(s) => return Err(End::BadHandshake(s)),
+                Response::Upgraded(n, agreed) => {
+                    self.deflate = agreed.map(|agreed| {
+                        Box::new(Deflate {
+                            agreed,
+                            inflater: (!agreed.server_no_context_takeover)
+                                .then(deflate::own_inflater),
+                        })
+                    });
+                    self.rstart += n;
+                    match (self.connect_token.take(), creds) {
+                        (Some(line), Some(creds)) => {
+                            let req = creds.connect_request(line as usize);
+                            self.queue_frame(frame::OP_TEXT, &req);
+                            self.state = State::Authenticating;
+                        }
+                        _ => self.state = State::Open,
+                    }
+                }
+            }
+        }
+        if self.state == State::Authenticating && !self.await_connect_ok()? {
+            return Ok(false);
+        }
+        Ok(self.state == State::Open)
+    }
+
+    /// Reads frames until the reply to `connect`: Open on its `ok`, an error for anything
+    /// else (a close 4001 is the server refusing the token). Pings are answered meanwhile.
+    fn await_connect_ok(&mut self) -> Result<bool, End> {
+        loop {
+            let parsed =
+                frame::parse_server(&self.rbuf[self.rstart..self.rend], self.deflate.is_some());
+            let (f, used) = match parsed {
+                Ok(Some(x)) => x,
+                Ok(None) => return Ok(false),
+                Err(e) => return Err(End::Protocol(e)),
+            };
+            let verdict = match f.opcode {
+                frame::OP_PING => {
+                    frame::encode_masked(&mut self.out, true, frame::OP_PONG, f.payload, self.mask);
+                    None
+                }
+                frame::OP_PONG => None,
+                frame::OP_CLOSE => {
+                    let end = close_frame(&mut self.out, self.mask, f.payload);
+                    self.rstart += used;
+                    return Err(end);
+                }
+                _ if f.compressed => {
+                    let own = self
+                        .deflate
+                        .as_mut()
+                        .and_then(|d| d.inflater.as_deref_mut());
+                    let mut v = None;
+                    deflate::with_inflated(f.payload, own, frame::MAX_PAYLOAD, |m| {
+                        v = Some(credentials::connect_reply(m))
+                    })
+                    .map_err(End::Inflate)?;
+                    v
+                }
+                _ => Some(credentials::connect_reply(f.payload)),
+            };
+            self.rstart += used;
+            match verdict {
+                None => {}
+                Some(Ok(())) => {
+                    self.state = State::Open;
+                    return Ok(true);
+                }
+                Some(Err(why)) => return Err(End::ConnectReply(why)),
+            }
+        }
+    }
+}
+
+/// What a close frame with `payload` says; queues the reply to it on `out` (the status code
+/// back, as RFC 6455 5.5.1 suggests).
+fn close_frame(out: &mut Vec<u8>, mask: [u8; 4], payload: &[u8]) -> End {
+    let code = &payload[..payload.len().min(2)];
+    frame::encode_masked(out, true, frame::OP_CLOSE, code, mask);
+    End::CloseFrame {
+        code: (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]])),
+        reason: String::from_utf8_lossy(payload.get(2..).unwrap_or(&[])).into_owned(),
     }
 }
 
@@ -342,7 +479,10 @@ pub trait Handler<S> {
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct Failures {
+    /// The TCP connection was refused (nothing listening, or a full backlog).
     pub refused: u64,
+    /// The server refused the token: HTTP 401 on the upgrade, or close 4001 after `connect`.
+    pub unauthorized: u64,
     pub reset: u64,
     pub timeout: u64,
     pub bad_handshake: u64,
@@ -354,6 +494,7 @@ impl Failures {
     pub fn add(&mut self, f: Failure) {
         match f {
             Failure::Refused => self.refused += 1,
+            Failure::Unauthorized => self.unauthorized += 1,
             Failure::Reset => self.reset += 1,
             Failure::Timeout => self.timeout += 1,
             Failure::BadHandshake => self.bad_handshake += 1,
@@ -364,6 +505,7 @@ impl Failures {
 
     pub fn merge(&mut self, o: &Failures) {
         self.refused += o.refused;
+        self.unauthorized += o.unauthorized;
         self.reset += o.reset;
         self.timeout += o.timeout;
         self.bad_handshake += o.bad_handshake;
@@ -372,7 +514,13 @@ impl Failures {
     }
 
     pub fn total(&self) -> u64 {
-        self.refused + self.reset + self.timeout + self.bad_handshake + self.tls + self.other
+        self.refused
+            + self.unauthorized
+            + self.reset
+            + self.timeout
+            + self.bad_handshake
+            + self.tls
+            + self.other
     }
 }
 
@@ -393,6 +541,8 @@ pub struct ConnStats {
     /// Bytes received on every connection (after TLS), and messages that came compressed.
     pub bytes_in: u64,
     pub inflated: u64,
+    /// Refused tokens by the server's reason ("token expired", "bad signature", ...).
+    pub unauthorized_reasons: BTreeMap<String, u64>,
     /// First few distinct problems, for the human summary.
     pub samples: Vec<String>,
 }
@@ -409,8 +559,23 @@ impl ConnStats {
             deflate: 0,
             bytes_in: 0,
             inflated: 0,
+            unauthorized_reasons: BTreeMap::new(),
             samples: Vec::new(),
         }
+    }
+
+    /// Counts one refused token under its reason (the first [`MAX_REASONS`] distinct ones).
+    fn unauthorized(&mut self, why: &str, n: u64) {
+        let known = self.unauthorized_reasons.contains_key(why);
+        let key = if known || self.unauthorized_reasons.len() < MAX_REASONS {
+            why
+        } else {
+            "other"
+        };
+        *self
+            .unauthorized_reasons
+            .entry(key.to_string())
+            .or_insert(0) += n;
     }
 
     pub fn note(&mut self, s: String) {
@@ -431,6 +596,9 @@ impl ConnStats {
         self.deflate += o.deflate;
         self.bytes_in += o.bytes_in;
         self.inflated += o.inflated;
+        for (why, n) in &o.unauthorized_reasons {
+            self.unauthorized(why, *n);
+        }
         for s in &o.samples {
             self.note(s.clone());
         }
@@ -509,7 +677,26 @@ impl<S> Worker<S> {
         }
         let mut out = Vec::with_capacity(256);
         let key = ((self.rng.next_u64() as u128) << 64) | self.rng.next_u64() as u128;
-        handshake::write_request(&mut out, &self.target.host, path, key, self.target.deflate);
+        let presented = self
+            .target
+            .credentials
+            .as_ref()
+            .map(|c| c.presented(global_idx));
+        let (query_path, bearer, connect_token) = match &presented {
+            None => (None, None, None),
+            Some(Presented::Header(t)) => (None, Some(*t), None),
+            Some(Presented::Query(q)) => (Some(credentials::path_with_query(path, q)), None, None),
+            Some(Presented::Connect(line)) => (None, None, Some(*line as u32)),
+        };
+        let path = query_path.as_deref().unwrap_or(path);
+        handshake::write_request(
+            &mut out,
+            &self.target.host,
+            path,
+            key,
+            self.target.deflate,
+            bearer,
+        );
         let mask = (self.rng.next_u64() as u32).to_ne_bytes();
         self.conns.push(Conn {
             transport: Some(transport),
@@ -531,6 +718,7 @@ impl<S> Worker<S> {
             deflate: None,
             bytes_in: 0,
             inflated: 0,
+            connect_token,
             ext,
         });
         self.pending += 1;
@@ -605,7 +793,8 @@ impl<S> Worker<S> {
             }
         }
         if readable {
-            let upgraded = conn.read(|ext, op, payload| h.on_data(ext, op, payload, now))?;
+            let creds = self.target.credentials.as_deref();
+            let upgraded = conn.read(creds, |ext, op, payload| h.on_data(ext, op, payload, now))?;
             if let Some(negotiated) = conn.transport.as_mut().and_then(|t| t.handshake_finished()) {
                 let us = now.saturating_sub(conn.connected_ns) / 1000;
                 crate::report::record_us(&mut self.stats.tls_handshake_us, us);
@@ -648,8 +837,10 @@ impl<S> Worker<S> {
         }
         for idx in 0..self.conns.len() {
             let c = &self.conns[idx];
-            if matches!(c.state, State::Connecting | State::Handshaking)
-                && now.saturating_sub(c.started_ns) > timeout_ns
+            if matches!(
+                c.state,
+                State::Connecting | State::Handshaking | State::Authenticating
+            ) && now.saturating_sub(c.started_ns) > timeout_ns
             {
                 self.end(idx, End::Io(io::ErrorKind::TimedOut.into()));
             }
@@ -660,16 +851,19 @@ impl<S> Worker<S> {
         let conn = &mut self.conns[idx];
         match conn.state {
             State::Closed => return,
-            State::Connecting | State::Handshaking => {
+            State::Connecting | State::Handshaking | State::Authenticating => {
                 self.pending -= 1;
                 self.stats.failed.add(end.failure());
+                if let Some(why) = end.unauthorized() {
+                    self.stats.unauthorized(why, 1);
+                }
                 self.stats.note(end.describe());
             }
             State::Open => {
                 self.open -= 1;
                 self.stats.dropped += 1;
                 self.stats.note(format!("dropped: {}", end.describe()));
-                if matches!(end, End::CloseFrame) {
+                if matches!(end, End::CloseFrame { .. }) {
                     // Best effort: deliver our close reply before the socket goes away.
                     let _ = conn.flush();
                 }

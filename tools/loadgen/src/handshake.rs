@@ -23,8 +23,16 @@ pub fn expected_accept(seed: u128) -> String {
 }
 
 /// Appends the upgrade request for `path` on `host` (host:port) with a key derived from `seed`,
-/// offering permessage-deflate when `deflate` is set.
-pub fn write_request(out: &mut Vec<u8>, host: &str, path: &str, seed: u128, deflate: bool) {
+/// offering permessage-deflate when `deflate` is set and presenting `bearer` in an
+/// `Authorization` header when given.
+pub fn write_request(
+    out: &mut Vec<u8>,
+    host: &str,
+    path: &str,
+    seed: u128,
+    deflate: bool,
+    bearer: Option<&str>,
+) {
     let key = key_for(seed);
     // Vec<u8> as io::Write cannot fail.
     use std::io::Write as _;
@@ -36,6 +44,9 @@ pub fn write_request(out: &mut Vec<u8>, host: &str, path: &str, seed: u128, defl
     if deflate {
         let _ = write!(out, "Sec-WebSocket-Extensions: {}\r\n", deflate::OFFER);
     }
+    if let Some(token) = bearer {
+        let _ = write!(out, "Authorization: Bearer {token}\r\n");
+    }
     out.extend_from_slice(b"\r\n");
 }
 
@@ -46,6 +57,8 @@ pub enum Response {
     /// 101 received; the head occupies this many bytes, anything after it is frame data. The
     /// second field is what the server agreed to for permessage-deflate, if anything.
     Upgraded(usize, Option<Agreed>),
+    /// A 401: the server refused the token (or its absence), for the reason given.
+    Unauthorized(String),
     /// Any other status, or a malformed/oversized head.
     Rejected(String),
 }
@@ -70,6 +83,10 @@ pub fn parse_response(buf: &[u8], seed: u128, offered_deflate: bool) -> Response
     let ok = head.starts_with(b"HTTP/1.1 101")
         && matches!(head.get(12), Some(b' ') | Some(b'\r') | None);
     if !ok {
+        if head.starts_with(b"HTTP/1.1 401 ") {
+            let text = String::from_utf8_lossy(head);
+            return Response::Unauthorized(crate::credentials::unauthorized_reason(&text));
+        }
         return Response::Rejected(status_line(head));
     }
     let Ok(text) = std::str::from_utf8(head) else {
@@ -121,7 +138,7 @@ mod tests {
     #[test]
     fn request_shape() {
         let mut out = Vec::new();
-        write_request(&mut out, "127.0.0.1:9000", "/echo", 42, false);
+        write_request(&mut out, "127.0.0.1:9000", "/echo", 42, false, None);
         let s = String::from_utf8(out).unwrap();
         assert!(s.starts_with("GET /echo HTTP/1.1\r\n"));
         assert!(s.contains("\r\nHost: 127.0.0.1:9000\r\n"));
@@ -141,6 +158,14 @@ mod tests {
             16
         );
         assert!(s.ends_with("\r\n\r\n"));
+        assert!(!s.contains("Authorization"));
+        let mut out = Vec::new();
+        write_request(&mut out, "h:1", "/ws", 42, false, Some("aa.bb.cc"));
+        let s = String::from_utf8(out).unwrap();
+        assert!(
+            s.contains("\r\nAuthorization: Bearer aa.bb.cc\r\n\r\n"),
+            "{s}"
+        );
     }
 
     #[test]
@@ -189,6 +214,15 @@ mod tests {
             parse_response(b"HTTP/1.1 404 Not Found\r\n\r\n", seed, false),
             Response::Rejected(s) if s == "HTTP/1.1 404 Not Found"
         ));
+        assert_eq!(
+            parse_response(
+                b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer error=\"invalid_token\", \
+                  error_description=\"bad signature\"\r\nContent-Length: 0\r\n\r\n",
+                seed,
+                false
+            ),
+            Response::Unauthorized("bad signature".into())
+        );
         assert!(matches!(
             parse_response(b"HTTP/1.1 1010\r\n\r\n", seed, false),
             Response::Rejected(_)
@@ -207,7 +241,7 @@ mod tests {
     fn extension_answers() {
         let seed = 9u128;
         let mut out = Vec::new();
-        write_request(&mut out, "h:1", "/ws", seed, true);
+        write_request(&mut out, "h:1", "/ws", seed, true, None);
         let req = String::from_utf8(out).unwrap();
         assert!(req.contains(
             "\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"

@@ -3,6 +3,7 @@
 mod cli;
 mod clock;
 mod conn;
+mod credentials;
 mod deflate;
 mod frame;
 mod handshake;

@@ -119,6 +119,8 @@ pub fn connect(dst: SocketAddrV4, src: Option<Ipv4Addr>) -> io::Result<mio::net:
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
     Refused,
+    /// The server refused the token (HTTP 401, or close 4001 after `connect`).
+    Unauthorized,
     Reset,
     Timeout,
     BadHandshake,
@@ -147,6 +149,8 @@ pub struct Target {
     pub tls: Option<crate::tls::Client>,
     /// Offer permessage-deflate (`--deflate`).
     pub deflate: bool,
+    /// `--tokens`: what each connection presents; `None`: no token.
+    pub credentials: Option<std::sync::Arc<crate::credentials::Credentials>>,
 }
 
 #[cfg(test)]
@@ -158,6 +162,7 @@ impl Target {
             host: dst.to_string(),
             tls: None,
             deflate: false,
+            credentials: None,
         }
     }
 }

@@ -55,6 +55,8 @@ pub struct ConnectSummary {
     pub tls_handshake_us: Option<Latency>,
     /// Connections that were open and then closed or reset by the server.
     pub dropped: u64,
+    /// `failed.unauthorized` by the server's reason ("token expired", "bad signature").
+    pub unauthorized_reasons: std::collections::BTreeMap<String, u64>,
 }
 
 impl ConnectSummary {
@@ -65,8 +67,57 @@ impl ConnectSummary {
             latency_us: Latency::from_hist(&s.connect_us),
             tls_handshake_us: Latency::from_hist(&s.tls_handshake_us),
             dropped: s.dropped,
+            unauthorized_reasons: s.unauthorized_reasons.clone(),
         }
     }
+}
+
+/// `storm`: how the storm went and what the probe saw.
+#[derive(Debug, Serialize)]
+pub struct StormSummary {
+    /// Every connection of the storm connected (and was authenticated, with tokens).
+    pub all_connected: bool,
+    /// First attempt -> the last connection connected; null unless all connected.
+    pub time_to_all_connected_s: Option<f64>,
+    /// First attempt -> the last outcome (connected or failed).
+    pub time_to_settle_s: f64,
+    /// Connections connected per second, first attempt to the last one connected.
+    pub conns_per_sec: Option<f64>,
+    /// Connections connected in each 100 ms from the first attempt: the storm's shape.
+    pub opened_per_100ms: Vec<u64>,
+    pub probe: ProbeSummary,
+}
+
+/// `storm`: the probe connection's echo latency (one request in flight) by phase.
+#[derive(Debug, Serialize)]
+pub struct ProbeSummary {
+    /// `raw` (`/echo`) or `json` (`{"op":"echo"}` on `/ws`).
+    pub mode: &'static str,
+    pub size: usize,
+    /// Alone, during the warm-up before the storm: the baseline.
+    pub before_us: Option<Latency>,
+    /// Requests answered after the storm began and sent before it settled.
+    pub during_us: Option<Latency>,
+    /// During `--hold`, after the storm settled.
+    pub after_us: Option<Latency>,
+    /// Replies that were not the echo of the request.
+    pub errors: u64,
+    /// The probe's connection ended before the run did.
+    pub dropped: bool,
+}
+
+/// `connect`: the connect phase alone (first attempt to the last outcome), without the hold.
+#[derive(Debug, Serialize, Default)]
+pub struct ConnectPhase {
+    pub seconds: f64,
+    /// Connections connected per second in the phase.
+    pub conns_per_sec: Option<f64>,
+    pub server_core_busy_pct: Option<f64>,
+    pub server_cpu_pct: Option<f64>,
+    pub loadgen_cpu_pct: Option<f64>,
+    /// Busy time of the server's core per connection connected, in microseconds: what a
+    /// connection costs the server whether or not the phase saturated it.
+    pub server_core_us_per_conn: Option<f64>,
 }
 
 /// One object on stdout with `--json`. Keys not applicable to a scenario are `null`.
@@ -111,6 +162,10 @@ pub struct Report {
     pub error_samples: Vec<String>,
     /// Per-second throughput of the scenario's main counter over the measurement window.
     pub timeline_per_sec: Vec<f64>,
+    /// `connect`: the connect phase on its own; null for the other scenarios.
+    pub connect_phase: Option<ConnectPhase>,
+    /// `storm`: the storm and its probe; null for the other scenarios.
+    pub storm: Option<StormSummary>,
     /// Scenario parameters, echoed back so result files are self-describing.
     pub params: serde_json::Value,
 }
@@ -161,6 +216,9 @@ impl Report {
                 );
             }
             return Some(why);
+        }
+        if self.storm.as_ref().is_some_and(|s| s.probe.dropped) {
+            return Some(format!("the probe connection dropped{}", first("probe: ")));
         }
         if c.ok == 0 && self.conns > 0 {
             return Some(format!(
@@ -216,14 +274,51 @@ impl Report {
             let f = &c.failed;
             let _ = writeln!(
                 o,
-                "connect: ok={} failed={} (refused={} reset={} timeout={} bad_handshake={} tls={} other={}) dropped_later={}",
-                c.ok, f.total(), f.refused, f.reset, f.timeout, f.bad_handshake, f.tls, f.other, c.dropped
+                "connect: ok={} failed={} (refused={} unauthorized={} reset={} timeout={} bad_handshake={} tls={} other={}) dropped_later={}",
+                c.ok, f.total(), f.refused, f.unauthorized, f.reset, f.timeout, f.bad_handshake, f.tls, f.other, c.dropped
             );
+            for (why, n) in &c.unauthorized_reasons {
+                let _ = writeln!(o, "  unauthorized: {n} x {why}");
+            }
             if let Some(l) = &c.latency_us {
                 let _ = writeln!(o, "connect latency us: {}", fmt_lat(l));
             }
             if let Some(l) = &c.tls_handshake_us {
                 let _ = writeln!(o, "tls handshake us: {}", fmt_lat(l));
+            }
+        }
+        if let Some(p) = &self.connect_phase {
+            let _ = writeln!(
+                o,
+                "connect phase: {:.3}s, {} conns/s, server core busy {}, {} us of server core per connection",
+                p.seconds,
+                p.conns_per_sec.map_or("-".into(), |v| format!("{v:.0}")),
+                p.server_core_busy_pct.map_or("n/a".into(), |v| format!("{v:.1}%")),
+                p.server_core_us_per_conn.map_or("-".into(), |v| format!("{v:.1}")),
+            );
+        }
+        if let Some(s) = &self.storm {
+            let t = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.3}s"));
+            let _ = writeln!(
+                o,
+                "storm: all connected: {} after {}, settled after {:.3}s, {} conns/s",
+                s.all_connected,
+                t(s.time_to_all_connected_s),
+                s.time_to_settle_s,
+                s.conns_per_sec.map_or("-".into(), |v| format!("{v:.0}")),
+            );
+            let lat = |l: &Option<Latency>| l.as_ref().map_or("none".into(), fmt_lat);
+            let p = &s.probe;
+            let _ = writeln!(
+                o,
+                "probe ({} {} B) before us: {}",
+                p.mode,
+                p.size,
+                lat(&p.before_us)
+            );
+            let _ = writeln!(o, "probe during the storm us: {}", lat(&p.during_us));
+            if p.after_us.is_some() {
+                let _ = writeln!(o, "probe after us: {}", lat(&p.after_us));
             }
         }
         if let Some(m) = self.messages_per_sec {

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use corecast::{Config, Server};
 use serde_json::Value;
 
+#[path = "against_corecast/auth.rs"]
+mod auth;
 #[path = "../../../tests/common/pki.rs"]
 mod pki;
 
@@ -40,6 +42,14 @@ fn load(server: &Server, args: &str) -> Value {
 }
 
 fn load_url(url: &str, args: &str) -> Value {
+    let (ok, v) = run_load(url, args);
+    assert!(ok, "corecast-load {args:?} failed");
+    v
+}
+
+/// Runs the load generator and returns whether it exited 0, and its one result object
+/// (which it prints whatever its exit status).
+fn run_load(url: &str, args: &str) -> (bool, Value) {
     let args: Vec<&str> = args.split_whitespace().collect();
     let out = Command::new(env!("CARGO_BIN_EXE_corecast-load"))
         .args(["--url", url, "--json", "--threads", "2"])
@@ -48,15 +58,19 @@ fn load_url(url: &str, args: &str) -> Value {
         .output()
         .expect("corecast-load runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "corecast-load {args:?} failed: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 1, "--json prints exactly one line: {stdout}");
-    serde_json::from_str(lines[0]).expect("result is JSON")
+    assert_eq!(
+        lines.len(),
+        1,
+        "--json prints exactly one line: {stdout}\nstatus {}, stderr: {stderr}",
+        out.status
+    );
+    if !out.status.success() {
+        eprintln!("corecast-load {args:?}: {}, stderr: {stderr}", out.status);
+    }
+    let v = serde_json::from_str(lines[0]).expect("result is JSON");
+    (out.status.success(), v)
 }
 
 fn u(v: &Value, key: &str) -> u64 {

@@ -1,5 +1,6 @@
 //! `echo` scenario: closed-loop request/reply with `depth` messages in flight per connection,
-//! on `/echo` (raw frames) or `/ws` (JSON echo op).
+//! on `/echo` (raw frames) or `/ws` (the JSON echo op, or a publish to a topic the connection
+//! itself is subscribed to, whose delivery is the reply).
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::*;
@@ -24,6 +25,9 @@ struct EchoConn {
     sent_ns: VecDeque<u64>,
     /// Replies seen in the current read turn; re-sent as one batch in `after_read`.
     fresh: usize,
+    /// Publish mode: this connection's topic, and whether its subscribe is still unanswered.
+    topic: Option<Box<str>>,
+    awaiting_ack: bool,
 }
 
 struct EchoHandler {
@@ -33,6 +37,11 @@ struct EchoHandler {
     /// Raw mode: what every reply must equal. JSON mode: `None` (server may re-serialise).
     expect: Option<Vec<u8>>,
     expect_op: u8,
+    /// JSON modes: the `op` every reply must have (`echo`, or `message` for publish).
+    expect_json: &'static str,
+    /// Publish mode: subscribes answered with `ok`, and otherwise.
+    acked: u64,
+    sub_refused: u64,
     hist: Histogram<u64>,
     replies: u64,
     bytes: u64,
@@ -53,7 +62,28 @@ impl EchoHandler {
 }
 
 impl Handler<EchoConn> for EchoHandler {
+    fn on_open(&mut self, conn: &mut Conn<EchoConn>, _now: u64) {
+        if let Some(topic) = &conn.ext.topic {
+            let sub = format!(
+                r#"{{"op":"subscribe","topic":{},"id":"sub"}}"#,
+                serde_json::Value::from(&**topic)
+            );
+            conn.queue_frame(frame::OP_TEXT, sub.as_bytes());
+        }
+    }
+
     fn on_data(&mut self, ext: &mut EchoConn, opcode: u8, payload: &[u8], now: u64) {
+        if ext.awaiting_ack {
+            // Publish mode: the subscribe's answer comes before any publish is sent.
+            ext.awaiting_ack = false;
+            if reply_op(payload) == "ok" {
+                self.acked += 1;
+            } else {
+                self.sub_refused += 1;
+                self.bad("subscribe refused", payload);
+            }
+            return;
+        }
         let Some(sent) = ext.sent_ns.pop_front() else {
             self.bad("unsolicited frame", payload);
             return;
@@ -66,7 +96,7 @@ impl Handler<EchoConn> for EchoHandler {
                 }
             }
             None => {
-                if reply_op(payload) != "echo" {
+                if reply_op(payload) != self.expect_json {
                     self.bad("unexpected reply", payload);
                 }
             }
@@ -94,8 +124,9 @@ impl Handler<EchoConn> for EchoHandler {
     }
 }
 
-/// The request payload: raw bytes, or the JSON echo request with a padded string.
-fn request(a: &EchoArgs) -> (u8, Vec<u8>, Option<Vec<u8>>) {
+/// The request payload: raw bytes, the JSON echo request with a padded string, or (with a
+/// `topic`) the publish to it.
+fn request(a: &EchoArgs, topic: Option<&str>) -> (u8, Vec<u8>, Option<Vec<u8>>) {
     match a.mode {
         EchoMode::Raw => {
             // Printable bytes so `--text` frames are valid UTF-8.
@@ -113,7 +144,19 @@ fn request(a: &EchoArgs) -> (u8, Vec<u8>, Option<Vec<u8>>) {
             p.extend_from_slice(br#""}"#);
             (frame::OP_TEXT, p, None)
         }
+        EchoMode::Publish => {
+            let topic = serde_json::Value::from(topic.unwrap_or_default()).to_string();
+            let mut p = format!(r#"{{"op":"publish","topic":{topic},"data":""#).into_bytes();
+            p.extend(std::iter::repeat_n(b'x', a.size));
+            p.extend_from_slice(br#""}"#);
+            (frame::OP_TEXT, p, None)
+        }
     }
+}
+
+/// Publish mode: connection `i`'s topic.
+fn topic_of(a: &EchoArgs, i: usize) -> Option<Box<str>> {
+    (a.mode == EchoMode::Publish).then(|| a.topic.replace("{i}", &i.to_string()).into())
 }
 
 pub fn run(env: &Env, a: &EchoArgs) -> Result<Outcome, String> {
@@ -124,9 +167,15 @@ pub fn run(env: &Env, a: &EchoArgs) -> Result<Outcome, String> {
     let shared = Arc::new(Shared::default());
     let path = match a.mode {
         EchoMode::Raw => "/echo",
-        EchoMode::Json => "/ws",
+        EchoMode::Json | EchoMode::Publish => "/ws",
     };
-    let (opcode, payload, expect) = request(a);
+    // The longest request (the last connection's topic is the longest) sizes the buffers.
+    let (opcode, payload, expect) = request(a, topic_of(a, a.conns - 1).as_deref());
+    let expect_json = match a.mode {
+        EchoMode::Publish => "message",
+        _ => "echo",
+    };
+    let publish = a.mode == EchoMode::Publish;
     let frame_len = frame::client_header_len(payload.len()) + payload.len();
     // Enough copies for one write of the whole window, capped so big frames stay cheap.
     let copies = a.depth.min((256 * 1024 / frame_len).max(1));
@@ -139,6 +188,7 @@ pub fn run(env: &Env, a: &EchoArgs) -> Result<Outcome, String> {
         let (target, src_ips) = (env.target.clone(), env.common.src_ips);
         let rate = env.common.connect_rate / threads as f64;
         let (payload, expect, depth, conns) = (payload.clone(), expect.clone(), a.depth, a.conns);
+        let a = a.clone();
         let h = std::thread::Builder::new()
             .name(format!("load-{t}"))
             .spawn(move || -> Result<ThreadResult<(u64, u64)>, String> {
@@ -150,6 +200,9 @@ pub fn run(env: &Env, a: &EchoArgs) -> Result<Outcome, String> {
                     end: u64::MAX,
                     expect,
                     expect_op: opcode,
+                    expect_json,
+                    acked: 0,
+                    sub_refused: 0,
                     hist: report::new_hist(),
                     replies: 0,
                     bytes: 0,
@@ -165,9 +218,12 @@ pub fn run(env: &Env, a: &EchoArgs) -> Result<Outcome, String> {
                     share.len(),
                     rate,
                     |(w, _), i| {
+                        let topic = topic_of(&a, share[i]);
                         let ext = EchoConn {
                             sent_ns: VecDeque::with_capacity(depth),
                             fresh: 0,
+                            awaiting_ack: topic.is_some(),
+                            topic,
                         };
                         w.connect(path, share[i], ext);
                     },
@@ -177,7 +233,16 @@ pub fn run(env: &Env, a: &EchoArgs) -> Result<Outcome, String> {
                         sync_counts(w, &shared, &mut last);
                     },
                 );
-                while w.pending > 0 && !shared.go.load(Acquire) {
+                // Publish mode: ready once every connection that opened has its subscription
+                // answered (bounded by the connect timeout).
+                let setup_deadline = clock::now_ns() + timeout;
+                let unanswered = |w: &Worker<EchoConn>, h: &EchoHandler| {
+                    publish && h.acked + h.sub_refused < w.stats.ok
+                };
+                while (w.pending > 0 || unanswered(&w, &h))
+                    && !shared.go.load(Acquire)
+                    && clock::now_ns() < setup_deadline
+                {
                     let _ = w.poll(Duration::from_millis(10), &mut h);
                     w.expire(clock::now_ns(), timeout);
                     sync_counts(&w, &shared, &mut last);
@@ -191,8 +256,14 @@ pub fn run(env: &Env, a: &EchoArgs) -> Result<Outcome, String> {
                 h.sending = true;
                 let now = clock::now_ns();
                 for idx in 0..w.conns.len() {
+                    let own = w.conns[idx]
+                        .ext
+                        .topic
+                        .as_deref()
+                        .map(|t| request(&a, Some(t)).1);
+                    let payload = own.as_deref().unwrap_or(&payload);
                     w.send(idx, |c| {
-                        c.set_repeated(opcode, &payload, copies);
+                        c.set_repeated(opcode, payload, copies);
                         c.queue_repeated(depth);
                         c.ext.sent_ns.extend(std::iter::repeat_n(now, depth));
                     });
@@ -241,6 +312,7 @@ pub fn run(env: &Env, a: &EchoArgs) -> Result<Outcome, String> {
             "depth": a.depth,
             "size": a.size,
             "frame_bytes": frame_len,
+            "topic": publish.then_some(&a.topic),
             "warmup_s": env.common.warmup,
         }),
         ..Default::default()

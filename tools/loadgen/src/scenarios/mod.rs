@@ -4,6 +4,7 @@
 pub mod broadcast;
 pub mod connect;
 pub mod echo;
+pub mod storm;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use std::time::Duration;
@@ -11,7 +12,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
 
-use crate::cli::{Cli, Common, Scenario};
+use crate::cli::{Cli, Common, EchoMode, ProbeMode, Scenario, TokenVia};
 use crate::clock;
 use crate::conn::{ConnStats, Worker};
 use crate::net::Target;
@@ -39,6 +40,7 @@ pub fn run(cli: &Cli) -> Result<Outcome, String> {
     if let Err(e) = crate::net::raise_fd_limit() {
         eprintln!("warning: cannot raise RLIMIT_NOFILE: {e}");
     }
+    check_token_via(cli)?;
     let target = target(c)?;
     let env = Env {
         common: c.clone(),
@@ -52,12 +54,40 @@ pub fn run(cli: &Cli) -> Result<Outcome, String> {
         Scenario::Connect(a) => connect::run(&env, a),
         Scenario::Echo(a) => echo::run(&env, a),
         Scenario::Broadcast(a) => broadcast::run(&env, a),
+        Scenario::Storm(a) => storm::run(&env, a),
     }
+}
+
+/// `/echo` has no first message, so a token cannot come in a `connect` there.
+fn check_token_via(cli: &Cli) -> Result<(), String> {
+    if cli.common.tokens.is_none() || cli.common.token_via != TokenVia::Connect {
+        return Ok(());
+    }
+    let raw = match &cli.scenario {
+        Scenario::Echo(a) => a.mode == EchoMode::Raw,
+        Scenario::Storm(a) => a.probe == ProbeMode::Raw,
+        _ => false,
+    };
+    if raw {
+        return Err(
+            "raw echo (/echo) takes its token in the header or the query: \
+                    --token-via header|query"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// The URL and the TLS flags as one [`Target`].
 fn target(c: &Common) -> Result<Target, String> {
     let url = crate::net::parse_url(&c.url)?;
+    let credentials = match &c.tokens {
+        Some(path) => Some(std::sync::Arc::new(crate::credentials::Credentials::load(
+            path,
+            c.token_via,
+        )?)),
+        None => None,
+    };
     if !url.tls {
         if c.ca.is_some() || c.insecure || c.server_name.is_some() {
             return Err("--ca, --insecure and --server-name need a wss:// --url".into());
@@ -67,6 +97,7 @@ fn target(c: &Common) -> Result<Target, String> {
             host: url.host_port,
             tls: None,
             deflate: c.deflate,
+            credentials,
         });
     }
     let trust = match (&c.ca, c.insecure) {
@@ -83,6 +114,7 @@ fn target(c: &Common) -> Result<Target, String> {
         host: url.host_port,
         tls: Some(crate::tls::Client::new(trust, name)?),
         deflate: c.deflate,
+        credentials,
     })
 }
 
