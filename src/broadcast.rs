@@ -72,12 +72,15 @@ pub struct Bus {
     cross: Arc<AtomicUsize>,
     /// How many of each other's publishes the workers have taken.
     progress: Arc<Progress>,
+    /// Bytes of every worker's topic history (`--history-max-bytes`).
+    history: Arc<AtomicUsize>,
 }
 
 impl Bus {
     pub fn new(workers: Arc<[WorkerHandle]>, backplane: Option<Arc<Link>>) -> Bus {
         Bus {
             progress: Arc::new(Progress::new(workers.len())),
+            history: Arc::new(AtomicUsize::new(0)),
             workers,
             backplane,
             outside: Arc::new(AtomicUsize::new(0)),
@@ -180,6 +183,7 @@ impl Bus {
         match msg {
             Msg::Deliver { d, .. } => budget::give_back(&self.cross, d.frame.len()),
             Msg::DeliverOutside(d) => budget::give_back(&self.outside, d.frame.len()),
+            Msg::HistoryPublish(p) => budget::give_back(&self.cross, p.data.len()),
             _ => {}
         }
     }
@@ -311,6 +315,32 @@ impl Port {
     /// flushes: those numbered up to it wait in no queue. One load per other worker.
     pub fn taken_by_all(&self) -> u64 {
         self.bus.progress.taken_by_all(self.me)
+    }
+
+    /// This worker's index among the bus's workers, and how many there are.
+    pub fn me(&self) -> (usize, usize) {
+        (self.me, self.bus.workers.len())
+    }
+
+    /// The byte count of all workers' topic history.
+    pub fn history_budget(&self) -> Arc<AtomicUsize> {
+        self.bus.history.clone()
+    }
+
+    /// A message for worker `to` alone (the history of a topic it owns, or its answer). A
+    /// publication on its way to its owner counts `bytes` against [`CROSS_BYTES`] until the
+    /// owner takes it ([`Port::cross_returned`]), as any publish between workers does.
+    pub fn send_to(&self, to: usize, msg: Msg, bytes: usize) {
+        if bytes > 0 {
+            self.bus.cross.fetch_add(bytes, Relaxed);
+        }
+        self.bus.workers[to].send(msg, |m| self.bus.unread(m));
+    }
+
+    /// A publication sent with [`Port::send_to`] was taken: its room comes back at the next
+    /// flush.
+    pub fn cross_returned(&mut self, bytes: usize) {
+        self.cross_taken += bytes;
     }
 
     /// See [`Bus::fence_from`].

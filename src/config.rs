@@ -80,6 +80,15 @@ pub const MAX_ADMIN_CONNECTIONS: usize = 64;
 /// Seconds' worth of a rate limit a connection may send at once: a client that batches a
 /// second's messages, or reconnects and resubscribes in a rush, is not held for it.
 pub const DEFAULT_RATE_LIMIT_BURST_S: u32 = 2;
+/// What one history topic keeps at most: with the default 64 KiB messages, 64 of the
+/// largest, or thousands of chat-sized ones.
+pub const DEFAULT_HISTORY_TOPIC_MAX_BYTES: usize = 4 << 20;
+/// What all history keeps at most, on all workers together.
+pub const DEFAULT_HISTORY_MAX_BYTES: usize = 256 << 20;
+/// Most publications one recovery replays.
+pub const DEFAULT_HISTORY_MAX_RECOVER: u64 = 10_000;
+/// Most publications one history read returns.
+pub const DEFAULT_HISTORY_MAX_LIMIT: usize = 1000;
 /// The largest `--max-connection-rate-per-ip` and `--connection-rate-burst`. The acceptor is
 /// one thread, and accepts well under a million connections a second: a larger figure would
 /// be no limit at all.
@@ -162,6 +171,8 @@ pub struct Config {
     /// Client identity: the token keys, checks and anonymous grants (`--auth-*`,
     /// `--anonymous-*`); verifying is on when a key source is set.
     pub auth: crate::auth::Settings,
+    /// Topic history (`--history*`); off while no rule is given.
+    pub history: crate::history::stream::Limits,
 }
 
 /// Per-connection rate limits (`--max-messages-per-sec`, `--max-bytes-per-sec`,
@@ -230,6 +241,7 @@ impl Default for Config {
             reuse_port: false,
             rate: RateLimits::default(),
             auth: crate::auth::Settings::default(),
+            history: crate::history::stream::Limits::default(),
         }
     }
 }

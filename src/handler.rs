@@ -9,7 +9,8 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::auth::Grant;
-use crate::protocol::{self, Raw, Request};
+use crate::history::Rules;
+use crate::protocol::{self, Raw, Recover, Request};
 
 /// What the handler needs to know about the connection that sent the request.
 #[derive(Debug, Clone, Copy)]
@@ -18,6 +19,8 @@ pub struct Caller<'a> {
     pub subs: &'a [Arc<str>],
     pub max_subscriptions: usize,
     pub access: Access<'a>,
+    /// Which topics keep history (`--history`); empty when none do.
+    pub history: &'a Rules,
 }
 
 /// What the connection may do.
@@ -50,6 +53,22 @@ pub enum Effect<'a> {
         token: Cow<'a, str>,
     },
     Unsubscribe(Cow<'a, str>),
+    /// Subscribe to a topic that keeps history (under `rule`): the topic's owner says its
+    /// epoch and top, and replays what followed `recover` if it can; the worker replies then.
+    HistorySubscribe {
+        id: Option<Raw<'a>>,
+        topic: Cow<'a, str>,
+        rule: u16,
+        recover: Option<Recover<'a>>,
+    },
+    /// Read a history topic's retained publications (the owner answers).
+    History {
+        id: Option<Raw<'a>>,
+        topic: Cow<'a, str>,
+        rule: u16,
+        since: Option<u64>,
+        limit: usize,
+    },
     /// Deliver `data` to the topic's subscribers on every worker.
     Publish {
         topic: Cow<'a, str>,
@@ -183,7 +202,12 @@ pub fn handle<'a>(text: &'a str, caller: Caller<'_>, out: &mut Vec<u8>) -> (Repl
             protocol::echo(out, id, data);
             (Reply::Sent, Effect::None)
         }
-        Request::Subscribe { id, topic, token } => {
+        Request::Subscribe {
+            id,
+            topic,
+            token,
+            recover,
+        } => {
             let held = caller.subs.iter().any(|t| **t == *topic);
             if !held && caller.subs.len() >= caller.max_subscriptions {
                 let msg = format!("subscription limit ({}) reached", caller.max_subscriptions);
@@ -207,8 +231,54 @@ pub fn handle<'a>(text: &'a str, caller: Caller<'_>, out: &mut Vec<u8>) -> (Repl
                     }
                 }
             }
-            protocol::ok(out, id);
+            if let Some(rule) = caller.history.find(&topic) {
+                return (
+                    Reply::None,
+                    Effect::HistorySubscribe {
+                        id,
+                        topic,
+                        rule,
+                        recover,
+                    },
+                );
+            }
+            if recover.is_some() {
+                // No history to recover from: subscribed from now on, and told so.
+                protocol::not_recovered(out, id);
+            } else {
+                protocol::ok(out, id);
+            }
             (Reply::Sent, Effect::Subscribe(topic))
+        }
+        Request::History {
+            id,
+            topic,
+            since,
+            limit,
+        } => {
+            if let Some((grant, sub, _, topic_grants)) = granted {
+                let by_token = topic_grants.iter().any(|(t, _)| **t == *topic);
+                if !by_token && !grant.may_subscribe(&topic, sub) {
+                    let msg = format!("not allowed to read the history of {topic:?}");
+                    return (deny(out, id, Denial::Subscribe, &msg), Effect::None);
+                }
+            }
+            let Some(rule) = caller.history.find(&topic) else {
+                let msg = format!("{topic:?} keeps no history");
+                protocol::error(out, id, "bad_request", &msg);
+                return (Reply::Refused, Effect::None);
+            };
+            let limit = limit.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
+            (
+                Reply::None,
+                Effect::History {
+                    id,
+                    topic,
+                    rule,
+                    since,
+                    limit,
+                },
+            )
         }
         Request::Unsubscribe { id, topic } => {
             protocol::ok(out, id);
@@ -265,6 +335,7 @@ fn pending<'a>(req: Request<'a>, out: &mut Vec<u8>) -> (Reply, Effect<'a>) {
         Request::Echo { id, .. }
         | Request::Subscribe { id, .. }
         | Request::Unsubscribe { id, .. }
+        | Request::History { id, .. }
         | Request::Publish { id, .. }
         | Request::Broadcast { id, .. }
         | Request::Refresh { id, .. } => id,
@@ -300,6 +371,7 @@ mod tests {
             subs,
             max_subscriptions: 2,
             access: Access::Open,
+            history: &Rules::default(),
         };
         let (reply, effect) = handle(text, caller, &mut out);
         (
@@ -369,6 +441,7 @@ mod tests {
             subs,
             max_subscriptions: 4,
             access,
+            history: &Rules::default(),
         };
         let (reply, effect) = handle(text, caller, &mut out);
         (

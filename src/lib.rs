@@ -19,6 +19,7 @@ pub mod exit;
 pub mod fdlimit;
 pub mod handler;
 pub mod handshake;
+pub mod history;
 mod link;
 pub mod memory;
 pub mod message;

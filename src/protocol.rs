@@ -49,6 +49,12 @@ impl<'a> Raw<'a> {
     pub fn get(self) -> &'a str {
         self.0
     }
+
+    /// `text` as a `Raw` without looking at it: for a value that was one already (a
+    /// publication's `data` passed between workers as bytes).
+    pub(crate) fn trusted(text: &'a str) -> Raw<'a> {
+        Raw(text)
+    }
 }
 
 /// serde_json validated a `RawValue` when it read it, and keeps no whitespace around it.
@@ -72,10 +78,19 @@ pub enum Request<'a> {
         data: Raw<'a>,
     },
     /// `token`: a subscription token, for a topic the connection's grant does not cover.
+    /// `recover`: where the client stands in a history topic's stream.
     Subscribe {
         id: Option<Raw<'a>>,
         topic: Cow<'a, str>,
         token: Option<Cow<'a, str>>,
+        recover: Option<Recover<'a>>,
+    },
+    /// Read a history topic's retained publications: after `since`, or the newest.
+    History {
+        id: Option<Raw<'a>>,
+        topic: Cow<'a, str>,
+        since: Option<u64>,
+        limit: Option<u64>,
     },
     Unsubscribe {
         id: Option<Raw<'a>>,
@@ -102,6 +117,23 @@ pub enum Request<'a> {
     },
 }
 
+/// `"recover":{"epoch":"..","offset":N}` of a subscribe: the last publication the client saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recover<'a> {
+    pub epoch: Cow<'a, str>,
+    pub offset: u64,
+}
+
+/// Longest epoch a client may send back (the server makes them 16 characters).
+pub const MAX_EPOCH_LEN: usize = 64;
+
+#[derive(Deserialize)]
+struct RecoverJson<'a> {
+    #[serde(borrow)]
+    epoch: Cow<'a, str>,
+    offset: u64,
+}
+
 /// A request that cannot be served; the connection stays open.
 #[derive(Debug)]
 pub struct BadRequest<'a> {
@@ -109,8 +141,8 @@ pub struct BadRequest<'a> {
     pub message: Cow<'static, str>,
 }
 
-/// The envelope's five members as serde's derived [`Envelope`] reads them: `None` when absent,
-/// and for `op`, `id`, `topic` and `token` also when `null`; `data` keeps a `null` as a value.
+/// The envelope's members as serde's derived [`Envelope`] reads them: `None` when absent,
+/// and for every member but `data` also when `null`; `data` keeps a `null` as a value.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Fields<'a> {
     op: Option<Raw<'a>>,
@@ -118,6 +150,9 @@ struct Fields<'a> {
     topic: Option<Raw<'a>>,
     data: Option<Raw<'a>>,
     token: Option<Raw<'a>>,
+    recover: Option<Raw<'a>>,
+    since: Option<Raw<'a>>,
+    limit: Option<Raw<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -133,6 +168,12 @@ struct Envelope<'a> {
     data: Option<&'a RawValue>,
     #[serde(borrow)]
     token: Option<&'a RawValue>,
+    #[serde(borrow)]
+    recover: Option<&'a RawValue>,
+    #[serde(borrow)]
+    since: Option<&'a RawValue>,
+    #[serde(borrow)]
+    limit: Option<&'a RawValue>,
 }
 
 /// Deserializes a field that is present (called only then), keeping a JSON `null` as `Some`.
@@ -219,12 +260,40 @@ fn decode_with<'a>(
         }
         Ok(Some(t))
     };
+    let count = |raw: Option<Raw<'a>>, name: &'static str| -> Result<Option<u64>, BadRequest<'a>> {
+        raw.map(|r| r.get().parse::<u64>().map_err(|_| bad(id, name)))
+            .transpose()
+    };
     Ok(match &*op {
         "echo" => Request::Echo { id, data: data()? },
         "subscribe" => Request::Subscribe {
             id,
             topic: topic()?,
             token: token()?,
+            recover: match env.recover {
+                None => None,
+                Some(raw) => {
+                    let r: RecoverJson<'_> = serde_json::from_str(raw.get()).map_err(|_| {
+                        bad(
+                            id,
+                            "\"recover\" must be {\"epoch\":string,\"offset\":whole number}",
+                        )
+                    })?;
+                    if r.epoch.len() > MAX_EPOCH_LEN {
+                        return Err(bad(id, "\"recover\": \"epoch\" is longer than 64 bytes"));
+                    }
+                    Some(Recover {
+                        epoch: r.epoch,
+                        offset: r.offset,
+                    })
+                }
+            },
+        },
+        "history" => Request::History {
+            id,
+            topic: topic()?,
+            since: count(env.since, "\"since\" must be a whole number")?,
+            limit: count(env.limit, "\"limit\" must be a whole number")?,
         },
         "unsubscribe" => Request::Unsubscribe {
             id,
@@ -268,6 +337,9 @@ fn envelope_by_serde(text: &str) -> Result<Fields<'_>, BadRequest<'_>> {
         topic: env.topic.map(Raw::from),
         data: env.data.map(Raw::from),
         token: env.token.map(Raw::from),
+        recover: env.recover.map(Raw::from),
+        since: env.since.map(Raw::from),
+        limit: env.limit.map(Raw::from),
     })
 }
 
@@ -378,6 +450,83 @@ pub fn message(out: &mut Vec<u8>, topic: Option<&str>, data: Raw<'_>) {
     out.push(b'}');
 }
 
+/// The reply to a subscribe with `recover` to a topic without history:
+/// `{"op":"ok","id":..,"recovered":false}`.
+pub fn not_recovered(out: &mut Vec<u8>, id: Option<Raw<'_>>) {
+    out.extend_from_slice(b"{\"op\":\"ok\"");
+    write_id(out, id);
+    out.extend_from_slice(b",\"recovered\":false}");
+}
+
+/// The reply to a subscribe to a history topic: `{"op":"ok","id":..,"epoch":..,"offset":N}`,
+/// with `"recovered":true|false` when the subscribe asked to recover.
+pub fn history_subscribed(
+    out: &mut Vec<u8>,
+    id: Option<Raw<'_>>,
+    epoch: &str,
+    top: u64,
+    recovered: Option<bool>,
+) {
+    out.extend_from_slice(b"{\"op\":\"ok\"");
+    write_id(out, id);
+    out.extend_from_slice(b",\"epoch\":");
+    write_str(out, epoch);
+    out.extend_from_slice(b",\"offset\":");
+    out.extend_from_slice(top.to_string().as_bytes());
+    if let Some(r) = recovered {
+        out.extend_from_slice(if r {
+            b",\"recovered\":true"
+        } else {
+            b",\"recovered\":false"
+        });
+    }
+    out.push(b'}');
+}
+
+/// The reply to a history read: `{"op":"history","id":..,"epoch":..,"offset":<top>,
+/// "publications":[{"offset":n,"data":..},..]}`; each `data` is the JSON it was published
+/// with.
+pub fn history(
+    out: &mut Vec<u8>,
+    id: Option<Raw<'_>>,
+    epoch: &str,
+    top: u64,
+    pubs: &[(u64, bytes::Bytes)],
+) {
+    out.extend_from_slice(b"{\"op\":\"history\"");
+    write_id(out, id);
+    out.extend_from_slice(b",\"epoch\":");
+    write_str(out, epoch);
+    out.extend_from_slice(b",\"offset\":");
+    out.extend_from_slice(top.to_string().as_bytes());
+    out.extend_from_slice(b",\"publications\":[");
+    for (i, (offset, data)) in pubs.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"offset\":");
+        out.extend_from_slice(offset.to_string().as_bytes());
+        out.extend_from_slice(b",\"data\":");
+        out.extend_from_slice(data);
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}");
+}
+
+/// A history topic's publication, `{"op":"message","topic":..,"offset":N,"data":..}`;
+/// returns where `data` starts in `out`.
+pub fn message_with_offset(out: &mut Vec<u8>, topic: &str, offset: u64, data: Raw<'_>) -> usize {
+    out.extend_from_slice(b"{\"op\":\"message\",\"topic\":");
+    write_str(out, topic);
+    out.extend_from_slice(b",\"offset\":");
+    out.extend_from_slice(offset.to_string().as_bytes());
+    out.extend_from_slice(b",\"data\":");
+    let at = out.len();
+    out.extend_from_slice(data.get().as_bytes());
+    out.push(b'}');
+    at
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -420,7 +569,7 @@ mod tests {
         }
         assert!(
             matches!(decode(r#"{"op":"subscribe","topic":"n\u00e9ws"}"#).unwrap(),
-            Request::Subscribe { topic, id: None, token: None } if topic == "néws")
+            Request::Subscribe { topic, id: None, token: None, recover: None } if topic == "néws")
         );
         assert!(
             matches!(decode(r#"{"op":"unsubscribe","topic":"a","id":"x"}"#).unwrap(),

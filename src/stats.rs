@@ -183,6 +183,20 @@ counters! {
     rate_limit_refusals,
     /// Connections closed with 1008 for their rate (`--rate-limit-policy close`).
     rate_limit_closes,
+    /// Subscribes with `recover` that got every publication they missed.
+    history_recovered,
+    /// Subscribes with `recover` told `"recovered":false` (another epoch, trimmed, too far
+    /// behind).
+    history_not_recovered,
+    /// History requests refused because the connection had too many waiting.
+    history_refused,
+    /// Retained publications dropped before their time: over their rule's count, over
+    /// `--history-topic-max-bytes`, over `--history-max-bytes` (oldest first), and past their
+    /// time to live (not early, but counted with them).
+    history_trimmed_count,
+    history_trimmed_topic_bytes,
+    history_trimmed_global_bytes,
+    history_expired,
     }
     gauges {
     /// Connections currently open on this worker (handshaking ones included).
@@ -206,6 +220,9 @@ counters! {
     anonymous,
     /// Connections waiting to `connect` right now.
     auth_pending,
+    /// History streams this worker owns, and the bytes they are charged.
+    history_topics,
+    history_bytes,
     }
 }
 

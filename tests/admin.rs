@@ -779,6 +779,16 @@ fn every_metric_keeps_its_name_type_and_labels() {
     for a in ["held", "refused", "closed"] {
         add("rate_limited_total", "counter", Some(("action", a)));
     }
+    for name in ["history_topics", "history_bytes"] {
+        add(name, "gauge", None);
+    }
+    for r in ["count", "topic_bytes", "global_bytes", "expired"] {
+        add("history_trimmed_total", "counter", Some(("reason", r)));
+    }
+    for o in ["recovered", "not_recovered"] {
+        add("history_recoveries_total", "counter", Some(("outcome", o)));
+    }
+    add("history_requests_refused_total", "counter", None);
     for name in ["backplane_configured", "backplane_up"] {
         add(name, "gauge", None);
     }

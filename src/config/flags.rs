@@ -14,9 +14,11 @@ use crate::auth::settings::{
 use super::{
     RatePolicy, SlowConsumer, DEFAULT_ADMIN_LISTEN, DEFAULT_BACKPRESSURE_TIMEOUT_S,
     DEFAULT_DEFLATE_LEVEL, DEFAULT_DEFLATE_MIN_SIZE, DEFAULT_DRAIN_TIMEOUT_S,
-    DEFAULT_HANDSHAKE_TIMEOUT_S, DEFAULT_IDLE_TIMEOUT_S, DEFAULT_LISTEN, DEFAULT_MAX_MESSAGE,
-    DEFAULT_MAX_OUTBOUND, DEFAULT_MAX_SUBSCRIPTIONS, DEFAULT_MESSAGE_TIMEOUT_S,
-    DEFAULT_PING_INTERVAL_S, DEFAULT_RATE_LIMIT_BURST_S, DEFAULT_REDIS_PREFIX, MAX_CONNECTION_RATE,
+    DEFAULT_HANDSHAKE_TIMEOUT_S, DEFAULT_HISTORY_MAX_BYTES, DEFAULT_HISTORY_MAX_LIMIT,
+    DEFAULT_HISTORY_MAX_RECOVER, DEFAULT_HISTORY_TOPIC_MAX_BYTES, DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_LISTEN, DEFAULT_MAX_MESSAGE, DEFAULT_MAX_OUTBOUND, DEFAULT_MAX_SUBSCRIPTIONS,
+    DEFAULT_MESSAGE_TIMEOUT_S, DEFAULT_PING_INTERVAL_S, DEFAULT_RATE_LIMIT_BURST_S,
+    DEFAULT_REDIS_PREFIX, MAX_CONNECTION_RATE,
 };
 
 /// corecast: a thread-per-core WebSocket pub/sub server.
@@ -336,6 +338,37 @@ pub struct Args {
     #[arg(long, env = "CORECAST_AUTH_TOKEN_CACHE", value_name = "ENTRIES",
           default_value_t = DEFAULT_TOKEN_CACHE)]
     pub auth_token_cache: usize,
+
+    /// Topics that keep history, as PATTERN:COUNT:TTL_SECS (repeat the flag for several;
+    /// the first that matches a topic applies): its last COUNT publications, each for TTL_SECS,
+    /// numbered by an `offset` that clients resubscribe from (`recover`) and read (`history`).
+    /// Patterns as --anonymous-subscribe (`*` one segment, `>` the rest), without {sub}.
+    /// Default: none, and the protocol is unchanged. The environment variable holds one rule.
+    #[arg(long, env = "CORECAST_HISTORY", value_name = "PATTERN:COUNT:TTL_SECS")]
+    pub history: Vec<String>,
+
+    /// Bytes of publications one history topic keeps at most (K/M/G suffixes allowed); past
+    /// it its oldest go first.
+    #[arg(long, env = "CORECAST_HISTORY_TOPIC_MAX_BYTES", value_name = "BYTES",
+          default_value_t = DEFAULT_HISTORY_TOPIC_MAX_BYTES, value_parser = parse_byte_count)]
+    pub history_topic_max_bytes: usize,
+
+    /// Bytes all history together keeps at most (K/M/G suffixes allowed); past it the oldest
+    /// publications of any topic go first (counted in corecast_history_trimmed_total).
+    #[arg(long, env = "CORECAST_HISTORY_MAX_BYTES", value_name = "BYTES",
+          default_value_t = DEFAULT_HISTORY_MAX_BYTES, value_parser = parse_byte_count)]
+    pub history_max_bytes: usize,
+
+    /// Most publications one recovery replays: a client further behind is told
+    /// "recovered":false and reloads its state instead.
+    #[arg(long, env = "CORECAST_HISTORY_MAX_RECOVER", value_name = "COUNT",
+          default_value_t = DEFAULT_HISTORY_MAX_RECOVER)]
+    pub history_max_recover: u64,
+
+    /// Most publications one {"op":"history"} read returns, whatever its limit.
+    #[arg(long, env = "CORECAST_HISTORY_MAX_LIMIT", value_name = "COUNT",
+          default_value_t = DEFAULT_HISTORY_MAX_LIMIT)]
+    pub history_max_limit: usize,
 }
 
 /// Parses a byte count: `1048576`, `512K`, `64M`, `4G` (powers of 1024; `KiB`/`MB` spellings

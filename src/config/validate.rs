@@ -17,6 +17,8 @@ use crate::conn::TlsFiles;
 /// that would follow the ones given instead (see [`Args::into_config`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error("{0}")]
+    History(#[from] crate::history::RuleError),
     #[error("--{0} must be greater than 0")]
     Zero(&'static str),
     #[error("--{name} ({value} s) is too long: at most {max} s")]
@@ -240,6 +242,7 @@ impl Args {
             }
         }
         let auth = self.auth_settings()?;
+        let history = self.history_limits()?;
         let config = Config {
             listen: self.listen,
             workers: if self.workers == 0 {
@@ -287,8 +290,35 @@ impl Args {
                 policy: self.rate_limit_policy,
             },
             auth,
+            history,
         };
         Ok((config, derived))
+    }
+
+    /// The history flags, checked: every rule parsed (a bad one stops the start with its
+    /// text), and no bound 0.
+    fn history_limits(&mut self) -> Result<crate::history::stream::Limits, ConfigError> {
+        let rules = crate::history::Rules::parse(&self.history)?;
+        for (name, v) in [
+            (
+                "history-topic-max-bytes",
+                self.history_topic_max_bytes as u64,
+            ),
+            ("history-max-bytes", self.history_max_bytes as u64),
+            ("history-max-recover", self.history_max_recover),
+            ("history-max-limit", self.history_max_limit as u64),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        Ok(crate::history::stream::Limits {
+            rules: std::sync::Arc::new(rules),
+            topic_max_bytes: self.history_topic_max_bytes,
+            max_bytes: self.history_max_bytes,
+            max_recover: self.history_max_recover,
+            max_read: self.history_max_limit,
+        })
     }
 
     /// The auth flags, checked: a JWKS URL's form, the anonymous patterns compiled (a bad

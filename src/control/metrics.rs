@@ -186,6 +186,23 @@ static FAMILIES: &[Family] = &[
             ("closed".into(), r.totals.rate_limit_closes),
         ]
     })),
+    f("history_topics", "Topics keeping history right now (--history), on all workers.", Read::Gauge(|r| r.totals.history_topics)),
+    f("history_bytes", "Bytes all topic history is charged (--history-max-bytes bounds it).", Read::Gauge(|r| r.totals.history_bytes)),
+    f("history_trimmed", "Retained publications dropped, by why: count (over the rule's COUNT), topic_bytes (over --history-topic-max-bytes), global_bytes (over --history-max-bytes, oldest first), expired (past the rule's TTL).", Read::Counters("reason", |r| {
+        vec![
+            ("count".into(), r.totals.history_trimmed_count),
+            ("topic_bytes".into(), r.totals.history_trimmed_topic_bytes),
+            ("global_bytes".into(), r.totals.history_trimmed_global_bytes),
+            ("expired".into(), r.totals.history_expired),
+        ]
+    })),
+    f("history_recoveries", "Subscribes with recover, by outcome: recovered (every missed publication replayed) or not (another epoch, trimmed, too far behind).", Read::Counters("outcome", |r| {
+        vec![
+            ("recovered".into(), r.totals.history_recovered),
+            ("not_recovered".into(), r.totals.history_not_recovered),
+        ]
+    })),
+    f("history_requests_refused", "History subscribes and reads refused (limit) because the connection had 16 waiting for their answers.", Read::Counter(|r| r.totals.history_refused)),
     f("backplane_configured", "1 with --redis.", Read::Gauge(|r| r.shared.bus.backplane().is_some().into())),
     f("backplane_up", "1 while connected to Redis and subscribed (0 without --redis).", Read::Gauge(|r| bp(r, |s| s.up.load(Relaxed).into()))),
     f("backplane_forwarded", "Publishes sent to the other nodes through Redis.", Read::Counter(|r| bp(r, |s| s.forwarded.load(Relaxed)))),

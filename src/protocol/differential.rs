@@ -65,6 +65,9 @@ fn same_slices(text: &str, a: Fields<'_>, b: Fields<'_>) {
         ("topic", a.topic, b.topic),
         ("data", a.data, b.data),
         ("token", a.token, b.token),
+        ("recover", a.recover, b.recover),
+        ("since", a.since, b.since),
+        ("limit", a.limit, b.limit),
     ] {
         assert_eq!(
             (x.map(Raw::get), place(x)),
@@ -509,12 +512,15 @@ fn value(r: &mut Rng, out: &mut String, depth: usize) {
 }
 
 /// How a top-level name may be spelled; escapes included.
-const SPELLINGS: [&[&str]; 6] = [
+const SPELLINGS: [&[&str]; 9] = [
     &["op", "op", "op", "o\\u0070", "\\u006f\\u0070", "\\u006Fp"],
     &["id", "id", "\\u0069d", "i\\u0064"],
     &["topic", "topic", "t\\u006fpic", "\\u0074opic"],
     &["data", "data", "d\\u0061ta", "\\u0064\\u0061\\u0074\\u0061"],
     &["token", "token", "t\\u006fken", "\\u0074oke\\u006e"],
+    &["recover", "recover", "rec\\u006fver"],
+    &["since", "since", "\\u0073ince"],
+    &["limit", "limit", "limi\\u0074"],
     &[
         "x",
         "opx",
@@ -554,11 +560,11 @@ fn op_value(r: &mut Rng, out: &mut String) {
     }
 }
 
-/// An envelope: some of the five members (now and then one twice), some others, any order.
+/// An envelope: some of the eight members (now and then one twice), some others, any order.
 fn envelope(r: &mut Rng) -> String {
-    let mut names: Vec<usize> = (0..5).filter(|_| !r.one_in(4)).collect();
+    let mut names: Vec<usize> = (0..8).filter(|_| !r.one_in(4)).collect();
     let others = r.below(3);
-    names.extend(std::iter::repeat_n(5, others));
+    names.extend(std::iter::repeat_n(8, others));
     if r.one_in(8) && !names.is_empty() {
         let again = r.pick(&names);
         names.push(again);
@@ -598,6 +604,11 @@ fn envelope(r: &mut Rng) -> String {
                 0 => value(r, &mut out, 1),
                 1 => out.push_str("null"),
                 _ => string(r, &mut out),
+            },
+            6 | 7 => match r.below(4) {
+                0 => value(r, &mut out, 1),
+                1 => out.push_str("null"),
+                _ => number(r, &mut out),
             },
             3 if r.one_in(40) => {
                 let depth = MAX_OPEN as usize - 3 + r.below(6);

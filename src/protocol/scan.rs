@@ -46,6 +46,9 @@ enum Name {
     Topic,
     Data,
     Token,
+    Recover,
+    Since,
+    Limit,
     Other,
 }
 
@@ -57,7 +60,7 @@ pub(super) fn envelope(text: &str) -> Result<Fields<'_>, Refusal> {
     };
     let mut f = Fields::default();
     // Presence, not value: `"id": null` twice is a duplicate too.
-    let mut seen = [false; 5];
+    let mut seen = [false; 8];
     c.ws();
     c.eat(b'{')?;
     c.ws();
@@ -73,6 +76,9 @@ pub(super) fn envelope(text: &str) -> Result<Fields<'_>, Refusal> {
                 Name::Topic => Some(2),
                 Name::Data => Some(3),
                 Name::Token => Some(4),
+                Name::Recover => Some(5),
+                Name::Since => Some(6),
+                Name::Limit => Some(7),
                 Name::Other => None,
             };
             if let Some(s) = slot {
@@ -94,6 +100,9 @@ pub(super) fn envelope(text: &str) -> Result<Fields<'_>, Refusal> {
                 Name::Topic => f.topic = absent_if_null,
                 Name::Data => f.data = Some(raw),
                 Name::Token => f.token = absent_if_null,
+                Name::Recover => f.recover = absent_if_null,
+                Name::Since => f.since = absent_if_null,
+                Name::Limit => f.limit = absent_if_null,
                 Name::Other => {}
             }
             c.ws();
@@ -277,9 +286,9 @@ impl Cursor<'_> {
     /// followed by a trailing one. Only the four names matter, so nothing longer than
     /// `topic` or outside ASCII is kept.
     fn name(&mut self) -> Result<Name, Refusal> {
-        let mut buf = [0u8; 5];
+        let mut buf = [0u8; 7];
         let mut len = 0;
-        // False once the decoded name cannot be one of the five.
+        // False once the decoded name cannot be one of the members (7 bytes at most).
         let mut fits = true;
         loop {
             let byte = match self.next_byte() {
@@ -330,6 +339,9 @@ impl Cursor<'_> {
             (true, Some(b"topic")) => Name::Topic,
             (true, Some(b"data")) => Name::Data,
             (true, Some(b"token")) => Name::Token,
+            (true, Some(b"recover")) => Name::Recover,
+            (true, Some(b"since")) => Name::Since,
+            (true, Some(b"limit")) => Name::Limit,
             _ => Name::Other,
         })
     }

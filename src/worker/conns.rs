@@ -62,6 +62,9 @@ pub(super) struct Conns {
     /// Each publishing connection's bytes still in the other workers' queues, by slab key;
     /// a connection's are forgotten when it is dropped, so its key comes clean to the next.
     pub(super) shares: Shares,
+    /// Connections that left, for topic history to forget what they asked (kept only
+    /// while some topic keeps history).
+    pub(super) gone: Vec<usize>,
 }
 
 impl Conns {
@@ -88,6 +91,7 @@ impl Conns {
             now_ms: 0,
             draining: false,
             shares: Shares::default(),
+            gone: Vec::new(),
         }
     }
 
@@ -138,6 +142,9 @@ impl Conns {
             return;
         };
         self.shares.forget(key);
+        if self.cfg.history.on() {
+            self.gone.push(key);
+        }
         for t in &conn.subs {
             self.topics.unsubscribe(t, key);
         }

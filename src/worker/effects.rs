@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::conns::Conns;
 use super::fanout::Fanout;
+use super::history::History;
 use super::tokens::Tokens;
 use crate::broadcast::{self, Port, Target};
 use crate::codec::Kind;
@@ -45,11 +46,19 @@ pub(super) struct Effects {
     /// The connection being handled went over its rate limit under `hold`: the reader holds
     /// it after this message.
     pub(super) rate_held: bool,
+    /// Topic history: the streams this worker owns and the requests it waits on.
+    pub(super) history: History,
 }
 
 impl Effects {
-    pub(super) fn new(bus: Port, console: Arc<Console>, tokens: Tokens) -> Self {
+    pub(super) fn new(
+        bus: Port,
+        console: Arc<Console>,
+        tokens: Tokens,
+        history: crate::history::stream::Limits,
+    ) -> Self {
         Effects {
+            history: History::new(history, &bus),
             bus,
             console,
             scratch: Vec::with_capacity(1024),
@@ -342,6 +351,7 @@ impl Effects {
             subs: &conn.subs,
             max_subscriptions: conns.cfg.max_subscriptions,
             access,
+            history: self.history.rules(),
         };
         let (reply, effect) = handler::handle(text, caller, &mut out);
         match effect {
@@ -349,7 +359,39 @@ impl Effects {
             Effect::Subscribe(topic) => {
                 conns.subscribe(key, &topic);
             }
-            Effect::Unsubscribe(topic) => conns.unsubscribe(key, &topic),
+            Effect::Unsubscribe(topic) => {
+                if self.history.on() {
+                    self.history.cancel(key, &topic);
+                }
+                conns.unsubscribe(key, &topic)
+            }
+            Effect::HistorySubscribe {
+                id,
+                topic,
+                rule,
+                recover,
+            } => {
+                if !self
+                    .history
+                    .subscribe(conns, &self.bus, key, &topic, rule, recover, id)
+                {
+                    too_many_waiting(conns, key, id, &mut out);
+                }
+            }
+            Effect::History {
+                id,
+                topic,
+                rule,
+                since,
+                limit,
+            } => {
+                if !self
+                    .history
+                    .read(conns, &self.bus, key, &topic, rule, since, limit, id)
+                {
+                    too_many_waiting(conns, key, id, &mut out);
+                }
+            }
             Effect::SubscribeWithToken { id, topic, token } => self
                 .tokens
                 .subscribe_with_token(conns, key, id, &topic, &token),
@@ -360,7 +402,20 @@ impl Effects {
                     .topics
                     .name(&topic)
                     .unwrap_or_else(|| Arc::from(&*topic));
-                self.publish(conns, fanout, key, Target::Topic(name), data)
+                match self.history.rules().find(&name) {
+                    Some(rule) => {
+                        bump(&conns.stats.publishes, 1);
+                        let now = conns.now;
+                        let sent =
+                            self.history
+                                .publish(&mut self.bus, fanout, name, rule, data, now);
+                        if let Some(sent) = sent {
+                            conns.shares.charge(key, sent);
+                        }
+                        self.published = true;
+                    }
+                    None => self.publish(conns, fanout, key, Target::Topic(name), data),
+                }
             }
             Effect::Broadcast(data) => self.publish(conns, fanout, key, Target::All, data),
         }
@@ -386,6 +441,20 @@ impl Effects {
         }
         self.published = true;
     }
+}
+
+/// A history request over [`super::history::MAX_WAITING`]: refused with `limit`.
+fn too_many_waiting(conns: &mut Conns, key: usize, id: Option<Raw<'_>>, out: &mut Vec<u8>) {
+    bump(&conns.stats.history_refused, 1);
+    out.clear();
+    let msg = format!(
+        "{} history requests already waiting for their answers",
+        super::history::MAX_WAITING
+    );
+    crate::protocol::error(out, id, "limit", &msg);
+    bump(&conns.stats.messages_out, 1);
+    conns.send_frame(key, Kind::Text, out);
+    out.clear();
 }
 
 fn send_reply(conns: &mut Conns, key: usize, reply: Reply, json: &[u8]) {

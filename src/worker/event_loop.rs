@@ -111,7 +111,7 @@ impl Worker {
             fanout: Fanout::new(cfg.deflate_level, memory),
             timers: Timers::default(),
             drain: Drain::new(cfg.drain_timeout, cfg.reuse_port),
-            effects: Effects::new(bus, console, Tokens::new(auth)),
+            effects: Effects::new(bus, console, Tokens::new(auth), cfg.history.clone()),
             conns: Conns::new(index, cfg, stats, admission, registry, topics),
             poll,
         })
@@ -175,7 +175,8 @@ impl Worker {
     /// How long the next wait for readiness may last: not at all with work in hand, and at
     /// least once a second for timers.
     fn poll_timeout(&self) -> Duration {
-        let busy = self.conns.waiting.any() || !self.fanout.is_idle();
+        let busy =
+            self.conns.waiting.any() || !self.fanout.is_idle() || self.effects.history.busy();
         if busy || !self.inbox.may_sleep() {
             Duration::ZERO
         } else if self.reader.publishers_held() {
@@ -230,6 +231,10 @@ impl Worker {
         self.reader
             .release_publishers(&mut self.conns, &self.effects.bus);
         self.fanout.deliver(&mut self.conns);
+        let now = self.conns.now;
+        self.effects
+            .history
+            .after_deliver(&mut self.conns, &mut self.fanout, now);
         self.drain.advance(&mut self.conns, &self.effects.bus);
         // Before the flush, so that what timers send (pings, close frames) leaves in this
         // turn rather than after the next wake-up, up to a second later.
@@ -249,6 +254,7 @@ impl Worker {
         // nodes publishing faster than this one delivers) is worked off over several turns
         // with this worker's sockets served between them, not in one turn that starves them.
         let bus = &mut self.effects.bus;
+        self.effects.history.take_carried();
         let mut taken = 0;
         while taken < INBOX_BYTES_PER_TURN {
             let Ok(msg) = self.inbox.msgs.try_recv() else {
@@ -258,12 +264,30 @@ impl Worker {
                 Msg::Deliver { from, d } => {
                     taken += d.frame.len();
                     bus.cross_taken(from, &d);
-                    self.fanout.pending.push(d);
+                    if let Some(d) = self.effects.history.hold_if_late(d) {
+                        self.fanout.pending.push(d);
+                    }
                 }
                 Msg::DeliverOutside(d) => {
                     taken += d.frame.len();
                     bus.outside_taken(&d);
                     self.fanout.pending.push(d);
+                }
+                Msg::HistoryPublish(p) => {
+                    taken += p.data.len();
+                    let now = self.conns.now;
+                    self.effects
+                        .history
+                        .on_publish(bus, &mut self.fanout, *p, now);
+                }
+                Msg::HistoryAsk(a) => {
+                    let now = self.conns.now;
+                    self.effects.history.on_ask(bus, *a, now);
+                }
+                Msg::HistoryAnswer(a) => {
+                    if !self.effects.history.on_answer(*a) {
+                        break;
+                    }
                 }
                 Msg::Shutdown => self.drain.begin(&mut self.conns),
                 Msg::Fence => self.drain.on_fence(),

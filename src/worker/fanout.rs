@@ -50,6 +50,40 @@ impl Fanout {
             return;
         }
         let pending = std::mem::take(&mut self.pending);
+        let mut pending = self.deliver_runs(conns, pending, None);
+        // A burst may have grown the list; do not keep that capacity for ever.
+        pending.clear();
+        if pending.capacity() > PENDING_KEEP {
+            pending = Vec::new();
+        }
+        self.pending = pending;
+    }
+
+    /// Gives connection `key` alone the frames of `run` (a recovery's replay of a history
+    /// topic), as a delivery: merged, compressed where it agreed to it, against its outbound
+    /// bound and the slow-consumer policy.
+    pub(super) fn deliver_to(&mut self, conns: &mut Conns, key: usize, frames: &[bytes::Bytes]) {
+        if frames.is_empty() {
+            return;
+        }
+        let run = frames
+            .iter()
+            .map(|f| Delivery {
+                target: Target::All,
+                frame: f.clone(),
+            })
+            .collect();
+        self.deliver_runs(conns, run, Some(key));
+    }
+
+    /// Delivers `pending` run by run to each run's audience, or to `only` if given; returns
+    /// the list, for its capacity.
+    fn deliver_runs(
+        &mut self,
+        conns: &mut Conns,
+        pending: Vec<Delivery>,
+        only: Option<usize>,
+    ) -> Vec<Delivery> {
         let limit = if self.memory.over() {
             conns.cfg.max_outbound_bytes / memory::PRESSURE_DIVISOR
         } else {
@@ -109,15 +143,20 @@ impl Fanout {
                     over.push((key, (run.len() - taken) as u32));
                 }
             };
-            match &run[0].target {
-                Target::All => {
+            match (only, &run[0].target) {
+                (Some(key), _) => {
+                    if let Some(conn) = slab.get_mut(key) {
+                        offer(key, conn);
+                    }
+                }
+                (None, Target::All) => {
                     for (key, conn) in slab.iter_mut() {
                         if conn.is_json() {
                             offer(key, conn);
                         }
                     }
                 }
-                Target::Topic(t) => {
+                (None, Target::Topic(t)) => {
                     if let Some(subs) = topics.subscribers(t) {
                         for &key in subs {
                             offer(key, &mut slab[key]);
@@ -128,16 +167,10 @@ impl Fanout {
             delivered += self.handle_slow(conns, run, &zipped, limit);
             start = end;
         }
-        // A burst may have grown the list; do not keep that capacity for ever.
-        let mut pending = pending;
-        pending.clear();
-        if pending.capacity() > PENDING_KEEP {
-            pending = Vec::new();
-        }
-        self.pending = pending;
         bump(&conns.stats.deliveries, delivered);
         bump(&conns.stats.messages_compressed, compressed);
         bump(&conns.stats.messages_out, delivered);
+        pending
     }
 
     /// Recipients a run did not fit: a reader that is keeping up only looks full because the

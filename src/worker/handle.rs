@@ -54,6 +54,14 @@ pub enum Msg {
         user: Arc<str>,
         done: Option<tokio::sync::mpsc::UnboundedSender<usize>>,
     },
+    /// A publication to a history topic this worker owns, made on another worker: the owner
+    /// numbers it, keeps it and sends it on to every worker.
+    HistoryPublish(Box<super::history::Publish>),
+    /// A connection of worker `from` subscribes to a history topic this worker owns: where
+    /// the stream stands, and what followed the client's offset if it recovers.
+    HistoryAsk(Box<super::history::Ask>),
+    /// The owner's answer to a [`Msg::HistoryAsk`] or a history read.
+    HistoryAnswer(Box<super::history::Answer>),
     /// Tests only: panic inside the worker's loop, to prove a dead worker is reported.
     #[cfg(test)]
     Panic(&'static str),

@@ -25,6 +25,7 @@ mod effects;
 mod event_loop;
 mod fanout;
 pub mod handle;
+mod history;
 #[cfg(debug_assertions)]
 mod invariants;
 mod reader;
