@@ -51,6 +51,8 @@ pub enum Effect<'a> {
         id: Option<Raw<'a>>,
         topic: Cow<'a, str>,
         token: Cow<'a, str>,
+        /// For a history topic: where the client stands (see `HistorySubscribe`).
+        recover: Option<Recover<'a>>,
     },
     Unsubscribe(Cow<'a, str>),
     /// Subscribe to a topic that keeps history (under `rule`): the topic's owner says its
@@ -219,7 +221,13 @@ pub fn handle<'a>(text: &'a str, caller: Caller<'_>, out: &mut Vec<u8>) -> (Repl
                 if !grant.may_subscribe(&topic, sub) {
                     match token {
                         Some(token) => {
-                            return (Reply::None, Effect::SubscribeWithToken { id, topic, token })
+                            let effect = Effect::SubscribeWithToken {
+                                id,
+                                topic,
+                                token,
+                                recover,
+                            };
+                            return (Reply::None, effect);
                         }
                         // Held through a subscription token that is still valid: subscribing
                         // again changes nothing.

@@ -405,3 +405,59 @@ fn a_subscriber_reset_mid_stream_recovers_every_number_once_in_order() {
     );
     server.shutdown().unwrap();
 }
+
+/// With auth on, reading history and recovering need the subscribe grant; a subscription
+/// token grants one history topic, and its subscribe is answered with the epoch and offset.
+#[test]
+fn history_needs_the_subscribe_grant_and_a_subscription_token_gives_it() {
+    use common::tokens::*;
+    let dir = Dir::new("history-auth");
+    let (secret, secret_path) = secret_file(&dir);
+    let mut cfg = history_config(2, &["room.>:100:60"]);
+    cfg.auth.hmac_secret_file = Some(secret_path);
+    let server = start(cfg);
+    let addr = server.local_addr();
+    let grant = json!({"subscribe":["room.open"],"publish":["room.>"]});
+    let mut p = connect_with(addr, &hs256(&secret, "pub", Some(&grant)));
+    for topic in ["room.open", "room.vip"] {
+        for i in 1..=3 {
+            send(
+                &mut p,
+                json!({"op":"publish","topic":topic,"data":i,"id":i}),
+            );
+            assert_eq!(recv(&mut p)["op"], "ok");
+        }
+    }
+    let mut c = connect_with(addr, &hs256(&secret, "alice", Some(&grant)));
+    send(&mut c, json!({"op":"history","topic":"room.open","id":1}));
+    let h = recv(&mut c);
+    assert_eq!(h["publications"].as_array().map(Vec::len), Some(3), "{h}");
+    let epoch = h["epoch"].clone();
+    // Outside the grant: no history, no recovery.
+    send(&mut c, json!({"op":"history","topic":"room.vip","id":2}));
+    assert_eq!(recv(&mut c)["code"], "forbidden");
+    send(
+        &mut c,
+        json!({"op":"subscribe","topic":"room.vip","id":3,"recover":{"epoch":epoch,"offset":0}}),
+    );
+    assert_eq!(recv(&mut c)["code"], "forbidden");
+    // A subscription token for room.vip: subscribed, told the stream's position; the
+    // recovery is from room.vip's own epoch, so a wrong one replays nothing.
+    let sub_token = {
+        let claims = json!({"sub":"alice","topic":"room.vip","exp": now() + 600});
+        let key = jsonwebtoken::EncodingKey::from_secret(&secret);
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+    };
+    send(
+        &mut c,
+        json!({"op":"subscribe","topic":"room.vip","id":4,"token":sub_token,
+               "recover":{"epoch":"nope","offset":0}}),
+    );
+    let (ok, replayed) = until_ok(&mut c);
+    assert_eq!(ok["offset"], 3, "{ok}");
+    assert_eq!(ok["recovered"], false, "{ok}");
+    assert!(replayed.is_empty());
+    send(&mut p, json!({"op":"publish","topic":"room.vip","data":4}));
+    assert_eq!(recv(&mut c)["offset"], 4);
+    server.shutdown().unwrap();
+}

@@ -392,9 +392,20 @@ impl Effects {
                     too_many_waiting(conns, key, id, &mut out);
                 }
             }
-            Effect::SubscribeWithToken { id, topic, token } => self
-                .tokens
-                .subscribe_with_token(conns, key, id, &topic, &token),
+            Effect::SubscribeWithToken {
+                id,
+                topic,
+                token,
+                recover,
+            } => {
+                let history = self
+                    .history
+                    .rules()
+                    .find(&topic)
+                    .map(|rule| (&mut self.history, &self.bus, rule, recover));
+                self.tokens
+                    .subscribe_with_token(conns, key, id, &topic, &token, history);
+            }
             Effect::Connect { id, token } => self.tokens.connect(conns, key, id, token.as_deref()),
             Effect::Refresh { id, token } => self.tokens.refresh(conns, key, id, &token),
             Effect::Publish { topic, data } => {
@@ -444,7 +455,12 @@ impl Effects {
 }
 
 /// A history request over [`super::history::MAX_WAITING`]: refused with `limit`.
-fn too_many_waiting(conns: &mut Conns, key: usize, id: Option<Raw<'_>>, out: &mut Vec<u8>) {
+pub(super) fn too_many_waiting(
+    conns: &mut Conns,
+    key: usize,
+    id: Option<Raw<'_>>,
+    out: &mut Vec<u8>,
+) {
     bump(&conns.stats.history_refused, 1);
     out.clear();
     let msg = format!(

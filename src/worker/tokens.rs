@@ -292,6 +292,7 @@ impl Tokens {
         id: Option<Raw<'_>>,
         topic: &str,
         token: &str,
+        history: Option<HistoryTopic<'_, '_>>,
     ) {
         let mut out = Vec::with_capacity(REPLY_CAPACITY);
         let v = match self.check(conns, token) {
@@ -308,6 +309,22 @@ impl Tokens {
             return deny(conns, key, &mut out, id, Denial::SubscriptionToken, why);
         }
         let until = self.lapses(conns, &v);
+        if let Some((h, bus, rule, recover)) = history {
+            // The topic keeps history: its owner's answer subscribes the connection and
+            // replies (with the epoch and offset); the token's grant holds from now on.
+            if !conns.slab[key].machine.is_open() {
+                return;
+            }
+            let name = conns.topics.name(topic).unwrap_or_else(|| Arc::from(topic));
+            if let Some(s) = conns.slab[key].session.as_mut() {
+                s.grant_topic(name, until);
+            }
+            conns.arm(key, until);
+            if !h.subscribe(conns, bus, key, topic, rule, recover, id) {
+                super::effects::too_many_waiting(conns, key, id, &mut out);
+            }
+            return;
+        }
         let Some(name) = conns.subscribe(key, topic) else {
             return; // closing
         };
@@ -319,6 +336,15 @@ impl Tokens {
         send(conns, key, &out);
     }
 }
+
+/// A subscription token's topic that keeps history: the worker's history, its bus, the
+/// topic's rule, and the subscribe's `recover`.
+pub(super) type HistoryTopic<'h, 'r> = (
+    &'h mut super::history::History,
+    &'h crate::broadcast::Port,
+    u16,
+    Option<crate::protocol::Recover<'r>>,
+);
 
 /// Whether the anonymous flags grant anything: without, a tokenless `connect` could only
 /// hold a connection open, and is refused.
