@@ -116,6 +116,31 @@ impl Bus {
         Some(self.queue_outside(d))
     }
 
+    /// A publish from outside the workers (`POST /publish`) to a topic that keeps history:
+    /// sent to the topic's owner among `workers`, which numbers it and tells `done` its
+    /// offset and epoch. Its data counts against [`OUTSIDE_BYTES`] until the owner takes it;
+    /// false (and not sent) if the workers are that far behind.
+    pub fn publish_history(
+        &self,
+        topic: Arc<str>,
+        rule: u16,
+        data: Bytes,
+        done: tokio::sync::oneshot::Sender<(u64, Arc<str>)>,
+    ) -> bool {
+        if !budget::try_reserve(&self.outside, data.len(), OUTSIDE_BYTES) {
+            return false;
+        }
+        let owner = crate::history::owner_of(&topic, self.workers.len());
+        let msg = Msg::HistoryPublish(Box::new(crate::worker::handle::HistoryPublish {
+            topic,
+            rule,
+            data,
+            outside: true,
+            done: Some(done),
+        }));
+        self.workers[owner].send(msg, |m| self.unread(m))
+    }
+
     /// A message from another node (through the backplane): queued to every worker, not
     /// forwarded again. False if the workers are [`OUTSIDE_BYTES`] behind (it is dropped).
     pub fn deliver_remote(&self, d: Delivery) -> bool {
@@ -183,6 +208,7 @@ impl Bus {
         match msg {
             Msg::Deliver { d, .. } => budget::give_back(&self.cross, d.frame.len()),
             Msg::DeliverOutside(d) => budget::give_back(&self.outside, d.frame.len()),
+            Msg::HistoryPublish(p) if p.outside => budget::give_back(&self.outside, p.data.len()),
             Msg::HistoryPublish(p) => budget::give_back(&self.cross, p.data.len()),
             _ => {}
         }
@@ -341,6 +367,12 @@ impl Port {
     /// flush.
     pub fn cross_returned(&mut self, bytes: usize) {
         self.cross_taken += bytes;
+    }
+
+    /// A publication sent with [`Bus::publish_history`] was taken: the same, for the
+    /// outside budget.
+    pub fn outside_returned(&mut self, bytes: usize) {
+        self.outside_taken += bytes;
     }
 
     /// See [`Bus::fence_from`].

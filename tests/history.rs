@@ -461,3 +461,52 @@ fn history_needs_the_subscribe_grant_and_a_subscription_token_gives_it() {
     assert_eq!(recv(&mut c)["offset"], 4);
     server.shutdown().unwrap();
 }
+
+/// `POST /publish` to a history topic answers the offset and epoch the owner gave it, in
+/// order with the WebSocket publishes to the same topic.
+#[test]
+fn the_admin_publish_answers_its_offset_and_epoch() {
+    use std::io::Write;
+    let mut cfg = history_config(2, &["news.*:100:60"]);
+    cfg.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    let server = start(cfg);
+    let (addr, admin) = (server.local_addr(), server.admin_addr().unwrap());
+    for owner in [0, 1] {
+        let topic = topic_owned_by("news", owner);
+        let mut sub = connect(addr, "/ws");
+        send(&mut sub, json!({"op":"subscribe","topic":topic,"id":1}));
+        let (ok, _) = until_ok(&mut sub);
+        let epoch = ok["epoch"].clone();
+        let mut p = connect(addr, "/ws");
+        send(
+            &mut p,
+            json!({"op":"publish","topic":topic,"data":"ws","id":1}),
+        );
+        assert_eq!(recv(&mut p)["op"], "ok");
+        let body = serde_json::to_vec(&json!({"topic":topic,"data":{"from":"api"}})).unwrap();
+        let mut s = std::net::TcpStream::connect(admin).unwrap();
+        s.set_read_timeout(Some(WATCHDOG)).unwrap();
+        let mut raw = format!(
+            "POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        raw.extend_from_slice(&body);
+        s.write_all(&raw).unwrap();
+        let resp = read_response(&mut s).unwrap();
+        assert_eq!(resp.status, 202, "{resp:?}");
+        let answer: Value = serde_json::from_str(&resp.body).unwrap();
+        assert_eq!(
+            answer,
+            json!({"queued_workers":2,"offset":2,"epoch":epoch}),
+            "owner {owner}"
+        );
+        assert_eq!(recv(&mut sub)["offset"], 1);
+        let m = recv(&mut sub);
+        assert_eq!(
+            m,
+            json!({"op":"message","topic":topic,"offset":2,"data":{"from":"api"}})
+        );
+    }
+    server.shutdown().unwrap();
+}

@@ -752,3 +752,22 @@ fn rate_limits_from_flags_and_the_file() {
     let c = parse(&with_file(&f, &["--rate-limit-policy", "hold"])).unwrap();
     assert_eq!(c.rate.policy, RatePolicy::Hold, "a flag overrides the file");
 }
+
+#[test]
+fn history_rules_are_checked_at_start_and_named_when_refused() {
+    let l = load(&["--history", "chat.>:1000:300", "--history", "news:10:60"]).unwrap();
+    let h = &l.config.history;
+    assert!(h.on());
+    assert_eq!(h.rules.find("chat.a.b"), Some(0));
+    assert_eq!(h.rules.get(1).count, 10);
+    assert_eq!(h.max_recover, crate::config::DEFAULT_HISTORY_MAX_RECOVER);
+    assert!(!load(&[]).unwrap().config.history.on(), "off by default");
+    let e = refused(&["--history", "chat.>:0:300"]);
+    assert!(e.contains("\"chat.>:0:300\"") && e.contains("COUNT"), "{e}");
+    assert!(refused(&["--history", "chat.>"]).contains("PATTERN:COUNT:TTL_SECS"));
+    assert!(
+        refused(&["--history", "x:1:1", "--history-max-limit", "0"]).contains("history-max-limit")
+    );
+    let e = refused(&["--history", "x:1:1", "--redis", "redis://127.0.0.1/"]);
+    assert!(e.contains("not supported yet"), "{e}");
+}

@@ -19,6 +19,11 @@ use crate::conn::TlsFiles;
 pub enum ConfigError {
     #[error("{0}")]
     History(#[from] crate::history::RuleError),
+    #[error(
+        "--history with --redis is not supported yet: each node would number a topic's \
+         publications on its own (see docs/history.md)"
+    )]
+    HistoryWithRedis,
     #[error("--{0} must be greater than 0")]
     Zero(&'static str),
     #[error("--{name} ({value} s) is too long: at most {max} s")]
@@ -299,6 +304,9 @@ impl Args {
     /// text), and no bound 0.
     fn history_limits(&mut self) -> Result<crate::history::stream::Limits, ConfigError> {
         let rules = crate::history::Rules::parse(&self.history)?;
+        if !rules.is_empty() && self.redis.is_some() {
+            return Err(ConfigError::HistoryWithRedis);
+        }
         for (name, v) in [
             (
                 "history-topic-max-bytes",

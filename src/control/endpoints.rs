@@ -130,9 +130,28 @@ async fn publish(ep: &Endpoints, req: Request<Incoming>) -> Reply {
         );
     }
     match publish_now(&ep.shared, &body) {
-        Ok(n) => {
+        Ok(Published::Queued(n)) => {
             let json = format!("{{\"queued_workers\":{n}}}");
             text(StatusCode::ACCEPTED, "application/json", json)
+        }
+        Ok(Published::ToOwner(numbered)) => {
+            // The topic keeps history: its owner numbers the publication and says how.
+            match tokio::time::timeout(HISTORY_WAIT, numbered).await {
+                Ok(Ok((offset, epoch))) => {
+                    let mut json = format!(
+                        "{{\"queued_workers\":{},\"offset\":{offset},\"epoch\":",
+                        ep.shared.workers.len()
+                    );
+                    json.push_str(&serde_json::to_string(&*epoch).unwrap_or_default());
+                    json.push('}');
+                    text(StatusCode::ACCEPTED, "application/json", json)
+                }
+                _ => error_code(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the topic's owner did not say what offset it gave the publication",
+                ),
+            }
         }
         Err(e @ PublishError::Behind) => {
             ep.shared
@@ -273,8 +292,21 @@ struct PublishBody<'a> {
     data: &'a RawValue,
 }
 
-/// Encodes the message once and queues it to every worker; returns how many.
-fn publish_now(shared: &Shared, body: &[u8]) -> Result<usize, PublishError> {
+/// How long `POST /publish` to a history topic waits for the owner to number it (within a
+/// loop turn, normally).
+const HISTORY_WAIT: Duration = Duration::from_secs(2);
+
+/// Where a publish went.
+enum Published {
+    /// Encoded once and queued to this many workers.
+    Queued(usize),
+    /// To the owner of its history topic, which answers with its offset and epoch.
+    ToOwner(tokio::sync::oneshot::Receiver<(u64, Arc<str>)>),
+}
+
+/// Encodes the message once and queues it to every worker (or, for a topic that keeps
+/// history, sends it to the topic's owner).
+fn publish_now(shared: &Shared, body: &[u8]) -> Result<Published, PublishError> {
     let text = std::str::from_utf8(body).map_err(|_| PublishError::NotUtf8)?;
     if !text.trim_start().starts_with('{') {
         return Err(PublishError::NotObject);
@@ -284,6 +316,15 @@ fn publish_now(shared: &Shared, body: &[u8]) -> Result<usize, PublishError> {
         None => Target::All,
         Some(t) => {
             protocol::check_topic(&t).map_err(PublishError::Topic)?;
+            if let Some(rule) = shared.cfg.history.rules.find(&t) {
+                let (done, numbered) = tokio::sync::oneshot::channel();
+                let data = Bytes::copy_from_slice(req.data.get().as_bytes());
+                if !shared.bus.publish_history(Arc::from(&*t), rule, data, done) {
+                    return Err(PublishError::Behind);
+                }
+                shared.api_publishes.fetch_add(1, Ordering::Relaxed);
+                return Ok(Published::ToOwner(numbered));
+            }
             Target::Topic(Arc::from(&*t))
         }
     };
@@ -292,7 +333,7 @@ fn publish_now(shared: &Shared, body: &[u8]) -> Result<usize, PublishError> {
         .publish(broadcast::encode(target, Raw::from(req.data)))
         .ok_or(PublishError::Behind)?;
     shared.api_publishes.fetch_add(1, Ordering::Relaxed);
-    Ok(n)
+    Ok(Published::Queued(n))
 }
 
 /// Compares the bearer token in constant time with respect to its contents.

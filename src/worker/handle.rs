@@ -56,7 +56,7 @@ pub enum Msg {
     },
     /// A publication to a history topic this worker owns, made on another worker: the owner
     /// numbers it, keeps it and sends it on to every worker.
-    HistoryPublish(Box<super::history::Publish>),
+    HistoryPublish(Box<HistoryPublish>),
     /// A connection of worker `from` subscribes to a history topic this worker owns: where
     /// the stream stands, and what followed the client's offset if it recovers.
     HistoryAsk(Box<super::history::Ask>),
@@ -70,6 +70,8 @@ pub enum Msg {
     #[cfg(test)]
     BreakInvariant,
 }
+
+pub use super::history::Publish as HistoryPublish;
 
 /// What a worker and its handles both see.
 #[derive(Debug, Default)]

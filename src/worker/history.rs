@@ -27,11 +27,15 @@ use crate::stats::bump;
 pub const MAX_WAITING: usize = 16;
 
 /// A publication on its way to its topic's owner: `data` is the JSON value as published.
+/// From a worker it counts against the cross-worker budget; from outside (`POST /publish`)
+/// against the outside one, and `done` learns its offset and epoch.
 #[derive(Debug)]
 pub struct Publish {
     pub topic: Arc<str>,
     pub rule: u16,
     pub data: Bytes,
+    pub outside: bool,
+    pub done: Option<tokio::sync::oneshot::Sender<(u64, Arc<str>)>>,
 }
 
 /// A question for a topic's owner, from connection `key` of worker `from`.
@@ -174,11 +178,17 @@ impl History {
     ) -> Option<Sent> {
         let owner = self.owner(&topic);
         if owner == self.me {
-            return self.publish_owned(bus, fanout, topic, rule, data, now);
+            return self.publish_owned(bus, fanout, topic, rule, data, now).0;
         }
         let data = Bytes::copy_from_slice(data.get().as_bytes());
         let bytes = data.len();
-        let msg = Msg::HistoryPublish(Box::new(Publish { topic, rule, data }));
+        let msg = Msg::HistoryPublish(Box::new(Publish {
+            topic,
+            rule,
+            data,
+            outside: false,
+            done: None,
+        }));
         bus.send_to(owner, msg, bytes);
         None
     }
@@ -191,23 +201,32 @@ impl History {
         rule: u16,
         data: Raw<'_>,
         now: u32,
-    ) -> Option<Sent> {
-        let (_offset, _epoch, frame) = self.store.publish(&topic, rule, data, now);
+    ) -> (Option<Sent>, u64, Arc<str>) {
+        let (offset, epoch, frame) = self.store.publish(&topic, rule, data, now);
         let d = Delivery {
             target: Target::Topic(topic),
             frame,
         };
-        bus.publish_from(d, &mut fanout.pending)
+        (bus.publish_from(d, &mut fanout.pending), offset, epoch)
     }
 
-    /// A publication another worker sent this one, the topic's owner.
+    /// A publication sent to this worker, the topic's owner (by another worker or from
+    /// outside).
     pub(super) fn on_publish(&mut self, bus: &mut Port, fanout: &mut Fanout, p: Publish, now: u32) {
-        bus.cross_returned(p.data.len());
+        if p.outside {
+            bus.outside_returned(p.data.len());
+        } else {
+            bus.cross_returned(p.data.len());
+        }
         // The sender checked it was one JSON value; it is passed on as it came.
         let Ok(text) = std::str::from_utf8(&p.data) else {
             return;
         };
-        self.publish_owned(bus, fanout, p.topic, p.rule, Raw::trusted(text), now);
+        let (_, offset, epoch) =
+            self.publish_owned(bus, fanout, p.topic, p.rule, Raw::trusted(text), now);
+        if let Some(done) = p.done {
+            let _ = done.send((offset, epoch));
+        }
     }
 
     /// Whether `key` may ask one more question; if so, records it and returns its number.
