@@ -510,3 +510,82 @@ fn the_admin_publish_answers_its_offset_and_epoch() {
     }
     server.shutdown().unwrap();
 }
+
+/// A client that recovers far more than its outbound bound and does not read is closed as a
+/// slow consumer (1008), as for any delivery: the replay is never buffered without bound.
+#[test]
+fn a_recovering_client_that_does_not_read_is_closed_as_a_slow_consumer() {
+    let mut cfg = history_config(2, &["big:20000:60"]);
+    cfg.history.topic_max_bytes = 64 << 20;
+    let server = start(cfg);
+    let addr = server.local_addr();
+    let topic = "big";
+    let mut c = connect(addr, "/ws");
+    send(&mut c, json!({"op":"subscribe","topic":topic,"id":1}));
+    let epoch = until_ok(&mut c).0["epoch"].clone();
+    drop(c);
+    let mut p = connect(addr, "/ws");
+    let kb = "x".repeat(1000);
+    for i in 0..10_000 {
+        send(&mut p, json!({"op":"publish","topic":topic,"data":kb}));
+        if i % 1000 == 999 {
+            send(&mut p, json!({"op":"echo","data":i}));
+            assert_eq!(recv(&mut p)["data"], i);
+        }
+    }
+    // 10 MB to replay against the default 1 MiB bound; the client reads nothing for 2 s.
+    let mut r = connect(addr, "/ws");
+    send(
+        &mut r,
+        json!({"op":"subscribe","topic":topic,"id":2,"recover":{"epoch":epoch,"offset":0}}),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(expect_close(&mut r), 1008);
+    let stats = server.stats();
+    assert!(stats.slow_closes >= 1, "{stats:?}");
+    assert!(stats.outbound_memory < 4 << 20, "{stats:?}");
+    server.shutdown().unwrap();
+}
+
+/// A client that floods history requests gets at most 16 waiting at once; the rest are
+/// refused with `limit`, every one of the others is answered, and the server goes on.
+#[test]
+fn history_requests_waiting_per_connection_are_bounded() {
+    let server = start(history_config(2, &["q.*:10:60"]));
+    let addr = server.local_addr();
+    let topic = topic_owned_by("q", 1);
+    // One connection on each worker: for one of them the owner is a queue hop away.
+    let mut c = connect(addr, "/ws");
+    let mut other = connect(addr, "/ws");
+    for ws in [&mut c, &mut other] {
+        for i in 0..200 {
+            let text = json!({"op":"history","topic":topic,"id":i}).to_string();
+            ws.write(tungstenite::Message::text(text)).unwrap();
+        }
+        ws.flush().unwrap();
+    }
+    let mut refused = 0;
+    for ws in [&mut c, &mut other] {
+        let (mut answered, mut limited) = (0, 0);
+        while answered + limited < 200 {
+            let v = recv(ws);
+            match v["op"].as_str() {
+                Some("history") => answered += 1,
+                Some("error") => {
+                    assert_eq!(v["code"], "limit", "{v}");
+                    limited += 1;
+                }
+                other => panic!("{other:?}: {v}"),
+            }
+        }
+        assert!(answered >= 16, "{answered} answered");
+        refused += limited;
+    }
+    assert!(refused > 0, "200 requests in one write, none refused");
+    let stats = server.stats();
+    assert_eq!(stats.history_refused, refused, "{stats:?}");
+    // Still serving.
+    send(&mut c, json!({"op":"history","topic":topic,"id":"after"}));
+    assert_eq!(recv(&mut c)["id"], "after");
+    server.shutdown().unwrap();
+}
