@@ -271,3 +271,44 @@ fn over_max_memory_new_clients_get_503_and_slow_consumers_are_cut_shorter() {
     drop(probe);
     assert!(p.terminate().success());
 }
+
+/// 1,000 history topics filled to their bound (100 publications of about 1 KB each), then
+/// abandoned: once their time to live has passed, their streams are freed and the resident
+/// set comes back to within 16 MiB of where it started.
+#[test]
+fn abandoned_history_goes_back_to_the_os_after_its_time_to_live() {
+    let p = Proc::start(&["--workers", "2", "--history", "h.*:100:5"]);
+    let base = p.rss();
+    let topics: Vec<String> = (0..1000).map(|i| format!("h.{i}")).collect();
+    let mut publisher = raw_upgraded(p.addr, "/ws");
+    publish(&mut publisher, &topics, 100_000, 1000);
+    p.wait_metric("corecast_history_bytes", None, WATCHDOG, |v| {
+        v >= 1000.0 * 100.0 * 1000.0
+    });
+    let peak = p.rss();
+    eprintln!("RSS: base {} KiB, peak {} KiB", base >> 10, peak >> 10);
+    assert!(
+        peak > base + 80 * MIB,
+        "100 MB of history did not cost memory: {base} -> {peak}"
+    );
+    assert_eq!(p.metric("corecast_history_topics", None), 1000.0);
+    p.wait_metric(
+        "corecast_history_topics",
+        None,
+        Duration::from_secs(15),
+        |v| v == 0.0,
+    );
+    assert_eq!(p.metric("corecast_history_bytes", None), 0.0);
+    let back = eventually(Duration::from_secs(10), || p.rss() <= base + 16 * MIB);
+    let end = p.rss();
+    eprintln!("RSS after: {} KiB", end >> 10);
+    assert!(
+        back,
+        "RSS {} MiB at start, {} MiB at the peak, still {} MiB 10 s after the history expired",
+        base / MIB,
+        peak / MIB,
+        end / MIB
+    );
+    drop(publisher);
+    assert!(p.terminate().success());
+}
