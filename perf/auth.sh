@@ -80,17 +80,7 @@ cp "$SERVER" "$OUT/corecast"
 cp "$LOADGEN" "$OUT/corecast-load"
 : >"$OUT/runs.tsv"
 
-SERVER_PID=
-LOAD_PID=
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    stop_child "$LOAD_PID" TERM
-    stop_server
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+stop_children_on_exit
 raise_nofile
 
 {

@@ -103,6 +103,22 @@ stop_server() {
     SERVER_PID=
 }
 
+# On exit or interrupt, stops the load generator (LOAD_PID) and the server (SERVER_PID)
+# this script started, keeping the script's exit status.
+stop_children_on_exit() {
+    SERVER_PID=
+    LOAD_PID=
+    trap _stop_children EXIT
+    trap 'exit 130' INT TERM
+}
+_stop_children() {
+    local rc=$?
+    trap - EXIT INT TERM
+    stop_child "$LOAD_PID" TERM
+    stop_server
+    exit "$rc"
+}
+
 # Upper bound for one load-generator run: its own duration, warm-up and hold, plus set-up,
 # grace and teardown slack. Reads --duration/--warmup/--hold from the arguments if given.
 load_timeout() {

@@ -60,17 +60,7 @@ cp "$BIN_A" "$OUT/server-A"
 cp "$BIN_B" "$OUT/server-B"
 cp "$LOADGEN" "$OUT/corecast-load"
 
-SERVER_PID=
-LOAD_PID=
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    stop_child "$LOAD_PID" TERM
-    stop_server
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+stop_children_on_exit
 
 raise_nofile
 LIMIT=$(load_timeout "${LOAD_ARGS_USER[@]}")

@@ -6,58 +6,19 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::pki::Pki;
 use common::process::Proc;
+use common::tokens::{metric, openssl, spawn_py_server, Dir};
 use common::WATCHDOG;
 use corecast::auth::{Auth, Refusal, Settings};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-
-/// A directory of this test's own, removed on drop.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Dir {
-        let d = std::env::temp_dir().join(format!("corecast-auth-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Dir(d)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    /// Writes `name` whole, by renaming, so that a server never serves half of it.
-    fn write(&self, name: &str, content: &[u8]) -> PathBuf {
-        let tmp = self.path(&format!(".{name}.tmp"));
-        std::fs::write(&tmp, content).unwrap();
-        let path = self.path(name);
-        std::fs::rename(&tmp, &path).unwrap();
-        path
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn openssl(args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("the openssl CLI (tools/install-test-deps.sh installs it)");
-    assert!(out.status.success(), "openssl {args:?}: {out:?}");
-}
 
 /// A key pair in `dir`: `NAME.key` (PKCS#8) and `NAME.pub` (SPKI PEM).
 fn pair(dir: &Dir, name: &str, genkey: &[&str]) -> (EncodingKey, PathBuf) {
@@ -143,21 +104,7 @@ impl PyServer {
         let (chain, key) = tls.map_or((String::new(), String::new()), |(c, k)| {
             (c.display().to_string(), k.display().to_string())
         });
-        let mut child = Command::new("python3")
-            .args(["-u", "-c", SERVE, dir.to_str().unwrap(), &chain, &key])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("no port: {line:?}"));
-        let log = common::process::collect_lines(child.stderr.take().unwrap());
+        let (child, port, log) = spawn_py_server(SERVE, &[dir.to_str().unwrap(), &chain, &key]);
         PyServer { child, port, log }
     }
 
@@ -187,31 +134,6 @@ fn wait_for(what: &str, limit: Duration, f: impl Fn() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-/// Samples of `/metrics` named `name` with `label`, read off the admin endpoint.
-fn metric(admin: std::net::SocketAddr, name: &str, label: Option<(&str, &str)>) -> f64 {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(admin).unwrap();
-    s.set_read_timeout(Some(WATCHDOG)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let body = resp.split_once("\r\n\r\n").unwrap().1;
-    let parsed = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap();
-    let found: Vec<f64> = parsed
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .filter(|s| label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
-            _ => panic!("{name} is not a scalar"),
-        })
-        .collect();
-    assert_eq!(found.len(), 1, "{name} {label:?}: {found:?}");
-    found[0]
 }
 
 /// The JWKS URL's keys arrive by the control thread's fetch: a new kid is unknown until

@@ -35,24 +35,7 @@ fn http(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &[u8]) 
 fn scrape(addr: SocketAddr) -> impl Fn(&str, Option<(&str, &str)>) -> f64 {
     let (status, body) = http(addr, "GET", "/metrics", "", b"");
     assert_eq!(status, 200);
-    let lines = body.lines().map(|l| Ok(l.to_owned()));
-    let parsed = prometheus_parse::Scrape::parse(lines).expect("valid exposition format");
-    move |name, label| {
-        let found: Vec<f64> = parsed
-            .samples
-            .iter()
-            .filter(|s| s.metric == name)
-            .filter(|s| label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
-            .map(|s| match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                _ => panic!("{name} is not a scalar"),
-            })
-            .collect();
-        assert_eq!(found.len(), 1, "{name} {label:?}: {found:?}");
-        found[0]
-    }
+    move |name, label| sample(&body, name, label)
 }
 
 #[test]

@@ -232,3 +232,24 @@ pub fn slow_to_compress(len: usize) -> String {
         })
         .collect()
 }
+
+/// One sample of a `/metrics` body, by name and optionally one label; panics unless there
+/// is exactly one, and it is a number.
+pub fn sample(body: &str, name: &str, label: Option<(&str, &str)>) -> f64 {
+    let lines = body.lines().map(|l| Ok(l.to_owned()));
+    let parsed = prometheus_parse::Scrape::parse(lines).expect("valid exposition format");
+    let found: Vec<f64> = parsed
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => panic!("{name} is not a scalar"),
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "{name} {label:?}: {found:?}");
+    found[0]
+}

@@ -169,23 +169,7 @@ impl Proc {
 
     /// One sample from `/metrics`, by name and optionally one label; panics if absent.
     pub fn metric(&self, name: &str, label: Option<(&str, &str)>) -> f64 {
-        let body = self.get("/metrics");
-        let lines = body.lines().map(|l| Ok(l.to_owned()));
-        let parsed = prometheus_parse::Scrape::parse(lines).expect("valid exposition format");
-        let found: Vec<f64> = parsed
-            .samples
-            .iter()
-            .filter(|s| s.metric == name)
-            .filter(|s| label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
-            .map(|s| match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                _ => panic!("{name} is not a scalar"),
-            })
-            .collect();
-        assert_eq!(found.len(), 1, "{name} {label:?}: {found:?}");
-        found[0]
+        super::sample(&self.get("/metrics"), name, label)
     }
 
     /// Waits until `metric` satisfies `ok`, returning its last value; panics after `limit`.

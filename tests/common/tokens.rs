@@ -48,7 +48,8 @@ impl Drop for Dir {
     }
 }
 
-fn openssl(args: &[&str]) {
+/// Runs the openssl CLI, which must succeed.
+pub fn openssl(args: &[&str]) {
     let out = Command::new("openssl")
         .args(args)
         .output()
@@ -206,23 +207,31 @@ print(server.server_address[1], flush=True)
 server.serve_forever()
 "#;
 
+/// Runs a Python HTTP server `script` (given `args`) that prints its port on its first
+/// line of output; returns the child, that port and its collected stderr.
+pub fn spawn_py_server(script: &str, args: &[&str]) -> (Child, u16, Arc<Mutex<Vec<String>>>) {
+    let mut child = Command::new("python3")
+        .args(["-u", "-c", script])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no port: {line:?}"));
+    let log = super::process::collect_lines(child.stderr.take().unwrap());
+    (child, port, log)
+}
+
 impl JwksServer {
     pub fn start(dir: &Path) -> JwksServer {
-        let mut child = Command::new("python3")
-            .args(["-u", "-c", SERVE, dir.to_str().unwrap()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("no port: {line:?}"));
-        let log = super::process::collect_lines(child.stderr.take().unwrap());
+        let (child, port, log) = spawn_py_server(SERVE, &[dir.to_str().unwrap()]);
         JwksServer { child, port, log }
     }
 
@@ -258,19 +267,5 @@ pub fn metric(admin: SocketAddr, name: &str, label: Option<(&str, &str)>) -> f64
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
     let body = resp.split_once("\r\n\r\n").unwrap().1;
-    let parsed = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap();
-    let found: Vec<f64> = parsed
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .filter(|s| label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => panic!("{name} is not a scalar"),
-        })
-        .collect();
-    assert_eq!(found.len(), 1, "{name} {label:?}: {found:?}");
-    found[0]
+    super::sample(body, name, label)
 }

@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering::*};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{all_failed, paced_open, sleep_until, spinner, sync_counts, Env, Outcome, Shared};
+use super::{
+    all_failed, join_stats, paced_open, sleep_until, spinner, sync_counts, Env, Outcome, Shared,
+};
 use crate::cli::ConnectArgs;
 use crate::clock;
 use crate::conn::{Conn, ConnStats, Handler, Worker};
@@ -124,13 +126,7 @@ pub fn run(env: &Env, a: &ConnectArgs) -> Result<Outcome, String> {
     shared.go.store(true, Release);
     pb.finish_and_clear();
 
-    let mut stats = ConnStats::new();
-    for h in handles {
-        let s = h
-            .join()
-            .map_err(|_| "client thread panicked".to_string())??;
-        stats.merge(&s);
-    }
+    let stats = join_stats(handles, "client")?;
     let phase_s = (connected_at - t0) as f64 / 1e9;
     let phase = sysstat::usage(&s0, &s_connected);
     let last_open_s = last_open.load(Acquire).saturating_sub(t0) as f64 / 1e9;

@@ -203,6 +203,20 @@ pub fn join_all<T>(
     Ok(m)
 }
 
+/// Joins threads that each return their connections' stats, merged; `what` names them if
+/// one panicked.
+pub fn join_stats(
+    handles: Vec<std::thread::JoinHandle<Result<ConnStats, String>>>,
+    what: &str,
+) -> Result<ConnStats, String> {
+    let mut stats = ConnStats::new();
+    for h in handles {
+        let s = h.join().map_err(|_| format!("{what} thread panicked"))??;
+        stats.merge(&s);
+    }
+    Ok(stats)
+}
+
 /// Opens `count` connections at `rate`/s from one thread; `open(ctx, i)` starts connection i
 /// of this thread's share. Between opens it polls so handshakes progress concurrently.
 pub fn paced_open<T>(

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-use super::{reply_op, sleep_until, spinner, sync_counts, Env, Outcome, Shared};
+use super::{join_stats, reply_op, sleep_until, spinner, sync_counts, Env, Outcome, Shared};
 use crate::cli::{ProbeMode, StormArgs};
 use crate::clock;
 use crate::conn::{Conn, ConnStats, Handler, Worker};
@@ -329,13 +329,7 @@ pub fn run(env: &Env, a: &StormArgs) -> Result<Outcome, String> {
     storm.stop.store(true, Release);
     pb.finish_and_clear();
 
-    let mut stats = ConnStats::new();
-    for h in handles {
-        let s = h
-            .join()
-            .map_err(|_| "storm thread panicked".to_string())??;
-        stats.merge(&s);
-    }
+    let stats = join_stats(handles, "storm")?;
     let (probe, probe_stats) = probe
         .join()
         .map_err(|_| "probe thread panicked".to_string())??;
