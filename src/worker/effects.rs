@@ -413,22 +413,10 @@ impl Effects {
                     .topics
                     .name(&topic)
                     .unwrap_or_else(|| Arc::from(&*topic));
-                match self.history.rules().find(&name) {
-                    Some(rule) => {
-                        bump(&conns.stats.publishes, 1);
-                        let now = conns.now;
-                        let sent =
-                            self.history
-                                .publish(&mut self.bus, fanout, name, rule, data, now);
-                        if let Some(sent) = sent {
-                            conns.shares.charge(key, sent);
-                        }
-                        self.published = true;
-                    }
-                    None => self.publish(conns, fanout, key, Target::Topic(name), data),
-                }
+                let rule = self.history.rules().find(&name);
+                self.publish(conns, fanout, key, Target::Topic(name), rule, data)
             }
-            Effect::Broadcast(data) => self.publish(conns, fanout, key, Target::All, data),
+            Effect::Broadcast(data) => self.publish(conns, fanout, key, Target::All, None, data),
         }
         send_reply(conns, key, reply, &out);
         self.scratch = out;
@@ -436,18 +424,30 @@ impl Effects {
 
     /// Encodes the message once and puts it on the bus: this worker's copy joins this turn's
     /// deliveries, the other workers' go through their queues, where they count against the
-    /// publishing connection's share until taken.
+    /// publishing connection's share until taken. A topic that keeps history (`rule`) goes
+    /// through its owner, which numbers it first.
     fn publish(
         &mut self,
         conns: &mut Conns,
         fanout: &mut Fanout,
         key: usize,
         target: Target,
+        rule: Option<u16>,
         data: Raw<'_>,
     ) {
         bump(&conns.stats.publishes, 1);
-        let d = broadcast::encode(target, data);
-        if let Some(sent) = self.bus.publish_from(d, &mut fanout.pending) {
+        let sent = match (rule, target) {
+            (Some(rule), Target::Topic(name)) => {
+                let now = conns.now;
+                self.history
+                    .publish(&mut self.bus, fanout, name, rule, data, now)
+            }
+            (_, target) => {
+                let d = broadcast::encode(target, data);
+                self.bus.publish_from(d, &mut fanout.pending)
+            }
+        };
+        if let Some(sent) = sent {
             conns.shares.charge(key, sent);
         }
         self.published = true;

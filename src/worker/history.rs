@@ -324,8 +324,9 @@ impl History {
         true
     }
 
-    fn answer(&mut self, ask: &Ask, now: u32) -> Answered {
-        match &ask.what {
+    /// The answer to a question about a topic this worker owns.
+    fn answer(&mut self, ask: Ask, now: u32) -> Answer {
+        let what = match &ask.what {
             Question::Subscribe { since } => {
                 let since = since.as_ref().map(|(epoch, offset)| Since {
                     epoch,
@@ -336,20 +337,21 @@ impl History {
             Question::Read { since, limit } => {
                 Answered::Read(self.store.read(&ask.topic, ask.rule, *since, *limit, now))
             }
+        };
+        Answer {
+            topic: ask.topic,
+            key: ask.key,
+            req: ask.req,
+            what,
         }
     }
 
     /// A question from another worker about a topic this one owns: answered at once, on
     /// the asker's queue, behind every publication of the topic sent to it so far.
     pub(super) fn on_ask(&mut self, bus: &Port, ask: Ask, now: u32) {
-        let what = self.answer(&ask, now);
-        let answer = Answer {
-            topic: ask.topic,
-            key: ask.key,
-            req: ask.req,
-            what,
-        };
-        bus.send_to(ask.from, Msg::HistoryAnswer(Box::new(answer)), 0);
+        let from = ask.from;
+        let answer = self.answer(ask, now);
+        bus.send_to(from, Msg::HistoryAnswer(Box::new(answer)), 0);
     }
 
     /// An answer from a topic's owner: carried out after this turn's deliveries. Returns
@@ -413,13 +415,8 @@ impl History {
             return;
         }
         for ask in std::mem::take(&mut self.local) {
-            let what = self.answer(&ask, now);
-            self.answers.push(Answer {
-                topic: ask.topic,
-                key: ask.key,
-                req: ask.req,
-                what,
-            });
+            let answer = self.answer(ask, now);
+            self.answers.push(answer);
         }
         let answers = std::mem::take(&mut self.answers);
         let mut out = Vec::new();
